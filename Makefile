@@ -1,0 +1,72 @@
+# han-infra: the two commands are `make demo` and `make test`; the rest are their parts.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export ANSIBLE_FORCE_COLOR := $(if $(CI),0,1)
+SANITY_DIR ?= /tmp/han-infra-sanity
+
+.PHONY: help demo test testbed testbed-down venv lint syntax pytest unit integration sanity molecule clean
+
+help: ## List the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+demo: testbed ## Set up, bring the testbed up and run the main job on it.
+	@echo "==> Submitting a GPU job to Pegasus (the testbed) over SSH as the cluster account"
+	ansible-playbook playbooks/gpu_check.yml
+
+test: testbed lint syntax pytest sanity molecule ## Set up and run every check and test.
+	@echo "==> make test: all checks passed"
+
+$(VENV)/.installed: pyproject.toml .ci/constraints.txt
+	@sh roles/testbed/files/host_prereqs.sh
+	@echo "==> Creating $(VENV) and installing han_worker with its tools"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check --constraint .ci/constraints.txt --editable '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed ## Create .venv with han_worker, Ansible and the test tools.
+
+testbed: venv ## Build and start the local testbed (Slurm, munge, loopback sshd) as root.
+	@echo "==> Building the testbed"
+	ansible-playbook playbooks/testbed.yml
+
+testbed-down: venv ## Stop what the testbed started.
+	ansible-playbook playbooks/testbed.yml -e testbed_state=absent
+
+lint: venv ## ruff, mypy (strict), ansible-lint (production profile).
+	ruff check .
+	ruff format --check .
+	mypy
+	ansible-lint --profile production
+
+syntax: venv ## ansible-playbook --syntax-check of every playbook.
+	for playbook in playbooks/*.yml; do ansible-playbook --syntax-check "$$playbook"; done
+
+pytest: venv ## Unit and integration tests (integration needs the testbed).
+	pytest tests/unit tests/integration
+
+unit: venv ## Unit tests only.
+	pytest tests/unit
+
+integration: venv ## Integration tests only (needs the testbed).
+	pytest tests/integration
+
+# ansible-test needs the collection inside an ansible_collections/ tree it can resolve, so it runs on a built copy.
+sanity: venv ## ansible-test sanity on a built copy of the collection.
+	rm -rf $(SANITY_DIR) && mkdir -p $(SANITY_DIR) ~/.ansible/test/cache
+	install -m 0644 tests/sanity/get_pip_offline.py ~/.ansible/test/cache/get_pip_24_2.py
+	ansible-galaxy collection build --force --output-path $(SANITY_DIR) .
+	ansible-galaxy collection install --force -p $(SANITY_DIR)/tree $(SANITY_DIR)/han-infra-*.tar.gz
+	cd $(SANITY_DIR)/tree/ansible_collections/han/infra && ansible-test sanity --venv --python 3.11 --color no
+
+molecule: venv ## Molecule scenarios (default driver, on this machine).
+	cd roles/testbed && molecule test
+
+clean: ## Remove .venv and generated files (the testbed keeps running; see testbed-down).
+	rm -rf $(VENV) reports .pytest_cache .mypy_cache .ruff_cache $(SANITY_DIR)

@@ -1,0 +1,62 @@
+"""Command-line entry points: ``han-worker`` and ``han-control-plane``.
+
+Each sub-command lives in its own module; this file only wires argparse and exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from han_worker import __version__, endpoints_cli
+
+log = logging.getLogger(__name__)
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _base_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages to stderr")
+    return parser
+
+
+def build_worker_parser() -> argparse.ArgumentParser:
+    parser = _base_parser(
+        "han-worker",
+        "The han lab worker: selects a control plane (Pegasus or the Mac) and runs jobs from its queues.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    endpoints_cli.add_parser(commands)
+    return parser
+
+
+def build_control_plane_parser() -> argparse.ArgumentParser:
+    parser = _base_parser(
+        "han-control-plane",
+        "Supervisor of the han control plane (PostgreSQL, Redis, S3): starts the services, waits until "
+        "they are healthy, publishes the endpoints file and stops them cleanly on SIGTERM.",
+    )
+    parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    return parser
+
+
+def worker_main(argv: Sequence[str] | None = None) -> int:
+    args = build_worker_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    return int(args.handler(args))
+
+
+def control_plane_main(argv: Sequence[str] | None = None) -> int:
+    args = build_control_plane_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    return int(args.handler(args))

@@ -1,0 +1,86 @@
+"""The control plane's credentials file (schema v1), kept apart from the endpoints file.
+
+The endpoints file says where to connect and may be read by anything of ours; this file holds the
+passwords, so it must be 0600 and its repr never shows a secret (it ends up in logs and tracebacks).
+
+Standard library only, like :mod:`han_worker.endpoints`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from han_worker.trusted_files import FieldReader, StrPath, TrustedFileError, read_trusted_json
+
+log = logging.getLogger(__name__)
+
+SCHEMA = 1
+
+
+class CredentialsError(ValueError):
+    """The credentials file cannot be used; the message names the file, the field and the problem."""
+
+
+@dataclass(frozen=True)
+class PostgresCredentials:
+    user: str
+    password: str = field(repr=False)
+    database: str
+
+
+@dataclass(frozen=True)
+class RedisCredentials:
+    user: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class S3Credentials:
+    access_key: str  # the S3 user name, shown like the other user names
+    secret_key: str = field(repr=False)
+    bucket: str
+
+
+@dataclass(frozen=True)
+class Credentials:
+    postgres: PostgresCredentials
+    redis: RedisCredentials
+    s3: S3Credentials
+
+
+def parse_credentials(data: Mapping[str, object], origin: str) -> Credentials:
+    """Validate one decoded credentials document; unknown keys are ignored (newer writers)."""
+    fields = FieldReader(data, origin, CredentialsError)
+    schema = fields.integer("schema")
+    if schema != SCHEMA:
+        raise CredentialsError(f"{origin}: unknown schema {schema} (this worker reads schema {SCHEMA})")
+    postgres = fields.child("postgres")
+    redis = fields.child("redis")
+    s3 = fields.child("s3")
+    return Credentials(
+        postgres=PostgresCredentials(
+            user=postgres.string("user"),
+            password=postgres.string("password"),
+            database=postgres.string("database"),
+        ),
+        redis=RedisCredentials(user=redis.string("user"), password=redis.string("password")),
+        s3=S3Credentials(
+            access_key=s3.string("access_key"),
+            secret_key=s3.string("secret_key"),
+            bucket=s3.string("bucket"),
+        ),
+    )
+
+
+def load_credentials_file(path: StrPath) -> Credentials:
+    """Read ``path`` after checking that only we can write it and nobody else can read it."""
+    try:
+        data = read_trusted_json(path, secret=True)
+    except TrustedFileError as exc:
+        # One exception type for callers of this module; the trust error stays as __cause__.
+        raise CredentialsError(str(exc)) from exc
+    credentials = parse_credentials(data, str(path))
+    log.debug("read credentials from %s", path)
+    return credentials

@@ -1,0 +1,229 @@
+"""Reading files that tell a worker where to connect and with which secrets.
+
+On a shared cluster home directory a neighbour who can write our endpoints file, or the directory
+it sits in, could point our workers at their own Redis and read every job. So a reader refuses any
+file that someone else owns or could have written, and refuses secrets that others could read.
+
+Standard library only: the Ansible lookup plugin imports this module on the controller.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import NoReturn, TypeVar
+
+log = logging.getLogger(__name__)
+
+StrPath = str | os.PathLike[str]
+_T = TypeVar("_T")
+_JSON_TYPE_NAMES = {
+    type(None): "null",
+    bool: "bool",
+    int: "integer",
+    float: "number",
+    str: "str",
+    dict: "object",
+    list: "array",
+}
+
+
+class TrustedFileError(ValueError):
+    """A protected file cannot be used; the message names the path and the problem."""
+
+
+class UntrustedFileError(TrustedFileError):
+    """The file is missing, or someone other than us could have written (or read) it."""
+
+
+def check_trusted(path: StrPath, *, secret: bool = False) -> Path:
+    """Refuse ``path`` unless it is a regular file that only we could have written.
+
+    With ``secret=True`` also refuse a file that group or others could read (credentials).
+    Returns the path for chaining.
+    """
+    file_path = Path(path)
+    try:
+        file_stat = file_path.stat()
+    except FileNotFoundError:
+        raise UntrustedFileError(f"{file_path}: does not exist") from None
+    except OSError as exc:
+        raise UntrustedFileError(f"{file_path}: cannot be examined: {exc.strerror}") from exc
+    if not stat.S_ISREG(file_stat.st_mode):
+        raise UntrustedFileError(f"{file_path}: is not a regular file")
+    # Windows has no POSIX owner or mode bits (st_mode there is synthesised from the read-only flag,
+    # and ACLs decide access), so these checks would refuse or accept at random: skip them.
+    if os.name == "nt":
+        log.debug("%s: owner and mode not checked on Windows", file_path)
+        return file_path
+    _check_owner_and_mode(file_path, file_stat, secret=secret)
+    # Both the directory holding the name we were given and the one holding the real file matter:
+    # whoever can write either of them can swap the link or the file.
+    for directory in sorted({file_path.absolute().parent, file_path.resolve().parent}):
+        _check_directory(directory, file_path)
+    return file_path
+
+
+def _check_owner_and_mode(path: Path, file_stat: os.stat_result, *, secret: bool) -> None:
+    uid = os.getuid()
+    if file_stat.st_uid != uid:
+        raise UntrustedFileError(f"{path}: is owned by uid {file_stat.st_uid}, not by us (uid {uid})")
+    mode = stat.S_IMODE(file_stat.st_mode)
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UntrustedFileError(
+            f"{path}: is writable by group or others (mode {mode:04o}); run chmod go-w {path}"
+        )
+    if secret and mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise UntrustedFileError(
+            f"{path}: holds secrets but is accessible to group or others (mode {mode:04o}); "
+            f"run chmod 600 {path}"
+        )
+
+
+def _check_directory(directory: Path, path: Path) -> None:
+    try:
+        dir_stat = directory.stat()
+    except OSError as exc:
+        raise UntrustedFileError(f"{path}: directory {directory} cannot be examined: {exc.strerror}") from exc
+    # root owns /home and friends; a root-owned directory is as trustworthy as the system itself.
+    if dir_stat.st_uid not in (os.getuid(), 0):
+        raise UntrustedFileError(
+            f"{path}: directory {directory} is owned by uid {dir_stat.st_uid}, not by us or root"
+        )
+    mode = stat.S_IMODE(dir_stat.st_mode)
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UntrustedFileError(
+            f"{path}: directory {directory} is writable by group or others (mode {mode:04o}); "
+            f"run chmod go-w {directory}"
+        )
+
+
+def read_trusted_json(path: StrPath, *, secret: bool = False) -> dict[str, object]:
+    """Check ``path`` with :func:`check_trusted`, then read it as one JSON object."""
+    file_path = check_trusted(path, secret=secret)
+    try:
+        text = file_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise TrustedFileError(f"{file_path}: not valid UTF-8: {exc.reason} at byte {exc.start}") from exc
+    except OSError as exc:
+        raise TrustedFileError(f"{file_path}: cannot be read: {exc.strerror}") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TrustedFileError(f"{file_path}: not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise TrustedFileError(f"{file_path}: must hold a JSON object, not {json_type_name(data)}")
+    return data
+
+
+def write_private_json(path: StrPath, document: Mapping[str, object]) -> None:
+    """Replace ``path`` atomically with ``document``, mode 0600; create its directory 0700.
+
+    Temporary file in the same directory, fsync, rename: a reader on the shared filesystem sees the
+    old document or the new one, never half of one, even if we die mid-write.
+    """
+    target = Path(path)
+    _make_private_directories(target.parent)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as tmp:
+            json.dump(document, tmp, indent=2, sort_keys=True)
+            tmp.write("\n")
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        # mkstemp created the file 0600, and replace() keeps that mode even over a laxer old file.
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    _fsync_directory(target.parent)
+
+
+def _make_private_directories(directory: Path) -> None:
+    # Path.mkdir(parents=True) would create the parents with the umask's mode, and a umask of 002
+    # would leave e.g. ~/.han writable by the group.
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for new_directory in reversed(missing):
+        new_directory.mkdir(mode=0o700, exist_ok=True)
+
+
+def _fsync_directory(directory: Path) -> None:
+    # The rename is durable only once the directory is synced; Windows cannot open a directory.
+    if os.name == "nt":
+        return
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def json_type_name(value: object) -> str:
+    """Name a decoded JSON value's type as the file's author would know it."""
+    return _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+class FieldReader:
+    """Typed access to one JSON object whose errors name the origin and the field's full path.
+
+    ``FieldReader(doc, "/x/e.json", EndpointsError).child("services").child("redis").integer("port", 1, 9)``
+    fails with ``/x/e.json: field 'services.redis.port': 70000 is out of range 1-9``.
+    """
+
+    def __init__(
+        self, data: Mapping[str, object], origin: str, error: type[ValueError], prefix: str = ""
+    ) -> None:
+        self.data = data
+        self.origin = origin
+        self.error = error
+        self.prefix = prefix
+
+    def name(self, key: str) -> str:
+        return f"{self.prefix}{key}"
+
+    def fail(self, key: str, problem: str) -> NoReturn:
+        """Raise ``error``; ``problem`` continues the sentence ``field 'a.b'``."""
+        raise self.error(f"{self.origin}: field '{self.name(key)}'{problem}")
+
+    def raw(self, key: str) -> object:
+        if key not in self.data:
+            self.fail(key, " is missing")
+        return self.data[key]
+
+    def _typed(self, key: str, value: object, expected: type[_T], article_noun: str) -> _T:
+        # bool is an int subclass in Python but not in JSON: true is no port number.
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            self.fail(key, f" must be {article_noun}, not {json_type_name(value)}")
+        return value
+
+    def string(self, key: str) -> str:
+        value = self._typed(key, self.raw(key), str, "a string")
+        if not value.strip():
+            self.fail(key, " must not be empty")
+        return value
+
+    def optional_string(self, key: str) -> str | None:
+        return None if self.raw(key) is None else self.string(key)
+
+    def integer(self, key: str, minimum: int | None = None, maximum: int | None = None) -> int:
+        value = self._typed(key, self.raw(key), int, "an integer")
+        if maximum is not None and minimum is not None and not minimum <= value <= maximum:
+            self.fail(key, f": {value} is out of range {minimum}-{maximum}")
+        if minimum is not None and value < minimum:
+            self.fail(key, f": {value} is less than {minimum}")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        return self._typed(key, self.data.get(key, default), bool, "true or false")
+
+    def child(self, key: str) -> FieldReader:
+        value = self._typed(key, self.raw(key), dict, "an object")
+        return FieldReader(value, self.origin, self.error, prefix=f"{self.name(key)}.")

@@ -1,0 +1,38 @@
+"""Shared test helpers: where the repository is, and how to run its playbooks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# The console scripts (ansible-playbook, ...) installed beside the Python that runs the tests.
+BIN = Path(sys.executable).parent
+
+
+def ansible_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
+    env.update(extra)
+    return env
+
+
+def run_ansible(tool: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / tool), *args],
+        cwd=REPO,
+        env=env or ansible_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO

@@ -1,0 +1,99 @@
+"""The testbed is real: Ansible reaches "Pegasus" over SSH as the cluster account and Slurm runs a GPU job."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import ansible_runner
+import pytest
+
+from tests.conftest import BIN, REPO, run_ansible
+
+SSH_KEY = "/var/lib/han-testbed/client/id_ed25519"
+KNOWN_HOSTS = "/var/lib/han-testbed/client/known_hosts"
+
+
+def ssh(user: str, command: str) -> subprocess.CompletedProcess[str]:
+    argv = [
+        "ssh",
+        "-i",
+        SSH_KEY,
+        "-p",
+        "2222",
+        "-o",
+        f"UserKnownHostsFile={KNOWN_HOSTS}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=5",
+        f"{user}@127.0.0.10",
+        command,
+    ]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_gpu_check_through_ansible_runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CI drives the collection with ansible-runner; project_dir makes the repository's ansible.cfg apply."""
+    # ansible-runner finds ansible-playbook on PATH.
+    monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    run = ansible_runner.run(
+        private_data_dir=str(tmp_path),
+        project_dir=str(REPO),
+        playbook="playbooks/gpu_check.yml",
+        envvars={"ANSIBLE_CONFIG": str(REPO / "ansible.cfg")},
+        quiet=True,
+    )
+    assert run.status == "successful", run.stdout.read()
+    reports = [
+        event["event_data"]["res"]["msg"]
+        for event in run.events
+        if event.get("event") == "runner_on_ok"
+        and event["event_data"].get("task_action") == "ansible.builtin.debug"
+    ]
+    assert len(reports) == 1
+    assert re.match(
+        r"Job \d+ on partition RTXA6000 \(gpu:1\): COMPLETED; node=\S+ gpus=\d job=\d+$", reports[0]
+    )
+
+
+def test_wrong_partition_fails_naming_the_variable_and_submits_nothing() -> None:
+    before = subprocess.run(
+        ["squeue", "--noheader", "--all", "--format=%i"], capture_output=True, text=True, check=True
+    ).stdout
+    result = run_ansible(
+        "ansible-playbook", "playbooks/gpu_check.yml", "-e", "slurm_gpu_check_partition=RTXA600"
+    )
+    assert result.returncode == 2
+    assert "slurm_gpu_check_partition: partition 'RTXA600' does not exist on this cluster" in result.stdout
+    assert "(partitions: batch, RTXA6000)" in result.stdout
+    after = subprocess.run(
+        ["squeue", "--noheader", "--all", "--format=%i"], capture_output=True, text=True, check=True
+    ).stdout
+    assert after == before
+
+
+def test_cluster_account_runs_debians_python() -> None:
+    result = ssh(
+        "pegasus", "id -un && /usr/bin/python3 -c 'import sys; print(sys.version_info[:2] >= (3, 11))'"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["pegasus", "True"]
+
+
+def test_root_cannot_log_in_to_pegasus() -> None:
+    result = ssh("root", "true")
+    assert result.returncode == 255
+    assert "Permission denied" in result.stderr
+
+
+def test_testbed_check_mode_reports_no_change() -> None:
+    result = run_ansible("ansible-playbook", "playbooks/testbed.yml", "--check")
+    assert result.returncode == 0, result.stdout
+    recap = re.search(r"localhost\s+: ok=\d+\s+changed=(\d+)", result.stdout)
+    assert recap is not None, result.stdout
+    assert recap.group(1) == "0", result.stdout

@@ -1,0 +1,62 @@
+"""`make testbed-down` stops exactly what the testbed started, by pid file, and nothing else."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_ansible
+
+# Debian installs slurmctld and slurmd through alternatives; /proc/PID/exe names the real file.
+TESTBED_DAEMONS = {
+    os.path.realpath(f"/usr/sbin/{name}") for name in ("munged", "slurmctld", "slurmd", "sshd")
+}
+
+
+def live_processes(executables: set[str]) -> dict[int, str]:
+    """Pids of running (not zombie) processes whose executable is one of the given paths."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            exe = os.readlink(entry / "exe")  # unreadable for zombies and vanished processes
+        except OSError:
+            continue
+        if exe in executables:
+            found[int(entry.name)] = exe
+    return found
+
+
+@pytest.fixture
+def decoy_sshd(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """An sshd the testbed did not start, on another loopback address: testbed-down must leave it alone."""
+    key = tmp_path / "host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    config = tmp_path / "sshd_config"
+    config.write_text(f"ListenAddress 127.0.0.11:2299\nHostKey {key}\nPidFile {tmp_path}/pid\nUsePAM no\n")
+    process = subprocess.Popen(["/usr/sbin/sshd", "-D", "-f", str(config)])
+    yield process
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.mark.skipif(shutil.which("start-stop-daemon") is None, reason="the testbed manages daemons with it")
+def test_testbed_down_stops_only_what_it_started(decoy_sshd: subprocess.Popen[bytes]) -> None:
+    time.sleep(0.5)
+    assert decoy_sshd.poll() is None, "the decoy sshd did not start"
+    try:
+        down = run_ansible("ansible-playbook", "playbooks/testbed.yml", "-e", "testbed_state=absent")
+        assert down.returncode == 0, down.stdout
+        remaining = live_processes(TESTBED_DAEMONS)
+        assert remaining == {decoy_sshd.pid: "/usr/sbin/sshd"}
+    finally:
+        up = run_ansible("ansible-playbook", "playbooks/testbed.yml")
+    assert up.returncode == 0, up.stdout
+    assert set(live_processes(TESTBED_DAEMONS).values()) == TESTBED_DAEMONS
