@@ -420,7 +420,7 @@ def test_selection_to_dict_is_json() -> None:
 @pytest.fixture
 def listening_ports() -> Iterator[dict[str, int]]:
     servers = []
-    for _ in range(3):
+    for _attempt in range(3):
         server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         server.bind(("127.0.0.1", 0))
         server.listen(8)
@@ -503,7 +503,7 @@ def test_failover_gate_flips_only_after_consecutive_failures() -> None:
     assert [gate.observe(h) for h in (False, False, True, False, False)] == [False] * 5
     assert gate.observe(False) is True
     # After a flip the next one needs three new failures.
-    assert [gate.observe(False) for _ in range(3)] == [False, False, True]
+    assert [gate.observe(False) for _attempt in range(3)] == [False, False, True]
 
 
 def test_failover_gate_threshold_one_flips_at_once() -> None:

@@ -27,7 +27,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def ports() -> Iterator[dict[str, int]]:
     """postgres, redis and s3 listening on 127.0.0.1 (never accepted: the backlog answers the probe)."""
     servers = []
-    for _ in range(3):
+    for _attempt in range(3):
         server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         server.bind(("127.0.0.1", 0))
         server.listen(8)

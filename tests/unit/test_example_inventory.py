@@ -26,7 +26,7 @@ RUNBOOK_VARIABLES = [
 def inventory_value(host: str, variable: str, **environment: str) -> str:
     # The debug action runs on the controller: nothing connects to the example hosts.
     env = ansible_env(**environment)
-    for name, *_ in RUNBOOK_VARIABLES:
+    for name in {row[0] for row in RUNBOOK_VARIABLES}:
         if name not in environment:
             env.pop(name, None)
     env["ANSIBLE_LOAD_CALLBACK_PLUGINS"] = "1"
