@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from han_worker import __version__, endpoints_cli
+from han_worker.control_plane import cli as control_plane_cli
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ def build_control_plane_parser() -> argparse.ArgumentParser:
         "Supervisor of the han control plane (PostgreSQL, Redis, S3): starts the services, waits until "
         "they are healthy, publishes the endpoints file and stops them cleanly on SIGTERM.",
     )
-    parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    control_plane_cli.add_parsers(commands)
     return parser
 
 

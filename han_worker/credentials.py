@@ -49,6 +49,23 @@ class Credentials:
     redis: RedisCredentials
     s3: S3Credentials
 
+    def to_dict(self) -> dict[str, object]:
+        """The credentials file's document (it holds secrets: write it with mode 0600 only)."""
+        return {
+            "schema": SCHEMA,
+            "postgres": {
+                "user": self.postgres.user,
+                "password": self.postgres.password,
+                "database": self.postgres.database,
+            },
+            "redis": {"user": self.redis.user, "password": self.redis.password},
+            "s3": {
+                "access_key": self.s3.access_key,
+                "secret_key": self.s3.secret_key,
+                "bucket": self.s3.bucket,
+            },
+        }
+
 
 def parse_credentials(data: Mapping[str, object], origin: str) -> Credentials:
     """Validate one decoded credentials document; unknown keys are ignored (newer writers)."""

@@ -258,7 +258,13 @@ def tcp_connect_check(service: ServiceEndpoint, timeout: float) -> str:
         return "TCP connect ok"
 
 
+class CheckFailed(RuntimeError):
+    """Raised by a check whose message is already the whole story (no exception type is shown)."""
+
+
 def _describe_failure(exc: BaseException) -> str:
+    if isinstance(exc, CheckFailed):
+        return str(exc)
     if isinstance(exc, TimeoutError):
         return "timed out"
     if isinstance(exc, OSError) and exc.strerror:

@@ -5,8 +5,13 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+
+from tests.conftest import REPO
 
 PEGASUS_ADDRESS = ("127.0.0.10", 2222)
 
@@ -29,3 +34,53 @@ def testbed() -> None:
     problem = testbed_problem()
     if problem is not None:
         pytest.fail(f"The local testbed is not running: {problem}. Run `make testbed` first.", pytrace=False)
+
+
+# -- running han_worker as an unprivileged user -------------------------------------------------------------
+# PostgreSQL refuses to run as root, and the cluster account is what runs the control plane on Pegasus.
+# The test venv is built from Debian's Python, which every user may execute (the default python3 here
+# lives in root's home), in a directory every user may read.
+
+CLUSTER_USER = "pegasus"
+UNPRIVILEGED_VENV = Path("/var/tmp/han-test-venv")
+
+
+@dataclass(frozen=True)
+class UnprivilegedEnv:
+    bin_dir: Path
+    user: str
+
+    def argv(self, program: str, *args: str) -> list[str]:
+        """argv that runs a han_worker console script as the cluster user, with no wrapper process
+        between us and it (setpriv execs), so that signals sent to the pid reach the program itself."""
+        return [
+            "setpriv", f"--reuid={self.user}", f"--regid={self.user}", "--init-groups", "--",
+            "env", "-i", f"HOME=/home/{self.user}", f"PATH={self.bin_dir}:/usr/bin:/bin",
+            str(self.bin_dir / program), *args,
+        ]  # fmt: skip
+
+    def private_dir(self, prefix: str) -> Path:
+        directory = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+        shutil.chown(directory, self.user, self.user)
+        directory.chmod(0o700)
+        return directory
+
+
+def _run_or_fail(argv: list[str]) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+    if result.returncode != 0:
+        pytest.fail(f"{' '.join(argv)} failed:\n{result.stdout}{result.stderr}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def unprivileged_env() -> UnprivilegedEnv:
+    python = UNPRIVILEGED_VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run(["/usr/bin/python3", "-m", "venv", str(UNPRIVILEGED_VENV)], check=True)
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    constraints = ["--constraint", str(REPO / ".ci" / "constraints.txt")]
+    _run_or_fail([*pip, *constraints, f"{REPO}[server]"])
+    # Always this checkout's han_worker, even when its version number did not change.
+    _run_or_fail([*pip, "--force-reinstall", "--no-deps", str(REPO)])
+    subprocess.run(["chmod", "-R", "a+rX", str(UNPRIVILEGED_VENV)], check=True)
+    return UnprivilegedEnv(UNPRIVILEGED_VENV / "bin", CLUSTER_USER)

@@ -1,0 +1,175 @@
+"""The control plane's own secrets: admin and worker credentials for each service (schema v1).
+
+The supervisor reads them from ``secrets.json`` (0600, ours) and publishes only the worker's share
+as the credentials file that workers read. Known defaults and short passwords are refused here, before
+any service is configured with them.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from han_worker.credentials import Credentials, PostgresCredentials, RedisCredentials, S3Credentials
+from han_worker.trusted_files import (
+    FieldReader,
+    StrPath,
+    TrustedFileError,
+    read_trusted_json,
+    write_private_json,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEMA = 1
+MIN_PASSWORD_LENGTH = 16
+KNOWN_DEFAULTS = frozenset({"minioadmin", "postgres", "password", "admin", "redis", "changeme", "secret"})
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+class SecretsError(ValueError):
+    """The secrets file cannot be used; the message names the file, the field and the problem."""
+
+
+@dataclass(frozen=True)
+class ControlPlaneSecrets:
+    postgres_superuser: str
+    postgres_superuser_password: str = field(repr=False)
+    postgres_user: str
+    postgres_password: str = field(repr=False)
+    postgres_database: str
+    redis_admin_user: str
+    redis_admin_password: str = field(repr=False)
+    redis_user: str
+    redis_password: str = field(repr=False)
+    s3_root_access_key: str
+    s3_root_secret_key: str = field(repr=False)
+    s3_access_key: str
+    s3_secret_key: str = field(repr=False)
+    s3_bucket: str
+
+    def worker_credentials(self) -> Credentials:
+        """The worker's share: least-privilege users only, never an admin secret."""
+        return Credentials(
+            postgres=PostgresCredentials(self.postgres_user, self.postgres_password, self.postgres_database),
+            redis=RedisCredentials(self.redis_user, self.redis_password),
+            s3=S3Credentials(self.s3_access_key, self.s3_secret_key, self.s3_bucket),
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "schema": SCHEMA,
+            "postgres": {
+                "superuser": self.postgres_superuser,
+                "superuser_password": self.postgres_superuser_password,
+                "user": self.postgres_user,
+                "password": self.postgres_password,
+                "database": self.postgres_database,
+            },
+            "redis": {
+                "admin_user": self.redis_admin_user,
+                "admin_password": self.redis_admin_password,
+                "user": self.redis_user,
+                "password": self.redis_password,
+            },
+            "s3": {
+                "root_access_key": self.s3_root_access_key,
+                "root_secret_key": self.s3_root_secret_key,
+                "access_key": self.s3_access_key,
+                "secret_key": self.s3_secret_key,
+                "bucket": self.s3_bucket,
+            },
+        }
+
+
+def _password(fields: FieldReader, key: str) -> str:
+    value = fields.string(key)
+    if value.lower() in KNOWN_DEFAULTS:
+        fields.fail(key, " is a well-known default password; generate one (han-control-plane init-secrets)")
+    if len(value) < MIN_PASSWORD_LENGTH:
+        fields.fail(key, f" is {len(value)} characters long; at least {MIN_PASSWORD_LENGTH} are required")
+    return value
+
+
+def _name(fields: FieldReader, key: str) -> str:
+    value = fields.string(key)
+    # Names end up in SQL identifiers, Redis ACL rules and S3 policies: keep them plain.
+    if not set(value) <= _NAME_CHARS or not value[0].isalpha():
+        fields.fail(key, f": {value!r} must start with a letter and use only a-z, 0-9, '_' and '-'")
+    if value.lower() == "minioadmin":
+        fields.fail(key, " is MinIO's default user name; choose another")
+    return value
+
+
+def parse_secrets(data: Mapping[str, object], origin: str) -> ControlPlaneSecrets:
+    fields = FieldReader(data, origin, SecretsError)
+    schema = fields.integer("schema")
+    if schema != SCHEMA:
+        raise SecretsError(f"{origin}: unknown schema {schema} (this supervisor reads schema {SCHEMA})")
+    pg, rd, s3 = fields.child("postgres"), fields.child("redis"), fields.child("s3")
+    parsed = ControlPlaneSecrets(
+        postgres_superuser=_name(pg, "superuser"),
+        postgres_superuser_password=_password(pg, "superuser_password"),
+        postgres_user=_name(pg, "user"),
+        postgres_password=_password(pg, "password"),
+        postgres_database=_name(pg, "database"),
+        redis_admin_user=_name(rd, "admin_user"),
+        redis_admin_password=_password(rd, "admin_password"),
+        redis_user=_name(rd, "user"),
+        redis_password=_password(rd, "password"),
+        s3_root_access_key=_name(s3, "root_access_key"),
+        s3_root_secret_key=_password(s3, "root_secret_key"),
+        s3_access_key=_name(s3, "access_key"),
+        s3_secret_key=_password(s3, "secret_key"),
+        s3_bucket=_name(s3, "bucket"),
+    )
+    if parsed.postgres_user == parsed.postgres_superuser or parsed.redis_user == parsed.redis_admin_user:
+        raise SecretsError(f"{origin}: the worker user must differ from the admin user (least privilege)")
+    if parsed.s3_access_key == parsed.s3_root_access_key:
+        raise SecretsError(f"{origin}: field 's3.access_key' must differ from 's3.root_access_key'")
+    return parsed
+
+
+def load_secrets(path: StrPath) -> ControlPlaneSecrets:
+    try:
+        data = read_trusted_json(path, secret=True)
+    except TrustedFileError as exc:
+        raise SecretsError(str(exc)) from exc
+    return parse_secrets(data, str(path))
+
+
+def generate_secrets() -> ControlPlaneSecrets:
+    """Fresh random secrets: 32 url-safe characters (~190 bits) per password."""
+
+    def token() -> str:
+        return secrets.token_urlsafe(24)
+
+    return ControlPlaneSecrets(
+        postgres_superuser="han_owner",
+        postgres_superuser_password=token(),
+        postgres_user="han_worker",
+        postgres_password=token(),
+        postgres_database="han",
+        redis_admin_user="han_admin",
+        redis_admin_password=token(),
+        redis_user="han_worker",
+        redis_password=token(),
+        s3_root_access_key=f"han-root-{secrets.token_hex(4)}",
+        s3_root_secret_key=token(),
+        s3_access_key=f"han-worker-{secrets.token_hex(4)}",
+        s3_secret_key=token(),
+        s3_bucket="han-artifacts",
+    )
+
+
+def ensure_secrets(path: Path) -> tuple[ControlPlaneSecrets, bool]:
+    """Load the secrets file, or create it with fresh secrets; returns (secrets, created)."""
+    if path.exists():
+        return load_secrets(path), False
+    generated = generate_secrets()
+    write_private_json(path, generated.to_dict())
+    log.info("generated new control-plane secrets in %s", path)
+    return generated, True

