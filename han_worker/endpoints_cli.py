@@ -16,20 +16,23 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
+from han_worker.credentials import Credentials, CredentialsError, load_credentials_file
 from han_worker.endpoints import (
     MODES,
     Endpoints,
     EndpointsError,
     Probe,
+    ProbeReport,
     Selection,
     load_endpoints_file,
     mac_endpoints,
+    probe_all,
     select,
     tcp_probe,
 )
+from han_worker.probes import worker_checks
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,19 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help=f"Pegasus endpoints file (default: $HAN_ENDPOINTS_FILE, else {DEFAULT_ENDPOINTS_FILE})",
     )
     parser.add_argument(
+        "--credentials-file",
+        type=Path,
+        metavar="PATH",
+        help="the Pegasus control plane's credentials: probe with them (PING, SELECT 1, bucket) rather than "
+        "only connect (default: credentials.json beside the endpoints file, when it exists)",
+    )
+    parser.add_argument(
+        "--mac-credentials-file",
+        type=Path,
+        metavar="PATH",
+        help="the Mac control plane's credentials, to probe it the same way",
+    )
+    parser.add_argument(
         "--mac-host",
         action="append",
         metavar="ADDR",
@@ -89,7 +105,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         type=_positive_seconds,
         default=2.0,
         metavar="SECONDS",
-        help="overall deadline of the TCP probes (default: 2.0)",
+        help="overall deadline of the probes (default: 2.0)",
     )
     parser.add_argument("--no-probe", action="store_true", help="do not connect to any service")
     parser.add_argument("--json", action="store_true", help="print the selection as JSON")
@@ -150,8 +166,36 @@ def resolve_request(args: argparse.Namespace) -> Request:
         endpoints_file=endpoints_file.expanduser(),
         mac_hosts=_mac_hosts(args, mode),
         mac_ports=_mac_ports(args.mac_port),
-        probe=None if args.no_probe else partial(tcp_probe, timeout=args.probe_timeout),
+        probe=None if args.no_probe else _probe(args, endpoints_file.expanduser()),
     )
+
+
+def _credentials(path: Path | None, origin: str) -> Credentials | None:
+    if path is None:
+        return None
+    try:
+        return load_credentials_file(path.expanduser())
+    except CredentialsError as exc:
+        raise EndpointsError(f"{origin}: {exc}") from exc
+
+
+def _probe(args: argparse.Namespace, endpoints_file: Path) -> Probe:
+    """Authenticated checks where credentials are known, else a TCP connect, all under one deadline."""
+    pegasus_file = args.credentials_file
+    if pegasus_file is None and (endpoints_file.parent / "credentials.json").exists():
+        pegasus_file = endpoints_file.parent / "credentials.json"
+    by_source = {
+        "pegasus": _credentials(pegasus_file, "--credentials-file"),
+        "mac": _credentials(args.mac_credentials_file, "--mac-credentials-file"),
+    }
+
+    def probe(endpoints: Endpoints) -> ProbeReport:
+        credentials = by_source.get(endpoints.source)
+        if credentials is None:
+            return tcp_probe(endpoints, timeout=args.probe_timeout)
+        return probe_all(endpoints, worker_checks(credentials), args.probe_timeout)
+
+    return probe
 
 
 def choose(request: Request) -> Selection:

@@ -8,6 +8,7 @@ import logging
 import os
 from pathlib import Path
 
+from han_worker.control_plane.addresses import local_address_in
 from han_worker.control_plane.admin_secrets import SecretsError, ensure_secrets
 from han_worker.control_plane.layout import DEFAULT_STATE_DIR, Layout
 from han_worker.control_plane.supervisor import SupervisorConfig, run
@@ -25,9 +26,14 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         description="Run the control plane in the foreground until SIGTERM or SIGINT.",
     )
     _add_state_dir(run_parser)
-    run_parser.add_argument(
-        "--bind", required=True, metavar="ADDR",
+    where = run_parser.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--bind", metavar="ADDR",
         help="the node's private address every service binds to (0.0.0.0 only with --allow-any-address)",
+    )  # fmt: skip
+    where.add_argument(
+        "--bind-network", metavar="CIDR",
+        help="bind the node's own address inside this network (a Slurm job learns its node only at start)",
     )  # fmt: skip
     run_parser.add_argument("--allow-any-address", action="store_true", help="permit --bind 0.0.0.0 or ::")
     run_parser.add_argument(
@@ -64,6 +70,21 @@ def _add_state_dir(parser: argparse.ArgumentParser) -> None:
 
 class UsageError(ValueError):
     """A flag's value is wrong; the message names the flag."""
+
+
+def _bind_address(args: argparse.Namespace) -> str:
+    if args.bind is not None:
+        return _address(args.bind, args.allow_any_address)
+    try:
+        network = ipaddress.ip_network(args.bind_network, strict=False)
+    except ValueError:
+        raise UsageError(
+            f"--bind-network: {args.bind_network!r} is not a network (e.g. 10.1.0.0/16)"
+        ) from None
+    found = local_address_in(network)
+    if found is None:
+        raise UsageError(f"--bind-network {network}: this machine has no address in it")
+    return _address(found, args.allow_any_address)
 
 
 def _address(text: str, allow_any: bool) -> str:
@@ -105,7 +126,7 @@ def _networks(items: list[str], address: str) -> tuple[str, ...]:
 
 
 def _config(args: argparse.Namespace) -> SupervisorConfig:
-    address = _address(args.bind, args.allow_any_address)
+    address = _bind_address(args)
     if args.start_timeout <= 0:
         raise UsageError("--start-timeout: must be more than 0 seconds")
     return SupervisorConfig(

@@ -139,6 +139,37 @@ def test_publishes_endpoints_that_readers_accept(
     selection = json.loads(result.stdout)
     assert selection["source"] == "pegasus"
     assert selection["endpoints"]["services"] == document["services"]
+    # credentials.json beside the endpoints file: the probes authenticate as the worker.
+    details = {probe["service"]: probe["detail"] for probe in selection["probes"]}
+    assert details == {
+        "postgres": "SELECT 1 as han_worker on han ok",
+        "redis": "PING as han_worker ok",
+        "s3": "bucket han-artifacts reachable as " + control_plane.credentials["s3"]["access_key"],
+    }
+
+
+def test_pegasus_mode_with_a_wrong_password_exits_2_naming_the_service(
+    control_plane: RunningControlPlane, unprivileged_env: UnprivilegedEnv
+):
+    wrong = control_plane.credentials
+    wrong["redis"]["password"] = "a-wrong-password-of-some-length"
+    wrong_file = control_plane.state_dir.parent / "wrong-credentials.json"
+    wrong_file.write_text(json.dumps(wrong))
+    shutil.chown(wrong_file, unprivileged_env.user, unprivileged_env.user)
+    wrong_file.chmod(0o600)
+    result = subprocess.run(
+        unprivileged_env.argv(
+            "han-worker", "endpoints", "--mode", "pegasus",
+            "--endpoints-file", str(control_plane.state_dir / "endpoints.json"),
+            "--credentials-file", str(wrong_file),
+        ),
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert f"unhealthy: redis {ADDRESS}:" in result.stderr
+    assert "authentication failed for user han_worker" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "a-wrong-password" not in result.stderr
 
 
 def test_secrets_files_are_private(control_plane: RunningControlPlane):

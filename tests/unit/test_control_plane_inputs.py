@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from han_worker.cli import control_plane_main
+from han_worker.control_plane.addresses import local_address_in
 from han_worker.control_plane.admin_secrets import (
     SecretsError,
     ensure_secrets,
@@ -40,11 +42,17 @@ def test_generated_secrets_round_trip_and_hide_passwords() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"s3__root_secret_key": "minioadmin"}, "field 's3.root_secret_key' is a well-known default password"),
+        (
+            {"s3__root_secret_key": "minioadmin"},
+            "field 's3.root_secret_key' is a well-known default password",
+        ),
         ({"s3__root_access_key": "minioadmin"}, "field 's3.root_access_key' is MinIO's default user name"),
         ({"postgres__password": "short"}, "field 'postgres.password' is 5 characters long; at least 16"),
         ({"redis__admin_password": ""}, "field 'redis.admin_password' must not be empty"),
-        ({"postgres__user": "Robert'); DROP"}, "field 'postgres.user': \"Robert'); DROP\" must start with a letter"),
+        (
+            {"postgres__user": "Robert'); DROP"},
+            "field 'postgres.user': \"Robert'); DROP\" must start with a letter",
+        ),
         ({"redis__user": "han_admin"}, "the worker user must differ from the admin user"),
     ],
 )
@@ -79,15 +87,28 @@ def test_a_readable_secrets_file_is_refused(tmp_path: Path) -> None:
         (["--bind", "0.0.0.0"], "--bind: 0.0.0.0 would listen on every interface; pass --allow-any-address"),
         (["--bind", "pegasus-node"], "--bind: 'pegasus-node' is not an IP address"),
         (["--bind", "127.0.0.10", "--port", "mysql=3306"], "--port mysql=3306: service must be one of"),
-        (["--bind", "127.0.0.10", "--port", "redis=70000"], "--port redis=70000: port must be a number from 1"),
-        (["--bind", "127.0.0.10", "--port", "redis=7000", "--port", "s3=7000"], "two services cannot share a port"),
-        (["--bind", "127.0.0.10", "--client-network", "10.0.0.0/33"], "--client-network: '10.0.0.0/33' is not"),
+        (
+            ["--bind", "127.0.0.10", "--port", "redis=70000"],
+            "--port redis=70000: port must be a number from 1",
+        ),
+        (
+            ["--bind", "127.0.0.10", "--port", "redis=7000", "--port", "s3=7000"],
+            "two services cannot share a port",
+        ),
+        (
+            ["--bind", "127.0.0.10", "--client-network", "10.0.0.0/33"],
+            "--client-network: '10.0.0.0/33' is not",
+        ),
         (["--bind", "127.0.0.10", "--start-timeout", "0"], "--start-timeout: must be more than 0 seconds"),
         (["--bind", "127.0.0.10", "--launch-mode", "slurm"], "--launch-mode slurm: SLURM_JOB_ID is not set"),
     ],
 )
 def test_bad_flags_exit_2_naming_the_flag(
-    argv: list[str], message: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    argv: list[str],
+    message: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     assert control_plane_main(["run", "--state-dir", str(tmp_path / "cp"), *argv]) == 2
@@ -122,3 +143,26 @@ def test_free_ports_are_distinct_and_bindable() -> None:
     for port in ports:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", port))
+
+
+@pytest.mark.parametrize(
+    ("network", "candidates", "expected"),
+    [
+        ("127.0.0.10/32", [], "127.0.0.10"),
+        ("10.1.0.0/16", ["127.0.0.1", "192.0.2.7", "10.1.4.2", "10.1.4.3"], "10.1.4.2"),
+        ("10.2.0.0/16", ["127.0.0.1", "10.1.4.2"], None),
+        ("fd00::/8", ["10.1.4.2", "fd00::5%eth0"], "fd00::5"),
+    ],
+)
+def test_bind_network_picks_the_first_local_address_inside(
+    network: str, candidates: list[str], expected: str | None
+) -> None:
+    assert local_address_in(ipaddress.ip_network(network), candidates) == expected
+
+
+def test_bind_network_without_a_local_address_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    argv = ["run", "--state-dir", str(tmp_path / "cp"), "--bind-network", "198.18.0.0/24"]
+    assert control_plane_main(argv) == 2
+    assert "--bind-network 198.18.0.0/24: this machine has no address in it" in caplog.text
