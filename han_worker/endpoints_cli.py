@@ -54,7 +54,9 @@ class Request:
     endpoints_file: Path
     mac_hosts: tuple[str, ...]
     mac_ports: Mapping[str, int]
-    probe: Probe | None
+    probe_timeout: float | None  # None: do not probe
+    pegasus_credentials: Credentials | None
+    mac_credentials: Credentials | None
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -166,7 +168,11 @@ def resolve_request(args: argparse.Namespace) -> Request:
         endpoints_file=endpoints_file.expanduser(),
         mac_hosts=_mac_hosts(args, mode),
         mac_ports=_mac_ports(args.mac_port),
-        probe=None if args.no_probe else _probe(args, endpoints_file.expanduser()),
+        probe_timeout=None if args.no_probe else args.probe_timeout,
+        pegasus_credentials=_credentials(
+            _pegasus_credentials_file(args, endpoints_file), "--credentials-file"
+        ),
+        mac_credentials=_credentials(args.mac_credentials_file, "--mac-credentials-file"),
     )
 
 
@@ -179,21 +185,24 @@ def _credentials(path: Path | None, origin: str) -> Credentials | None:
         raise EndpointsError(f"{origin}: {exc}") from exc
 
 
-def _probe(args: argparse.Namespace, endpoints_file: Path) -> Probe:
+def _pegasus_credentials_file(args: argparse.Namespace, endpoints_file: Path) -> Path | None:
+    if args.credentials_file is not None:
+        return Path(args.credentials_file)
+    beside = endpoints_file.expanduser().parent / "credentials.json"
+    return beside if beside.exists() else None
+
+
+def _probe(request: Request, pegasus: Endpoints | EndpointsError | None) -> Probe | None:
     """Authenticated checks where credentials are known, else a TCP connect, all under one deadline."""
-    pegasus_file = args.credentials_file
-    if pegasus_file is None and (endpoints_file.parent / "credentials.json").exists():
-        pegasus_file = endpoints_file.parent / "credentials.json"
-    by_source = {
-        "pegasus": _credentials(pegasus_file, "--credentials-file"),
-        "mac": _credentials(args.mac_credentials_file, "--mac-credentials-file"),
-    }
+    timeout = request.probe_timeout
+    if timeout is None:
+        return None
 
     def probe(endpoints: Endpoints) -> ProbeReport:
-        credentials = by_source.get(endpoints.source)
+        credentials = request.pegasus_credentials if endpoints is pegasus else request.mac_credentials
         if credentials is None:
-            return tcp_probe(endpoints, timeout=args.probe_timeout)
-        return probe_all(endpoints, worker_checks(credentials), args.probe_timeout)
+            return tcp_probe(endpoints, timeout=timeout)
+        return probe_all(endpoints, worker_checks(credentials), timeout)
 
     return probe
 
@@ -206,7 +215,7 @@ def choose(request: Request) -> Selection:
             pegasus = load_endpoints_file(request.endpoints_file)
         except EndpointsError as exc:
             pegasus = exc
-    return select(request.mode, pegasus=pegasus, mac=macs, probe=request.probe)
+    return select(request.mode, pegasus=pegasus, mac=macs, probe=_probe(request, pegasus))
 
 
 def _print_selection(selection: Selection) -> None:

@@ -1,13 +1,16 @@
-"""``han-control-plane run`` and ``han-control-plane init-secrets``: argument parsing and validation."""
+"""``han-control-plane`` sub-commands: argument parsing, validation and exit codes."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
+import json
 import logging
 import os
 from pathlib import Path
 
+from han_worker.control_plane import background
 from han_worker.control_plane.addresses import local_address_in
 from han_worker.control_plane.admin_secrets import SecretsError, ensure_secrets
 from han_worker.control_plane.layout import DEFAULT_STATE_DIR, Layout
@@ -25,8 +28,42 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="start PostgreSQL, Redis and S3, publish the endpoints file, stop cleanly on SIGTERM",
         description="Run the control plane in the foreground until SIGTERM or SIGINT.",
     )
-    _add_state_dir(run_parser)
-    where = run_parser.add_mutually_exclusive_group(required=True)
+    _add_run_arguments(run_parser)
+    run_parser.set_defaults(handler=_run)
+
+    start_parser = commands.add_parser(
+        "start",
+        help="direct launch mode: run in the background; return once the endpoints are published",
+        description="Start `run` as a background process unless one runs on this state directory.",
+    )
+    _add_run_arguments(start_parser)
+    start_parser.add_argument("--wait", type=float, default=120.0, metavar="SECONDS", help="(default: 120)")
+    start_parser.set_defaults(handler=_start)
+
+    stop_parser = commands.add_parser(
+        "stop", help="SIGTERM the background supervisor and wait until it is down"
+    )
+    _add_state_dir(stop_parser)
+    stop_parser.add_argument("--wait", type=float, default=120.0, metavar="SECONDS", help="(default: 120)")
+    stop_parser.set_defaults(handler=_stop)
+
+    status_parser = commands.add_parser(
+        "status", help="is a supervisor running here, and are its endpoints published"
+    )
+    _add_state_dir(status_parser)
+    status_parser.add_argument("--json", action="store_true", help="print the status as JSON")
+    status_parser.set_defaults(handler=_status)
+
+    init_parser = commands.add_parser(
+        "init-secrets", help="create secrets.json with fresh random credentials unless it exists"
+    )
+    _add_state_dir(init_parser)
+    init_parser.set_defaults(handler=_init_secrets)
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_state_dir(parser)
+    where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument(
         "--bind", metavar="ADDR",
         help="the node's private address every service binds to (0.0.0.0 only with --allow-any-address)",
@@ -35,30 +72,21 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--bind-network", metavar="CIDR",
         help="bind the node's own address inside this network (a Slurm job learns its node only at start)",
     )  # fmt: skip
-    run_parser.add_argument("--allow-any-address", action="store_true", help="permit --bind 0.0.0.0 or ::")
-    run_parser.add_argument(
-        "--source", choices=("pegasus", "mac"), default="pegasus", help="written to the file"
-    )
-    run_parser.add_argument(
+    parser.add_argument("--allow-any-address", action="store_true", help="permit --bind 0.0.0.0 or ::")
+    parser.add_argument("--source", choices=("pegasus", "mac"), default="pegasus", help="written to the file")
+    parser.add_argument(
         "--launch-mode", choices=("slurm", "direct"), default="direct",
         help="slurm: a batch job (job id and walltime end are published); direct: a background process",
     )  # fmt: skip
-    run_parser.add_argument(
+    parser.add_argument(
         "--port", action="append", default=[], metavar="SERVICE=PORT",
         help="a fixed port for postgres, redis or s3 (the Mac's are in the inventory); others are free ones",
     )  # fmt: skip
-    run_parser.add_argument(
+    parser.add_argument(
         "--client-network", action="append", default=[], metavar="CIDR",
         help="network that may log in to PostgreSQL (default: 127.0.0.0/8 for loopback --bind, else ADDR/32)",
     )  # fmt: skip
-    run_parser.add_argument("--start-timeout", type=float, default=90.0, metavar="SECONDS")
-    run_parser.set_defaults(handler=_run)
-
-    init_parser = commands.add_parser(
-        "init-secrets", help="create secrets.json with fresh random credentials unless it exists"
-    )
-    _add_state_dir(init_parser)
-    init_parser.set_defaults(handler=_init_secrets)
+    parser.add_argument("--start-timeout", type=float, default=90.0, metavar="SECONDS")
 
 
 def _add_state_dir(parser: argparse.ArgumentParser) -> None:
@@ -102,7 +130,7 @@ def _address(text: str, allow_any: bool) -> str:
 def _ports(items: list[str]) -> dict[str, int]:
     ports: dict[str, int] = {}
     for item in items:
-        name, _, value = item.partition("=")
+        name, _equals, value = item.partition("=")
         if name not in SERVICES:
             raise UsageError(f"--port {item}: service must be one of {', '.join(SERVICES)}")
         if not value.isdigit() or not 1 <= int(value) <= 65535:
@@ -156,11 +184,52 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
 
+def _run_argv(config: SupervisorConfig) -> list[str]:
+    """The validated configuration as ``run`` arguments, for the background process."""
+    argv = ["--bind", config.address, "--source", config.source, "--launch-mode", config.launch_mode]
+    argv += ["--start-timeout", str(config.start_timeout), "--allow-any-address"]  # the address is checked
+    argv += [f"--port={name}={port}" for name, port in config.ports.items()]
+    argv += [f"--client-network={network}" for network in config.client_networks]
+    return argv
+
+
+def _start(args: argparse.Namespace) -> int:
+    try:
+        config = _config(args)
+        started = background.start(Layout(config.state_dir), _run_argv(config), timeout=args.wait)
+    except (UsageError, background.BackgroundError) as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE if isinstance(exc, UsageError) else 1
+    print("started" if started else "already running")
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    try:
+        stopped = background.stop(Layout(args.state_dir.expanduser()), timeout=args.wait)
+    except background.BackgroundError as exc:
+        log.error("%s", exc)
+        return 1
+    print("stopped" if stopped else "not running")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    current = background.status(Layout(args.state_dir.expanduser()))
+    if args.json:
+        print(json.dumps(dataclasses.asdict(current)))
+    else:
+        state = "running" if current.running else "not running"
+        published = f", endpoints published (epoch {current.epoch})" if current.published else ""
+        print(f"{state}{f' (pid {current.pid})' if current.pid else ''}{published}")
+    return 0
+
+
 def _init_secrets(args: argparse.Namespace) -> int:
     layout = Layout(args.state_dir.expanduser())
     layout.make_dirs()
     try:
-        _, created = ensure_secrets(layout.secrets_file)
+        _secrets, created = ensure_secrets(layout.secrets_file)
     except SecretsError as exc:
         log.error("%s", exc)
         return EXIT_USAGE

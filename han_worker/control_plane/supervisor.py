@@ -176,7 +176,7 @@ class Supervisor:
         with exclusive_lock(self.layout.lock_file):
             # A supervisor killed with SIGKILL could not mark its file; do it before anything else.
             mark_stale(self.layout)
-            secrets, _ = ensure_secrets(self.layout.secrets_file)
+            secrets, _created = ensure_secrets(self.layout.secrets_file)
             services = self._services(secrets)
             try:
                 self._start(services)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import subprocess
@@ -84,3 +85,28 @@ def unprivileged_env() -> UnprivilegedEnv:
     _run_or_fail([*pip, "--force-reinstall", "--no-deps", str(REPO)])
     subprocess.run(["chmod", "-R", "a+rX", str(UNPRIVILEGED_VENV)], check=True)
     return UnprivilegedEnv(UNPRIVILEGED_VENV / "bin", CLUSTER_USER)
+
+
+# -- reaching the testbed's machines --------------------------------------------------------------------------
+
+SSH_KEY = "/var/lib/han-testbed/client/id_ed25519"
+KNOWN_HOSTS = "/var/lib/han-testbed/client/known_hosts"
+PEGASUS = "pegasus@127.0.0.10"
+MAC = "operator@127.0.0.20"
+
+
+def ssh(destination: str, command: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run a shell command over the testbed's real SSH, as Ansible reaches the machine."""
+    argv = [
+        "ssh", "-i", SSH_KEY, "-p", "2222", "-o", f"UserKnownHostsFile={KNOWN_HOSTS}",
+        "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5",
+        destination, command,
+    ]  # fmt: skip
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def recap(result: subprocess.CompletedProcess[str], host: str) -> dict[str, int]:
+    """The PLAY RECAP counters of one host (ok, changed, failed, ...)."""
+    line = re.search(rf"^{re.escape(host)}\s+:\s+(.*)$", result.stdout, re.MULTILINE)
+    assert line is not None, result.stdout + result.stderr
+    return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", line.group(1))}

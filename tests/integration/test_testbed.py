@@ -11,30 +11,7 @@ import ansible_runner
 import pytest
 
 from tests.conftest import BIN, REPO, run_ansible
-
-SSH_KEY = "/var/lib/han-testbed/client/id_ed25519"
-KNOWN_HOSTS = "/var/lib/han-testbed/client/known_hosts"
-
-
-def ssh(user: str, command: str) -> subprocess.CompletedProcess[str]:
-    argv = [
-        "ssh",
-        "-i",
-        SSH_KEY,
-        "-p",
-        "2222",
-        "-o",
-        f"UserKnownHostsFile={KNOWN_HOSTS}",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "ConnectTimeout=5",
-        f"{user}@127.0.0.10",
-        command,
-    ]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+from tests.integration.conftest import MAC, PEGASUS, recap, ssh
 
 
 def test_gpu_check_through_ansible_runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -79,14 +56,14 @@ def test_wrong_partition_fails_naming_the_variable_and_submits_nothing() -> None
 
 def test_cluster_account_runs_debians_python() -> None:
     result = ssh(
-        "pegasus", "id -un && /usr/bin/python3 -c 'import sys; print(sys.version_info[:2] >= (3, 11))'"
+        PEGASUS, "id -un && /usr/bin/python3 -c 'import sys; print(sys.version_info[:2] >= (3, 11))'"
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["pegasus", "True"]
 
 
 def test_root_cannot_log_in_to_pegasus() -> None:
-    result = ssh("root", "true")
+    result = ssh("root@127.0.0.10", "true")
     assert result.returncode == 255
     assert "Permission denied" in result.stderr
 
@@ -94,6 +71,12 @@ def test_root_cannot_log_in_to_pegasus() -> None:
 def test_testbed_check_mode_reports_no_change() -> None:
     result = run_ansible("ansible-playbook", "playbooks/testbed.yml", "--check")
     assert result.returncode == 0, result.stdout
-    recap = re.search(r"localhost\s+: ok=\d+\s+changed=(\d+)", result.stdout)
-    assert recap is not None, result.stdout
-    assert recap.group(1) == "0", result.stdout
+    assert recap(result, "localhost")["changed"] == 0, result.stdout
+
+
+def test_the_mac_admits_only_its_operator() -> None:
+    assert ssh(MAC, "id -un").stdout.strip() == "operator"
+    refused = ssh("pegasus@127.0.0.20", "true")
+    assert refused.returncode == 255
+    assert "Permission denied" in refused.stderr
+    assert ssh("operator@127.0.0.10", "true").returncode == 255

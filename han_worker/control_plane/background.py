@@ -1,0 +1,123 @@
+"""Direct launch mode: run the supervisor as a background process, and find, stop or describe it.
+
+The supervisor's lock file is the one source of truth: the process that holds the lock is running,
+and it wrote its pid there. Nothing is inferred from process names.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from han_worker.control_plane.layout import Layout
+from han_worker.endpoints import EndpointsError, parse_endpoints
+from han_worker.trusted_files import TrustedFileError, read_trusted_json
+
+log = logging.getLogger(__name__)
+
+
+class BackgroundError(RuntimeError):
+    """The background supervisor did not start or stop as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class Status:
+    running: bool
+    pid: int | None
+    published: bool
+    epoch: int | None
+
+
+def running_pid(layout: Layout) -> int | None:
+    """The pid of the supervisor holding the state directory's lock, or None when none does."""
+    try:
+        fd = os.open(layout.lock_file, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = layout.lock_file.read_text().strip()
+            return int(text) if text.isdigit() else None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def status(layout: Layout) -> Status:
+    pid = running_pid(layout)
+    try:
+        endpoints = parse_endpoints(read_trusted_json(layout.endpoints_file), str(layout.endpoints_file))
+    except (EndpointsError, TrustedFileError):
+        return Status(pid is not None, pid, published=False, epoch=None)
+    return Status(
+        pid is not None, pid, published=pid is not None and not endpoints.stale, epoch=endpoints.epoch
+    )
+
+
+def start(layout: Layout, run_args: Sequence[str], timeout: float) -> bool:
+    """Start ``han-control-plane run`` detached; True if started, False if it was already running.
+
+    Returns once the endpoints are published, so the caller can use them at once.
+    """
+    if running_pid(layout) is not None:
+        return False
+    layout.make_dirs()
+    log_file = layout.log_file("supervisor")
+    with open(os.devnull, "rb") as devnull, log_file.open("ab") as output:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "han_worker.control_plane",
+                "run",
+                "--state-dir",
+                str(layout.root),
+                *run_args,
+            ],
+            stdin=devnull,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # not in the caller's session: an SSH logout must not stop it
+        )
+    _wait_published(layout, process, timeout)
+    return True
+
+
+def _wait_published(layout: Layout, process: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        code = process.poll()
+        if code is not None:
+            raise BackgroundError(
+                f"han-control-plane run exited with code {code}; see {layout.log_file('supervisor')}"
+            )
+        if status(layout).published:
+            return
+        time.sleep(0.2)
+    raise BackgroundError(
+        f"no endpoints published within {timeout:.0f}s; see {layout.log_file('supervisor')}"
+    )
+
+
+def stop(layout: Layout, timeout: float) -> bool:
+    """SIGTERM the running supervisor and wait until it released its lock; True if it was running."""
+    pid = running_pid(layout)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while running_pid(layout) is not None:
+        if time.monotonic() > deadline:
+            raise BackgroundError(f"the supervisor (pid {pid}) did not stop within {timeout:.0f}s")
+        time.sleep(0.2)
+    return True
