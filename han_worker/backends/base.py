@@ -1,0 +1,66 @@
+"""What a backend is: the code that does one kind of job, on the platforms it can run on.
+
+Backends are found by name through the entry-point group ``han_worker.backends`` (see
+:mod:`han_worker.backends`), so a lab can add its own in another package. The worker gives a backend a
+:class:`JobContext` with the job's parameters and its input files already downloaded, and stores what the
+backend returns: the small ``summary`` in the ledger, every file in ``outputs`` in the object store.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+LINUX = "linux"
+WINDOWS = "windows"
+MACOS = "darwin"
+
+
+class JobFailed(Exception):
+    """The job cannot succeed as given (not an image, no person found, a bad parameter).
+
+    The worker records the message as the job's error and does not retry it: a second attempt would
+    fail the same way. Any other exception counts as a crash of the attempt and is retried.
+    """
+
+
+@dataclass(frozen=True)
+class JobContext:
+    job_id: str
+    kind: str
+    params: Mapping[str, object]
+    inputs: Mapping[str, Path]  # input name -> local file, downloaded and hash-checked
+    workdir: Path  # private scratch directory, removed after the attempt
+    log: logging.Logger
+    should_stop: Callable[[], bool] = field(default=lambda: False)  # True once the worker is draining
+
+
+@dataclass(frozen=True)
+class JobResult:
+    summary: Mapping[str, object]  # small JSON-serialisable result, stored in the ledger
+    outputs: Mapping[str, Path] = field(default_factory=dict)  # output name -> file to upload
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """One kind of job. ``queue`` names the Redis stream its jobs go to; ``platforms`` the platforms
+    (:data:`LINUX`, :data:`WINDOWS`, :data:`MACOS`) on which a worker may run it."""
+
+    name: str
+    queue: str
+    platforms: frozenset[str]
+
+    def run(self, context: JobContext) -> JobResult: ...
+
+
+def unavailable_reason(backend: Backend) -> str | None:
+    """Why this backend cannot run here (a missing optional dependency), or None when it can.
+
+    A backend may define ``unavailable() -> str | None``; the worker asks at start and refuses to serve
+    the backend's queue with that reason, rather than failing every job of that kind one by one.
+    """
+    check = getattr(backend, "unavailable", None)
+    return check() if callable(check) else None

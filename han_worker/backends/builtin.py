@@ -1,0 +1,56 @@
+"""Backends that need nothing but Python: for tests, drills and benchmarks (queue ``noop``)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from han_worker.backends.base import LINUX, MACOS, WINDOWS, JobContext, JobFailed, JobResult
+
+EVERYWHERE = frozenset({LINUX, WINDOWS, MACOS})
+
+
+@dataclass(frozen=True)
+class NoopBackend:
+    """Does nothing and succeeds: measures the system's own cost per job."""
+
+    name: str = "noop"
+    queue: str = "noop"
+    platforms: frozenset[str] = EVERYWHERE
+
+    def run(self, context: JobContext) -> JobResult:
+        return JobResult(summary={"ok": True})
+
+
+@dataclass(frozen=True)
+class SleepBackend:
+    """Sleeps ``params.seconds`` (default 1), waking early when the worker drains; writes one output."""
+
+    name: str = "sleep"
+    queue: str = "noop"
+    platforms: frozenset[str] = EVERYWHERE
+
+    def run(self, context: JobContext) -> JobResult:
+        seconds = context.params.get("seconds", 1)
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds <= 86400:
+            raise JobFailed(f"param 'seconds' must be a number from 0 to 86400, not {seconds!r}")
+        deadline = time.monotonic() + float(seconds)
+        while time.monotonic() < deadline:
+            if context.should_stop():
+                raise InterruptedError("the worker is draining")
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+        output = context.workdir / "slept.txt"
+        output.write_text(f"{seconds}\n")
+        return JobResult(summary={"slept": seconds}, outputs={"slept.txt": output})
+
+
+@dataclass(frozen=True)
+class FailBackend:
+    """Always fails with ``params.message``: how a bad input is recorded."""
+
+    name: str = "fail"
+    queue: str = "noop"
+    platforms: frozenset[str] = EVERYWHERE
+
+    def run(self, context: JobContext) -> JobResult:
+        raise JobFailed(str(context.params.get("message", "failed on purpose")))
