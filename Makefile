@@ -66,7 +66,7 @@ sanity: venv ## ansible-test sanity on a built copy of the collection.
 	cd $(SANITY_DIR)/tree/ansible_collections/han/infra && ansible-test sanity --venv --python 3.11 --color no
 
 molecule: venv ## Molecule scenarios (default driver, on this machine; the SSH ones need the testbed).
-	for role in testbed pegasus_env; do (cd roles/$$role && molecule test); done
+	for role in testbed pegasus_env control_plane; do (cd roles/$$role && molecule test); done
 
 clean: ## Remove .venv and generated files (the testbed keeps running; see testbed-down).
 	rm -rf $(VENV) reports .pytest_cache .mypy_cache .ruff_cache $(SANITY_DIR)
