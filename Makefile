@@ -27,7 +27,8 @@ $(VENV)/.installed: pyproject.toml .ci/constraints.txt
 	@sh roles/testbed/files/host_prereqs.sh
 	@echo "==> Creating $(VENV) and installing han_worker with its tools"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check --constraint .ci/constraints.txt --editable '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check --constraint .ci/constraints.txt --no-deps mediapipe==0.10.21
+	$(BIN)/pip install --quiet --disable-pip-version-check --constraint .ci/constraints.txt --editable '.[dev,pose-runtime]'
 	touch $@
 
 venv: $(VENV)/.installed ## Create .venv with han_worker, Ansible and the test tools.
