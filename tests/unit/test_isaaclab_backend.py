@@ -195,7 +195,7 @@ def test_a_run_streams_its_log_and_uploads_its_checkpoints(
 
 def test_the_checkpoint_patterns_are_configurable(tmp_path: Path, trainer: Callable[..., None]) -> None:
     trainer(checkpoints=["**/params/*.yaml"])
-    result, _ = run(tmp_path, {"num_envs": 8})
+    result, _log = run(tmp_path, {"num_envs": 8})
     assert sorted(result.outputs) == [
         "run/logs/rsl_rl/Fake-Task-v0/2025-01-01_00-00-00/params/env.yaml",
         "train.log",
