@@ -206,7 +206,9 @@ class SeaweedS3Service(Service):
         self.argv = [
             str(self.server), "server",
             f"-dir={self.data_dir}",
-            f"-ip={self.address}", f"-ip.bind={self.address}",
+            # Only the S3 gateway (authenticated) listens on the private address: SeaweedFS's master,
+            # volume and filer ports answer without credentials, so they stay on the node's loopback.
+            "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-s3.ip.bind={self.address}",
             "-master.telemetry=false",
             f"-master.port={master}", f"-master.port.grpc={master_grpc}",
             f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
