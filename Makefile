@@ -11,14 +11,27 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_FORCE_COLOR := $(if $(CI),0,1)
 SANITY_DIR ?= /tmp/han-infra-sanity
 
-.PHONY: help demo test testbed testbed-down venv lint syntax pytest unit integration sanity molecule clean
+.PHONY: help demo demo-down test testbed testbed-down venv lint syntax pytest unit integration sanity molecule clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 demo: testbed ## Set up, bring the testbed up and run the main job on it.
-	@echo "==> Submitting a GPU job to Pegasus (the testbed) over SSH as the cluster account"
+	@echo "==> 1/5 Submitting a GPU job to Pegasus (the testbed) over SSH as the cluster account"
 	ansible-playbook playbooks/gpu_check.yml
+	@echo "==> 2/5 Bootstrapping the environment on Pegasus and on the Mac (runbook step 1)"
+	ansible-playbook playbooks/bootstrap.yml
+	@echo "==> 3/5 Starting the Pegasus control plane as a Slurm job (runbook step 2)"
+	ansible-playbook playbooks/control_plane.yml
+	@echo "==> 4/5 Starting the Mac's fallback control plane"
+	ansible-playbook playbooks/control_plane.yml -e control_plane_hosts=mac
+	@echo "==> 5/5 Status of the Pegasus control plane"
+	ansible-playbook playbooks/status.yml
+	@echo "==> Done. Stop them with: make demo-down"
+
+demo-down: venv ## Stop the control planes the demo started.
+	ansible-playbook playbooks/control_plane.yml -e state=stopped
+	ansible-playbook playbooks/control_plane.yml -e control_plane_hosts=mac -e state=stopped
 
 test: testbed lint syntax pytest sanity molecule ## Set up and run every check and test.
 	@echo "==> make test: all checks passed"
