@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 from ansible.errors import AnsibleError
-from ansible.plugins.loader import init_plugin_loader, lookup_loader
+from ansible.plugins.loader import lookup_loader
 
-from tests.conftest import REPO, run_ansible
+from tests.conftest import run_ansible
 
 
 @pytest.fixture(scope="module")
 def control_plane_lookup() -> Any:
-    init_plugin_loader([str(REPO / "collections")])
+    # The collection loader was installed by tests/unit/plugins/conftest.py.
     lookup = lookup_loader.get("han.infra.control_plane")
     assert lookup is not None, "the lookup plugin was not found through the collection"
     return lookup
