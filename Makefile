@@ -11,7 +11,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_FORCE_COLOR := $(if $(CI),0,1)
 SANITY_DIR ?= /tmp/han-infra-sanity
 
-.PHONY: help demo demo-down test testbed testbed-down venv lint syntax pytest unit integration sanity molecule clean
+.PHONY: help bench demo demo-down test testbed testbed-down venv lint syntax pytest unit integration sanity molecule clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -81,6 +81,9 @@ sanity: venv ## ansible-test sanity on a built copy of the collection.
 
 molecule: venv ## Molecule scenarios (default driver, on this machine; the SSH ones need the testbed).
 	for role in testbed pegasus_env control_plane; do (cd roles/$$role && molecule test); done
+
+bench: testbed ## Dispatch benchmark: enqueue-to-start latency and no-op jobs/s, 1 and 4 workers (figures only).
+	python -m tests.bench.dispatch
 
 clean: ## Remove .venv and generated files (the testbed keeps running; see testbed-down).
 	rm -rf $(VENV) reports .pytest_cache .mypy_cache .ruff_cache $(SANITY_DIR)

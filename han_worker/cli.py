@@ -10,7 +10,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from han_worker import __version__, endpoints_cli
+from han_worker import __version__, endpoints_cli, jobs_cli
 from han_worker.control_plane import cli as control_plane_cli
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ def build_worker_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     endpoints_cli.add_parser(commands)
+    jobs_cli.add_parsers(commands)
     return parser
 
 

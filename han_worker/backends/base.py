@@ -35,7 +35,8 @@ class JobContext:
     inputs: Mapping[str, Path]  # input name -> local file, downloaded and hash-checked
     workdir: Path  # private scratch directory, removed after the attempt
     log: logging.Logger
-    should_stop: Callable[[], bool] = field(default=lambda: False)  # True once the worker is draining
+    # True once the worker's drain grace period is over, or a later attempt has taken the job over.
+    should_stop: Callable[[], bool] = field(default=lambda: False)
 
 
 @dataclass(frozen=True)

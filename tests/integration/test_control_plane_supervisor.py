@@ -12,9 +12,7 @@ import shutil
 import signal
 import stat
 import subprocess
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -23,61 +21,10 @@ import redis
 from minio.error import S3Error
 
 from han_worker.credentials import parse_credentials
-from han_worker.endpoints import ServiceEndpoint, parse_endpoints
+from han_worker.endpoints import parse_endpoints
 from han_worker.probes import ProbeFailure, postgres_check, redis_check, s3_check, s3_client
 from tests.integration.conftest import UnprivilegedEnv
-
-ADDRESS = "127.0.0.10"
-
-
-@dataclass
-class RunningControlPlane:
-    process: subprocess.Popen[str]
-    state_dir: Path
-    log: Path
-
-    @property
-    def endpoints(self) -> dict[str, object]:
-        return dict(json.loads((self.state_dir / "endpoints.json").read_text()))
-
-    def service(self, name: str) -> ServiceEndpoint:
-        return parse_endpoints(self.endpoints, "endpoints.json").services[name]
-
-    @property
-    def credentials(self) -> dict[str, object]:
-        return dict(json.loads((self.state_dir / "credentials.json").read_text()))
-
-    @property
-    def secrets(self) -> dict[str, dict[str, str]]:
-        return dict(json.loads((self.state_dir / "secrets.json").read_text()))
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-    def stop(self, timeout: float = 60) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
-
-
-def start_control_plane(env: UnprivilegedEnv, state_dir: Path, *extra: str) -> RunningControlPlane:
-    log = state_dir.parent / f"supervisor-{time.monotonic_ns()}.log"
-    argv = env.argv("han-control-plane", "run", "--state-dir", str(state_dir), "--bind", ADDRESS, *extra)
-    with log.open("w") as handle:
-        process = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, text=True)
-    running = RunningControlPlane(process, state_dir, log)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"han-control-plane exited with {process.returncode}:\n{running.output()}")
-        try:
-            if running.endpoints.get("stale") is False:
-                return running
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.2)
-    running.stop()
-    pytest.fail(f"no endpoints published within 90 s:\n{running.output()}")
+from tests.integration.control_planes import ADDRESS, RunningControlPlane, start_control_plane
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,229 @@
+"""One attempt of one job: fetch its inputs, run its backend, record how it ended.
+
+The backend runs in a daemon thread (never a forked process: the worker runs on Windows too), so the
+worker can keep its promises while a backend is stuck: on SIGTERM it waits out the grace period,
+then asks the backend to stop (``should_stop``), then gives the job back and leaves without it.
+
+Recording is upload, then the fenced ledger commit, then the Redis acknowledgement. If the control
+plane went away before the commit, the result goes to the spool and is delivered to that control
+plane when it returns; once the commit is in, a Redis failure is only logged (the reconciler and
+the lease repair what a lost acknowledgement or re-enqueue leaves behind).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from minio.error import S3Error
+
+from han_worker.artifacts import ArtifactError, check_name
+from han_worker.backends.base import Backend, JobContext, JobFailed, JobResult
+from han_worker.connection import CONTROL_PLANE_ERRORS, Link, describe
+from han_worker.ledger import Claim, FinishReport, Outcome
+from han_worker.queues import Delivery
+from han_worker.spool import Spool, SpooledResult
+
+log = logging.getLogger(__name__)
+
+ABANDON_AFTER_SECONDS = 5.0  # after the grace period and the stop request: leave a stuck backend behind
+# Errors of a control plane that may come back: recording them waits in the spool.
+RECORDING_ERRORS: tuple[type[Exception], ...] = (*CONTROL_PLANE_ERRORS, S3Error)
+
+
+class DrainClock:
+    """When the worker was asked to stop, and what that means for the job in flight."""
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self.requested_at: float | None = None
+
+    def request(self) -> None:
+        if self.requested_at is None:
+            self.requested_at = time.monotonic()
+
+    def _past(self, seconds: float) -> bool:
+        return self.requested_at is not None and time.monotonic() >= self.requested_at + seconds
+
+    def stop_due(self) -> bool:
+        """The grace period is over: the backend should stop, and the job goes back to the queue."""
+        return self._past(self.grace)
+
+    def abandon_due(self) -> bool:
+        return self._past(self.grace + ABANDON_AFTER_SECONDS)
+
+
+@dataclass
+class InFlight:
+    """The job this worker runs now, and the control plane it came from (its result goes there)."""
+
+    delivery: Delivery
+    claim: Claim
+    link: Link
+    started: float = field(default_factory=time.monotonic)
+    superseded: bool = False  # set by the heartbeat: a later attempt owns the job now
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    outcome: str  # succeeded | failed | crashed | released
+    summary: Mapping[str, object] | None = None
+    error: str | None = None
+    files: Mapping[str, Path] = field(default_factory=dict)  # outputs to upload (succeeded only)
+
+
+def _checked(result: object) -> AttemptResult:
+    """A backend's return value as a success; a malformed one is a crash (a bug, not bad input)."""
+    if not isinstance(result, JobResult):
+        raise TypeError(f"backend returned {type(result).__name__}, not JobResult")
+    json.dumps(result.summary)  # the summary goes into a jsonb column
+    for name, path in result.outputs.items():
+        check_name(name, "output name")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"output {name!r}: {path} is not a file")
+    return AttemptResult("succeeded", dict(result.summary), None, dict(result.outputs))
+
+
+class _BackendThread(threading.Thread):
+    def __init__(self, backend: Backend, context: JobContext) -> None:
+        super().__init__(name=f"job-{context.job_id[:8]}", daemon=True)
+        self.backend = backend
+        self.context = context
+        self.result: object = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.backend.run(self.context)
+        except BaseException as exc:  # reported to the worker's thread, which decides what it means
+            self.error = exc
+
+
+def _ended(runner: _BackendThread, clock: DrainClock, job_log: logging.Logger) -> AttemptResult:
+    error = runner.error
+    if error is None:
+        try:
+            return _checked(runner.result)
+        except (TypeError, ValueError, OSError, ArtifactError) as exc:
+            return AttemptResult("crashed", error=f"invalid result: {describe(exc)}")
+    if isinstance(error, JobFailed):
+        return AttemptResult("failed", error=str(error) or type(error).__name__)
+    if clock.stop_due():
+        return AttemptResult("released", error=f"the worker is draining ({describe(error)})")
+    job_log.error("attempt crashed", exc_info=error)
+    return AttemptResult("crashed", error=f"{type(error).__name__}: {describe(error)}")
+
+
+def run_attempt(
+    inflight: InFlight, backend: Backend | None, workdir: Path, clock: DrainClock
+) -> AttemptResult:
+    """Run the claimed job to an end: succeeded, failed (no retry), crashed (retry) or released."""
+    claim, link = inflight.claim, inflight.link
+    job_log = logging.getLogger(f"han_worker.jobs.{claim.kind}")
+    if backend is None:
+        return AttemptResult("crashed", error=f"this worker has no backend for kind {claim.kind!r}")
+    try:
+        inputs = link.artifacts.download_inputs(claim.inputs, workdir / "inputs")
+    except ArtifactError as exc:
+        return AttemptResult("failed", error=str(exc))
+    except RECORDING_ERRORS as exc:
+        return AttemptResult("crashed", error=f"inputs could not be fetched: {describe(exc)}")
+    context = JobContext(
+        job_id=claim.job_id,
+        kind=claim.kind,
+        params=claim.params,
+        inputs=inputs,
+        workdir=workdir,
+        log=job_log,
+        should_stop=lambda: clock.stop_due() or inflight.superseded,
+    )
+    runner = _BackendThread(backend, context)
+    runner.start()
+    while runner.is_alive():
+        runner.join(0.5)  # returns as soon as the backend ends
+        if runner.is_alive() and clock.abandon_due():
+            job_log.error("backend did not stop %gs after it was asked to; leaving it", ABANDON_AFTER_SECONDS)
+            return AttemptResult("released", error="the worker is draining (the backend did not stop)")
+    return _ended(runner, clock, job_log)
+
+
+def log_result(claim: Claim, result: AttemptResult, report: FinishReport | None) -> None:
+    what = f"job {claim.job_id} ({claim.kind}) attempt {claim.attempt}"
+    if report is None:
+        log.warning("%s %s; spooled until its control plane returns", what, result.outcome)
+    elif not report.recorded:
+        log.warning("%s %s, but a later attempt took over: result discarded", what, result.outcome)
+    elif result.outcome == "succeeded":
+        log.info("%s succeeded", what)
+    else:
+        log.warning("%s %s (job now %s): %s", what, result.outcome, report.status, result.error)
+
+
+def record_on(
+    link: Link, claim_id: tuple[str, int], delivery: Delivery, result: AttemptResult
+) -> FinishReport:
+    """Upload, commit (fenced), then re-enqueue a retry and acknowledge: the order that loses nothing."""
+    job_id, attempt = claim_id
+    outputs = link.artifacts.upload_outputs(job_id, attempt, result.files) if result.files else {}
+    outcome = Outcome(
+        result.outcome,
+        result.summary,
+        result.error,
+        {name: artifact.to_dict() for name, artifact in outputs.items()} if result.files else None,
+    )
+    report = link.ledger.finish(job_id, attempt, outcome)
+    try:
+        if report.recorded and report.status == "queued":
+            link.queues.enqueue(delivery.queue, job_id)
+        link.queues.done(delivery)
+    except CONTROL_PLANE_ERRORS as exc:
+        log.warning(
+            "job %s is recorded, but Redis did not take the acknowledgement: %s", job_id, describe(exc)
+        )
+    return report
+
+
+def record(inflight: InFlight, result: AttemptResult, spool: Spool) -> FinishReport | None:
+    """Record on the job's own control plane; when that is away, spool (returns None)."""
+    claim, delivery, link = inflight.claim, inflight.delivery, inflight.link
+    try:
+        return record_on(link, (claim.job_id, claim.attempt), delivery, result)
+    except RECORDING_ERRORS as exc:
+        log.warning("control plane %s is away (%s)", link.source, describe(exc))
+    spool.put(
+        SpooledResult(
+            source=link.source,
+            epoch=link.choice.epoch,
+            job_id=claim.job_id,
+            attempt=claim.attempt,
+            queue=delivery.queue,
+            entry_id=delivery.entry_id,
+            outcome=result.outcome,
+            summary=result.summary,
+            error=result.error,
+            outputs=tuple(result.files),
+        ),
+        result.files,
+    )
+    return None
+
+
+def deliver_spooled(link: Link, spool: Spool, taker: str) -> int:
+    """Deliver the spooled results that belong to ``link``'s control plane; returns how many."""
+
+    def deliver(spooled: SpooledResult, files: dict[str, Path]) -> None:
+        delivery = Delivery(spooled.queue, spooled.entry_id, spooled.job_id)
+        result = AttemptResult(spooled.outcome, spooled.summary, spooled.error, files)
+        report = record_on(link, (spooled.job_id, spooled.attempt), delivery, result)
+        log.info(
+            "delivered the spooled %s result of job %s attempt %d to %s: %s",
+            spooled.outcome, spooled.job_id, spooled.attempt, link.source,
+            "recorded" if report.recorded else "superseded meanwhile, discarded",
+        )  # fmt: skip
+
+    return spool.deliver(link.source, taker, deliver)

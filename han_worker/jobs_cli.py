@@ -1,0 +1,261 @@
+"""``han-worker run | submit | wait | status``: argument parsing, validation and exit codes.
+
+Exit codes: 0 done; 1 the job failed (wait) or the control plane could not be reached; 2 bad input or
+an unusable configuration (the message names the flag, the file and field, or the variable); 3 wait
+timed out. Roles and drills branch on these, so none of them ends in a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from han_worker import client
+from han_worker.backends import UnsupportedQueue
+from han_worker.connection import CONTROL_PLANE_ERRORS, ConnectError, Link, Selector, describe
+from han_worker.endpoints import MODES, EndpointsError
+from han_worker.worker import StartError, Worker, backends_to_serve
+from han_worker.worker_config import Overrides, WorkerConfig, WorkerConfigError, load_worker_config
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
+
+RUN_HELP = """\
+On SIGTERM (Slurm's walltime signal), SIGINT or Ctrl-Break: stop taking jobs, let the job in flight
+finish within drain_grace_seconds or give it back to its queue, and exit 0. Exit 2 at once when a
+queue cannot be served here, the configuration is invalid or a control plane refuses the credentials.
+
+config file (JSON; every key optional, unknown keys refused; flags and variables override it):
+  mode, queues (list)            as --mode and --queues
+  pegasus.endpoints_file         Pegasus endpoints (default ~/.han/control-plane/endpoints.json)
+  pegasus.credentials_file       its credentials (default: credentials.json beside it)
+  mac.host, mac.ports            the Mac's control plane (ports: postgres, redis, s3)
+  mac.credentials_file           its credentials (required when the Mac may be used)
+  spool_dir                      results kept while their control plane is away (~/.han/spool)
+  lease_seconds (30)             a job whose worker is silent this long is taken over
+  heartbeat_seconds (10)         how often the lease, the ledger heartbeat and the registry are renewed
+  probe_interval_seconds (5)     how often the current control plane is probed
+  probe_timeout_seconds (2)      deadline of one probe round, and of connecting
+  flap_threshold (3)             failed probes in a row before a failover (and good ones before a return)
+  max_attempts (3)               attempts of a submitted job before it is dead
+  drain_grace_seconds (30)       time a job in flight gets to finish after SIGTERM
+  reconcile_seconds (30)         how often the ledger and the streams are compared (lost jobs re-enqueued)
+
+"""
+WAIT_HELP = """\
+Exit 0 if the job succeeded (its result is printed), 1 if it failed or is dead (the error is printed),
+3 if it has not finished within --timeout.
+
+"""
+SELECTION_HELP = """\
+control plane selection (the same for run, submit, wait and status):
+  --mode, else $CONTROL_PLANE_MODE, else the config file's "mode", else auto
+  pegasus  the Pegasus endpoints file must be valid and healthy, else exit 2 with the reason
+  mac      always the Mac's control plane ("mac" in the config file, or $MAC_LAN_IP)
+  auto     Pegasus when it is valid and healthy, else the Mac
+The Pegasus endpoints file: $HAN_ENDPOINTS_FILE, else the config file's pegasus.endpoints_file,
+else ~/.han/control-plane/endpoints.json (its credentials.json beside it).
+"""
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds > 0")
+    return seconds
+
+
+def _positive_int(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return int(text)
+
+
+Commands = argparse._SubParsersAction  # argparse's own name; not subscriptable at run time
+
+
+def _add(
+    commands: Commands[argparse.ArgumentParser], name: str, summary: str, epilog: str = ""
+) -> argparse.ArgumentParser:
+    """A sub-command; the RawDescription formatter keeps the epilog's columns."""
+    parser = commands.add_parser(
+        name,
+        help=summary,
+        description=summary[0].upper() + summary[1:] + ".",
+        epilog=epilog + SELECTION_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config", type=Path, metavar="PATH",
+        help="worker configuration file (JSON, as the Ansible roles render it); flags and environment "
+        "variables override it",
+    )  # fmt: skip
+    parser.add_argument("--mode", choices=MODES, help="control plane selection mode (see below)")
+    return parser
+
+
+def add_parsers(commands: Commands[argparse.ArgumentParser]) -> None:
+    for add in (_add_run, _add_submit, _add_wait, _add_status):
+        add(commands)
+
+
+def _add_run(commands: Commands[argparse.ArgumentParser]) -> None:
+    run = _add(commands, "run", "take jobs from the queues and run them until SIGTERM", RUN_HELP)
+    run.add_argument(
+        "--queues",
+        metavar="LIST",
+        help="comma-separated queues to serve (default: $HAN_WORKER_QUEUES, else the config file's)",
+    )
+    run.set_defaults(handler=_run)
+
+
+def _add_submit(commands: Commands[argparse.ArgumentParser]) -> None:
+    submit = _add(commands, "submit", "submit a job and print its id")
+    submit.add_argument("--kind", required=True, help="job kind (a registered backend, e.g. pose, sleep)")
+    submit.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="an input file, repeatable; the backend sees it under its file name",
+    )
+    submit.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a parameter, repeatable; VALUE is JSON when it parses as JSON (3, 2.5, true, [1,2]), "
+        "else a string; quote it to force a string: KEY='\"3\"'",
+    )
+    submit.add_argument("--params-json", metavar="JSON", help="parameters as one JSON object; --param wins")
+    submit.add_argument(
+        "--max-attempts",
+        type=_positive_int,
+        metavar="N",
+        help="attempts before the job is dead (default: the config file's max_attempts, else 3)",
+    )
+    submit.set_defaults(handler=_submit)
+
+
+def _add_wait(commands: Commands[argparse.ArgumentParser]) -> None:
+    wait = _add(commands, "wait", "wait until a job has finished", WAIT_HELP)
+    wait.add_argument("job", metavar="JOB", help="the job id that submit printed")
+    wait.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=3600.0,
+        metavar="SECONDS",
+        help="give up after this long and exit 3 (default: 3600)",
+    )
+    wait.add_argument("--json", action="store_true", help="print the job's ledger record as JSON")
+    wait.set_defaults(handler=_wait)
+
+
+def _add_status(commands: Commands[argparse.ArgumentParser]) -> None:
+    status = _add(commands, "status", "show the control plane, workers, queue depths, pending and dead jobs")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    status.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=10,
+        metavar="N",
+        help="pending and dead jobs to list (default: 10)",
+    )
+    status.set_defaults(handler=_status)
+
+
+def _fail(command: str, message: object, code: int = EXIT_USAGE) -> int:
+    print(f"han-worker {command}: {message}", file=sys.stderr)
+    return code
+
+
+def _config(args: argparse.Namespace, *, need_queues: bool = False) -> WorkerConfig:
+    overrides = Overrides(mode=args.mode, queues=getattr(args, "queues", None))
+    return load_worker_config(args.config, overrides, os.environ, need_queues=need_queues)
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        config = _config(args, need_queues=True)
+        backends = backends_to_serve(config.queues)
+        worker = Worker(config, backends, Selector(config))
+        return int(worker.run())
+    except (WorkerConfigError, UnsupportedQueue, EndpointsError, StartError) as exc:
+        return _fail("run", exc)
+
+
+def _connected(args: argparse.Namespace, work: Callable[[Link, WorkerConfig], int]) -> int:
+    """Select and connect as ``run`` would, run ``work``, map the errors to exit codes."""
+    try:
+        config = _config(args)
+        link = client.connect(config, name=f"han-worker {args.command}")
+    except (WorkerConfigError, EndpointsError) as exc:
+        return _fail(args.command, exc)
+    except ConnectError as exc:
+        return _fail(args.command, exc, EXIT_USAGE if exc.permanent else EXIT_FAILED)
+    try:
+        return work(link, config)
+    except client.RequestError as exc:
+        return _fail(args.command, exc)
+    except CONTROL_PLANE_ERRORS as exc:
+        return _fail(args.command, f"{link.source}: {describe(exc)}", EXIT_FAILED)
+    finally:
+        link.close()
+
+
+def _submit(args: argparse.Namespace) -> int:
+    try:  # everything that can be checked without a control plane is checked first
+        client.queue_of(args.kind)
+        params = client.parse_params(args.param, args.params_json)
+        inputs = client.check_inputs(args.input)
+    except client.RequestError as exc:
+        return _fail("submit", exc)
+
+    def work(link: Link, config: WorkerConfig) -> int:
+        max_attempts = args.max_attempts or config.max_attempts
+        print(client.submit(link, args.kind, params, inputs, max_attempts))
+        return EXIT_OK
+
+    return _connected(args, work)
+
+
+def _wait(args: argparse.Namespace) -> int:
+    try:
+        job_id = client.check_job_id(args.job)
+    except client.RequestError as exc:
+        return _fail("wait", exc)
+
+    def work(link: Link, _config: WorkerConfig) -> int:
+        record = client.wait(link, job_id, args.timeout)
+        if record is None:
+            return _fail("wait", f"job {job_id} has not finished after {args.timeout:g}s", EXIT_TIMEOUT)
+        if args.json:
+            print(json.dumps(record.to_dict(), indent=2, default=str))
+        else:
+            detail = json.dumps(record.result) if record.status == "succeeded" else record.error
+            print(f"{record.status}: {detail}")
+        return EXIT_OK if record.status == "succeeded" else EXIT_FAILED
+
+    return _connected(args, work)
+
+
+def _status(args: argparse.Namespace) -> int:
+    def work(link: Link, _config: WorkerConfig) -> int:
+        report = client.status(link, args.limit)
+        print(
+            json.dumps(report.to_dict(), indent=2, default=str) if args.json else client.format_status(report)
+        )
+        return EXIT_OK
+
+    return _connected(args, work)

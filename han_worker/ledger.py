@@ -1,0 +1,370 @@
+"""The job ledger in PostgreSQL: the source of truth for every job and every attempt.
+
+Redis only says which job to look at next; what a job is, whether it may run and how it ended live
+here. Every status change is a guarded ``UPDATE``, and results are fenced by (job id, attempt): a
+claim increments ``attempts`` and the claimer's number is its fencing token, so a result comes in
+only while ``attempts`` still equals that number. A job that ran twice therefore records exactly
+one success; the slower run is recorded as ``superseded`` and its result discarded.
+
+A job costs the worker two commits: claim and finish (facts.md: commits, not Redis, bound the rate).
+Each is one statement, data-modifying CTEs included, so each is one round trip as well.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+log = logging.getLogger(__name__)
+
+Row = tuple[Any, ...]
+Connection = psycopg.Connection[Row]
+OUTCOMES = ("succeeded", "failed", "crashed", "released")
+_MIGRATION_LOCK = 0x68616E5F6A6F6273  # pg_advisory_xact_lock key ("han_jobs"): one migrator at a time
+
+MIGRATIONS: tuple[tuple[int, str, str], ...] = (
+    (
+        1,
+        "jobs and job_attempts",
+        """
+        CREATE TABLE jobs (
+            id uuid PRIMARY KEY,
+            kind text NOT NULL,
+            queue text NOT NULL,
+            params jsonb NOT NULL DEFAULT '{}',
+            inputs jsonb NOT NULL DEFAULT '{}',
+            status text NOT NULL DEFAULT 'queued'
+                CHECK (status IN ('queued', 'running', 'succeeded', 'failed', 'dead')),
+            attempts integer NOT NULL DEFAULT 0,
+            releases integer NOT NULL DEFAULT 0,  -- attempts given back on drain: they do not count
+            max_attempts integer NOT NULL CHECK (max_attempts >= 1),
+            worker_id text, host text, platform text,
+            control_plane text, control_plane_epoch integer,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            started_at timestamptz, finished_at timestamptz, heartbeat_at timestamptz,
+            error text, result jsonb, outputs jsonb,
+            stream_entry text
+        );
+        CREATE INDEX jobs_open ON jobs (status) WHERE status IN ('queued', 'running');
+        CREATE INDEX jobs_dead ON jobs (finished_at) WHERE status = 'dead';
+        CREATE TABLE job_attempts (
+            job_id uuid NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+            attempt integer NOT NULL,
+            worker_id text NOT NULL, host text, platform text,
+            control_plane text, control_plane_epoch integer,
+            started_at timestamptz NOT NULL DEFAULT now(),
+            finished_at timestamptz,
+            outcome text CHECK (outcome IN ('succeeded', 'failed', 'crashed', 'superseded', 'released')),
+            error text,
+            PRIMARY KEY (job_id, attempt)
+        );
+        """,
+    ),
+)
+
+_CLAIM = """
+WITH claimed AS (
+    UPDATE jobs SET attempts = attempts + 1, status = 'running',
+        worker_id = %(worker)s, host = %(host)s, platform = %(platform)s,
+        control_plane = %(source)s, control_plane_epoch = %(epoch)s,
+        started_at = now(), heartbeat_at = now(), stream_entry = %(entry)s
+    WHERE id = %(id)s AND status IN ('queued', 'running') AND attempts - releases < max_attempts
+      AND (status = 'queued' OR heartbeat_at < now() - make_interval(secs => %(lease)s))
+    RETURNING id, attempts, kind, queue, params, inputs
+), lost AS (
+    UPDATE job_attempts SET outcome = 'crashed', finished_at = now(), error = %(lost)s
+    WHERE job_id = %(id)s AND outcome IS NULL AND EXISTS (SELECT 1 FROM claimed)
+), started AS (
+    INSERT INTO job_attempts (job_id, attempt, worker_id, host, platform, control_plane, control_plane_epoch)
+    SELECT id, attempts, %(worker)s, %(host)s, %(platform)s, %(source)s, %(epoch)s FROM claimed
+)
+SELECT id::text, attempts, kind, queue, params, inputs FROM claimed
+"""
+
+# A claim refused for want of attempts left: the last holder is gone, so the job is dead.
+_BURY = """
+WITH buried AS (
+    UPDATE jobs SET status = 'dead', finished_at = now(), error = %(error)s
+    WHERE id = %(id)s AND status IN ('queued', 'running') AND attempts - releases >= max_attempts
+      AND (status = 'queued' OR heartbeat_at < now() - make_interval(secs => %(lease)s))
+    RETURNING id
+), lost AS (
+    UPDATE job_attempts SET outcome = 'crashed', finished_at = now(), error = %(error)s
+    WHERE job_id = %(id)s AND outcome IS NULL AND EXISTS (SELECT 1 FROM buried)
+)
+SELECT count(*) FROM buried
+"""
+
+_FINISH = """
+WITH finished AS (
+    UPDATE jobs SET
+        status = CASE %(outcome)s::text
+            WHEN 'crashed' THEN CASE WHEN attempts - releases >= max_attempts THEN 'dead' ELSE 'queued' END
+            WHEN 'released' THEN 'queued'
+            ELSE %(outcome)s::text END,
+        releases = releases + CASE WHEN %(outcome)s::text = 'released' THEN 1 ELSE 0 END,
+        finished_at = CASE WHEN %(outcome)s::text IN ('crashed', 'released') THEN NULL ELSE now() END,
+        heartbeat_at = now(), result = %(result)s, outputs = %(outputs)s, error = %(error)s
+    WHERE id = %(id)s AND attempts = %(attempt)s AND status = 'running'
+    RETURNING status
+), attempt AS (
+    UPDATE job_attempts SET finished_at = now(), error = coalesce(%(error)s, error),
+        outcome = CASE WHEN EXISTS (SELECT 1 FROM finished) THEN %(outcome)s::text ELSE 'superseded' END
+    WHERE job_id = %(id)s AND attempt = %(attempt)s AND (outcome IS NULL OR outcome = 'crashed')
+    RETURNING outcome
+)
+SELECT (SELECT status FROM finished), (SELECT outcome FROM attempt)
+"""
+
+_JOB_COLUMNS = sql.SQL("""id::text, kind, queue, status, attempts, max_attempts, params, inputs, result,
+    outputs, error, worker_id, host, platform, control_plane, control_plane_epoch, created_at, started_at,
+    finished_at, heartbeat_at""")
+
+
+@dataclass(frozen=True)
+class AttemptOwner:
+    """Who runs an attempt, and against which control plane (recorded on the job and the attempt)."""
+
+    worker_id: str
+    host: str
+    platform: str
+    source: str
+    epoch: int
+
+
+@dataclass(frozen=True)
+class Claim:
+    job_id: str
+    attempt: int  # the fencing token
+    kind: str
+    queue: str
+    params: dict[str, object]
+    inputs: dict[str, dict[str, object]]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: str  # one of OUTCOMES
+    summary: Mapping[str, object] | None = None
+    error: str | None = None
+    outputs: Mapping[str, Mapping[str, object]] | None = None  # name -> {key, sha256, size}
+
+
+@dataclass(frozen=True)
+class FinishReport:
+    recorded: bool  # False: a later attempt superseded this one and the result was discarded
+    status: str | None  # the job's status after the commit (when recorded)
+
+
+@dataclass(frozen=True)
+class NewJob:
+    job_id: str
+    kind: str
+    queue: str
+    params: Mapping[str, object]
+    inputs: Mapping[str, Mapping[str, object]]
+    max_attempts: int
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: str
+    kind: str
+    queue: str
+    status: str
+    attempts: int
+    max_attempts: int
+    params: dict[str, object]
+    inputs: dict[str, dict[str, object]]
+    result: dict[str, object] | None
+    outputs: dict[str, dict[str, object]] | None
+    error: str | None
+    worker_id: str | None
+    host: str | None
+    platform: str | None
+    control_plane: str | None
+    control_plane_epoch: int | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            name: value.isoformat() if isinstance(value, datetime) else value
+            for name, value in self.__dict__.items()
+        }
+
+
+class Ledger:
+    """One connection to the ledger, re-opened after it breaks; counts the commits of its job writes."""
+
+    def __init__(self, connect: Callable[[], Connection]) -> None:
+        self._connect = connect
+        self._connection: Connection | None = None
+        self.commits = 0
+
+    def connection(self) -> Connection:
+        if self._connection is None or self._connection.closed:
+            self._connection = self._connect()
+        return self._connection
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def _write(self, query: str, params: Mapping[str, object]) -> Row | None:
+        """One statement in autocommit mode: one transaction, one commit, one round trip."""
+        row = self.connection().execute(query, params).fetchone()
+        self.commits += 1
+        return row
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        connection = self.connection()
+        with connection.transaction():
+            yield connection
+
+    def migrate(self) -> list[int]:
+        """Apply the missing migrations, in order, in one transaction; safe with many workers at once."""
+        with self._transaction() as connection:
+            connection.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            connection.execute(
+                "CREATE TABLE IF NOT EXISTS han_migrations (version integer PRIMARY KEY, "
+                "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {row[0] for row in connection.execute("SELECT version FROM han_migrations")}
+            applied = []
+            for version, name, statements in MIGRATIONS:
+                if version not in done:
+                    connection.execute(statements)
+                    connection.execute(
+                        "INSERT INTO han_migrations (version, name) VALUES (%s, %s)", (version, name)
+                    )
+                    applied.append(version)
+        if applied:
+            log.info("ledger: applied migration(s) %s", ", ".join(map(str, applied)))
+        return applied
+
+    def insert_jobs(self, jobs: Sequence[NewJob]) -> None:
+        """Record new jobs as queued, all in one commit."""
+        with self._transaction() as connection, connection.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO jobs (id, kind, queue, params, inputs, max_attempts) "
+                "VALUES (%s, %s, %s, %s, %s, %s)",
+                [
+                    (job.job_id, job.kind, job.queue, Jsonb(job.params), Jsonb(job.inputs), job.max_attempts)
+                    for job in jobs
+                ],
+            )
+        self.commits += 1
+
+    def claim(self, job_id: str, entry_id: str, owner: AttemptOwner, lease: float) -> Claim | None:
+        """Start the next attempt, or None when the job is finished, running elsewhere or out of attempts."""
+        row = self._write(
+            _CLAIM,
+            {
+                "id": job_id, "entry": entry_id, "lease": lease, "worker": owner.worker_id,
+                "host": owner.host, "platform": owner.platform, "source": owner.source,
+                "epoch": owner.epoch,
+                "lost": f"lease expired (no heartbeat for {lease:g} s); reclaimed by {owner.worker_id}",
+            },
+        )  # fmt: skip
+        if row is None:
+            return None
+        return Claim(row[0], row[1], row[2], row[3], row[4], row[5])
+
+    def bury_if_exhausted(self, job_id: str, lease: float) -> bool:
+        """Mark a job dead whose attempts are used up and whose last holder is gone."""
+        error = (
+            f"gave up: every attempt was used, the last one lost its worker (no heartbeat for {lease:g} s)"
+        )
+        row = self._write(_BURY, {"id": job_id, "lease": lease, "error": error})
+        return bool(row and row[0])
+
+    def finish(self, job_id: str, attempt: int, outcome: Outcome) -> FinishReport:
+        """Record how attempt ``attempt`` ended, if it is still the job's current attempt."""
+        if outcome.kind not in OUTCOMES:
+            raise ValueError(f"outcome {outcome.kind!r} is not one of {', '.join(OUTCOMES)}")
+        row = self._write(
+            _FINISH,
+            {
+                "id": job_id, "attempt": attempt, "outcome": outcome.kind, "error": outcome.error,
+                "result": None if outcome.summary is None else Jsonb(outcome.summary),
+                "outputs": None if outcome.outputs is None else Jsonb(outcome.outputs),
+            },
+        )  # fmt: skip
+        status, attempt_outcome = row if row is not None else (None, None)
+        if status is not None:
+            return FinishReport(True, status)
+        if attempt_outcome is None and self._attempt_outcome(job_id, attempt) == outcome.kind:
+            # Delivered before (a spooled result whose first commit's answer was lost): same result.
+            return FinishReport(True, self.status(job_id))
+        return FinishReport(False, None)
+
+    def heartbeat(self, job_id: str, attempt: int) -> bool:
+        """Refresh a running attempt's heartbeat; False when a later attempt has taken the job."""
+        row = self._write(
+            "UPDATE jobs SET heartbeat_at = now() "
+            "WHERE id = %(id)s AND attempts = %(attempt)s AND status = 'running' RETURNING 1",
+            {"id": job_id, "attempt": attempt},
+        )
+        return row is not None
+
+    def orphan_candidates(self, lease: float, min_age: float) -> list[tuple[str, str]]:
+        """(job id, queue) of jobs that should be in a stream: queued, or running without a heartbeat."""
+        rows = self.connection().execute(
+            "SELECT id::text, queue FROM jobs WHERE (status = 'queued' "
+            "  AND coalesce(heartbeat_at, created_at) < now() - make_interval(secs => %(age)s)) "
+            "OR (status = 'running' AND heartbeat_at < now() - make_interval(secs => %(lease)s))",
+            {"age": min_age, "lease": lease},
+        )
+        return [(row[0], row[1]) for row in rows]
+
+    def job(self, job_id: str) -> JobRecord | None:
+        query = sql.SQL("SELECT {} FROM jobs WHERE id = %s").format(_JOB_COLUMNS)
+        row = self.connection().execute(query, (job_id,)).fetchone()
+        return None if row is None else JobRecord(*row)
+
+    def status(self, job_id: str) -> str | None:
+        row = self.connection().execute("SELECT status FROM jobs WHERE id = %s", (job_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _attempt_outcome(self, job_id: str, attempt: int) -> str | None:
+        row = (
+            self.connection()
+            .execute("SELECT outcome FROM job_attempts WHERE job_id = %s AND attempt = %s", (job_id, attempt))
+            .fetchone()
+        )
+        return None if row is None else row[0]
+
+    def attempts(self, job_id: str) -> list[dict[str, object]]:
+        """Every attempt of a job, oldest first: who ran it where, and how it ended."""
+        cursor = self.connection().execute(
+            "SELECT attempt, worker_id, host, platform, control_plane, control_plane_epoch, started_at, "
+            "finished_at, outcome, error FROM job_attempts WHERE job_id = %s ORDER BY attempt",
+            (job_id,),
+        )
+        names = [column.name for column in cursor.description or ()]
+        return [dict(zip(names, row, strict=True)) for row in cursor]
+
+    def counts(self) -> dict[str, int]:
+        rows = self.connection().execute("SELECT status, count(*) FROM jobs GROUP BY status")
+        return {row[0]: row[1] for row in rows}
+
+    def jobs_with_status(self, status: str, limit: int) -> list[JobRecord]:
+        """The oldest jobs with ``status``; for dead ones, the most recently buried."""
+        order = sql.SQL("finished_at DESC" if status == "dead" else "created_at")
+        query = sql.SQL("SELECT {} FROM jobs WHERE status = %s ORDER BY {} LIMIT %s").format(
+            _JOB_COLUMNS, order
+        )
+        return [JobRecord(*row) for row in self.connection().execute(query, (status, limit))]

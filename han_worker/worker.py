@@ -1,0 +1,393 @@
+"""``han-worker run``: take jobs from the queues, run them, record them, and outlive what goes away.
+
+The main thread reads top to bottom: maintenance (switch control plane, deliver the spool, reconcile),
+next delivery (a reclaimed entry or a new one), claim, run, record. Two helper threads only watch:
+the heartbeat (lease, ledger heartbeat, registry) and the monitor (probes that decide a failover).
+Switching happens only between jobs, in the main thread; a job's result always goes to the control
+plane it came from. No fork() and no SIGALRM anywhere: the same loop runs on Windows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from han_worker.attempt import (
+    RECORDING_ERRORS,
+    DrainClock,
+    InFlight,
+    deliver_spooled,
+    log_result,
+    record,
+    run_attempt,
+)
+from han_worker.backends import UnsupportedQueue, backends_for_queues, current_platform
+from han_worker.backends.base import Backend, unavailable_reason
+from han_worker.connection import (
+    CONTROL_PLANE_ERRORS,
+    Choice,
+    ConnectError,
+    Link,
+    Selector,
+    authentication_failures,
+    describe,
+    open_link,
+)
+from han_worker.endpoints import EndpointsError, FailoverGate, format_time, load_endpoints_file
+from han_worker.ledger import AttemptOwner
+from han_worker.queues import Delivery
+from han_worker.reconciler import reconcile
+from han_worker.spool import Spool
+from han_worker.worker_config import WorkerConfig
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+
+
+class StartError(RuntimeError):
+    """The worker cannot start (wrong credentials, nothing to serve); exit 2 with this message."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    worker_id: str
+    host: str
+    platform: str
+    slurm_job_id: str
+
+    @classmethod
+    def here(cls) -> Identity:
+        host = socket.gethostname()
+        return cls(f"{host}-{os.getpid()}-{os.urandom(2).hex()}", host, current_platform(),
+                   os.environ.get("SLURM_JOB_ID", ""))  # fmt: skip
+
+
+def backends_to_serve(queues: Iterable[str]) -> dict[str, Backend]:
+    """Kind -> backend for every queue; refuses a queue this machine cannot serve, saying why."""
+    kinds = {}
+    for queue, backends in backends_for_queues(queues).items():
+        for backend in backends:
+            reason = unavailable_reason(backend)
+            if reason:
+                raise UnsupportedQueue(f"queue {queue!r}: backend {backend.name} cannot run here: {reason}")
+            kinds[backend.name] = backend
+    return kinds
+
+
+class Periodic(threading.Thread):
+    """Run ``action`` every ``interval`` seconds until ``stop`` is set; failures are logged, not fatal."""
+
+    def __init__(self, name: str, interval: float, action: Callable[[], None], stop: threading.Event) -> None:
+        super().__init__(name=name, daemon=True)
+        self.interval, self.action, self.stop = interval, action, stop
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval):
+            try:
+                self.action()
+            except Exception as exc:  # a dead control plane; the monitor and the main loop handle it
+                log.debug("%s: %s", self.name, describe(exc))
+
+
+class Worker:
+    def __init__(self, config: WorkerConfig, backends: Mapping[str, Backend], selector: Selector) -> None:
+        self.config = config
+        self.backends = backends
+        self.selector = selector
+        self.identity = Identity.here()
+        self.spool = Spool(config.spool_dir)
+        self.clock = DrainClock(config.drain_grace_seconds)
+        self.stopping = threading.Event()
+        self.gate = FailoverGate(config.flap_threshold)
+        self.link: Link | None = None
+        self.inflight: InFlight | None = None
+        self.jobs_done = 0
+        self.commits_before = 0  # ledger commits on control planes we left
+        self.started_at = format_time(datetime.now(timezone.utc))
+        self._switch = threading.Event()
+        self._switch_reason = ""
+        self._pegasus_ok = 0
+        self._next_reclaim = 0.0
+        self._next_housekeeping = 0.0
+        self._failures = 0
+
+    # -- life cycle ------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self._install_signal_handlers()
+        link = self._connect_first()
+        if link is None:
+            return EXIT_OK
+        try:
+            self._use(link, link.choice.reason)
+        except CONTROL_PLANE_ERRORS as exc:  # gone again already: the loop and the monitor take over
+            log.warning("%s: %s", link.source, describe(exc))
+        threads_stop = threading.Event()
+        threads = [
+            Periodic("heartbeat", self.config.heartbeat_seconds, self.heartbeat_tick, threads_stop),
+            Periodic("monitor", self.config.probe_interval_seconds, self.monitor_tick, threads_stop),
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            while not self.stopping.is_set():
+                self._step()
+        finally:
+            threads_stop.set()
+            self._leave()
+        return EXIT_OK
+
+    def stop(self) -> None:
+        """Stop taking jobs; the job in flight has the grace period to finish, then goes back."""
+        self.clock.request()
+        self.stopping.set()
+
+    def _install_signal_handlers(self) -> None:
+        def on_signal(signum: int, _frame: object) -> None:
+            log.info("received %s: draining", signal.Signals(signum).name)
+            self.stop()
+
+        for name in ("SIGTERM", "SIGINT", "SIGBREAK"):  # SIGBREAK: Ctrl-Break on Windows
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), on_signal)
+
+    def _connect_first(self) -> Link | None:
+        delay = 1.0
+        while not self.stopping.is_set():
+            choice = self.selector.choose()  # EndpointsError: mode pegasus cannot be satisfied
+            wrong = authentication_failures(choice.probes)
+            if wrong:
+                raise StartError(f"{choice.source}: " + "; ".join(str(result) for result in wrong))
+            try:
+                return self._open(choice)
+            except ConnectError as exc:
+                if exc.permanent:
+                    raise StartError(str(exc)) from exc
+                log.warning("cannot use %s yet: %s; retrying in %gs", choice.describe(), exc, delay)
+            self.stopping.wait(delay)
+            delay = min(delay * 2, 30.0)
+        return None
+
+    def _open(self, choice: Choice) -> Link:
+        return open_link(
+            choice,
+            timeout=self.config.probe_timeout_seconds,
+            name=f"han-worker {self.identity.worker_id}",
+            block_seconds=self._block_seconds,
+        )
+
+    @property
+    def _block_seconds(self) -> float:
+        return min(1.0, self.config.lease_seconds / 2)
+
+    def _use(self, link: Link, reason: str) -> None:
+        """Make ``link`` current: groups, spool, reconciliation, registry."""
+        self.link = link
+        self.gate.failures, self._pegasus_ok = 0, 0  # health counts are per control plane
+        for queue in self.config.queues:
+            link.queues.ensure_group(queue)
+        log.info("serving %s on %s: %s", ", ".join(self.config.queues), link.choice.describe(), reason)
+        self._housekeeping(link)
+        link.queues.register(self.identity.worker_id, self.registry_fields(), self._registry_ttl)
+
+    def _leave(self) -> None:
+        link = self.link
+        if link is None:
+            return
+        try:
+            link.queues.unregister(self.identity.worker_id)
+            link.queues.forget_consumer(self.config.queues, self.identity.worker_id)
+        except CONTROL_PLANE_ERRORS as exc:
+            log.debug("leaving %s: %s", link.source, describe(exc))
+        commits = self.commits_before + link.ledger.commits
+        link.close()
+        per_job = f" ({commits / self.jobs_done:.2f} per job)" if self.jobs_done else ""
+        log.info("stopped after %d job(s); %d ledger commits%s", self.jobs_done, commits, per_job)
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def _step(self) -> None:
+        try:
+            self._maintain()
+            delivery = self._next_delivery()
+            if delivery is not None:
+                self._process(delivery)
+            self._failures = 0
+        except CONTROL_PLANE_ERRORS as exc:
+            self._back_off(f"control plane error: {describe(exc)}")
+        except Exception:  # anything else is a bug or a surprise: keep serving, but say where
+            log.exception("unexpected error in the worker loop")
+            self._back_off("unexpected error")
+
+    def _back_off(self, what: str) -> None:
+        self._failures += 1
+        level = logging.WARNING if self._failures == 1 else logging.DEBUG
+        log.log(level, "%s (%d in a row)", what, self._failures)
+        self.stopping.wait(min(2.0, 0.05 * 2**self._failures))
+
+    def _maintain(self) -> None:
+        if self._switch.is_set():
+            self._switch_now()
+        assert self.link is not None
+        if time.monotonic() >= self._next_housekeeping:
+            self._housekeeping(self.link)
+
+    def _housekeeping(self, link: Link) -> None:
+        self._next_housekeeping = time.monotonic() + self.config.reconcile_seconds
+        self.spool.recover_stale()
+        try:
+            delivered = deliver_spooled(link, self.spool, self.identity.worker_id)
+        except RECORDING_ERRORS as exc:  # kept for the next round; the reconciler must still run
+            log.warning("spooled results not delivered to %s yet: %s", link.source, describe(exc))
+        else:
+            if delivered:
+                log.info("delivered %d spooled result(s) to %s", delivered, link.source)
+        reconcile(link, self.config.lease_seconds)
+
+    def _next_delivery(self) -> Delivery | None:
+        link = self.link
+        assert link is not None
+        if time.monotonic() >= self._next_reclaim:
+            self._next_reclaim = time.monotonic() + self.config.lease_seconds / 2
+            for queue in self.config.queues:
+                delivery = link.queues.reclaim(queue, self.identity.worker_id, self.config.lease_seconds)
+                if delivery is not None:
+                    log.info("reclaimed job %s from a worker whose lease expired", delivery.job_id)
+                    self._next_reclaim = 0.0  # there may be more
+                    return delivery
+        return link.queues.next_delivery(self.config.queues, self.identity.worker_id, self._block_seconds)
+
+    def _owner(self, link: Link) -> AttemptOwner:
+        identity = self.identity
+        return AttemptOwner(
+            identity.worker_id, identity.host, identity.platform, link.source, link.choice.epoch
+        )
+
+    def _process(self, delivery: Delivery) -> None:
+        link = self.link
+        assert link is not None
+        if self.stopping.is_set():  # arrived while we were asked to stop: hand it to another worker
+            link.queues.enqueue(delivery.queue, delivery.job_id)
+            link.queues.done(delivery)
+            return
+        lease = self.config.lease_seconds
+        claim = link.ledger.claim(delivery.job_id, delivery.entry_id, self._owner(link), lease)
+        if claim is None:
+            # Finished, running elsewhere (a duplicate entry) or out of attempts: nothing left to do
+            # with this entry. Should the other holder die, the reconciler puts the job back.
+            if link.ledger.bury_if_exhausted(delivery.job_id, lease):
+                log.warning("job %s is dead: its last attempt lost its worker", delivery.job_id)
+            link.queues.done(delivery)
+            return
+        self.inflight = inflight = InFlight(delivery, claim, link)
+        workdir = Path(tempfile.mkdtemp(prefix=f"han-job-{claim.job_id[:8]}-"))
+        try:
+            result = run_attempt(inflight, self.backends.get(claim.kind), workdir, self.clock)
+            log_result(claim, result, record(inflight, result, self.spool))
+        finally:
+            self.inflight = None
+            self.jobs_done += 1
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    # -- failover --------------------------------------------------------------------------------
+
+    def request_switch(self, reason: str) -> None:
+        if not self._switch.is_set():
+            self._switch_reason = reason
+            self._switch.set()
+            log.warning("control plane switch requested: %s", reason)
+
+    def _switch_now(self) -> None:
+        reason, old = self._switch_reason, self.link
+        self._switch.clear()
+        assert old is not None
+        try:
+            new = self._open(self.selector.choose())
+        except (EndpointsError, ConnectError) as exc:
+            log.error("cannot switch control plane (%s): %s", reason, exc)
+            return
+        self.commits_before += old.ledger.commits
+        try:
+            old.queues.unregister(self.identity.worker_id)
+        except CONTROL_PLANE_ERRORS as exc:
+            log.debug("unregistering from %s: %s", old.source, describe(exc))
+        old.close()
+        log.warning("control plane: %s -> %s", old.choice.describe(), new.choice.describe())
+        self._use(new, f"{reason}; {new.choice.reason}")
+
+    def monitor_tick(self) -> None:
+        """Probe the current control plane; in auto mode on the Mac, watch for Pegasus's return."""
+        link = self.link
+        assert link is not None
+        problem = self._problem(link)
+        if self.gate.observe(problem is None):
+            self.request_switch(
+                f"{link.source} failed {self.gate.threshold} health checks in a row: {problem}"
+            )
+        if self.config.mode == "auto" and link.source == "mac":
+            pegasus_problem = self.selector.pegasus_problem()
+            self._pegasus_ok = 0 if pegasus_problem else self._pegasus_ok + 1
+            if self._pegasus_ok >= self.config.flap_threshold:
+                self._pegasus_ok = 0
+                self.request_switch("Pegasus is healthy again")
+
+    def _problem(self, link: Link) -> str | None:
+        if link.source == "pegasus":
+            try:
+                published = load_endpoints_file(self.config.endpoints_file)
+            except EndpointsError as exc:
+                return str(exc)
+            if published.epoch != link.choice.epoch:
+                self.request_switch(f"Pegasus's control plane restarted (epoch {published.epoch})")
+        report = self.selector.probe(link.choice.endpoints, link.choice.credentials)
+        return None if report.healthy else "; ".join(str(result) for result in report.failures)
+
+    # -- heartbeat -------------------------------------------------------------------------------
+
+    @property
+    def _registry_ttl(self) -> float:
+        return 3 * self.config.heartbeat_seconds + self.config.probe_timeout_seconds
+
+    def heartbeat_tick(self) -> None:
+        """Keep the job in flight ours (ledger first, then the lease) and the registry fresh."""
+        inflight = self.inflight
+        if inflight is not None and not inflight.superseded:
+            claim = inflight.claim
+            if inflight.link.beat_ledger.heartbeat(claim.job_id, claim.attempt):
+                inflight.link.queues.renew(inflight.delivery, self.identity.worker_id)
+            else:  # renewing now would take the entry back from the worker that owns the job
+                inflight.superseded = True
+                log.warning("job %s attempt %d was taken over by another worker", claim.job_id, claim.attempt)
+        if self.link is not None:
+            self.link.queues.register(self.identity.worker_id, self.registry_fields(), self._registry_ttl)
+
+    def registry_fields(self) -> dict[str, str | int | float]:
+        link, inflight, identity = self.link, self.inflight, self.identity
+        assert link is not None
+        return {
+            "host": identity.host,
+            "platform": identity.platform,
+            "pid": os.getpid(),
+            "queues": ",".join(self.config.queues),
+            "slurm_job_id": identity.slurm_job_id,
+            "current_job": inflight.claim.job_id if inflight else "",
+            "control_plane": link.source,
+            "epoch": link.choice.epoch,
+            "reason": link.choice.reason[:500],
+            "started_at": self.started_at,
+            "heartbeat_at": format_time(datetime.now(timezone.utc)),
+            "jobs_done": self.jobs_done,
+            "ledger_commits": self.commits_before + link.ledger.commits,
+            "draining": int(self.stopping.is_set()),
+        }

@@ -1,0 +1,212 @@
+"""Real control planes and workers for tests and benchmarks, run as the cluster account.
+
+``start_control_plane`` runs ``han-control-plane run`` (PostgreSQL, Valkey, SeaweedFS S3) and returns
+once its endpoints are published; ``start_worker`` runs ``han-worker run`` with a configuration file.
+The helpers that talk to the services (ledger, Redis) connect as the test process (root), reading the
+control plane's files directly: root may not use the trusted-file readers on the cluster user's files.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+
+from han_worker.connection import redis_client
+from han_worker.credentials import Credentials, parse_credentials
+from han_worker.endpoints import ServiceEndpoint, parse_endpoints
+from han_worker.ledger import Ledger
+from han_worker.probes import s3_client
+from tests.integration.conftest import UnprivilegedEnv
+
+ADDRESS = "127.0.0.10"  # the Pegasus node's private address in the testbed
+MAC_ADDRESS = "127.0.0.20"  # the Mac's LAN address in the testbed
+
+
+@dataclass
+class RunningControlPlane:
+    process: subprocess.Popen[str]
+    state_dir: Path
+    log: Path
+
+    @property
+    def endpoints(self) -> dict[str, object]:
+        return dict(json.loads((self.state_dir / "endpoints.json").read_text()))
+
+    def service(self, name: str) -> ServiceEndpoint:
+        return parse_endpoints(self.endpoints, "endpoints.json").services[name]
+
+    @property
+    def credentials(self) -> dict[str, object]:
+        return dict(json.loads((self.state_dir / "credentials.json").read_text()))
+
+    @property
+    def secrets(self) -> dict[str, dict[str, str]]:
+        return dict(json.loads((self.state_dir / "secrets.json").read_text()))
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def request_stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout: float = 60) -> int:
+        self.request_stop()
+        return self.process.wait(timeout)
+
+    def shutdown(self, timeout: float = 60) -> None:
+        """For teardown: stop, and kill if that takes too long (its services die with it)."""
+        try:
+            self.stop(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(30)
+
+    # -- talking to its services as the worker user (and, for Redis, as its admin) ----------------
+
+    def worker_credentials(self) -> Credentials:
+        return parse_credentials(self.credentials, "credentials.json")
+
+    def ledger(self) -> Ledger:
+        credentials, postgres = self.worker_credentials(), self.service("postgres")
+
+        def connect() -> psycopg.Connection[tuple[Any, ...]]:
+            return psycopg.connect(
+                host=postgres.host, port=postgres.port, user=credentials.postgres.user,
+                password=credentials.postgres.password, dbname=credentials.postgres.database,
+                autocommit=True, connect_timeout=5,
+            )  # fmt: skip
+
+        return Ledger(connect)
+
+    def redis_admin(self) -> redis.Redis:
+        endpoint, admin = self.service("redis"), self.secrets["redis"]
+        return redis.Redis(
+            endpoint.host, endpoint.port, username=admin["admin_user"], password=admin["admin_password"],
+            decode_responses=True, socket_timeout=5,
+        )  # fmt: skip
+
+    def link_parts(self) -> tuple[Ledger, redis.Redis, Any]:
+        """Ledger, Redis (worker user) and S3 client (worker key) of this control plane."""
+        credentials = self.worker_credentials()
+        s3 = s3_client(self.service("s3"), credentials.s3.access_key, credentials.s3.secret_key, timeout=5)
+        return self.ledger(), redis_client(self.service("redis"), credentials, 5), s3
+
+
+def start_control_plane(
+    env: UnprivilegedEnv, state_dir: Path, *extra: str, address: str = ADDRESS
+) -> RunningControlPlane:
+    log = state_dir.parent / f"supervisor-{time.monotonic_ns()}.log"
+    argv = env.argv("han-control-plane", "run", "--state-dir", str(state_dir), "--bind", address, *extra)
+    with log.open("w") as handle:
+        process = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, text=True)
+    running = RunningControlPlane(process, state_dir, log)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"han-control-plane exited with {process.returncode}:\n{running.output()}")
+        try:
+            # On a restart the previous run's file is there already: wait for this run's own log line.
+            if running.endpoints.get("stale") is False and "published" in running.output():
+                return running
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    running.stop()
+    pytest.fail(f"no endpoints published within 90 s:\n{running.output()}")
+
+
+# -- workers ----------------------------------------------------------------------------------------
+
+
+def write_private_file(env: UnprivilegedEnv, path: Path, text: str, mode: int = 0o600) -> Path:
+    """A file the cluster user owns (the worker's trusted-file readers refuse anything else)."""
+    path.write_text(text)
+    shutil.chown(path, env.user, env.user)
+    path.chmod(mode)
+    return path
+
+
+def worker_settings(
+    control_plane: RunningControlPlane | None, spool_dir: Path, /, **settings: object
+) -> dict[str, object]:
+    """A worker configuration with the short intervals tests need; ``settings`` override."""
+    document: dict[str, object] = {
+        "queues": ["noop"],
+        "spool_dir": str(spool_dir),
+        "lease_seconds": 3,
+        "heartbeat_seconds": 0.5,
+        "probe_interval_seconds": 1,
+        "probe_timeout_seconds": 2,
+        "flap_threshold": 2,
+        "reconcile_seconds": 1,
+        "drain_grace_seconds": 5,
+    }
+    if control_plane is not None:
+        document["pegasus"] = {"endpoints_file": str(control_plane.state_dir / "endpoints.json")}
+    document.update(settings)
+    return document
+
+
+@dataclass
+class WorkerProcess:
+    process: subprocess.Popen[str]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM (drain), then SIGKILL if it has not exited within ``timeout``."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(30)
+
+
+def start_worker(env: UnprivilegedEnv, config: Path, *args: str) -> WorkerProcess:
+    log = config.parent / f"{config.stem}-{time.monotonic_ns()}.log"
+    argv = env.argv("han-worker", "run", "--config", str(config), *args)
+    with log.open("w") as handle:
+        process = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, text=True)
+    return WorkerProcess(process, log)
+
+
+def han_worker(env: UnprivilegedEnv, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run one ``han-worker`` command as the cluster user and capture its output."""
+    return subprocess.run(
+        env.argv("han-worker", *args), capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def wait_for(condition: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll ``condition()`` until it returns something truthy; fail the test with ``what`` otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:g}s waiting for {what}")

@@ -1,0 +1,332 @@
+"""`han-worker run | submit | wait | status` as the cluster account against a real control plane.
+
+One control plane (PostgreSQL, Valkey, SeaweedFS S3 on the Pegasus address) serves the whole module;
+each test starts its own workers and stops them, even when it fails. Jobs use the built-in backends
+(queue `noop`): `noop`, `sleep` and `fail`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from han_worker.ledger import JobRecord
+from tests.integration.conftest import UnprivilegedEnv
+from tests.integration.control_planes import (
+    RunningControlPlane,
+    WorkerProcess,
+    han_worker,
+    start_control_plane,
+    start_worker,
+    wait_for,
+    worker_settings,
+    write_private_file,
+)
+
+
+class System:
+    """A control plane, a client configuration for it, and the workers one test starts."""
+
+    def __init__(self, env: UnprivilegedEnv, workdir: Path, control_plane: RunningControlPlane) -> None:
+        self.env, self.workdir, self.cp = env, workdir, control_plane
+        self.ledger = control_plane.ledger()
+        self.client_config = self.config("client", mode="pegasus")
+        self.workers: list[WorkerProcess] = []
+
+    def config(self, name: str, **settings: object) -> Path:
+        document = worker_settings(self.cp, self.workdir / f"spool-{name}", **settings)
+        return write_private_file(self.env, self.workdir / f"{name}.json", json.dumps(document))
+
+    def start_worker(self, name: str, **settings: object) -> WorkerProcess:
+        worker = start_worker(self.env, self.config(name, mode="pegasus", **settings))
+        self.workers.append(worker)
+        wait_for(lambda: "serving noop" in worker.output() or worker.process.poll() is not None, 30,
+                 f"worker {name} to start")  # fmt: skip
+        assert worker.process.poll() is None, worker.output()
+        return worker
+
+    def stop_all(self) -> None:
+        for worker in self.workers:
+            try:
+                worker.stop(timeout=15)
+            except Exception:  # killed instead; the next test must not meet it
+                worker.kill()
+        self.ledger.close()
+
+    def cli(self, *args: str, timeout: float = 120) -> tuple[int, str, str]:
+        result = han_worker(
+            self.env, *args[:1], "--config", str(self.client_config), *args[1:], timeout=timeout
+        )
+        return result.returncode, result.stdout, result.stderr
+
+    def submit(self, kind: str, *args: str) -> str:
+        code, out, err = self.cli("submit", "--kind", kind, *args)
+        assert code == 0, err
+        return out.strip()
+
+    def job(self, job_id: str) -> JobRecord:
+        record = self.ledger.job(job_id)
+        assert record is not None
+        return record
+
+    def wait_status(self, job_id: str, statuses: set[str], timeout: float) -> JobRecord:
+        return wait_for(lambda: self.job(job_id) if self.job(job_id).status in statuses else None,
+                        timeout, f"job {job_id} to be {' or '.join(sorted(statuses))}")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def workdir(unprivileged_env: UnprivilegedEnv) -> Iterator[Path]:
+    directory = unprivileged_env.private_dir("han-worker-test-")
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def control_plane(unprivileged_env: UnprivilegedEnv, workdir: Path) -> Iterator[RunningControlPlane]:
+    running = start_control_plane(unprivileged_env, workdir / "cp")
+    yield running
+    running.shutdown()
+
+
+@pytest.fixture
+def system(
+    unprivileged_env: UnprivilegedEnv, workdir: Path, control_plane: RunningControlPlane
+) -> Iterator[System]:
+    running = System(unprivileged_env, workdir, control_plane)
+    yield running
+    running.stop_all()
+
+
+def worker_pid(record: JobRecord) -> int:
+    assert record.worker_id is not None
+    return int(record.worker_id.rsplit("-", 2)[1])  # <host>-<pid>-<random>
+
+
+def outcomes(system: System, job_id: str) -> list[str]:
+    return [str(attempt["outcome"]) for attempt in system.ledger.attempts(job_id)]
+
+
+def test_submitted_jobs_are_done_and_their_outputs_are_in_s3(system: System):
+    system.start_worker("w1")
+    data = system.workdir / "input.bin"
+    write_private_file(system.env, data, "some input\n")
+    sleep_job = system.submit("sleep", "--param", "seconds=0.5", "--input", str(data))
+    noop_job = system.submit("noop")
+
+    code, out, err = system.cli("wait", sleep_job, "--timeout", "30")
+    assert (code, out.strip()) == (0, 'succeeded: {"slept": 0.5}'), err
+    assert system.cli("wait", noop_job, "--timeout", "30")[0] == 0
+
+    record = system.job(sleep_job)
+    assert record.attempts == 1
+    assert record.inputs["input.bin"]["sha256"] == hashlib.sha256(b"some input\n").hexdigest()
+    assert record.outputs is not None
+    slept = record.outputs["slept.txt"]
+    assert slept["key"] == f"jobs/{sleep_job}/outputs/1/slept.txt"
+    _ledger, _redis, s3 = system.cp.link_parts()
+    body = s3.get_object(system.cp.worker_credentials().s3.bucket, slept["key"]).read()
+    assert hashlib.sha256(body).hexdigest() == slept["sha256"]
+    assert len(body) == slept["size"]
+    assert outcomes(system, sleep_job) == ["succeeded"]
+
+
+def test_a_failing_job_fails_with_its_message_and_is_not_retried(system: System):
+    system.start_worker("w1")
+    job = system.submit("fail", "--param", "message=no person found in input.jpg")
+    code, out, _err = system.cli("wait", job, "--timeout", "30")
+    assert (code, out.strip()) == (1, "failed: no person found in input.jpg")
+    record = system.job(job)
+    assert (record.status, record.attempts, record.error) == ("failed", 1, "no person found in input.jpg")
+    assert outcomes(system, job) == ["failed"]
+
+
+def test_an_input_that_no_longer_matches_its_hash_fails_the_job(system: System):
+    data = write_private_file(system.env, system.workdir / "input.txt", "the original\n")
+    job = system.submit("sleep", "--param", "seconds=0", "--input", str(data))
+    _ledger, _redis, s3 = system.cp.link_parts()  # tampered with before any worker fetched it
+    s3.put_object(
+        system.cp.worker_credentials().s3.bucket, f"jobs/{job}/inputs/input.txt", io.BytesIO(b"evil"), 4
+    )
+    system.start_worker("w1")
+    code, out, _err = system.cli("wait", job, "--timeout", "30")
+    assert code == 1
+    assert f"failed: jobs/{job}/inputs/input.txt: corrupt: 4 bytes with SHA-256" in out
+    assert outcomes(system, job) == ["failed"]
+
+
+def test_status_shows_the_control_plane_workers_and_queues(system: System):
+    worker = system.start_worker("w1")
+    wait_for(lambda: system.cli("status", "--json")[1].count('"host"') == 1, 10, "the worker registry")
+    code, out, err = system.cli("status", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["control_plane"]["source"] == "pegasus"
+    assert report["control_plane"]["seconds_left"] is None  # direct launch mode: no walltime
+    assert [int(entry["pid"]) for entry in report["workers"]] == [worker.pid]
+    assert report["workers"][0]["control_plane"] == "pegasus"
+    assert "noop" in {queue["queue"] for queue in report["queues"]}
+    code, out, _err = system.cli("status")
+    assert code == 0
+    assert "control plane: pegasus epoch 1" in out
+
+
+def test_kill_9_mid_job_another_worker_completes_it(system: System):
+    first, second = system.start_worker("w1"), system.start_worker("w2")
+    job = system.submit("sleep", "--param", "seconds=4")
+    running = system.wait_status(job, {"running"}, 15)
+    victim = next(worker for worker in (first, second) if worker.pid == worker_pid(running))
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.kill()
+
+    done = system.wait_status(job, {"succeeded", "failed", "dead"}, 40)
+    assert done.status == "succeeded"
+    assert done.attempts == 2
+    assert outcomes(system, job) == ["crashed", "succeeded"]
+    assert worker_pid(done) != victim.pid
+
+
+def test_a_job_run_twice_after_its_lease_expired_records_one_success(system: System):
+    # The first worker's heartbeat is slowed far past its lease: a live worker that looks dead.
+    slow = system.start_worker("slow", heartbeat_seconds=60, lease_seconds=2)
+    job = system.submit("sleep", "--param", "seconds=5")
+    system.wait_status(job, {"running"}, 15)
+    system.start_worker("fast", heartbeat_seconds=0.5, lease_seconds=2)
+
+    wait_for(lambda: system.job(job).attempts == 2, 20, "the second worker to take the job over")
+    done = system.wait_status(job, {"succeeded", "failed", "dead"}, 30)
+    assert done.status == "succeeded"
+    assert sorted(outcomes(system, job)) == ["succeeded", "superseded"]
+    assert outcomes(system, job).count("succeeded") == 1
+    wait_for(lambda: "a later attempt took over: result discarded" in slow.output(), 15,
+             "the slow worker to learn that its attempt was superseded")  # fmt: skip
+
+
+def test_redis_losing_its_streams_loses_no_job(system: System):
+    first = system.start_worker("w1")
+    jobs = [system.submit("sleep", "--param", "seconds=1.5") for _ in range(3)]
+    running = system.wait_status(jobs[0], {"running"}, 15)
+    assert worker_pid(running) == first.pid
+    # The worker dies mid-job, then Redis loses every stream (the admin deletes them): only the
+    # ledger still knows the three jobs, one of them "running" on a dead worker.
+    first.kill()
+    admin = system.cp.redis_admin()
+    assert admin.delete("han:queue:noop") == 1
+    second = system.start_worker("w2")
+
+    for job in jobs:
+        assert system.wait_status(job, {"succeeded", "failed", "dead"}, 40).status == "succeeded"
+    assert outcomes(system, jobs[0]) == ["crashed", "succeeded"]
+    assert "reconciler: re-enqueued" in second.output()
+
+
+def test_sigterm_releases_a_job_that_outlasts_the_grace_period_and_exits_0(system: System):
+    worker = system.start_worker("w1", drain_grace_seconds=0.5)
+    job = system.submit("sleep", "--param", "seconds=3")
+    system.wait_status(job, {"running"}, 15)
+    started = time.monotonic()
+    assert worker.stop(timeout=15) == 0
+    assert time.monotonic() - started < 5
+    assert system.job(job).status == "queued"
+    assert outcomes(system, job) == ["released"]
+
+    system.start_worker("w2")
+    assert system.wait_status(job, {"succeeded"}, 30).attempts == 2
+
+
+def test_sigterm_lets_a_short_job_finish(system: System):
+    worker = system.start_worker("w1", drain_grace_seconds=10)
+    job = system.submit("sleep", "--param", "seconds=1.5")
+    system.wait_status(job, {"running"}, 15)
+    assert worker.stop(timeout=20) == 0
+    assert system.job(job).status == "succeeded"
+
+
+def test_wait_times_out_with_exit_3(system: System):
+    # No Linux worker serves the gpu queue: the job stays queued.
+    job = system.submit("isaaclab_teacher_ppo")
+    code, _out, err = system.cli("wait", job, "--timeout", "0.5")
+    assert code == 3
+    assert f"job {job} has not finished after 0.5s" in err
+
+
+# -- refusals at start: exit 2 with the reason, never a traceback --------------------------------------
+
+
+def run_refused(system: System, *settings_and_args: tuple[str, object]) -> str:
+    """``han-worker run --mode pegasus`` with these config settings: exit 2, the reason, no traceback."""
+    config = system.config("refused", mode="auto", **dict(settings_and_args))
+    result = han_worker(system.env, "run", "--mode", "pegasus", "--config", str(config), timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    return result.stderr
+
+
+def endpoints_file(system: System, case: str) -> Path:
+    """A copy of the control plane's endpoints file, spoilt as ``case`` says."""
+    path, document = system.workdir / f"endpoints-{case}.json", system.cp.endpoints
+    if case == "expired":
+        past = datetime.now(timezone.utc) - timedelta(hours=1)
+        document.update(started_at=(past - timedelta(hours=1)).isoformat(), expires_at=past.isoformat())
+    text = json.dumps(document)[:-20] if case == "malformed" else json.dumps(document)
+    write_private_file(system.env, path, text, 0o666 if case == "world-writable" else 0o600)
+    if case == "foreign-owned":
+        shutil.chown(path, "root", "root")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("missing", "{path}: does not exist"),
+        ("malformed", "{path}: not valid JSON"),
+        ("expired", "{path}: expired at"),
+        ("foreign-owned", "{path}: is owned by uid 0, not by us"),
+        ("world-writable", "{path}: is writable by group or others (mode 0666); run chmod go-w {path}"),
+    ],
+)
+def test_pegasus_mode_with_an_unusable_endpoints_file_exits_2(system: System, case: str, reason: str):
+    path = (
+        system.workdir / "nowhere" / "endpoints.json" if case == "missing" else endpoints_file(system, case)
+    )
+    credentials = str(system.cp.state_dir / "credentials.json")
+    stderr = run_refused(system, ("pegasus", {"endpoints_file": str(path), "credentials_file": credentials}))
+    assert reason.format(path=path) in stderr
+
+
+@pytest.mark.parametrize(
+    ("service", "field", "complaint"),
+    [
+        ("postgres", "password", "password authentication failed for user"),
+        ("redis", "password", "authentication failed for user"),
+        ("s3", "secret_key", "SignatureDoesNotMatch"),
+    ],
+)
+def test_wrong_credentials_exit_2_naming_the_service(
+    system: System, service: str, field: str, complaint: str
+):
+    wrong = system.cp.credentials
+    wrong[service][field] = "a-wrong-secret-of-some-length"  # type: ignore[index]
+    credentials = write_private_file(system.env, system.workdir / f"wrong-{service}.json", json.dumps(wrong))
+    endpoints = str(system.cp.state_dir / "endpoints.json")
+    stderr = run_refused(
+        system, ("pegasus", {"endpoints_file": endpoints, "credentials_file": str(credentials)})
+    )
+    address = system.cp.service(service).address
+    assert f"{service} {address}" in stderr
+    assert complaint in stderr
+    assert "a-wrong-secret" not in stderr
+
+
+def test_the_gpu_queue_is_refused_on_linux(system: System):
+    stderr = run_refused(system, ("queues", ["gpu"]))
+    assert "queue 'gpu' runs isaaclab_teacher_ppo, which is Windows-only" in stderr

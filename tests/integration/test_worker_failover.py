@@ -1,0 +1,171 @@
+"""A worker in auto mode when Pegasus's control plane goes away mid-job, and when it comes back.
+
+Two real control planes: Pegasus's on 127.0.0.10 (free ports, like a Slurm job's) and the Mac's on
+127.0.0.20 with fixed ports (as the inventory gives them). The job in flight when Pegasus stops
+belongs to Pegasus's ledger: its result waits in the worker's spool, and reaches that ledger when
+Pegasus returns under a new epoch, while the worker serves the Mac in between.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from han_worker.control_plane.layout import pick_free_ports
+from tests.integration.conftest import UnprivilegedEnv
+from tests.integration.control_planes import (
+    MAC_ADDRESS,
+    RunningControlPlane,
+    WorkerProcess,
+    han_worker,
+    start_control_plane,
+    start_worker,
+    wait_for,
+    worker_settings,
+    write_private_file,
+)
+
+
+@dataclass
+class Planes:
+    pegasus: RunningControlPlane
+    mac: RunningControlPlane
+    mac_ports: dict[str, int]
+
+
+@pytest.fixture(scope="module")
+def workdir(unprivileged_env: UnprivilegedEnv) -> Iterator[Path]:
+    directory = unprivileged_env.private_dir("han-failover-test-")
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def planes(unprivileged_env: UnprivilegedEnv, workdir: Path) -> Iterator[Planes]:
+    ports = dict(zip(("postgres", "redis", "s3"), pick_free_ports(MAC_ADDRESS, 3), strict=True))
+    mac_args = ["--source", "mac", *(f"--port={name}={port}" for name, port in ports.items())]
+    with ThreadPoolExecutor(2) as pool:  # each start takes seconds: in parallel
+        starts = [
+            pool.submit(start_control_plane, unprivileged_env, workdir / "pegasus"),
+            pool.submit(
+                start_control_plane, unprivileged_env, workdir / "mac", *mac_args, address=MAC_ADDRESS
+            ),
+        ]
+    started = [start.result() for start in starts if start.exception() is None]
+    if len(started) < 2:
+        for running in started:
+            running.shutdown()
+        starts[0].result() if starts[0].exception() else starts[1].result()
+    running = Planes(started[0], started[1], ports)
+    yield running
+    for plane in (running.pegasus, running.mac):  # the test may have replaced pegasus: stop the current one
+        plane.request_stop()
+    for plane in (running.pegasus, running.mac):
+        plane.shutdown()
+
+
+@pytest.fixture
+def worker_config(unprivileged_env: UnprivilegedEnv, workdir: Path, planes: Planes) -> Path:
+    settings = worker_settings(
+        planes.pegasus,
+        workdir / "spool",
+        mode="auto",
+        lease_seconds=4,
+        probe_timeout_seconds=1,
+        mac={
+            "host": MAC_ADDRESS,
+            "ports": planes.mac_ports,
+            "credentials_file": str(planes.mac.state_dir / "credentials.json"),
+        },
+    )
+    return write_private_file(unprivileged_env, workdir / "worker.json", json.dumps(settings))
+
+
+@pytest.fixture
+def worker(unprivileged_env: UnprivilegedEnv, worker_config: Path) -> Iterator[WorkerProcess]:
+    running = start_worker(unprivileged_env, worker_config)
+    yield running
+    try:
+        running.stop(timeout=20)
+    finally:
+        running.kill()
+
+
+def client(env: UnprivilegedEnv, config: Path, mode: str, *args: str) -> tuple[int, str, str]:
+    result = han_worker(env, args[0], "--config", str(config), "--mode", mode, *args[1:])
+    return result.returncode, result.stdout.strip(), result.stderr
+
+
+def test_mac_mode_with_wrong_credentials_exits_2_naming_the_service(
+    unprivileged_env: UnprivilegedEnv, workdir: Path, planes: Planes
+):
+    # Mode mac never fails selection (the runbook: always the Mac), so the worker itself must refuse.
+    wrong = planes.mac.credentials
+    wrong["redis"]["password"] = "a-wrong-secret-of-some-length"  # type: ignore[index]
+    credentials = write_private_file(unprivileged_env, workdir / "wrong-mac.json", json.dumps(wrong))
+    mac = {"host": MAC_ADDRESS, "ports": planes.mac_ports, "credentials_file": str(credentials)}
+    settings = worker_settings(None, workdir / "spool-wrong", mode="mac", mac=mac)
+    config = write_private_file(unprivileged_env, workdir / "wrong.json", json.dumps(settings))
+    result = han_worker(unprivileged_env, "run", "--config", str(config), timeout=60)
+    assert result.returncode == 2
+    assert f"redis {MAC_ADDRESS}:{planes.mac_ports['redis']}" in result.stderr
+    assert "authentication failed for user han_worker" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "a-wrong-secret" not in result.stderr
+
+
+def test_auto_mode_fails_over_to_the_mac_and_delivers_the_result_home(
+    unprivileged_env: UnprivilegedEnv,
+    workdir: Path,
+    planes: Planes,
+    worker: WorkerProcess,
+    worker_config: Path,
+):
+    env, pegasus_state = unprivileged_env, planes.pegasus.state_dir
+    wait_for(lambda: "serving noop on pegasus" in worker.output(), 30, "the worker to choose Pegasus")
+    code, job, err = client(
+        env, worker_config, "pegasus", "submit", "--kind", "sleep", "--param", "seconds=6"
+    )
+    assert code == 0, err
+    ledger = planes.pegasus.ledger()
+    wait_for(lambda: ledger.status(job) == "running", 15, "the job to start on Pegasus")
+
+    planes.pegasus.request_stop()  # mid-job: Pegasus's control plane goes away
+    wait_for(lambda: "-> mac (epoch 0" in worker.output(), 45, "the worker to fail over to the Mac")
+    code, mac_job, err = client(env, worker_config, "mac", "submit", "--kind", "noop")
+    assert code == 0, err
+    assert client(env, worker_config, "mac", "wait", mac_job, "--timeout", "30")[0] == 0
+    mac_record = planes.mac.ledger().job(mac_job)
+    assert mac_record is not None
+    assert (mac_record.control_plane, mac_record.control_plane_epoch) == ("mac", 0)
+
+    assert planes.pegasus.process.wait(60) == 0
+    assert (workdir / "spool" / f"pegasus-{job}-1" / "result.json").is_file()  # kept for Pegasus
+
+    planes.pegasus = start_control_plane(env, pegasus_state)  # back, same ledger, next epoch
+    assert planes.pegasus.endpoints["epoch"] == 2
+    ledger = planes.pegasus.ledger()
+    wait_for(lambda: ledger.status(job) == "succeeded", 45, "the spooled result to reach Pegasus's ledger")
+    record = ledger.job(job)
+    assert record is not None
+    assert (record.attempts, record.control_plane, record.control_plane_epoch) == (1, "pegasus", 1)
+    assert [attempt["outcome"] for attempt in ledger.attempts(job)] == ["succeeded"]
+    assert record.outputs is not None
+    output = record.outputs["slept.txt"]
+    _ledger, _redis, s3 = planes.pegasus.link_parts()
+    body = s3.get_object(planes.pegasus.worker_credentials().s3.bucket, output["key"]).read()
+    assert hashlib.sha256(body).hexdigest() == output["sha256"]
+    assert not list((workdir / "spool").glob("pegasus-*"))
+
+    # Back on Pegasus between jobs: new Pegasus jobs run again.
+    wait_for(lambda: "-> pegasus (epoch 2" in worker.output(), 30, "the worker to return to Pegasus")
+    code, new_job, err = client(env, worker_config, "pegasus", "submit", "--kind", "noop")
+    assert code == 0, err
+    assert client(env, worker_config, "pegasus", "wait", new_job, "--timeout", "30")[0] == 0
