@@ -71,7 +71,7 @@ def start_workers(
     settings = worker_settings(cp, workdir / "spool", mode="pegasus", lease_seconds=30, heartbeat_seconds=5,
                                probe_interval_seconds=5, reconcile_seconds=30)  # fmt: skip
     config = write_private_file(env, workdir / "worker.json", json.dumps(settings))
-    workers = [start_worker(env, config) for _ in range(count)]
+    workers = [start_worker(env, config) for _index in range(count)]
     deadline = time.monotonic() + 60
     while not all("serving noop" in worker.output() for worker in workers):
         if time.monotonic() > deadline or any(worker.process.poll() is not None for worker in workers):
@@ -120,10 +120,10 @@ def measure(link: Link, jobs: int) -> tuple[float, list[float]]:
     """(jobs/s, latencies in ms) with the workers that are running now."""
     batch = client.submit_many(link, "noop", [{}] * jobs, max_attempts=3)
     wait_done(link, batch)
-    span, _ = timings(link, batch)
+    span, _latencies = timings(link, batch)
     rate = jobs / span
     paced, interval = [], 1 / min(200.0, rate / 2)
-    for _ in range(jobs):
+    for _index in range(jobs):
         paced.append(client.submit(link, "noop", {}, {}, max_attempts=3))
         time.sleep(interval)
     wait_done(link, paced)

@@ -213,7 +213,7 @@ def test_a_job_run_twice_after_its_lease_expired_records_one_success(system: Sys
 
 def test_redis_losing_its_streams_loses_no_job(system: System):
     first = system.start_worker("w1")
-    jobs = [system.submit("sleep", "--param", "seconds=1.5") for _ in range(3)]
+    jobs = [system.submit("sleep", "--param", "seconds=1.5") for _index in range(3)]
     running = system.wait_status(jobs[0], {"running"}, 15)
     assert worker_pid(running) == first.pid
     # The worker dies mid-job, then Redis loses every stream (the admin deletes them): only the
