@@ -104,7 +104,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     parser.add_argument(
         "--probe-timeout",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=2.0,
         metavar="SECONDS",
         help="overall deadline of the probes (default: 2.0)",
@@ -115,7 +115,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     return parser
 
 
-def _positive_seconds(text: str) -> float:
+def positive_seconds(text: str) -> float:
+    """argparse type: a finite number of seconds above 0."""
     try:
         seconds = float(text)
     except ValueError:

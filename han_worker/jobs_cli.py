@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from han_worker import client
 from han_worker.backends import UnsupportedQueue
 from han_worker.connection import CONTROL_PLANE_ERRORS, ConnectError, Link, Selector, describe
 from han_worker.endpoints import MODES, EndpointsError
+from han_worker.endpoints_cli import positive_seconds
 from han_worker.worker import StartError, Worker, backends_to_serve
 from han_worker.worker_config import Overrides, WorkerConfig, WorkerConfigError, load_worker_config
 
@@ -63,16 +63,6 @@ control plane selection (the same for run, submit, wait and status):
 The Pegasus endpoints file: $HAN_ENDPOINTS_FILE, else the config file's pegasus.endpoints_file,
 else ~/.han/control-plane/endpoints.json (its credentials.json beside it).
 """
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not (seconds > 0 and math.isfinite(seconds)):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds > 0")
-    return seconds
 
 
 def _positive_int(text: str) -> int:
@@ -153,7 +143,7 @@ def _add_wait(commands: Commands[argparse.ArgumentParser]) -> None:
     wait.add_argument("job", metavar="JOB", help="the job id that submit printed")
     wait.add_argument(
         "--timeout",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=3600.0,
         metavar="SECONDS",
         help="give up after this long and exit 3 (default: 3600)",

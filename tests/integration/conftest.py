@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +66,15 @@ class UnprivilegedEnv:
         shutil.chown(directory, self.user, self.user)
         directory.chmod(0o700)
         return directory
+
+
+@pytest.fixture(scope="module")
+def workdir(unprivileged_env: UnprivilegedEnv, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A private directory of the cluster user for one test module, removed afterwards."""
+    module = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_").replace("_", "-")
+    directory = unprivileged_env.private_dir(f"han-{module}-")
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def _run_or_fail(argv: list[str]) -> None:

@@ -85,13 +85,6 @@ class System:
 
 
 @pytest.fixture(scope="module")
-def workdir(unprivileged_env: UnprivilegedEnv) -> Iterator[Path]:
-    directory = unprivileged_env.private_dir("han-worker-test-")
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
 def control_plane(unprivileged_env: UnprivilegedEnv, workdir: Path) -> Iterator[RunningControlPlane]:
     running = start_control_plane(unprivileged_env, workdir / "cp")
     yield running

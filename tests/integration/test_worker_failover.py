@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,13 +37,6 @@ class Planes:
     pegasus: RunningControlPlane
     mac: RunningControlPlane
     mac_ports: dict[str, int]
-
-
-@pytest.fixture(scope="module")
-def workdir(unprivileged_env: UnprivilegedEnv) -> Iterator[Path]:
-    directory = unprivileged_env.private_dir("han-failover-test-")
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
