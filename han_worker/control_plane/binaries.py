@@ -23,8 +23,7 @@ class BinaryNotFound(RuntimeError):
 class ServerBinaries:
     postgres_bin_dir: Path  # holds initdb and postgres
     redis_server: Path
-    s3_server: Path
-    s3_kind: str  # "minio" or "seaweedfs"
+    s3_server: Path  # SeaweedFS's weed
 
 
 def _package_dir(package: str) -> Path | None:
@@ -79,6 +78,6 @@ def find_s3() -> Path:
 
 
 def find_binaries() -> ServerBinaries:
-    binaries = ServerBinaries(find_postgres(), find_redis(), find_s3(), "seaweedfs")
+    binaries = ServerBinaries(find_postgres(), find_redis(), find_s3())
     log.debug("server binaries: %s", binaries)
     return binaries

