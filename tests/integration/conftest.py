@@ -90,7 +90,9 @@ def unprivileged_env() -> UnprivilegedEnv:
         subprocess.run(["/usr/bin/python3", "-m", "venv", str(UNPRIVILEGED_VENV)], check=True)
     pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     constraints = ["--constraint", str(REPO / ".ci" / "constraints.txt")]
-    _run_or_fail([*pip, *constraints, f"{REPO}[server]"])
+    # The pose runtime the slim way (mediapipe without its jax dependencies), as `make venv` installs it.
+    _run_or_fail([*pip, *constraints, "--no-deps", "mediapipe==0.10.21"])
+    _run_or_fail([*pip, *constraints, f"{REPO}[server,pose-runtime]"])
     # Always this checkout's han_worker, even when its version number did not change.
     _run_or_fail([*pip, "--force-reinstall", "--no-deps", str(REPO)])
     subprocess.run(["chmod", "-R", "a+rX", str(UNPRIVILEGED_VENV)], check=True)

@@ -2,7 +2,7 @@
 
 One control plane (PostgreSQL, Valkey, SeaweedFS S3 on the Pegasus address) serves the whole module;
 each test starts its own workers and stops them, even when it fails. Jobs use the built-in backends
-(queue `noop`): `noop`, `sleep` and `fail`.
+(queue `noop`): `noop`, `sleep` and `fail`, and one real `pose` job (queue `pose`) on a photo of a person.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import matplotlib.cbook
 import pytest
 
 from han_worker.ledger import JobRecord
@@ -131,6 +132,32 @@ def test_submitted_jobs_are_done_and_their_outputs_are_in_s3(system: System):
     assert hashlib.sha256(body).hexdigest() == slept["sha256"]
     assert len(body) == slept["size"]
     assert outcomes(system, sleep_job) == ["succeeded"]
+
+
+def test_a_pose_job_on_a_photo_of_a_person_yields_33_landmarks(system: System):
+    system.start_worker("w1", queues=["noop", "pose"])
+    photo = system.workdir / "person.jpg"
+    shutil.copyfile(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False), photo)
+    shutil.chown(photo, system.env.user, system.env.user)
+    not_an_image = write_private_file(system.env, system.workdir / "notes.jpg", "not an image at all\n")
+    pose_job = system.submit("pose", "--input", str(photo))
+    bad_job = system.submit("pose", "--input", str(not_an_image))
+
+    code, out, err = system.cli("wait", pose_job, "--timeout", "120")
+    assert code == 0, out + err
+    record = system.job(pose_job)
+    assert record.result is not None
+    assert (record.result["frames"], record.result["frames_with_person"]) == (1, 1)
+    assert record.outputs is not None
+    _ledger, _redis, s3 = system.cp.link_parts()
+    landmarks = json.loads(s3.get_object(system.cp.worker_credentials().s3.bucket,
+                                         record.outputs["landmarks.json"]["key"]).read())  # fmt: skip
+    assert [len(frame["landmarks"]) for frame in landmarks["frames"]] == [33]
+
+    code, out, _err = system.cli("wait", bad_job, "--timeout", "120")
+    assert code == 1
+    assert out.startswith("failed: ")
+    assert outcomes(system, bad_job) == ["failed"], "bad input fails the job once, not the worker"
 
 
 def test_a_failing_job_fails_with_its_message_and_is_not_retried(system: System):
