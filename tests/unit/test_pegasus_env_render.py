@@ -18,10 +18,9 @@ from typing import Any
 
 import pytest
 import yaml
-from ansible.parsing.dataloader import DataLoader
-from ansible.template import Templar, trust_as_template
 
 from tests.conftest import REPO
+from tests.unit import role_templates
 
 ROLE = REPO / "roles" / "pegasus_env"
 HOME = "/home/pegasus"
@@ -42,39 +41,26 @@ source_tool = load_script("han_worker_source")
 link_tool = load_script("link_wheel_servers")
 
 
+PLAY_VARIABLES: dict[str, Any] = dict(
+    ansible_managed="Ansible managed",
+    ansible_facts={"user_dir": HOME},
+    _pegasus_env_source={"stdout": f"{SOURCE_DIGEST}\n"},
+    _pegasus_env_wheel={"files": [{"path": f"/tmp/scratch.han-wheel/dist/{WHEEL}"}]},
+    _pegasus_env_spec={"provider": "conda", "han_worker_source": SOURCE_DIGEST},
+)
+
+
 def role_variables(**overrides: Any) -> dict[str, Any]:
-    """The role's defaults and vars as Ansible loads them (trusted), plus what the play would know."""
-    loader = DataLoader()
-    variables: dict[str, Any] = {}
-    for layer in ("defaults", "vars"):
-        variables.update(loader.load_from_file(str(ROLE / layer / "main.yml"), trusted_as_template=True))
-    variables.update(
-        role_path=str(ROLE),
-        ansible_managed="Ansible managed",
-        ansible_facts={"user_dir": HOME},
-        _pegasus_env_source={"stdout": f"{SOURCE_DIGEST}\n"},
-        _pegasus_env_wheel={"files": [{"path": f"/tmp/scratch.han-wheel/dist/{WHEEL}"}]},
-        _pegasus_env_spec={"provider": "conda", "han_worker_source": SOURCE_DIGEST},
-    )
-    variables.update(overrides)
-    return variables
+    """The role's defaults and vars, plus what the play and earlier tasks would set."""
+    return role_templates.role_variables(ROLE, PLAY_VARIABLES, overrides)
 
 
 def evaluate(expression: str, **overrides: Any) -> Any:
-    return Templar(loader=DataLoader(), variables=role_variables(**overrides)).template(
-        trust_as_template(f"{{{{ {expression} }}}}")
-    )
+    return role_templates.evaluate(role_variables(**overrides), expression)
 
 
 def render(template: str, **overrides: Any) -> str:
-    """Render a role template as the template module does (trim_blocks on)."""
-    text = (ROLE / "templates" / template).read_text()
-    templar = Templar(loader=DataLoader(), variables=role_variables(**overrides))
-    rendered = templar.template(
-        trust_as_template(text), escape_backslashes=False, overrides={"trim_blocks": True}
-    )
-    assert isinstance(rendered, str)
-    return rendered
+    return role_templates.render(role_variables(**overrides), ROLE / "templates" / template)
 
 
 def build_dir(**overrides: Any) -> str:

@@ -23,12 +23,11 @@ from typing import Any
 
 import pytest
 import yaml
-from ansible.parsing.dataloader import DataLoader
-from ansible.template import Templar, trust_as_template
 
 from han_worker.backends import isaaclab
 from han_worker.worker_config import parse_worker_config
 from tests.conftest import REPO, ansible_env, run_ansible
+from tests.unit import role_templates
 
 ROLE = REPO / "roles" / "windows_worker"
 SCRIPTS = REPO / "scripts" / "windows"
@@ -65,40 +64,27 @@ supervisor = load_script("han_worker_supervisor", SCRIPTS / "han_worker_supervis
 winrm_error = load_script("han_infra_filter_winrm_error", REPO / "plugins" / "filter" / "winrm_error.py")
 
 
+PLAY_VARIABLES: dict[str, Any] = dict(
+    inventory_hostname="windows-gpu",
+    ansible_check_mode=False,
+    ansible_host="192.0.2.20",
+    hostvars={"mac-laptop": {"mac_lan_ip": "192.168.1.20", "control_plane_ports": MAC_PORTS}},
+    windows_worker_mac_credentials=FAKE_CREDENTIALS,
+    _windows_worker_source={"stdout": "5" * 64 + "\n"},
+)
+
+
 def role_variables(**overrides: Any) -> dict[str, Any]:
-    """The role's defaults and vars as Ansible loads them, plus what the play and earlier tasks would set."""
-    loader = DataLoader()
-    variables: dict[str, Any] = {}
-    for layer in ("defaults", "vars"):
-        variables.update(loader.load_from_file(str(ROLE / layer / "main.yml"), trusted_as_template=True))
-    variables.update(
-        role_path=str(ROLE),
-        inventory_hostname="windows-gpu",
-        ansible_check_mode=False,
-        ansible_host="192.0.2.20",
-        hostvars={"mac-laptop": {"mac_lan_ip": "192.168.1.20", "control_plane_ports": MAC_PORTS}},
-        windows_worker_mac_credentials=FAKE_CREDENTIALS,
-        _windows_worker_source={"stdout": "5" * 64 + "\n"},
-    )
-    variables.update(overrides)
-    return variables
+    """The role's defaults and vars, plus what the play and earlier tasks would set."""
+    return role_templates.role_variables(ROLE, PLAY_VARIABLES, overrides)
 
 
 def evaluate(expression: str, **overrides: Any) -> Any:
-    return Templar(loader=DataLoader(), variables=role_variables(**overrides)).template(
-        trust_as_template(f"{{{{ {expression} }}}}")
-    )
+    return role_templates.evaluate(role_variables(**overrides), expression)
 
 
 def render(template: str, **overrides: Any) -> str:
-    """Render a role template as win_template does (trim_blocks on)."""
-    text = (ROLE / "templates" / template).read_text()
-    templar = Templar(loader=DataLoader(), variables=role_variables(**overrides))
-    rendered = templar.template(
-        trust_as_template(text), escape_backslashes=False, overrides={"trim_blocks": True}
-    )
-    assert isinstance(rendered, str)
-    return rendered
+    return role_templates.render(role_variables(**overrides), ROLE / "templates" / template)
 
 
 # -- worker.json: read by han_worker's own parser --------------------------------------------------------------
