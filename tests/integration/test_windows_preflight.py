@@ -19,21 +19,12 @@ from typing import Any
 import pytest
 
 from tests.conftest import ansible_env, run_ansible
+from tests.fake_windows import FAKE_MAC_CREDENTIALS
 from tests.fake_windows.servers import FAKE_PASSWORD, FakeWindowsHost, running_fakes
 
 PLAYBOOK = "playbooks/windows_worker.yml"
 WINRM_FAILURE_TASK = "Fail with what to check when WinRM does not work."
 # FAKE credentials for the Mac's control plane: they must pass the role's checks and never be printed.
-FAKE_MAC_CREDENTIALS = {
-    "schema": 1,
-    "postgres": {"user": "han_worker", "password": "fake-postgres-password-1234", "database": "han"},
-    "redis": {"user": "han-worker", "password": "fake-redis-password-12345678"},
-    "s3": {
-        "access_key": "han-worker-fake",
-        "secret_key": "fake-s3-secret-key-1234567",
-        "bucket": "han-artifacts",
-    },
-}
 SECRETS = (
     FAKE_PASSWORD,
     "fake-postgres-password-1234",

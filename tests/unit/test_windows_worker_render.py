@@ -27,6 +27,7 @@ import yaml
 from han_worker.backends import isaaclab
 from han_worker.worker_config import parse_worker_config
 from tests.conftest import REPO, ansible_env, run_ansible
+from tests.fake_windows import FAKE_MAC_CREDENTIALS as FAKE_CREDENTIALS
 from tests.unit import role_templates
 
 ROLE = REPO / "roles" / "windows_worker"
@@ -35,16 +36,6 @@ CAPTURED = REPO / "tests" / "fake_windows" / "captured"
 INSTALL = "C:\\ProgramData\\han-worker"
 MAC_PORTS = {"postgres": 15432, "redis": 16379, "s3": 19000}
 # FAKE credentials: the shape of the control plane's credentials.json, never a real secret.
-FAKE_CREDENTIALS = {
-    "schema": 1,
-    "postgres": {"user": "han_worker", "password": "fake-postgres-password-1234", "database": "han"},
-    "redis": {"user": "han-worker", "password": "fake-redis-password-12345678"},
-    "s3": {
-        "access_key": "han-worker-fake",
-        "secret_key": "fake-s3-secret-key-1234567",
-        "bucket": "han-artifacts",
-    },
-}
 SECRETS = ("fake-postgres-password-1234", "fake-redis-password-12345678", "fake-s3-secret-key-1234567")
 
 
