@@ -31,7 +31,14 @@ from han_worker.attempt import (
     record,
     run_attempt,
 )
-from han_worker.backends import UnsupportedQueue, backends_for_queues, current_platform
+from han_worker.backends import (
+    StandinPlatformError,
+    UnsupportedQueue,
+    WorkerPlatform,
+    backends_for_queues,
+    current_platform,
+    worker_platform,
+)
 from han_worker.backends.base import Backend, unavailable_reason
 from han_worker.connection import (
     CONTROL_PLANE_ERRORS,
@@ -67,16 +74,38 @@ class Identity:
     slurm_job_id: str
 
     @classmethod
-    def here(cls) -> Identity:
+    def here(cls, platform: str) -> Identity:
+        """This process; ``platform`` is what it records (``windows-standin`` for the Windows stand-in)."""
         host = socket.gethostname()
-        return cls(f"{host}-{os.getpid()}-{os.urandom(2).hex()}", host, current_platform(),
+        slurm_job = slurm_job_label(os.environ)
+        # The ledger keeps the worker id: with the Slurm job (array task) in it, a job's record says which
+        # Slurm job did it. <host>[-slurm<job>]-<pid>-<random>
+        where = f"{host}-slurm{slurm_job}" if slurm_job else host
+        return cls(f"{where}-{os.getpid()}-{os.urandom(2).hex()}", host, platform,
                    os.environ.get("SLURM_JOB_ID", ""))  # fmt: skip
+
+
+def slurm_job_label(env: Mapping[str, str]) -> str:
+    """``123_4`` for task 4 of array job 123, ``125`` for a plain job, ``""`` outside Slurm."""
+    array_job, task = env.get("SLURM_ARRAY_JOB_ID", ""), env.get("SLURM_ARRAY_TASK_ID", "")
+    if array_job.isdigit() and task.isdigit():
+        return f"{array_job}_{task}"
+    job = env.get("SLURM_JOB_ID", "")
+    return job if job.isdigit() else ""
+
+
+def platform_here() -> WorkerPlatform:
+    """The platform this worker serves and records; a bad ``HAN_WORKER_STANDIN_PLATFORM`` cannot start."""
+    try:
+        return worker_platform()
+    except StandinPlatformError as exc:
+        raise StartError(str(exc)) from None
 
 
 def backends_to_serve(queues: Iterable[str]) -> dict[str, Backend]:
     """Kind -> backend for every queue; refuses a queue this machine cannot serve, saying why."""
     kinds = {}
-    for queue, backends in backends_for_queues(queues).items():
+    for queue, backends in backends_for_queues(queues, platform_here().serves).items():
         for backend in backends:
             reason = unavailable_reason(backend)
             if reason:
@@ -105,7 +134,8 @@ class Worker:
         self.config = config
         self.backends = backends
         self.selector = selector
-        self.identity = Identity.here()
+        self.platform = platform_here()
+        self.identity = Identity.here(self.platform.recorded)
         self.spool = Spool(config.spool_dir)
         self.clock = DrainClock(config.drain_grace_seconds)
         self.stopping = threading.Event()
@@ -125,6 +155,13 @@ class Worker:
     # -- life cycle ------------------------------------------------------------------------------
 
     def run(self) -> int:
+        if self.platform.standin:
+            log.warning(
+                "this worker is a STAND-IN for %s (HAN_WORKER_STANDIN_PLATFORM=%s): it runs on %s, serves "
+                "the %s backends and records its platform as %s",
+                self.platform.serves, self.platform.serves, current_platform(), self.platform.serves,
+                self.platform.recorded,
+            )  # fmt: skip
         self._install_signal_handlers()
         link = self._connect_first()
         if link is None:

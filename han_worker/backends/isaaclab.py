@@ -23,9 +23,10 @@ The command runs in the job's run directory (``<workdir>/run``): Isaac Lab's tra
 gets the worker's environment without the worker's own ``HAN_*`` settings, plus ``HAN_JOB_ID`` and
 ``HAN_RUN_DIR``.
 
-Outputs: ``train.log`` and every file matching the checkpoint patterns, named ``run/<path under the run
-directory>``. Summary: ``exit_code``, ``checkpoints``, ``last_checkpoint``, ``log_lines``, ``elapsed_s``
-and the parameters given. A non-zero exit, or a run that leaves no checkpoint, fails the job with the
+Outputs: ``train.log`` and every file matching the checkpoint patterns, named ``run__<path under the run
+directory, with __ for />`` (an output name is one file name: it is also a file in the worker's spool).
+Summary: ``exit_code``, ``checkpoints``, ``last_checkpoint``, ``log_lines``, ``elapsed_s`` and the
+parameters given. A non-zero exit, or a run that leaves no checkpoint, fails the job with the
 last lines of its log. When the worker drains, the run is asked to stop (CTRL_BREAK to its process group
 on Windows, SIGTERM to its session elsewhere), killed with its whole process tree after the grace period,
 and the attempt ends with :class:`InterruptedError`, so that the job runs again later.
@@ -343,10 +344,16 @@ def _kill_tree(process: subprocess.Popen[bytes]) -> None:
             os.killpg(process.pid, signal.SIGKILL)
 
 
+def output_name(relative: Path) -> str:
+    """``logs/rsl_rl/x/model_2.pt`` -> ``run__logs__rsl_rl__x__model_2.pt``: a plain file name, as artifacts
+    must be, that still says where the file was."""
+    return "__".join((RUN_DIR, *relative.parts))
+
+
 def _find_checkpoints(run_dir: Path, patterns: tuple[str, ...]) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for pattern in patterns:
         for path in sorted(run_dir.glob(pattern)):
             if path.is_file():
-                found[f"{RUN_DIR}/{path.relative_to(run_dir).as_posix()}"] = path
+                found[output_name(path.relative_to(run_dir))] = path
     return found

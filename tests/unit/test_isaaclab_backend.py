@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from han_worker.artifacts import check_name
 from han_worker.backends import UnsupportedQueue, backends_for_queues, isaaclab
 from han_worker.backends.base import JobContext, JobFailed, JobResult
 from han_worker.backends.isaaclab import IsaacLabTeacherPPO
@@ -171,9 +172,11 @@ def test_a_run_streams_its_log_and_uploads_its_checkpoints(
         tmp_path, {"task": "Isaac-Velocity-Rough-Anymal-C-v0", "num_envs": 64, "max_iterations": 3}
     )
 
-    prefix = "run/logs/rsl_rl/Isaac-Velocity-Rough-Anymal-C-v0/2025-01-01_00-00-00"
-    assert sorted(result.outputs) == [f"{prefix}/model_{i}.pt" for i in range(3)] + ["train.log"]
-    assert result.outputs[f"{prefix}/model_2.pt"].read_bytes() == b"fake checkpoint 2"
+    prefix = "run__logs__rsl_rl__Isaac-Velocity-Rough-Anymal-C-v0__2025-01-01_00-00-00"
+    assert sorted(result.outputs) == [f"{prefix}__model_{i}.pt" for i in range(3)] + ["train.log"]
+    assert result.outputs[f"{prefix}__model_2.pt"].read_bytes() == b"fake checkpoint 2"
+    for name in result.outputs:  # every output passes the worker's own check of artifact names
+        assert check_name(name, "output name") == name
     log_text = result.outputs["train.log"].read_text(encoding="utf-8")
     assert "[INFO] task=Isaac-Velocity-Rough-Anymal-C-v0 num_envs=64 seed=42 headless=True" in log_text
     assert "[Warning] this line goes to stderr" in log_text
@@ -187,7 +190,7 @@ def test_a_run_streams_its_log_and_uploads_its_checkpoints(
     assert streamed == log_text.splitlines()
     assert result.summary["exit_code"] == 0
     assert result.summary["checkpoints"] == 3
-    assert result.summary["last_checkpoint"] == f"{prefix}/model_2.pt"
+    assert result.summary["last_checkpoint"] == f"{prefix}__model_2.pt"
     assert result.summary["log_lines"] == len(streamed)
     assert result.summary["task"] == "Isaac-Velocity-Rough-Anymal-C-v0"
     assert result.summary["num_envs"] == 64
@@ -197,7 +200,7 @@ def test_the_checkpoint_patterns_are_configurable(tmp_path: Path, trainer: Calla
     trainer(checkpoints=["**/params/*.yaml"])
     result, _log = run(tmp_path, {"num_envs": 8})
     assert sorted(result.outputs) == [
-        "run/logs/rsl_rl/Fake-Task-v0/2025-01-01_00-00-00/params/env.yaml",
+        "run__logs__rsl_rl__Fake-Task-v0__2025-01-01_00-00-00__params__env.yaml",
         "train.log",
     ]
 

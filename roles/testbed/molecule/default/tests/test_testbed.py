@@ -30,9 +30,9 @@ def test_partitions_exist(host, partition, is_default):
     assert "State=UP" in shown.stdout
 
 
-def test_sshd_listens_only_on_the_pegasus_and_mac_addresses(host):
+def test_sshd_listens_only_on_the_pegasus_mac_and_windows_standin_addresses(host):
     sockets = {str(s) for s in host.socket.get_listening_sockets() if s.endswith(":2222")}
-    assert sockets == {"tcp://127.0.0.10:2222", "tcp://127.0.0.20:2222"}
+    assert sockets == {"tcp://127.0.0.10:2222", "tcp://127.0.0.20:2222", "tcp://127.0.0.40:2222"}
 
 
 def test_gpu_job_as_cluster_user_completes(host):
