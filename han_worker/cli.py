@@ -10,7 +10,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from han_worker import __version__, endpoints_cli, jobs_cli
+from han_worker import __version__, endpoints_cli, jobs_cli, queues_cli
 from han_worker.control_plane import cli as control_plane_cli
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ def build_worker_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     endpoints_cli.add_parser(commands)
     jobs_cli.add_parsers(commands)
+    queues_cli.add_parser(commands)
     return parser
 
 

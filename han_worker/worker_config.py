@@ -13,7 +13,11 @@ The file (every key optional; unknown keys are refused, they are typos)::
              "credentials_file": "~/.han/mac-credentials.json"},
      "spool_dir": "~/.han/spool", "lease_seconds": 30, "heartbeat_seconds": 10,
      "probe_interval_seconds": 5, "probe_timeout_seconds": 2, "flap_threshold": 3, "max_attempts": 3,
-     "drain_grace_seconds": 30, "reconcile_seconds": 30}
+     "drain_grace_seconds": 30, "reconcile_seconds": 30,
+     "deployed_selection": {"source": "pegasus", "reason": "Pegasus endpoints (epoch 3, ...) are valid"}}
+
+``deployed_selection`` records what the play that deployed the worker chose, and why; it is logged at
+start and nothing else: the worker selects its control plane again, with the same code, when it runs.
 """
 
 from __future__ import annotations
@@ -41,7 +45,10 @@ SECONDS: Mapping[str, tuple[float, float]] = {
     "reconcile_seconds": (30.0, 0.5),
 }
 COUNTS: Mapping[str, tuple[int, int]] = {"flap_threshold": (3, 1), "max_attempts": (3, 1)}
-_TOP_KEYS = frozenset({"mode", "queues", "pegasus", "mac", "spool_dir", *SECONDS, *COUNTS})
+_TOP_KEYS = frozenset(
+    {"mode", "queues", "pegasus", "mac", "spool_dir", "deployed_selection", *SECONDS, *COUNTS}
+)
+SOURCES = ("pegasus", "mac")
 
 
 class WorkerConfigError(ValueError):
@@ -53,6 +60,14 @@ class MacSettings:
     host: str
     ports: Mapping[str, int]
     credentials_file: Path | None
+
+
+@dataclass(frozen=True)
+class DeployedSelection:
+    """What the deploying play chose (informational: the worker selects again at run time)."""
+
+    source: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -80,6 +95,7 @@ class WorkerConfig:
     flap_threshold: int
     max_attempts: int
     origin: str = field(compare=False)  # the file, or "defaults"
+    deployed_selection: DeployedSelection | None = None
 
     @property
     def credentials_file(self) -> Path:
@@ -145,6 +161,17 @@ def _mac(fields: FieldReader) -> MacSettings | None:
     return MacSettings(mac.string("host"), ports, _path(mac, "credentials_file", None))
 
 
+def _deployed_selection(fields: FieldReader) -> DeployedSelection | None:
+    if "deployed_selection" not in fields.data:
+        return None
+    record = fields.child("deployed_selection")
+    _refuse_unknown(record, frozenset({"source", "reason"}), "")
+    source = record.string("source")
+    if source not in SOURCES:
+        record.fail("source", f": {source!r} is not one of {', '.join(SOURCES)}")
+    return DeployedSelection(source, record.string("reason"))
+
+
 def _from_file(path: Path) -> WorkerConfig:
     try:
         data = read_trusted_json(path)
@@ -181,6 +208,7 @@ def parse_worker_config(data: Mapping[str, object], origin: str) -> WorkerConfig
         flap_threshold=_count(fields, "flap_threshold"),
         max_attempts=_count(fields, "max_attempts"),
         origin=origin,
+        deployed_selection=_deployed_selection(fields),
     )
 
 
@@ -239,6 +267,13 @@ def load_worker_config(
         mac=_mac_override(config, env),
     )
     _check_complete(config, need_queues=need_queues)
+    if config.deployed_selection is not None:
+        log.info(
+            "deployed for the %s control plane (%s); selecting again now in %s mode",
+            config.deployed_selection.source,
+            config.deployed_selection.reason,
+            config.mode,
+        )
     if config.heartbeat_seconds >= config.lease_seconds:
         log.warning(
             "heartbeat_seconds %g >= lease_seconds %g: other workers will reclaim jobs while they run",

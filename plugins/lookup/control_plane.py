@@ -38,6 +38,12 @@ options:
   pegasus_job_alive:
     description: Whether the document's Slurm job is pending or running; omit when not known.
     type: bool
+  pegasus_probed_on:
+    description:
+      - The host that read O(pegasus_endpoints) and found its services healthy with the worker's
+        credentials (C(han-worker endpoints --mode pegasus) without C(--no-probe) exits 0 only then).
+      - Only the reason says so; the controller still probes only with O(probe).
+    type: str
   mac_host:
     description: The Mac's LAN address (the inventory's C(mac_lan_ip), the runbook's C(MAC_LAN_IP)).
     type: str
@@ -127,9 +133,14 @@ class LookupModule(LookupBase):
             )
         self.set_options(var_options=variables, direct=kwargs)
         try:
-            return [self._select().to_dict()]
+            selection = self._select().to_dict()
         except (EndpointsError, ValueError) as error:
             raise AnsibleError(f"control plane ({self.get_option('mode')} mode): {error}") from error
+        probed_on = self.get_option("pegasus_probed_on")
+        if probed_on and selection["source"] == "pegasus":
+            checked = f"(healthy when probed on {probed_on})"
+            selection["reason"] = selection["reason"].replace("(not probed)", checked)
+        return [selection]
 
     def _select(self):
         mac_host = self.get_option("mac_host")
