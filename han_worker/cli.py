@@ -10,7 +10,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from han_worker import __version__, endpoints_cli, jobs_cli, queues_cli
+from han_worker import __version__, endpoints_cli, hardening, jobs_cli, queues_cli
 from han_worker.control_plane import cli as control_plane_cli
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ def build_worker_parser() -> argparse.ArgumentParser:
     endpoints_cli.add_parser(commands)
     jobs_cli.add_parsers(commands)
     queues_cli.add_parser(commands)
+    hardening.add_parser(commands)
     return parser
 
 
