@@ -82,8 +82,8 @@ sanity: venv ## ansible-test sanity on a built copy of the collection.
 molecule: venv ## Molecule scenarios (default driver, on this machine; the SSH ones need the testbed).
 	for role in testbed pegasus_env control_plane; do (cd roles/$$role && molecule test); done
 
-bench: testbed ## Dispatch benchmark: enqueue-to-start latency and no-op jobs/s, 1 and 4 workers (figures only).
-	python -m tests.bench.dispatch
+bench: testbed ## Benchmarks (dispatch vs RQ/Celery, endpoint selection): prints figures, writes reports/bench-*.
+	python -m tests.bench
 
 clean: ## Remove .venv and generated files (the testbed keeps running; see testbed-down).
-	rm -rf $(VENV) reports .pytest_cache .mypy_cache .ruff_cache $(SANITY_DIR)
+	rm -rf $(VENV) reports/bench-* reports/drill-* .pytest_cache .mypy_cache .ruff_cache $(SANITY_DIR)

@@ -1,0 +1,81 @@
+"""The benchmark suite behind ``make bench``: run every benchmark, print its table, write the report.
+
+    python -m tests.bench [--smoke] [--repeat N] [--reports-dir DIR]
+
+Each benchmark is a function of the run's :class:`~tests.bench.context.Context` returning one report
+section (:class:`~tests.bench.report.Section`); add failover, control-plane and deploy benchmarks to
+``BENCHMARKS``. Figures are printed and written, never asserted: the exit status says only whether
+everything could be measured. ``--smoke`` (what CI runs) measures a few jobs once, in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tests.bench import dispatch, report, selection
+from tests.bench.context import Context
+from tests.conftest import REPO
+
+Benchmark = Callable[[Context], report.Section]
+
+# name in the report -> benchmark. Failover (issue 8 part 1), control plane (4) and deploy (5) go here.
+BENCHMARKS: dict[str, Benchmark] = {
+    "dispatch": dispatch.benchmark,
+    "endpoint_selection": selection.benchmark,
+}
+
+
+def run(context: Context, names: list[str]) -> dict[str, report.Section]:
+    sections: dict[str, report.Section] = {}
+    for name in names:
+        started = time.monotonic()
+        sections[name] = BENCHMARKS[name](context)
+        print(f"\n== {sections[name]['title']} ({time.monotonic() - started:.0f} s)")
+        print(report.table_text(sections[name]["columns"], sections[name]["rows"]))
+        for note in sections[name]["notes"]:
+            print(f"- {note}")
+        print(flush=True)
+    return sections
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="a few jobs, once: seconds, for CI")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions per figure (default: 3)")
+    parser.add_argument(
+        "--reports-dir", type=Path, default=REPO / "reports", help="where the report goes (default: reports/)"
+    )
+    parser.add_argument(
+        "--only", action="append", choices=sorted(BENCHMARKS), help="run only this benchmark (repeatable)"
+    )
+    args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat: at least 1")
+    if os.geteuid() != 0:
+        parser.error("run as root: the control plane and the workers run as the cluster user")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    created, described = datetime.now(timezone.utc), report.machine()  # the load before we add ours
+    repeat = 1 if args.smoke else args.repeat
+    context = Context(smoke=args.smoke, repeat=repeat)
+    try:
+        sections = run(context, args.only or list(BENCHMARKS))
+    finally:
+        context.close()
+    options: dict[str, object] = {"smoke": args.smoke, "repeat": repeat, "benchmarks": list(sections)}
+    paths = report.write(args.reports_dir, created, options, described, sections)
+    print("report: " + ", ".join(str(path) for path in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""`make bench` in smoke mode: the suite runs end to end and writes a complete report.
+
+Only the report's shape is checked (its sections, the machine's description, figures that are numbers):
+benchmark figures are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+SECTIONS = ("dispatch", "endpoint_selection")
+MACHINE = ("cpu_model", "cores", "memory_gib", "kernel", "python", "load_average_at_start", "packages")
+
+
+@pytest.fixture(scope="module")
+def bench_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    reports = tmp_path_factory.mktemp("reports")
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.bench", "--smoke", "--reports-dir", str(reports)],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    json_files, markdown_files = sorted(reports.glob("bench-*.json")), sorted(reports.glob("bench-*.md"))
+    assert len(json_files) == 1, list(reports.iterdir())
+    assert [path.stem for path in markdown_files] == [json_files[0].stem]
+    document: dict[str, object] = json.loads(json_files[0].read_text())
+    return document
+
+
+def numbers(value: object) -> list[float]:
+    """Every number inside a figures tree."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int | float):
+        return [float(value)]
+    if isinstance(value, dict):
+        return [number for item in value.values() for number in numbers(item)]
+    if isinstance(value, list):
+        return [number for item in value for number in numbers(item)]
+    return []
+
+
+def test_report_describes_the_machine(bench_report: dict[str, object]) -> None:
+    machine = bench_report["machine"]
+    assert isinstance(machine, dict)
+    assert set(MACHINE) <= set(machine)
+    packages = machine["packages"]
+    assert isinstance(packages, dict)
+    assert all(packages[name] for name in ("redis", "psycopg", "rq", "celery"))
+
+
+@pytest.mark.parametrize("name", SECTIONS)
+def test_report_has_the_section_with_figures(bench_report: dict[str, object], name: str) -> None:
+    sections = bench_report["sections"]
+    assert isinstance(sections, dict)
+    section = sections[name]
+    assert section["title"]
+    assert section["explanation"]
+    assert section["rows"]
+    assert all(len(row) == len(section["columns"]) for row in section["rows"])
+    assert numbers(section["figures"])
+
+
+def test_dispatch_compares_three_systems(bench_report: dict[str, object]) -> None:
+    sections = bench_report["sections"]
+    assert isinstance(sections, dict)
+    systems = sections["dispatch"]["figures"]["systems"]
+    assert len(systems) == 3
+    for per_count in systems.values():
+        for figures in per_count.values():
+            assert {"jobs_per_s", "p50_ms", "p99_ms"} <= set(figures)
+            assert all(
+                isinstance(figures[key]["median"], float) for key in ("jobs_per_s", "p50_ms", "p99_ms")
+            )
+
+
+def test_endpoint_selection_times_the_three_cases(bench_report: dict[str, object]) -> None:
+    sections = bench_report["sections"]
+    assert isinstance(sections, dict)
+    cases = sections["endpoint_selection"]["figures"]["cases"]
+    for case in ("healthy", "port closed", "black-holed"):
+        assert {f"{case}, CLI", f"{case}, select()"} <= set(cases)
+        assert isinstance(cases[f"{case}, CLI"]["ms"]["median"], float)
