@@ -16,20 +16,25 @@ SANITY_DIR ?= /tmp/han-infra-sanity
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-demo: testbed ## Set up, bring the testbed up and run the main job on it.
-	@echo "==> 1/5 Submitting a GPU job to Pegasus (the testbed) over SSH as the cluster account"
+demo: testbed ## Set up, bring the testbed up and run the failover drill on it (the main job).
+	@echo "==> 1/6 Submitting a GPU job to Pegasus (the testbed) over SSH as the cluster account"
 	ansible-playbook playbooks/gpu_check.yml
-	@echo "==> 2/5 Bootstrapping the environment on Pegasus and on the Mac (runbook step 1)"
+	@echo "==> 2/6 Bootstrapping the environment on Pegasus and on the Mac (runbook step 1)"
 	ansible-playbook playbooks/bootstrap.yml
-	@echo "==> 3/5 Starting the Pegasus control plane as a Slurm job (runbook step 2)"
+	@echo "==> 3/6 Starting the Pegasus control plane as a Slurm job, and the Mac's fallback (runbook step 2)"
 	ansible-playbook playbooks/control_plane.yml
-	@echo "==> 4/5 Starting the Mac's fallback control plane"
 	ansible-playbook playbooks/control_plane.yml -e control_plane_hosts=mac
-	@echo "==> 5/5 Status of the Pegasus control plane"
-	ansible-playbook playbooks/status.yml
-	@echo "==> Done. Stop them with: make demo-down"
+	@echo "==> 4/6 Starting the Pegasus pose workers, a Slurm job array on RTXA6000 (runbook step 3)"
+	ansible-playbook playbooks/pegasus_worker.yml
+	@echo "==> 5/6 Starting the Windows worker's STAND-IN (no Windows host here; runbook step 4)"
+	ansible-playbook playbooks/windows_standin.yml
+	@echo "==> 6/6 The failover drill, every scenario (runbook step 5); about 8 minutes"
+	ansible-playbook playbooks/failover_drill.yml
+	@echo "==> Done. Reports in reports/drill-*.{json,md,xml}. Stop everything with: make demo-down"
 
-demo-down: venv ## Stop the control planes the demo started.
+demo-down: venv ## Stop the workers and the control planes the demo started.
+	ansible-playbook playbooks/windows_standin.yml -e state=stopped
+	ansible-playbook playbooks/pegasus_worker.yml -e state=stopped
 	ansible-playbook playbooks/control_plane.yml -e state=stopped
 	ansible-playbook playbooks/control_plane.yml -e control_plane_hosts=mac -e state=stopped
 

@@ -1,0 +1,138 @@
+"""Runbook step 5 on the testbed: `failover_drill.yml`, through the ansible-runner example CI uses.
+
+The first test runs every scenario once (the 'make test runs the drill' of issue 6) and reads the reports;
+the others are short: scenarios that cannot apply to an inventory, a scenario that fails and says why, and
+bad input. The Windows worker of the testbed is the STAND-IN (a Linux worker with the Windows role's
+config, recorded as windows-standin): the reports say so.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, run_ansible
+
+RUNNER_EXAMPLE = REPO / "scripts" / "ci" / "run_drill.py"
+
+
+def run_example(*args: str, timeout: float = 1500) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(RUNNER_EXAMPLE), *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout, check=False)  # fmt: skip
+
+
+def only_report(directory: Path, suffix: str) -> Path:
+    [report] = sorted(directory.glob(f"drill-*{suffix}"))
+    return report
+
+
+def scenarios(report: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    return {scenario["id"]: scenario for scenario in report["scenarios"]}
+
+
+@pytest.fixture(scope="module")
+def bootstrapped() -> None:
+    """This checkout's env on Pegasus and the Mac (the stand-in's play builds its own)."""
+    result = run_ansible("ansible-playbook", "playbooks/bootstrap.yml")
+    assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_every_scenario_passes_through_ansible_runner(bootstrapped: None, tmp_path: Path):
+    result = run_example("--reports-dir", str(tmp_path))
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert "-- Scenario 1: Pegasus pose worker does a pose job" in result.stdout, "progress as it goes"
+    report = json.loads(only_report(tmp_path, ".json").read_text())
+    assert report["passed"] is True
+    assert report["windows_is_standin"] is True
+    by_id = scenarios(report)
+    assert sorted(by_id) == list(range(1, 9))
+    assert {scenario["status"] for scenario in by_id.values()} == {"passed"}
+
+    # The observed routing, from the ledger.
+    assert by_id[1]["observed"]["pose"]["platform"] == "linux"
+    assert by_id[1]["observed"]["pose"]["control_plane"] == "pegasus"
+    assert by_id[1]["observed"]["slurm_partition"] == "RTXA6000"
+    assert by_id[2]["observed"]["pose"]["platform"] == "windows-standin"
+    assert by_id[2]["observed"]["pose"]["control_plane"] == "mac"
+    assert by_id[3]["observed"]["pose"]["control_plane"] == "mac"
+    assert by_id[3]["observed"]["pose"]["platform"] == "linux"
+    assert by_id[4]["observed"]["training"]["platform"] == "windows-standin"
+    assert by_id[4]["observed"]["training"]["attempts"] == 1
+    assert by_id[5]["observed"]["in_flight_job_on_pegasus"]["status"] == "succeeded"
+    assert by_id[5]["observed"]["new_job_via_mac"]["control_plane"] == "mac"
+    assert by_id[6]["observed"]["job"]["attempts"] == 2
+    assert by_id[6]["observed"]["job"]["worker_id"] != by_id[6]["observed"]["killed_worker"]
+    first, second = by_id[7]["observed"]["epochs"]
+    assert second > first
+    assert by_id[7]["observed"]["after"]["control_plane_epoch"] > first
+    assert "stale" in by_id[8]["observed"]["refusal"]
+
+    markdown = only_report(tmp_path, ".md").read_text()
+    assert "Result: **PASSED**" in markdown
+    assert "STAND-IN" in markdown
+    suite = ET.parse(only_report(tmp_path, ".xml")).getroot().find("testsuite")
+    assert suite is not None
+    assert (suite.get("tests"), suite.get("failures")) == ("8", "0")
+
+
+def inventory_without_windows(tmp_path: Path) -> Path:
+    """The testbed's inventory with no Windows worker at all (neither a real one nor the stand-in)."""
+    inventory = tmp_path / "inventory"
+    shutil.copytree(REPO / "inventories" / "local", inventory)
+    hosts = yaml.safe_load((inventory / "hosts.yml").read_text())
+    del hosts["all"]["children"]["windows_standin"]
+    (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts))
+    return inventory
+
+
+def test_scenarios_whose_parts_are_absent_are_not_applicable_not_passed(bootstrapped: None, tmp_path: Path):
+    result = run_example("--inventory", str(inventory_without_windows(tmp_path)), "--scenarios", "2,4",
+                         "--reports-dir", str(tmp_path / "reports"))  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    by_id = scenarios(json.loads(only_report(tmp_path / "reports", ".json").read_text()))
+    assert by_id[2]["status"] == by_id[4]["status"] == "not_applicable"
+    assert "windows" in by_id[4]["error"]
+    assert by_id[1]["status"] == "not_selected"
+    assert by_id[2]["logs"] == [], "nothing ran"
+    suite = ET.parse(only_report(tmp_path / "reports", ".xml")).getroot().find("testsuite")
+    assert suite is not None
+    assert suite.get("skipped") == "8"
+
+
+def test_a_failing_scenario_says_what_was_expected_observed_and_where_the_logs_are(
+    bootstrapped: None, tmp_path: Path
+):
+    # A setup that cannot work (no workers asked for) must fail the scenario, not the drill's bookkeeping.
+    result = run_ansible("ansible-playbook", "playbooks/failover_drill.yml", "-e", "drill_scenarios=1",
+                         "-e", "drill_worker_count=0", "-e", f"drill_reports_dir={tmp_path}")  # fmt: skip
+    assert result.returncode != 0
+    assert "Scenario 1 FAILED" in result.stdout
+    assert "Expected: Done by a Slurm-launched Linux worker" in result.stdout
+    assert "pegasus_worker_count must be 1 or more" in result.stdout
+    report = json.loads(only_report(tmp_path, ".json").read_text())
+    failed = scenarios(report)[1]
+    assert failed["status"] == "failed"
+    assert report["passed"] is False
+    assert failed["logs"], "the failing play's log is named"
+    assert all(Path(log).is_file() for log in failed["logs"])
+    assert "pegasus_worker_count must be 1 or more" in Path(failed["logs"][-1]).read_text()
+    suite = ET.parse(only_report(tmp_path, ".xml")).getroot().find("testsuite")
+    assert suite is not None
+    assert suite.get("failures") == "1"
+
+
+@pytest.mark.parametrize("asked", ["9", "1,x", "0"])
+def test_unknown_scenarios_are_refused_naming_drill_scenarios(asked: str, tmp_path: Path):
+    result = run_ansible("ansible-playbook", "playbooks/failover_drill.yml", "-e", f"drill_scenarios={asked}",
+                         "-e", f"drill_reports_dir={tmp_path}")  # fmt: skip
+    assert result.returncode != 0
+    assert "drill_scenarios takes 'all' or scenario numbers" in result.stdout
+    assert not list(tmp_path.glob("drill-*.json"))
