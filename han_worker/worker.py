@@ -235,6 +235,11 @@ class Worker:
         for queue in self.config.queues:
             link.queues.ensure_group(queue)
         log.info("serving %s on %s: %s", ", ".join(self.config.queues), link.choice.describe(), reason)
+        # A control plane just joined may have been down (a walltime rollover, a restart): every lease on
+        # it aged through the gap, though the workers holding them are alive and about to heartbeat again.
+        # Take no one's job before they had one lease to do so, or each gap costs every job in flight an
+        # attempt (three gaps and a long job is dead).
+        self._next_reclaim = time.monotonic() + self.config.lease_seconds
         self._housekeeping(link)
         link.queues.register(self.identity.worker_id, self.registry_fields(), self._registry_ttl)
 
