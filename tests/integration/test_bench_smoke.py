@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import REPO
 
-SECTIONS = ("dispatch", "endpoint_selection")
+SECTIONS = ("dispatch", "endpoint_selection", "failover", "control_plane", "deploy")
 MACHINE = ("cpu_model", "cores", "memory_gib", "kernel", "python", "load_average_at_start", "packages")
 
 
@@ -23,7 +23,7 @@ def bench_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     reports = tmp_path_factory.mktemp("reports")
     result = subprocess.run(
         [sys.executable, "-m", "tests.bench", "--smoke", "--reports-dir", str(reports)],
-        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+        cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     json_files, markdown_files = sorted(reports.glob("bench-*.json")), sorted(reports.glob("bench-*.md"))
@@ -87,3 +87,41 @@ def test_endpoint_selection_times_the_three_cases(bench_report: dict[str, object
     for case in ("healthy", "port closed", "black-holed"):
         assert {f"{case}, CLI", f"{case}, select()"} <= set(cases)
         assert isinstance(cases[f"{case}, CLI"]["ms"]["median"], float)
+
+
+def section_figures(bench_report: dict[str, object], name: str) -> dict[str, object]:
+    sections = bench_report["sections"]
+    assert isinstance(sections, dict)
+    figures = sections[name]["figures"]
+    assert isinstance(figures, dict)
+    return figures
+
+
+def is_spread(value: object) -> bool:
+    """A median (min-max) of numbers, as tests.bench.report.spread gives it."""
+    keys = ("median", "min", "max")
+    return isinstance(value, dict) and len(numbers([value.get(key) for key in keys])) == len(keys)
+
+
+def test_failover_times_detection_fallback_and_return(bench_report: dict[str, object]) -> None:
+    figures = section_figures(bench_report, "failover")
+    assert numbers([figures["probe_interval_s"], figures["flap_threshold"], figures["goals_s"]])
+    rounds = figures["stops"]["SIGKILL"]  # type: ignore[index]
+    for name in ("detect_s", "on_mac_s", "first_mac_job_s", "restart_s", "back_s", "first_pegasus_job_s"):
+        assert is_spread(rounds[name]), name
+
+
+def test_control_plane_times_a_cold_start_and_a_stop(bench_report: dict[str, object]) -> None:
+    figures = section_figures(bench_report, "control_plane")
+    for name in ("seconds", "submit_to_published_s", "ssh_commands", "ssh_connections"):
+        assert is_spread(figures["cold start"][name]), name  # type: ignore[index]
+    assert is_spread(figures["stop"]["seconds"])  # type: ignore[index]
+
+
+def test_deploy_counts_time_changes_and_ssh(bench_report: dict[str, object]) -> None:
+    runs = section_figures(bench_report, "deploy")["runs"]
+    assert isinstance(runs, dict)
+    assert runs
+    for figures in runs.values():
+        for name in ("seconds", "changed", "ssh_commands", "ssh_connections"):
+            assert is_spread(figures[name]), name
