@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +40,15 @@ def scenarios(report: dict[str, Any]) -> dict[int, dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def bootstrapped() -> None:
-    """This checkout's env on Pegasus and the Mac (the stand-in's play builds its own)."""
+def bootstrapped() -> Iterator[None]:
+    """This checkout's env on Pegasus and the Mac (the stand-in's play builds its own). Afterwards the
+    workers the drill started are stopped (they hold both of the testbed's GPUs); the control planes stay."""
     result = run_ansible("ansible-playbook", "playbooks/bootstrap.yml")
     assert result.returncode == 0, result.stdout[-3000:]
+    yield
+    for play in ("playbooks/pegasus_worker.yml", "playbooks/windows_standin.yml"):
+        stopped = run_ansible("ansible-playbook", play, "-e", "state=stopped")
+        assert stopped.returncode == 0, stopped.stdout[-3000:]
 
 
 def test_every_scenario_passes_through_ansible_runner(bootstrapped: None, tmp_path: Path):
