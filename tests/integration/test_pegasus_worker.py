@@ -288,3 +288,9 @@ def test_direct_launch_mode_runs_background_workers_and_stops_them():
     assert worker_processes(config_dir) == []
     again = worker_play(*direct, "-e", "state=stopped")
     assert recap(again, PEGASUS_HOST)["changed"] == 0, again.stdout[-3000:]
+
+
+def test_logs_refuses_an_unknown_target():
+    result = run_ansible("ansible-playbook", "playbooks/logs.yml", "-e", "target=workers")
+    assert result.returncode != 0
+    assert "target must be control_plane or worker (got 'workers')" in result.stdout
