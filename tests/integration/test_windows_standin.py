@@ -125,7 +125,7 @@ class MacClient:
     def s3_object(self, key: str) -> bytes:
         s3 = self.credentials["s3"]
         client = s3_client(
-            ServiceEndpoint(MAC_ADDRESS, MAC_PORTS["s3"]), s3["access_key"], s3["secret_key"], 5
+            ServiceEndpoint(MAC_ADDRESS, MAC_PORTS["s3"]), s3["access_key"], s3["secret_key"], timeout=5
         )
         return bytes(client.get_object(s3["bucket"], key).read())
 
