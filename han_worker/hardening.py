@@ -129,7 +129,7 @@ def parse_ss(text: str) -> list[Listener]:
         if protocol not in {"tcp", "udp"} or len(fields) < 4:
             continue
         local = fields[3]  # State Recv-Q Send-Q Local Peer [Process]
-        host, _, port_text = local.rpartition(":")
+        host, _colon, port_text = local.rpartition(":")
         if not port_text.isdigit():
             continue  # a wildcard port (*) is not a listener of ours
         host = host.removeprefix("[").removesuffix("]").split("%")[0]
@@ -1176,7 +1176,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser = subparsers.add_parser(
         "harden-check",
         help="verify the hardening of the control plane running here (read-only)",
-        description=(__doc__ or "").split("\n\n")[0],
+        description=(__doc__ or "").split("\n\n", maxsplit=1)[0],
     )
     add_arguments(parser)
     parser.set_defaults(handler=handle)
@@ -1211,7 +1211,7 @@ def handle(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Standalone entry: ``python hardening.py ...`` (the role ships this file to the host)."""
     parser = add_arguments(
-        argparse.ArgumentParser(prog="harden-check", description=(__doc__ or "").split("\n\n")[0])
+        argparse.ArgumentParser(prog="harden-check", description=(__doc__ or "").split("\n\n", maxsplit=1)[0])
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages to stderr")
     args = parser.parse_args(argv)

@@ -26,7 +26,7 @@ EXIT_PASSED, EXIT_FAILED, EXIT_BROKEN = 0, 1, 2
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n", maxsplit=1)[0])
     parser.add_argument("--inventory", default=str(REPO / "inventories" / "local"), help="inventory path")
     parser.add_argument("--scenarios", default="all", help="'all' or scenario numbers, e.g. 1,3")
     parser.add_argument("--reports-dir", help="where the reports go (default: the repository's reports/)")

@@ -241,7 +241,7 @@ class Peer:
         entries = self.connection.lrange(key, 0, -1)
         self.connection.delete(key)
         parsed = [tuple(float(part) for part in entry.split()) for entry in entries]
-        return [(enqueued, started, finished) for enqueued, started, finished in parsed]
+        return [(row[0], row[1], row[2]) for row in parsed]
 
     def measure(self, jobs: int) -> Sample:
         self.connection.delete(peers.times_key(self.system))

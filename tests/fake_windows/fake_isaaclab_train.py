@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """FAKE Isaac Lab trainer for the testbed's Windows STAND-IN. It trains nothing.
 
 Isaac Lab (and Isaac Sim, and a GPU) cannot run on the testbed, so the stand-in's

@@ -214,7 +214,9 @@ def test_windows_standin_does_pose_jobs(started: object, mac_client: MacClient) 
     worker in auto mode) may take some of them, so three go in and the stand-in must do at least one."""
     photo = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
     mac_client.private_file("person.jpg", Path(photo).read_bytes())
-    jobs = [mac_client.submit("pose", "--input", str(mac_client.workdir / "person.jpg")) for _ in range(3)]
+    jobs = [
+        mac_client.submit("pose", "--input", str(mac_client.workdir / "person.jpg")) for _index in range(3)
+    ]
     ledger = mac_client.ledger()
     try:
         for job in jobs:
