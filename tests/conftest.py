@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,3 +37,11 @@ def run_ansible(tool: str, *args: str, env: dict[str, str] | None = None) -> sub
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
+
+
+def recap_counters(output: str, host: str) -> dict[str, int] | None:
+    """The PLAY RECAP counters of ``host`` in ansible-playbook's output (ok, changed, failed, ...), or None."""
+    line = re.search(rf"^{re.escape(host)}\s+:\s+(.*)$", output, re.MULTILINE)
+    if line is None:
+        return None
+    return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", line.group(1))}

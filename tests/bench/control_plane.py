@@ -28,7 +28,7 @@ from pathlib import Path
 from tests.bench import report
 from tests.bench.context import Context
 from tests.bench.logs import logged_at, wait_until
-from tests.bench.playbooks import Played, extra_vars, play
+from tests.bench.playbooks import Played, extra_vars, play, slurm_job_ids
 from tests.integration.conftest import CLUSTER_USER
 
 JOB_NAME = "han-bench-cp"
@@ -111,17 +111,9 @@ def stop() -> dict[str, object]:
     return played.figures()
 
 
-def running_jobs() -> list[str]:
-    result = subprocess.run(
-        ["squeue", "--noheader", f"--name={JOB_NAME}", "--format=%i"],
-        capture_output=True, text=True, timeout=30, check=True,
-    )  # fmt: skip
-    return result.stdout.split()
-
-
 def fresh_state() -> None:
     """No job of ours and no state directory left from an earlier run: the next start is cold."""
-    if running_jobs():
+    if slurm_job_ids(JOB_NAME):
         stop()
     shutil.rmtree(state_dir(), ignore_errors=True)
 

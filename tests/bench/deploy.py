@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import pwd
 import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 from tests.bench import report
 from tests.bench.context import Context
-from tests.bench.playbooks import Played, extra_vars, play
+from tests.bench.playbooks import Played, extra_vars, play, slurm_job_ids
 from tests.integration.conftest import CLUSTER_USER
 
 ENV_PATH = "~/.han/bench-env"
@@ -72,17 +71,9 @@ def worker(context: Context, *extra: str) -> Played:
     return play(WORKER, *LIMIT, *extra_vars(worker_settings(context)), *extra)
 
 
-def worker_jobs() -> list[str]:
-    result = subprocess.run(
-        ["squeue", "--noheader", f"--name={WORKER_JOB_NAME}", "--format=%i"],
-        capture_output=True, text=True, timeout=30, check=True,
-    )  # fmt: skip
-    return result.stdout.split()
-
-
 def clean(context: Context) -> None:
     """Stop the benchmark's worker if one runs; remove its state and the benchmark's env builds."""
-    if worker_jobs():
+    if slurm_job_ids(WORKER_JOB_NAME):
         worker(context, "-e", "state=stopped")
     for path in (WORKER_STATE_DIR, ENV_PATH, f"{ENV_PATH}.builds", f"{ENV_PATH}.previous"):
         target = home_path(path)

@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.conftest import BIN, REPO, ansible_env
+from tests.conftest import BIN, REPO, ansible_env, recap_counters
 
 PLAY_TIMEOUT_S = 900.0
 
@@ -50,10 +50,19 @@ class Played:
 
 def recap(output: str, host: str) -> dict[str, int]:
     """The PLAY RECAP counters of ``host`` (ok, changed, failed, ...)."""
-    line = re.search(rf"^{re.escape(host)}\s+:\s+(.*)$", output, re.MULTILINE)
-    if line is None:
+    counters = recap_counters(output, host)
+    if counters is None:
         raise RuntimeError(f"no PLAY RECAP line for {host}:\n{output[-3000:]}")
-    return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", line.group(1))}
+    return counters
+
+
+def slurm_job_ids(name: str) -> list[str]:
+    """The ids of every pending or running job of that name (the benchmarks' own job names)."""
+    result = subprocess.run(
+        ["squeue", "--noheader", f"--name={name}", "--format=%i"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    return result.stdout.split()
 
 
 def count_ssh(log: str) -> tuple[int, dict[str, int]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 import socket
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, recap_counters
 
 PEGASUS_ADDRESS = ("127.0.0.10", 2222)
 
@@ -119,6 +118,6 @@ def ssh(destination: str, command: str, timeout: float = 120) -> subprocess.Comp
 
 def recap(result: subprocess.CompletedProcess[str], host: str) -> dict[str, int]:
     """The PLAY RECAP counters of one host (ok, changed, failed, ...)."""
-    line = re.search(rf"^{re.escape(host)}\s+:\s+(.*)$", result.stdout, re.MULTILINE)
-    assert line is not None, result.stdout + result.stderr
-    return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", line.group(1))}
+    counters = recap_counters(result.stdout, host)
+    assert counters is not None, result.stdout + result.stderr
+    return counters
