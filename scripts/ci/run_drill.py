@@ -30,7 +30,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--inventory", default=str(REPO / "inventories" / "local"), help="inventory path")
     parser.add_argument("--scenarios", default="all", help="'all' or scenario numbers, e.g. 1,3")
     parser.add_argument("--reports-dir", help="where the reports go (default: the repository's reports/)")
+    parser.add_argument("--timeout", type=positive_seconds, default=None,
+                        help="stop the drill after this many seconds (default: no limit)")  # fmt: skip
     return parser.parse_args(argv)
+
+
+def positive_seconds(text: str) -> int:
+    """--timeout: a whole number of seconds above zero."""
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"--timeout must be a whole number of seconds above 0, not {text!r}")
+    return int(text)
 
 
 class Progress:
@@ -67,6 +76,7 @@ def run_drill(args: argparse.Namespace) -> tuple[Any, Progress]:
             extravars=extravars,
             envvars={"ANSIBLE_CONFIG": str(REPO / "ansible.cfg")},
             event_handler=progress,
+            timeout=args.timeout,
             quiet=True,
         )
     return result, progress
@@ -90,6 +100,9 @@ def summarize(report: dict[str, Any]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     result, progress = run_drill(args)
+    if result.status == "timeout":
+        print(f"the drill did not finish within --timeout {args.timeout} s and was stopped", file=sys.stderr)
+        return EXIT_BROKEN
     if progress.report_path is None or not progress.report_path.is_file():
         problem = f"ansible-runner status {result.status}, rc {result.rc}"
         print(f"the drill wrote no report ({problem}); see the output above", file=sys.stderr)

@@ -25,9 +25,10 @@ from tests.conftest import REPO, run_ansible
 RUNNER_EXAMPLE = REPO / "scripts" / "ci" / "run_drill.py"
 
 
-def run_example(*args: str, timeout: float = 1500) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(RUNNER_EXAMPLE), *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout, check=False)  # fmt: skip
+def run_example(*args: str, timeout: int = 1200) -> subprocess.CompletedProcess[str]:
+    """The example with its own --timeout, so that a drill that hangs still ends with its output kept."""
+    return subprocess.run([sys.executable, str(RUNNER_EXAMPLE), "--timeout", str(timeout), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout + 120, check=False)  # fmt: skip
 
 
 def only_report(directory: Path, suffix: str) -> Path:

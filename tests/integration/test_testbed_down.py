@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -60,3 +60,44 @@ def test_testbed_down_stops_only_what_it_started(decoy_sshd: subprocess.Popen[by
         up = run_ansible("ansible-playbook", "playbooks/testbed.yml")
     assert up.returncode == 0, up.stdout
     assert set(live_processes(TESTBED_DAEMONS).values()) == TESTBED_DAEMONS
+
+
+def slurm(*argv: str) -> str:
+    return subprocess.run(argv, check=True, capture_output=True, text=True, timeout=30).stdout
+
+
+def job_steps() -> list[str]:
+    steps = subprocess.run(["pgrep", "--exact", "slurmstepd"], check=False, capture_output=True, text=True)
+    return steps.stdout.split()
+
+
+def wait_for(condition: str, check: Callable[[], bool], seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting until {condition}"
+        time.sleep(1)
+
+
+def test_jobs_of_a_previous_boot_do_not_come_back_as_ghosts() -> None:
+    """A machine restored from an image (or rebooted) keeps slurmctld's saved state but none of the job
+    processes: the recovered jobs would stay RUNNING forever, holding the node's CPUs. CI met exactly this:
+    the drill waited on a control-plane job that had no process. The testbed starts slurmctld clean then."""
+    slurm("scancel", "--user=pegasus")  # what a reboot does to every job; the next tests start theirs again
+    wait_for("no job step is alive", lambda: not job_steps())
+    job_id = slurm("runuser", "-u", "pegasus", "--", "sbatch", "--parsable", "--job-name=han-ghost-test",
+                   "--output=/dev/null", "--wrap=exec sleep 7213").strip()  # fmt: skip
+    wait_for(
+        f"job {job_id} runs", lambda: slurm("squeue", "-h", "-j", job_id, "-o", "%T").strip() == "RUNNING"
+    )
+
+    down = run_ansible("ansible-playbook", "playbooks/testbed.yml", "-e", "testbed_state=absent")
+    assert down.returncode == 0, down.stdout
+    subprocess.run(["pkill", "-KILL", "--exact", "slurmstepd"], check=True)  # the "reboot"
+    subprocess.run(["pkill", "-KILL", "--full", "^sleep 7213$"], check=False)
+    wait_for("the job's processes are gone", lambda: not job_steps())
+
+    up = run_ansible("ansible-playbook", "playbooks/testbed.yml")
+    assert up.returncode == 0, up.stdout
+    assert slurm("squeue", "-h", "--user=pegasus", "-o", "%i %T") == "", "a job came back without its process"
+    cpus = slurm("sinfo", "-h", "-n", "localhost", "-o", "%C")
+    assert cpus.startswith("0/"), f"the ghost still holds CPUs when the play ends: {cpus}"

@@ -1,0 +1,37 @@
+"""scripts/ci/run_drill.py, the ansible-runner example: its flags, checked where they enter."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from types import ModuleType
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def load_example() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("run_drill", REPO / "scripts" / "ci" / "run_drill.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("run_drill", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("bad", ["0", "-5", "ten", "1.5", ""])
+def test_a_timeout_that_is_not_whole_seconds_above_zero_is_refused_naming_the_flag(
+    bad: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        load_example().parse_args(["--timeout", bad])
+    assert stopped.value.code == 2
+    assert "--timeout must be a whole number of seconds above 0" in capsys.readouterr().err
+
+
+def test_the_timeout_is_optional_and_read_as_seconds() -> None:
+    example = load_example()
+    assert example.parse_args([]).timeout is None
+    assert example.parse_args(["--timeout", "900"]).timeout == 900
