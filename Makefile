@@ -68,7 +68,7 @@ syntax: venv ## ansible-playbook --syntax-check of every playbook.
 	for playbook in playbooks/*.yml; do ansible-playbook --syntax-check "$$playbook"; done
 
 pytest: venv ## Unit and integration tests (integration needs the testbed).
-	pytest tests/unit tests/integration
+	pytest --durations=25 tests/unit tests/integration
 
 unit: venv ## Unit tests only.
 	pytest tests/unit

@@ -42,6 +42,10 @@ class EndpointsError(ValueError):
     """Endpoints cannot be used; the message names the file (or origin), the field and the problem."""
 
 
+class EndpointsGone(EndpointsError):
+    """The document itself says its control plane is gone: marked stale by its supervisor, or expired."""
+
+
 class SelectionError(EndpointsError):
     """Mode ``pegasus`` was asked for and the Pegasus control plane is not usable."""
 
@@ -149,14 +153,13 @@ def parse_endpoints(data: Mapping[str, object], origin: str) -> Endpoints:
 def check_usable(endpoints: Endpoints, origin: str, *, now: datetime | None = None) -> None:
     """Refuse endpoints whose supervisor has stopped (stale) or whose walltime is over (expired)."""
     if endpoints.stale:
-        raise EndpointsError(f"{origin}: marked stale (its control plane was shut down)")
+        raise EndpointsGone(f"{origin}: marked stale (its control plane was shut down)")
     now = _utc_now() if now is None else now
     if now.utcoffset() is None:
         raise ValueError(f"now must be timezone-aware, not {now!r}")
     if endpoints.expires_at is not None and endpoints.expires_at <= now:
-        raise EndpointsError(
-            f"{origin}: expired at {format_time(endpoints.expires_at)} (now {format_time(now)})"
-        )
+        expired = format_time(endpoints.expires_at)
+        raise EndpointsGone(f"{origin}: expired at {expired} (now {format_time(now)})")
 
 
 def _utc_now() -> datetime:

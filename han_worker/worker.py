@@ -50,7 +50,7 @@ from han_worker.connection import (
     describe,
     open_link,
 )
-from han_worker.endpoints import EndpointsError, FailoverGate, format_time, load_endpoints_file
+from han_worker.endpoints import EndpointsError, EndpointsGone, FailoverGate, format_time, load_endpoints_file
 from han_worker.ledger import AttemptOwner
 from han_worker.queues import Delivery
 from han_worker.reconciler import reconcile
@@ -60,6 +60,8 @@ from han_worker.worker_config import WorkerConfig
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
+# After a failed health check, the next ones come this many times faster until the gate decides.
+CONFIRM_SPEEDUP = 5
 
 
 class StartError(RuntimeError):
@@ -115,14 +117,27 @@ def backends_to_serve(queues: Iterable[str]) -> dict[str, Backend]:
 
 
 class Periodic(threading.Thread):
-    """Run ``action`` every ``interval`` seconds until ``stop`` is set; failures are logged, not fatal."""
+    """Run ``action`` every ``interval()`` seconds, or at once when woken, until ``stop`` is set.
 
-    def __init__(self, name: str, interval: float, action: Callable[[], None], stop: threading.Event) -> None:
+    Failures are logged, not fatal. The interval is asked for before each wait, so it can change."""
+
+    def __init__(
+        self, name: str, interval: Callable[[], float], action: Callable[[], None], stop: threading.Event
+    ) -> None:
         super().__init__(name=name, daemon=True)
         self.interval, self.action, self.stop = interval, action, stop
+        self._woken = threading.Event()
+
+    def wake(self) -> None:
+        """Run the action now instead of at the end of the current wait."""
+        self._woken.set()
 
     def run(self) -> None:
-        while not self.stop.wait(self.interval):
+        while not self.stop.is_set():
+            self._woken.wait(self.interval())
+            self._woken.clear()
+            if self.stop.is_set():
+                return
             try:
                 self.action()
             except Exception as exc:  # a dead control plane; the monitor and the main loop handle it
@@ -151,6 +166,7 @@ class Worker:
         self._next_reclaim = 0.0
         self._next_housekeeping = 0.0
         self._failures = 0
+        self.monitor: Periodic | None = None
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -171,9 +187,10 @@ class Worker:
         except CONTROL_PLANE_ERRORS as exc:  # gone again already: the loop and the monitor take over
             log.warning("%s: %s", link.source, describe(exc))
         threads_stop = threading.Event()
+        self.monitor = Periodic("monitor", self.monitor_interval, self.monitor_tick, threads_stop)
         threads = [
-            Periodic("heartbeat", self.config.heartbeat_seconds, self.heartbeat_tick, threads_stop),
-            Periodic("monitor", self.config.probe_interval_seconds, self.monitor_tick, threads_stop),
+            Periodic("heartbeat", lambda: self.config.heartbeat_seconds, self.heartbeat_tick, threads_stop),
+            self.monitor,
         ]
         for thread in threads:
             thread.start()
@@ -182,6 +199,8 @@ class Worker:
                 self._step()
         finally:
             threads_stop.set()
+            for thread in threads:
+                thread.wake()
             self._leave()
         return EXIT_OK
 
@@ -267,6 +286,8 @@ class Worker:
                 self._process(delivery)
             self._failures = 0
         except CONTROL_PLANE_ERRORS as exc:
+            if self._failures == 0 and self.monitor is not None:
+                self.monitor.wake()  # our own connection broke: check the control plane now, not next tick
             self._back_off(f"control plane error: {describe(exc)}")
         except Exception:  # anything else is a bug or a surprise: keep serving, but say where
             log.exception("unexpected error in the worker loop")
@@ -368,6 +389,14 @@ class Worker:
         log.warning("control plane: %s -> %s", old.choice.describe(), new.choice.describe())
         self._use(new, f"{reason}; {new.choice.reason}")
 
+    def monitor_interval(self) -> float:
+        """The probe interval; after a failed check, a fifth of it until the gate decides.
+
+        A dead control plane then costs one failed check plus threshold-1 quick confirmations (5 s + 2 x 1 s
+        with the defaults), not threshold full intervals; a healthy one is still probed once an interval."""
+        interval = self.config.probe_interval_seconds
+        return interval / CONFIRM_SPEEDUP if self.gate.failures else interval
+
     def monitor_tick(self) -> None:
         """Probe the current control plane; in auto mode on the Mac, watch for Pegasus's return."""
         link = self.link
@@ -388,6 +417,9 @@ class Worker:
         if link.source == "pegasus":
             try:
                 published = load_endpoints_file(self.config.endpoints_file)
+            except EndpointsGone as exc:  # its supervisor said so: nothing to confirm
+                self.request_switch(f"{link.source} is gone: {exc}")
+                return str(exc)
             except EndpointsError as exc:
                 return str(exc)
             if published.epoch != link.choice.epoch:

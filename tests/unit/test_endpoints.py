@@ -16,6 +16,7 @@ import pytest
 from han_worker.endpoints import (
     Endpoints,
     EndpointsError,
+    EndpointsGone,
     FailoverGate,
     ProbeReport,
     ProbeResult,
@@ -216,7 +217,7 @@ def test_load_refuses_expired_file(endpoints_path: Path) -> None:
     doc = valid_doc(started_at="2026-11-28T00:00:00Z", expires_at="2026-11-28T10:00:00Z")
     write_endpoints_file(endpoints_path, parse_endpoints(doc, ORIGIN))
     now = datetime(2026, 11, 28, 11, 0, tzinfo=timezone.utc)
-    with pytest.raises(EndpointsError) as caught:
+    with pytest.raises(EndpointsGone) as caught:
         load_endpoints_file(endpoints_path, now=now)
     assert (
         str(caught.value) == f"{endpoints_path}: expired at 2026-11-28T10:00:00Z (now 2026-11-28T11:00:00Z)"
@@ -227,7 +228,7 @@ def test_load_refuses_expired_file(endpoints_path: Path) -> None:
 
 def test_load_refuses_stale_file(endpoints_path: Path) -> None:
     write_endpoints_file(endpoints_path, pegasus_endpoints(stale=True))
-    with pytest.raises(EndpointsError) as caught:
+    with pytest.raises(EndpointsGone) as caught:  # the worker switches at once on this, without confirming
         load_endpoints_file(endpoints_path)
     assert str(caught.value) == f"{endpoints_path}: marked stale (its control plane was shut down)"
 
@@ -514,3 +515,14 @@ def test_failover_gate_threshold_one_flips_at_once() -> None:
 def test_failover_gate_refuses_bad_threshold(threshold: object) -> None:
     with pytest.raises(ValueError, match=r"FailoverGate threshold must be an integer >= 1, not "):
         FailoverGate(threshold)  # type: ignore[arg-type]
+
+
+def test_a_document_that_cannot_be_read_is_not_a_control_plane_that_is_gone(endpoints_path: Path) -> None:
+    # Unreadable or broken files count as one failed check each (the gate confirms); only the supervisor's
+    # own word (stale) or the walltime (expired) is final.
+    endpoints_path.parent.mkdir(mode=0o700)
+    endpoints_path.write_text("{}")
+    endpoints_path.chmod(0o644)
+    with pytest.raises(EndpointsError) as caught:
+        load_endpoints_file(endpoints_path)
+    assert not isinstance(caught.value, EndpointsGone)
