@@ -4,7 +4,8 @@ Two control planes of this run, both ``han-control-plane run`` as the cluster us
 tests/integration/test_worker_failover.py: Pegasus's on 127.0.0.10 (free ports, like a Slurm job's)
 and the Mac's on 127.0.0.20 (fixed free ports, as an inventory gives them). One ``han-worker run`` in
 mode auto serves the queue ``noop`` with the worker's DEFAULT failover settings: a probe every 5 s, a
-switch after 3 failed probes in a row (and back after 3 good ones). Each round:
+switch after 3 failed probes in a row, the 2nd and 3rd a fifth of an interval apart (and back after 3 good
+ones, an interval apart). Each round:
 
 1. Pegasus stops, one of two ways: SIGKILL of every process of the control plane at once (what
    ``scancel --signal=KILL --full`` does to a Slurm job: nothing gets to mark the endpoints stale), or
@@ -366,11 +367,15 @@ def section(measured: dict[str, list[dict[str, float]]]) -> report.Section:
             "127.0.0.20), so the figures hold the worker's reaction only; a Slurm job adds the scheduler's "
             "time to the restart (see the control-plane section).",
             "Pegasus stops at a phase of the worker's probe cycle spread evenly over the rounds ((i + 0.5) / "
-            "rounds of an interval after the worker settled on Pegasus, which it does at a probe): detection "
-            f"is {FLAP_THRESHOLD - 1} intervals plus the wait for the first failed probe, so 10-15 s by design, "
-            "and the first job on the fallback cannot come sooner.",
-            "Detection waits for 3 failed probes even after a clean stop, when the endpoints file already "
-            "says stale: the gate treats a stale mark like any failed probe.",
+            "rounds of an interval after the worker settled on Pegasus, which it does at a probe). After "
+            "SIGKILL the worker's own connection breaks, which triggers a check at once; the gate then "
+            f"confirms with {FLAP_THRESHOLD - 1} more failed checks a fifth of an interval apart "
+            f"({PROBE_INTERVAL_S / 5:g} s), so detection is about {(FLAP_THRESHOLD - 1) * PROBE_INTERVAL_S / 5:g} s "
+            "whatever the phase; the worker moves at the end of its current back-off (up to 2 s).",
+            "After SIGTERM the supervisor marks the endpoints file stale before it stops anything; the "
+            "worker's next check (at once, as its connection breaks) reads that and switches without "
+            "confirming: the supervisor's own word is not a lost packet.",
+            "Fail-back is not hurried: Pegasus must pass 3 checks in a row, one interval apart.",
             "Times come from the worker's and the supervisor's log lines (milliseconds) and the ledgers' "
             "finished_at, all on this machine's clock.",
         ],
