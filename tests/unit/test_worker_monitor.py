@@ -49,7 +49,7 @@ def test_the_monitor_confirms_a_failed_check_five_times_faster_then_slows_down_a
 
 def test_the_gate_still_needs_threshold_checks_in_a_row(tmp_path: Path) -> None:
     worker = make_worker(tmp_path, flap_threshold=3)
-    assert [worker.gate.observe(False) for _ in range(3)] == [False, False, True]
+    assert [worker.gate.observe(False) for _check in range(3)] == [False, False, True]
 
 
 def test_an_endpoints_file_marked_stale_switches_at_the_first_check(tmp_path: Path) -> None:
