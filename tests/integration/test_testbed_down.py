@@ -6,12 +6,13 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import run_ansible
+from tests.integration.control_planes import wait_for
 
 # Debian installs slurmctld and slurmd through alternatives; /proc/PID/exe names the real file.
 TESTBED_DAEMONS = {
@@ -71,28 +72,21 @@ def job_steps() -> list[str]:
     return steps.stdout.split()
 
 
-def wait_for(condition: str, check: Callable[[], bool], seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting until {condition}"
-        time.sleep(1)
-
-
 def test_jobs_of_a_previous_boot_do_not_come_back_as_ghosts() -> None:
     """A machine restored from an image (or rebooted) keeps slurmctld's saved state but none of the job
     processes: the recovered jobs would stay RUNNING forever, holding the node's CPUs. CI met exactly this:
     the drill waited on a control-plane job that had no process. The testbed starts slurmctld clean then."""
     slurm("scancel", "--user=pegasus")  # what a reboot does to every job; the next tests start theirs again
-    wait_for("no job step is alive", lambda: not job_steps())
+    wait_for(lambda: not job_steps(), 60, "no job step is alive")
     job_id = slurm("runuser", "-u", "pegasus", "--", "sbatch", "--parsable", "--job-name=han-ghost-test",
                    "--output=/dev/null", "--wrap=exec sleep 7213").strip()  # fmt: skip
-    wait_for(f"job {job_id} runs its batch step", job_steps)  # RUNNING in squeue comes before the step
+    wait_for(job_steps, 60, f"job {job_id} to run its batch step")  # RUNNING in squeue comes before the step
 
     down = run_ansible("ansible-playbook", "playbooks/testbed.yml", "-e", "testbed_state=absent")
     assert down.returncode == 0, down.stdout
     subprocess.run(["pkill", "-KILL", "--exact", "slurmstepd"], check=True)  # the "reboot"
     subprocess.run(["pkill", "-KILL", "--full", "^sleep 7213$"], check=False)
-    wait_for("the job's processes are gone", lambda: not job_steps())
+    wait_for(lambda: not job_steps(), 60, "the job's processes to be gone")
 
     up = run_ansible("ansible-playbook", "playbooks/testbed.yml")
     assert up.returncode == 0, up.stdout

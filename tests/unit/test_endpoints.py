@@ -522,7 +522,7 @@ def test_a_document_that_cannot_be_read_is_not_a_control_plane_that_is_gone(endp
     # own word (stale) or the walltime (expired) is final.
     endpoints_path.parent.mkdir(mode=0o700)
     endpoints_path.write_text("{}")
-    endpoints_path.chmod(0o644)
-    with pytest.raises(EndpointsError) as caught:
+    endpoints_path.chmod(0o600)
+    with pytest.raises(EndpointsError, match="field 'schema'") as caught:
         load_endpoints_file(endpoints_path)
     assert not isinstance(caught.value, EndpointsGone)
