@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -43,7 +44,8 @@ def testbed() -> None:
 # lives in root's home), in a directory every user may read.
 
 CLUSTER_USER = "pegasus"
-UNPRIVILEGED_VENV = Path("/var/tmp/han-test-venv")
+# HAN_TEST_VENV: another checkout (a git worktree) can test without reinstalling this one's venv.
+UNPRIVILEGED_VENV = Path(os.environ.get("HAN_TEST_VENV", "/var/tmp/han-test-venv"))
 
 
 @dataclass(frozen=True)
