@@ -114,6 +114,24 @@ class Selector:
     def probe(self, endpoints: Endpoints, credentials: Credentials) -> ProbeReport:
         return probe_all(endpoints, worker_checks(credentials), self.config.probe_timeout_seconds)
 
+    def credentials_on_disk(self, source: str) -> Credentials | None:
+        """``source``'s credentials file as it is now (a rotation rewrites it); None if unreadable."""
+        if source == "pegasus":
+            path = self.config.credentials_file
+        elif self.config.mac is not None and self.config.mac.credentials_file is not None:
+            path = self.config.mac.credentials_file
+        else:
+            return None
+        try:
+            return load_credentials_file(path)
+        except CredentialsError as exc:  # being replaced, or broken: the next check reads it again
+            log.debug("reading %s: %s", path, exc)
+            return None
+
+    def _refresh_mac_credentials(self) -> None:
+        if self.mac is not None:
+            self.mac_credentials = self.credentials_on_disk("mac") or self.mac_credentials
+
     def load_pegasus(self) -> tuple[Endpoints, Credentials]:
         """The Pegasus endpoints and credentials, both trust-checked; EndpointsError says why not."""
         endpoints = load_endpoints_file(self.config.endpoints_file)
@@ -125,6 +143,7 @@ class Selector:
 
     def choose(self) -> Choice:
         """Select as the mode says; raises SelectionError (mode pegasus) with the reason."""
+        self._refresh_mac_credentials()
         pegasus: Endpoints | EndpointsError | None = None
         pegasus_credentials = None
         if self.config.mode != "mac":

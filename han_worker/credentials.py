@@ -48,11 +48,15 @@ class Credentials:
     postgres: PostgresCredentials
     redis: RedisCredentials
     s3: S3Credentials
+    # Counts rotations (han-control-plane rotate): a worker reports the one it uses, so a rotation knows
+    # when every worker has moved to the new credentials.
+    generation: int = 1
 
     def to_dict(self) -> dict[str, object]:
         """The credentials file's document (it holds secrets: write it with mode 0600 only)."""
         return {
             "schema": SCHEMA,
+            "generation": self.generation,
             "postgres": {
                 "user": self.postgres.user,
                 "password": self.postgres.password,
@@ -88,6 +92,7 @@ def parse_credentials(data: Mapping[str, object], origin: str) -> Credentials:
             secret_key=s3.string("secret_key"),
             bucket=s3.string("bucket"),
         ),
+        generation=fields.integer("generation", minimum=1) if "generation" in data else 1,
     )
 
 

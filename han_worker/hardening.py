@@ -54,6 +54,7 @@ PASS, FAIL, WARN = "pass", "fail", "warn"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_STATE_DIR = "~/.han/control-plane"
 DEFAULT_ENV_DIR = "~/.han/env"
+PREVIOUS_SECRETS = "secrets.previous.json"  # see han_worker/control_plane/rotation.py
 DEFAULT_USER = "minioadmin"  # MinIO's default user and password, named by the runbook
 DEFAULT_PASSWORD = "minioadmin"  # noqa: S105 (the default we try, and expect refused)
 # Passwords nobody may use; the same list the supervisor refuses (han_worker.control_plane.admin_secrets).
@@ -679,9 +680,13 @@ class Checker:
         self.endpoints = _read_json(config.state_dir / "endpoints.json")
         self.secrets_doc = _read_json(config.state_dir / "secrets.json")
         self.credentials_doc = _read_json(config.state_dir / "credentials.json")
+        # A rotation in progress keeps the old secrets here until it retires them: they must not leak either.
+        previous_doc = _read_json(config.state_dir / PREVIOUS_SECRETS)
         documents: dict[str, object] = {}
         if self.secrets_doc is not None:
             documents["secrets.json"] = self.secrets_doc
+        if previous_doc is not None:
+            documents[PREVIOUS_SECRETS] = previous_doc
         if self.credentials_doc is not None:
             documents["credentials.json"] = self.credentials_doc
         self.secrets = secret_values(documents)
@@ -752,6 +757,8 @@ class Checker:
         rows = [mode_row(root, uid, private=True, directory=True)]
         for name in ("endpoints.json", "credentials.json", "secrets.json"):
             rows.append(mode_row(root / name, uid, private=True, directory=False))
+        if (root / PREVIOUS_SECRETS).exists():
+            rows.append(mode_row(root / PREVIOUS_SECRETS, uid, private=True, directory=False))
         for directory in (root / "data", root / "logs", root / "run"):
             if directory.exists():
                 rows.append(mode_row(directory, uid, private=True, directory=True))

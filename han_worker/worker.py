@@ -401,6 +401,8 @@ class Worker:
         """Probe the current control plane; in auto mode on the Mac, watch for Pegasus's return."""
         link = self.link
         assert link is not None
+        if self._credentials_rotated(link):
+            return  # probing with the old credentials would count a rotation as a failure
         problem = self._problem(link)
         if self.gate.observe(problem is None):
             self.request_switch(
@@ -412,6 +414,19 @@ class Worker:
             if self._pegasus_ok >= self.config.flap_threshold:
                 self._pegasus_ok = 0
                 self.request_switch("Pegasus is healthy again")
+
+    def _credentials_rotated(self, link: Link) -> bool:
+        """A rotation published new credentials for our control plane: reconnect with them (between jobs).
+
+        The old ones may already be refused to new sessions, and are retired once every worker has moved."""
+        on_disk = self.selector.credentials_on_disk(link.source)
+        if on_disk is None or on_disk == link.choice.credentials:
+            return False
+        self.request_switch(
+            f"{link.source}'s credentials were rotated (generation {link.choice.credentials.generation} -> "
+            f"{on_disk.generation})"
+        )
+        return True
 
     def _problem(self, link: Link) -> str | None:
         if link.source == "pegasus":
@@ -458,6 +473,7 @@ class Worker:
             "current_job": inflight.claim.job_id if inflight else "",
             "control_plane": link.source,
             "epoch": link.choice.epoch,
+            "credentials_generation": link.choice.credentials.generation,  # see control_plane/rotation.py
             "reason": link.choice.reason[:500],
             "started_at": self.started_at,
             "heartbeat_at": format_time(datetime.now(timezone.utc)),

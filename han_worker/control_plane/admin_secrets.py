@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from han_worker.credentials import Credentials, PostgresCredentials, RedisCredentials, S3Credentials
@@ -50,6 +50,7 @@ class ControlPlaneSecrets:
     s3_access_key: str
     s3_secret_key: str = field(repr=False)
     s3_bucket: str
+    generation: int = 1  # 1 when first generated, one more at each rotation
 
     def worker_credentials(self) -> Credentials:
         """The worker's share: least-privilege users only, never an admin secret."""
@@ -57,11 +58,30 @@ class ControlPlaneSecrets:
             postgres=PostgresCredentials(self.postgres_user, self.postgres_password, self.postgres_database),
             redis=RedisCredentials(self.redis_user, self.redis_password),
             s3=S3Credentials(self.s3_access_key, self.s3_secret_key, self.s3_bucket),
+            generation=self.generation,
+        )
+
+    def rotated(self) -> ControlPlaneSecrets:
+        """The next generation: every password and S3 key new; user names, database and bucket kept.
+
+        S3 keys are the identities' names to SeaweedFS, so both generations can be valid at once."""
+        return replace(
+            self,
+            postgres_superuser_password=_token(),
+            postgres_password=_token(),
+            redis_admin_password=_token(),
+            redis_password=_token(),
+            s3_root_access_key=_s3_key("han-root"),
+            s3_root_secret_key=_token(),
+            s3_access_key=_s3_key("han-worker"),
+            s3_secret_key=_token(),
+            generation=self.generation + 1,
         )
 
     def to_dict(self) -> dict[str, object]:
         return {
             "schema": SCHEMA,
+            "generation": self.generation,
             "postgres": {
                 "superuser": self.postgres_superuser,
                 "superuser_password": self.postgres_superuser_password,
@@ -125,6 +145,7 @@ def parse_secrets(data: Mapping[str, object], origin: str) -> ControlPlaneSecret
         s3_access_key=_name(s3, "access_key"),
         s3_secret_key=_password(s3, "secret_key"),
         s3_bucket=_name(s3, "bucket"),
+        generation=fields.integer("generation", minimum=1) if "generation" in data else 1,
     )
     if parsed.postgres_user == parsed.postgres_superuser or parsed.redis_user == parsed.redis_admin_user:
         raise SecretsError(f"{origin}: the worker user must differ from the admin user (least privilege)")
@@ -141,12 +162,18 @@ def load_secrets(path: StrPath) -> ControlPlaneSecrets:
     return parse_secrets(data, str(path))
 
 
+def _token() -> str:
+    """32 url-safe characters (~190 bits)."""
+    return secrets.token_urlsafe(24)
+
+
+def _s3_key(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(4)}"
+
+
 def generate_secrets() -> ControlPlaneSecrets:
     """Fresh random secrets: 32 url-safe characters (~190 bits) per password."""
-
-    def token() -> str:
-        return secrets.token_urlsafe(24)
-
+    token = _token
     return ControlPlaneSecrets(
         postgres_superuser="han_owner",
         postgres_superuser_password=token(),
@@ -157,9 +184,9 @@ def generate_secrets() -> ControlPlaneSecrets:
         redis_admin_password=token(),
         redis_user="han_worker",
         redis_password=token(),
-        s3_root_access_key=f"han-root-{secrets.token_hex(4)}",
+        s3_root_access_key=_s3_key("han-root"),
         s3_root_secret_key=token(),
-        s3_access_key=f"han-worker-{secrets.token_hex(4)}",
+        s3_access_key=_s3_key("han-worker"),
         s3_secret_key=token(),
         s3_bucket="han-artifacts",
     )

@@ -10,7 +10,7 @@ import logging
 import os
 from pathlib import Path
 
-from han_worker.control_plane import background
+from han_worker.control_plane import background, rotation
 from han_worker.control_plane.addresses import local_address_in
 from han_worker.control_plane.admin_secrets import SecretsError, ensure_secrets
 from han_worker.control_plane.layout import DEFAULT_STATE_DIR, Layout
@@ -59,6 +59,30 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     _add_state_dir(init_parser)
     init_parser.set_defaults(handler=_init_secrets)
+
+    rotate_parser = commands.add_parser(
+        "rotate",
+        help="rotate every credential of the running control plane (begin; then --retire the old ones)",
+        description=(
+            "Begin: record new secrets, make every service accept them beside the old ones where it can "
+            "(PostgreSQL cannot: open sessions keep working, new ones need the new password) and publish the "
+            "workers' new credentials file; workers move to it between two jobs. --retire: once every "
+            "registered worker uses the new generation, remove the old credentials and check that each is "
+            "refused. Run on the control plane's node, as its user. Either phase can be run again after a "
+            "failure; it resumes. Prints a JSON report (names and generations, never a secret)."
+        ),
+    )
+    _add_state_dir(rotate_parser)
+    rotate_parser.add_argument("--retire", action="store_true", help="phase 2: retire the old credentials")
+    rotate_parser.add_argument(
+        "--timeout", type=float, default=10.0, metavar="SECONDS",
+        help="deadline of each connection to a service (default: 10)",
+    )  # fmt: skip
+    rotate_parser.add_argument(
+        "--wait-workers", type=float, default=300.0, metavar="SECONDS",
+        help="--retire: how long to wait for every worker to use the new credentials (default: 300)",
+    )  # fmt: skip
+    rotate_parser.set_defaults(handler=_rotate)
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -234,4 +258,24 @@ def _init_secrets(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return EXIT_USAGE
     print(f"{'created' if created else 'kept existing'} {layout.secrets_file}")
+    return 0
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    if not args.timeout > 0:
+        log.error("--timeout: must be more than 0 seconds, not %s", args.timeout)
+        return EXIT_USAGE
+    if not args.wait_workers >= 0:
+        log.error("--wait-workers: must be 0 seconds or more, not %s", args.wait_workers)
+        return EXIT_USAGE
+    layout = Layout(args.state_dir.expanduser())
+    try:
+        if args.retire:
+            report = rotation.retire(layout, args.timeout, args.wait_workers)
+        else:
+            report = rotation.begin(layout, args.timeout)
+    except (rotation.RotationError, SecretsError) as exc:
+        log.error("rotation: %s", exc)
+        return 1
+    print(json.dumps(report.to_dict()))
     return 0

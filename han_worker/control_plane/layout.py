@@ -30,6 +30,15 @@ class Layout:
         return self.root / "secrets.json"
 
     @property
+    def previous_secrets_file(self) -> Path:
+        """The secrets a rotation replaces, kept until it retires them (han-control-plane rotate)."""
+        return self.root / "secrets.previous.json"
+
+    @property
+    def rotation_lock_file(self) -> Path:
+        return self.root / "rotation.lock"
+
+    @property
     def lock_file(self) -> Path:
         return self.root / "supervisor.lock"
 

@@ -65,6 +65,9 @@ class PostgresService(Service):
     socket_dir: Path = Path()
     secrets: ControlPlaneSecrets | None = None
     client_networks: tuple[str, ...] = ()
+    # The secrets of a rotation still in progress: an interrupted one may have recorded the new
+    # superuser password before it could set it (see ready()).
+    previous: ControlPlaneSecrets | None = None
 
     def prepare(self) -> None:
         if not (self.data_dir / "PG_VERSION").exists():
@@ -112,35 +115,47 @@ class PostgresService(Service):
         hba.chmod(0o600)
 
     def _admin_connection(
-        self, timeout: float, dbname: str = "postgres"
+        self, timeout: float, dbname: str = "postgres", secrets: ControlPlaneSecrets | None = None
     ) -> psycopg.Connection[tuple[object, ...]]:
-        assert self.secrets is not None
+        secrets = secrets or self.secrets
+        assert secrets is not None
         return psycopg.connect(
             host=self.address,
             port=self.port,
-            user=self.secrets.postgres_superuser,
-            password=self.secrets.postgres_superuser_password,
+            user=secrets.postgres_superuser,
+            password=secrets.postgres_superuser_password,
             dbname=dbname,
             connect_timeout=max(1, round(timeout)),
             autocommit=True,
         )
 
     def ready(self, timeout: float) -> None:
-        with self._admin_connection(timeout) as connection:
-            connection.execute("SELECT 1")
+        try:
+            with self._admin_connection(timeout) as connection:
+                connection.execute("SELECT 1")
+        except psycopg.OperationalError as exc:
+            if self.previous is None or "authentication failed" not in str(exc):
+                raise
+            self._finish_interrupted_rotation(timeout)
+
+    def _finish_interrupted_rotation(self, timeout: float) -> None:
+        """The superuser still has the previous password: set the current one (the secrets file wins)."""
+        assert self.secrets is not None
+        with self._admin_connection(timeout, secrets=self.previous) as connection:
+            set_password(
+                connection, self.secrets.postgres_superuser, self.secrets.postgres_superuser_password
+            )
+        log.warning(
+            "PostgreSQL: an interrupted rotation had left the old superuser password; set the new one"
+        )
 
     def bootstrap(self) -> None:
         assert self.secrets is not None
         user, database = self.secrets.postgres_user, self.secrets.postgres_database
         with self._admin_connection(5.0) as connection:
             exists = connection.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user,)).fetchone()
-            verb = sql.SQL("ALTER") if exists else sql.SQL("CREATE")
             # The password is set at every start, so a rotated secret takes effect on restart.
-            connection.execute(
-                sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(
-                    verb, sql.Identifier(user), sql.Literal(self.secrets.postgres_password)
-                )
-            )
+            set_password(connection, user, self.secrets.postgres_password, create=not exists)
             if not connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
                 connection.execute(
                     sql.SQL("CREATE DATABASE {} OWNER {}").format(
@@ -148,6 +163,18 @@ class PostgresService(Service):
                     )
                 )
                 log.info("created database %s owned by %s", database, user)
+
+
+def set_password(
+    connection: psycopg.Connection[tuple[object, ...]], role: str, password: str, *, create: bool = False
+) -> None:
+    """ALTER (or CREATE) ROLE ... LOGIN PASSWORD; the server hashes it with scram-sha-256.
+
+    Sessions already open keep working: a password is checked only when a session starts."""
+    verb = sql.SQL("CREATE") if create else sql.SQL("ALTER")
+    connection.execute(
+        sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(verb, sql.Identifier(role), sql.Literal(password))
+    )
 
 
 @dataclass
@@ -199,7 +226,7 @@ class SeaweedS3Service(Service):
     def prepare(self) -> None:
         assert self.secrets is not None
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        identities = self.data_dir / "s3-identities.json"
+        identities = identities_file(self.data_dir)
         write_private_json(identities, self._identities())
         master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_grpc = self.internal_ports
         self.cwd = self.data_dir  # weed reads security.toml and writes some state relative to it
@@ -223,28 +250,7 @@ class SeaweedS3Service(Service):
 
     def _identities(self) -> dict[str, object]:
         assert self.secrets is not None
-        bucket = self.secrets.s3_bucket
-        return {
-            "identities": [
-                {
-                    "name": "han-root",
-                    "credentials": [
-                        {
-                            "accessKey": self.secrets.s3_root_access_key,
-                            "secretKey": self.secrets.s3_root_secret_key,
-                        }
-                    ],
-                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                },
-                {
-                    "name": "han-worker",
-                    "credentials": [
-                        {"accessKey": self.secrets.s3_access_key, "secretKey": self.secrets.s3_secret_key}
-                    ],
-                    "actions": [f"Read:{bucket}", f"Write:{bucket}", f"List:{bucket}", f"Tagging:{bucket}"],
-                },
-            ]
-        }
+        return s3_identities([self.secrets])
 
     def _root_client(self, timeout: float) -> Minio:
         assert self.secrets is not None
@@ -263,6 +269,33 @@ class SeaweedS3Service(Service):
         client.remove_object(bucket, ".han-ready-probe")
 
 
+def s3_identities(generations: list[ControlPlaneSecrets]) -> dict[str, object]:
+    """SeaweedFS's identities: root, and the worker limited to its bucket, with each generation's keys.
+
+    Two generations during a rotation: old and new keys both work until the rotation retires the old."""
+    bucket = generations[0].s3_bucket
+    root = [{"accessKey": g.s3_root_access_key, "secretKey": g.s3_root_secret_key} for g in generations]
+    worker = [{"accessKey": g.s3_access_key, "secretKey": g.s3_secret_key} for g in generations]
+    return {
+        "identities": [
+            {
+                "name": "han-root",
+                "credentials": root,
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            },
+            {
+                "name": "han-worker",
+                "credentials": worker,
+                "actions": [f"Read:{bucket}", f"Write:{bucket}", f"List:{bucket}", f"Tagging:{bucket}"],
+            },
+        ]
+    }
+
+
+def identities_file(data_dir: Path) -> Path:
+    return data_dir / "s3-identities.json"
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where the services listen: the bind address, the published ports and SeaweedFS's own ports."""
@@ -274,7 +307,11 @@ class Placement:
 
 
 def build_services(
-    layout: Layout, binaries: ServerBinaries, secrets: ControlPlaneSecrets, placement: Placement
+    layout: Layout,
+    binaries: ServerBinaries,
+    secrets: ControlPlaneSecrets,
+    placement: Placement,
+    previous: ControlPlaneSecrets | None = None,
 ) -> list[Service]:
     address, ports = placement.address, placement.ports
     return [
@@ -282,6 +319,7 @@ def build_services(
             "postgres", address, ports["postgres"], layout.log_file("postgres"),
             bin_dir=binaries.postgres_bin_dir, data_dir=layout.data_dir("postgres"),
             socket_dir=layout.run_dir(), secrets=secrets, client_networks=placement.client_networks,
+            previous=previous,
         ),
         RedisService(
             "redis", address, ports["redis"], layout.log_file("redis"),

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO
 
 from han_worker.control_plane import slurm_env
-from han_worker.control_plane.admin_secrets import ControlPlaneSecrets, ensure_secrets
+from han_worker.control_plane.admin_secrets import ControlPlaneSecrets, ensure_secrets, load_secrets
 from han_worker.control_plane.binaries import BinaryNotFound, find_binaries
 from han_worker.control_plane.layout import Layout, pick_free_ports
 from han_worker.control_plane.services import Placement, Service, build_services
@@ -198,7 +198,12 @@ class Supervisor:
         placement = Placement(
             self.config.address, published, tuple(free[len(missing) :]), self.config.client_networks
         )
-        return build_services(self.layout, find_binaries(), secrets, placement)
+        previous = (
+            load_secrets(self.layout.previous_secrets_file)
+            if self.layout.previous_secrets_file.exists()
+            else None
+        )
+        return build_services(self.layout, find_binaries(), secrets, placement, previous)
 
     def _start(self, services: list[Service]) -> None:
         for service in services:

@@ -1,8 +1,10 @@
-"""Runbook step 6 on the testbed: ``playbooks/harden.yml`` passes on the live control planes, and fails,
-naming the problem, on a control plane of our own that we weaken on purpose.
+"""Runbook step 6 on the testbed: ``playbooks/harden.yml`` passes on the live control planes, rotates
+their credentials (``-e rotate=true``), and fails, naming the problem, on a control plane of our own that
+we weaken on purpose.
 
-The inventory's control planes are only started (idempotent) and checked, never changed: every weakened
-setting is made on this module's own control plane (its own state directory and ports, as ``pegasus``).
+The inventory's control planes are only started (idempotent), rotated and checked: every weakened setting
+is made on this module's own control plane (its own state directory and ports, as ``pegasus``). Rotation
+under load (jobs flowing through real workers) is tests/integration/test_rotation.py.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -93,11 +96,37 @@ def test_harden_changes_nothing_in_check_mode() -> None:
     assert recap(result, MAC_HOST)["changed"] == 0
 
 
-def test_rotate_is_refused_as_not_implemented() -> None:
+def live_credentials(home: str) -> dict[str, Any]:
+    return dict(json.loads(Path(home, ".han/control-plane/credentials.json").read_text()))
+
+
+@pytest.mark.usefixtures("live_control_planes")
+def test_rotate_true_rotates_every_credential_then_verifies() -> None:
+    homes = {PEGASUS_HOST: "/home/pegasus", MAC_HOST: "/home/operator"}
+    before = {host: live_credentials(home) for host, home in homes.items()}
     result = harden("-e", "rotate=true")
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr
+    for host, home in homes.items():
+        after = live_credentials(home)
+        assert after["generation"] == before[host].get("generation", 1) + 1
+        assert after["redis"]["password"] != before[host]["redis"]["password"]
+        assert after["s3"]["access_key"] != before[host]["s3"]["access_key"]
+        assert recap(result, host)["changed"] == 2  # begin and retire; the verification changes nothing
+        assert re.search(rf"All \d+ hardening checks passed or warned on {host}\.", result.stdout)
+        for secret in (after["redis"]["password"], after["postgres"]["password"], after["s3"]["secret_key"]):
+            assert secret not in result.stdout
+    old = before[PEGASUS_HOST].get("generation", 1)
+    assert result.stdout.count(f"every old credential (generation {old}) is refused") == 1 + (
+        before[MAC_HOST].get("generation", 1) == old
+    )
+    assert not Path(homes[PEGASUS_HOST], ".han/control-plane/secrets.previous.json").exists()
+
+
+def test_rotate_that_is_not_a_boolean_is_refused_naming_it() -> None:
+    result = harden("-e", "rotate=maybe")
     assert result.returncode != 0
-    assert "credential rotation is not implemented yet" in result.stdout
-    assert "Run the checks" not in result.stdout  # refused before any check ran
+    assert "rotate: 'maybe' is not true or false. Nothing was changed." in result.stdout
+    assert "Begin the rotation" not in result.stdout  # refused before anything ran
 
 
 def test_missing_bind_setting_is_refused_naming_the_variable() -> None:

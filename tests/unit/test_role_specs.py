@@ -1,4 +1,6 @@
-"""Every role documents each of its defaults in meta/argument_specs.yml, with the same value."""
+"""Every role documents each of its defaults in meta/argument_specs.yml, with the same value.
+
+A role with several entry points (tasks_from) may document an option in each: the same default everywhere."""
 
 from __future__ import annotations
 
@@ -19,8 +21,17 @@ def load_yaml(path: Path) -> Any:
 
 
 def entry_point_options(role: str) -> dict[str, Any]:
-    specs = load_yaml(REPO / "roles" / role / "meta" / "argument_specs.yml")
-    return dict(specs["argument_specs"]["main"].get("options") or {})
+    """The options of every entry point of ``role``, by name (``main`` first)."""
+    specs = load_yaml(REPO / "roles" / role / "meta" / "argument_specs.yml")["argument_specs"]
+    options: dict[str, Any] = {}
+    for entry_point in sorted(specs, key=lambda name: name != "main"):
+        for name, option in (specs[entry_point].get("options") or {}).items():
+            if name in options:
+                assert option.get("default") == options[name].get("default"), (
+                    f"{role}: {name} has another default in entry point {entry_point}"
+                )
+            options.setdefault(name, option)
+    return options
 
 
 def role_defaults(role: str) -> dict[str, Any]:

@@ -132,7 +132,10 @@ def test_the_standin_records_windows_standin_in_the_ledger_and_the_registry(
     monkeypatch.setenv(STANDIN_VAR, "windows")
     worker = make_worker(tmp_path)
     assert worker.identity.platform == "windows-standin"
-    link: Any = SimpleNamespace(source="mac", choice=SimpleNamespace(epoch=3, reason="test"))
+    link: Any = SimpleNamespace(
+        source="mac",
+        choice=SimpleNamespace(epoch=3, reason="test", credentials=SimpleNamespace(generation=1)),
+    )
     owner = worker._owner(link)  # what the ledger records for each attempt
     assert (owner.platform, owner.host, owner.worker_id) == (
         "windows-standin", worker.identity.host, worker.identity.worker_id

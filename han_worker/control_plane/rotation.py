@@ -1,0 +1,470 @@
+"""Rotate every credential of a running control plane in two phases, with no lost job.
+
+``begin`` (``han-control-plane rotate``) records the next generation of secrets, then makes each
+service accept it beside the old one, then publishes the workers' new share:
+
+- PostgreSQL: ``ALTER ROLE ... PASSWORD`` for the superuser and the worker. A role has one password,
+  so the old one stops working for *new* sessions at once; open sessions are not affected, and a
+  worker that reconnects reads the credentials file again.
+- Redis: a second password for the admin and the worker user (ACL users may have several).
+- S3 (SeaweedFS): a second key pair for each identity, in the identities file it re-reads on SIGHUP.
+
+Workers notice the new credentials file at their next health check and reconnect between two jobs
+(:meth:`han_worker.worker.Worker.monitor_tick`); each reports its generation in the registry.
+
+``retire`` (``han-control-plane rotate --retire``) waits until every registered worker uses the new
+generation, removes the old Redis passwords and S3 keys, checks that every old credential is refused,
+and only then forgets the old secrets.
+
+Each phase can be run again after a failure: the new secrets are written to ``secrets.json`` (and the
+old ones kept in ``secrets.previous.json``) before any service changes, a second run finishes what the
+first began, and a supervisor that restarts meanwhile sets the recorded superuser password itself.
+It must run on the control plane's node (it sends SIGHUP to SeaweedFS) as the control plane's user.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from han_worker.control_plane.admin_secrets import ControlPlaneSecrets, load_secrets
+from han_worker.control_plane.layout import Layout
+from han_worker.control_plane.services import identities_file, s3_identities, set_password
+from han_worker.credentials import CredentialsError, load_credentials_file
+from han_worker.endpoints import (
+    Check,
+    CheckFailed,
+    Endpoints,
+    EndpointsError,
+    ServiceEndpoint,
+    load_endpoints_file,
+)
+from han_worker.probes import postgres_check, redis_check, s3_check, worker_checks
+from han_worker.queues import WORKER_PREFIX
+from han_worker.trusted_files import write_private_json
+
+log = logging.getLogger(__name__)
+
+REGISTRY_FIELD = "credentials_generation"  # what each worker reports (han_worker.worker.registry_fields)
+_AUTH_REFUSALS = ("WRONGPASS", "authentication failed", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+                  "AccessDenied", "invalid username-password")  # fmt: skip
+
+
+class RotationError(RuntimeError):
+    """A rotation cannot go on; the message says what to do. Running it again resumes it."""
+
+
+@dataclass
+class RotationReport:
+    """What a phase did, for people and for Ansible: never a secret, only names and generations."""
+
+    phase: str
+    generation: int
+    changed: bool = False
+    steps: list[str] = field(default_factory=list)
+
+    def step(self, text: str) -> None:
+        log.info("%s", text)
+        self.steps.append(text)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "phase": self.phase,
+            "generation": self.generation,
+            "changed": self.changed,
+            "steps": self.steps,
+        }
+
+
+@contextmanager
+def _rotation_lock(layout: Layout) -> Iterator[None]:
+    fd = os.open(layout.rotation_lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RotationError(f"{layout.rotation_lock_file}: another rotation is running") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _live_endpoints(layout: Layout) -> Endpoints:
+    """The published endpoints of a serving control plane: rotation changes live services only."""
+    try:
+        endpoints = load_endpoints_file(layout.endpoints_file)
+    except EndpointsError as exc:
+        raise RotationError(
+            f"the control plane is not serving ({exc}); start it, then rotate (secrets are applied to live "
+            "services)"
+        ) from exc
+    return endpoints
+
+
+def _previous(layout: Layout) -> ControlPlaneSecrets | None:
+    path = layout.previous_secrets_file
+    return load_secrets(path) if path.exists() else None
+
+
+# -- begin -------------------------------------------------------------------------------------------------
+
+
+def begin(layout: Layout, timeout: float) -> RotationReport:
+    """Phase 1: the next generation works everywhere, the old one still works where a service allows."""
+    with _rotation_lock(layout):
+        endpoints = _live_endpoints(layout)
+        current, previous = load_secrets(layout.secrets_file), _previous(layout)
+        report = RotationReport("begin", current.generation)
+        if previous is None or previous.generation >= current.generation:
+            previous = current  # not started, or stopped before the new secrets were recorded
+            write_private_json(layout.previous_secrets_file, previous.to_dict())
+            current = previous.rotated()
+            write_private_json(layout.secrets_file, current.to_dict())
+            report.generation, report.changed = current.generation, True
+            report.step(f"recorded generation {current.generation} (generation {previous.generation} kept)")
+        else:
+            report.step(f"resuming the rotation to generation {current.generation}")
+        services = endpoints.services
+        report.changed |= _postgres_begin(services["postgres"], current, previous, timeout, report)
+        report.changed |= _redis_add(services["redis"], current, previous, timeout, report)
+        report.changed |= _s3_apply(layout, services["s3"], [current, previous], timeout, report)
+        _check_works(endpoints, current, timeout)
+        published = layout.credentials_file
+        if _published_generation(layout) != current.generation:
+            write_private_json(published, current.worker_credentials().to_dict())
+            report.changed = True
+            report.step(f"published the workers' generation {current.generation} in {published}")
+        return report
+
+
+def _published_generation(layout: Layout) -> int | None:
+    try:
+        return load_credentials_file(layout.credentials_file).generation
+    except CredentialsError:
+        return None
+
+
+def _postgres_admin(
+    endpoint: ServiceEndpoint, candidates: list[ControlPlaneSecrets], timeout: float
+) -> psycopg.Connection[tuple[object, ...]]:
+    last: Exception | None = None
+    for secrets in candidates:
+        try:
+            return psycopg.connect(
+                host=endpoint.host, port=endpoint.port, dbname="postgres",
+                user=secrets.postgres_superuser, password=secrets.postgres_superuser_password,
+                connect_timeout=max(1, round(timeout)), autocommit=True,
+            )  # fmt: skip
+        except psycopg.OperationalError as exc:
+            last = exc
+    raise RotationError(
+        f"postgres {endpoint.address}: the superuser cannot log in with either generation: {last}"
+    )
+
+
+def _postgres_begin(
+    endpoint: ServiceEndpoint,
+    current: ControlPlaneSecrets,
+    previous: ControlPlaneSecrets,
+    timeout: float,
+    report: RotationReport,
+) -> bool:
+    superuser = postgres_check(current.postgres_superuser, current.postgres_superuser_password, "postgres")
+    worker = postgres_check(current.postgres_user, current.postgres_password, current.postgres_database)
+    if _accepted(superuser, endpoint, timeout) and _accepted(worker, endpoint, timeout):
+        return False
+    with _postgres_admin(endpoint, [current, previous], timeout) as connection:
+        set_password(connection, current.postgres_user, current.postgres_password)
+        set_password(connection, current.postgres_superuser, current.postgres_superuser_password)
+    report.step(f"postgres {endpoint.address}: new passwords set (open sessions keep theirs)")
+    return True
+
+
+# -- Redis -------------------------------------------------------------------------------------------------
+
+
+def _redis_admin(
+    endpoint: ServiceEndpoint, candidates: list[ControlPlaneSecrets], timeout: float
+) -> redis.Redis:
+    last: Exception | None = None
+    for secrets in candidates:
+        client = redis.Redis(
+            host=endpoint.host, port=endpoint.port, decode_responses=True,
+            username=secrets.redis_admin_user, password=secrets.redis_admin_password,
+            socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0),
+        )  # fmt: skip
+        try:
+            client.ping()
+        except redis.RedisError as exc:
+            client.close()
+            last = exc
+            continue
+        return client
+    raise RotationError(
+        f"redis {endpoint.address}: the admin user cannot log in with either generation: {last}"
+    )
+
+
+def _password_hashes(client: redis.Redis, user: str) -> set[str]:
+    """The SHA-256 of each password ``user`` accepts (what ACL GETUSER shows instead of passwords)."""
+    found: Mapping[str, object] = client.acl_getuser(user) or {}
+    passwords = found.get("passwords") or []
+    return {str(value) for value in passwords} if isinstance(passwords, list) else set()
+
+
+def _sha256(password: str) -> str:
+    return hashlib.sha256(password.encode()).hexdigest()
+
+
+def _redis_users(secrets: ControlPlaneSecrets) -> list[tuple[str, str]]:
+    return [
+        (secrets.redis_admin_user, secrets.redis_admin_password),
+        (secrets.redis_user, secrets.redis_password),
+    ]
+
+
+def _redis_add(
+    endpoint: ServiceEndpoint,
+    current: ControlPlaneSecrets,
+    previous: ControlPlaneSecrets,
+    timeout: float,
+    report: RotationReport,
+) -> bool:
+    client = _redis_admin(endpoint, [current, previous], timeout)
+    changed = False
+    try:
+        for user, password in _redis_users(current):
+            if _sha256(password) not in _password_hashes(client, user):
+                # ">" adds a password; the user's other passwords and rules stay as they are.
+                client.execute_command("ACL", "SETUSER", user, f">{password}")  # type: ignore[no-untyped-call]
+                changed = True
+    finally:
+        client.close()
+    if changed:
+        report.step(f"redis {endpoint.address}: new passwords added beside the old ones")
+    return changed
+
+
+def _redis_remove(
+    endpoint: ServiceEndpoint,
+    current: ControlPlaneSecrets,
+    previous: ControlPlaneSecrets,
+    timeout: float,
+    report: RotationReport,
+) -> bool:
+    client = _redis_admin(endpoint, [current], timeout)
+    changed = False
+    try:
+        for (user, old), (_same_user, new) in zip(_redis_users(previous), _redis_users(current), strict=True):
+            if old != new and _sha256(old) in _password_hashes(client, user):
+                # "!<hash>" removes a password by its hash: the old password need not be sent again.
+                client.execute_command("ACL", "SETUSER", user, f"!{_sha256(old)}")  # type: ignore[no-untyped-call]
+                changed = True
+    finally:
+        client.close()
+    if changed:
+        report.step(f"redis {endpoint.address}: old passwords removed")
+    return changed
+
+
+# -- S3 (SeaweedFS) --------------------------------------------------------------------------------------
+
+
+def _s3_apply(
+    layout: Layout,
+    endpoint: ServiceEndpoint,
+    generations: list[ControlPlaneSecrets],
+    timeout: float,
+    report: RotationReport,
+) -> bool:
+    """Write the identities of ``generations`` and make SeaweedFS re-read them (SIGHUP)."""
+    path = identities_file(layout.data_dir("s3"))
+    wanted = s3_identities(generations)
+    try:
+        unchanged = json.loads(path.read_text()) == wanted
+    except (OSError, ValueError):
+        unchanged = False
+    newest = generations[0]
+    if unchanged and _accepted(_s3_root_check(newest), endpoint, timeout):
+        return False
+    write_private_json(path, wanted)
+    pid = _seaweed_pid(path)
+    os.kill(pid, signal.SIGHUP)
+    _wait_until(
+        lambda: _accepted(_s3_root_check(newest), endpoint, timeout),
+        timeout,
+        f"s3 {endpoint.address}: SeaweedFS (pid {pid}) did not accept the new keys after SIGHUP",
+    )
+    held = ", ".join(str(secrets.generation) for secrets in generations)
+    report.step(f"s3 {endpoint.address}: SeaweedFS reloaded its identities; they hold generation(s) {held}")
+    return True
+
+
+def _seaweed_pid(identities: Path) -> int:
+    """The SeaweedFS process of ours that reads ``identities`` (started with -s3.config=<it>)."""
+    wanted = f"-s3.config={identities}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid != os.getuid():
+                continue
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile
+            continue
+        if wanted in argv:
+            return int(entry.name)
+    raise RotationError(
+        f"no SeaweedFS process of this user reads {identities} on this host: run the rotation on the control "
+        "plane's node, as its user (harden.yml does, inside the Slurm job)"
+    )
+
+
+def _s3_root_check(secrets: ControlPlaneSecrets) -> Check:
+    return s3_check(secrets.s3_root_access_key, secrets.s3_root_secret_key, secrets.s3_bucket)
+
+
+# -- retire ------------------------------------------------------------------------------------------------
+
+
+def retire(layout: Layout, timeout: float, wait_workers: float) -> RotationReport:
+    """Phase 2: once every worker uses the new generation, the old credentials stop working."""
+    with _rotation_lock(layout):
+        current, previous = load_secrets(layout.secrets_file), _previous(layout)
+        report = RotationReport("retire", current.generation)
+        if previous is None:
+            report.step("no rotation in progress: nothing to retire")
+            return report
+        if previous.generation >= current.generation:
+            raise RotationError(
+                f"{layout.previous_secrets_file}: the rotation did not record its new secrets; run "
+                "`han-control-plane rotate` (begin) again first"
+            )
+        endpoints = _live_endpoints(layout)
+        _wait_for_workers(endpoints.services["redis"], current, timeout, wait_workers, report)
+        services = endpoints.services
+        report.changed |= _redis_remove(services["redis"], current, previous, timeout, report)
+        report.changed |= _s3_apply(layout, services["s3"], [current], timeout, report)
+        still_accepted = _old_still_accepted(endpoints, previous, timeout)
+        if still_accepted:
+            raise RotationError("old credentials are still accepted: " + "; ".join(still_accepted))
+        report.step(f"every old credential (generation {previous.generation}) is refused")
+        layout.previous_secrets_file.unlink()
+        report.changed = True
+        report.step(f"forgot generation {previous.generation}")
+        return report
+
+
+def _registered_generations(client: redis.Redis) -> dict[str, str]:
+    """Worker id -> the credentials generation it reports (registry entries of dead workers expire)."""
+    found = {}
+    for key in client.scan_iter(match=f"{WORKER_PREFIX}*", count=100):
+        entry = client.hgetall(key)
+        if entry:
+            found[str(key).removeprefix(WORKER_PREFIX)] = str(entry.get(REGISTRY_FIELD, "unknown"))
+    return found
+
+
+def _wait_for_workers(
+    endpoint: ServiceEndpoint,
+    current: ControlPlaneSecrets,
+    timeout: float,
+    wait: float,
+    report: RotationReport,
+) -> None:
+    deadline = time.monotonic() + wait
+    client = _redis_admin(endpoint, [current], timeout)
+    try:
+        while True:
+            behind = {
+                w: g for w, g in _registered_generations(client).items() if g != str(current.generation)
+            }
+            if not behind:
+                report.step(f"every registered worker uses generation {current.generation}")
+                return
+            if time.monotonic() >= deadline:
+                listed = ", ".join(
+                    f"{worker} (generation {generation})" for worker, generation in sorted(behind.items())
+                )
+                raise RotationError(
+                    f"after {wait:g}s, {len(behind)} worker(s) still use older credentials: {listed}. "
+                    "Nothing was retired; a worker moves between two jobs, so wait for its job (or stop "
+                    "it), then run `rotate --retire` again"
+                )
+            time.sleep(1.0)
+    finally:
+        client.close()
+
+
+def _old_still_accepted(endpoints: Endpoints, previous: ControlPlaneSecrets, timeout: float) -> list[str]:
+    """Each old credential that a service still accepts, named (user and service, never the secret)."""
+    old_worker = worker_checks(previous.worker_credentials())
+    checks: list[tuple[str, str, Check]] = [
+        ("postgres", previous.postgres_superuser,
+         postgres_check(previous.postgres_superuser, previous.postgres_superuser_password, "postgres")),
+        ("postgres", previous.postgres_user, old_worker["postgres"]),
+        ("redis", previous.redis_admin_user,
+         redis_check(previous.redis_admin_user, previous.redis_admin_password)),
+        ("redis", previous.redis_user, old_worker["redis"]),
+        ("s3", previous.s3_root_access_key, _s3_root_check(previous)),
+        ("s3", previous.s3_access_key, old_worker["s3"]),
+    ]  # fmt: skip
+    accepted = []
+    for service, user, check in checks:
+        endpoint = endpoints.services[service]
+        refused = _refusal(check, endpoint, timeout)
+        if refused is None:
+            accepted.append(f"{service} {endpoint.address} user {user}")
+    return accepted
+
+
+def _refusal(check: Check, endpoint: ServiceEndpoint, timeout: float) -> str | None:
+    """The service's refusal of ``check``'s credentials, or None when it accepted them.
+
+    Anything but an authentication refusal (a timeout, a crash) raises: it proves nothing."""
+    try:
+        check(endpoint, timeout)
+    except CheckFailed as exc:
+        if any(marker in str(exc) for marker in _AUTH_REFUSALS):
+            return str(exc)
+        raise RotationError(f"cannot tell whether an old credential is refused: {exc}") from None
+    return None
+
+
+def _accepted(check: Check, endpoint: ServiceEndpoint, timeout: float) -> bool:
+    try:
+        check(endpoint, timeout)
+    except CheckFailed:
+        return False
+    return True
+
+
+def _check_works(endpoints: Endpoints, current: ControlPlaneSecrets, timeout: float) -> None:
+    for service, check in worker_checks(current.worker_credentials()).items():
+        endpoint = endpoints.services[service]
+        try:
+            check(endpoint, timeout)
+        except CheckFailed as exc:
+            raise RotationError(f"the workers' new credentials do not work yet: {exc}") from None
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float, message: str) -> None:
+    deadline = time.monotonic() + max(timeout, 10.0)
+    while not condition():
+        if time.monotonic() >= deadline:
+            raise RotationError(message)
+        time.sleep(0.2)

@@ -1,0 +1,238 @@
+"""Credential rotation under load (issue 7): jobs keep flowing, every one succeeds, and afterwards every
+old credential is refused while the new ones work.
+
+A real control plane (PostgreSQL, Valkey, SeaweedFS) and two real workers, as the cluster account; a
+thread submits ``sleep`` jobs (each uploads an output to S3) through ``han-worker submit`` the whole
+time. ``han-control-plane rotate`` runs in between, then ``rotate --retire``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from han_worker.control_plane.admin_secrets import parse_secrets
+from han_worker.credentials import Credentials, parse_credentials
+from han_worker.endpoints import CheckFailed, ServiceEndpoint
+from han_worker.probes import postgres_check, redis_check, s3_check, worker_checks
+from tests.integration.conftest import UnprivilegedEnv
+from tests.integration.control_planes import (
+    RunningControlPlane,
+    WorkerProcess,
+    han_worker,
+    start_control_plane,
+    start_worker,
+    wait_for,
+    worker_settings,
+    write_private_file,
+)
+
+
+def run_control_plane_command(env: UnprivilegedEnv, *args: str) -> tuple[int, str, str]:
+    result = subprocess.run(
+        env.argv("han-control-plane", *args), capture_output=True, text=True, timeout=180, check=False
+    )
+    return result.returncode, result.stdout, result.stderr
+
+
+def rotate(env: UnprivilegedEnv, plane: RunningControlPlane, *args: str) -> dict[str, object]:
+    code, out, err = run_control_plane_command(env, "rotate", "--state-dir", str(plane.state_dir), *args)
+    assert code == 0, out + err
+    return dict(json.loads(out))
+
+
+def refused(check: object, endpoint: ServiceEndpoint) -> str | None:
+    """The refusal's message, or None when the service accepted the credentials."""
+    try:
+        check(endpoint, 5.0)  # type: ignore[operator]
+    except CheckFailed as exc:
+        return str(exc)
+    return None
+
+
+def admin_checks(secrets: dict[str, dict[str, str]]) -> dict[str, object]:
+    pg, rd, s3 = secrets["postgres"], secrets["redis"], secrets["s3"]
+    return {
+        "postgres": postgres_check(pg["superuser"], pg["superuser_password"], "postgres"),
+        "redis": redis_check(rd["admin_user"], rd["admin_password"]),
+        "s3": s3_check(s3["root_access_key"], s3["root_secret_key"], s3["bucket"]),
+    }
+
+
+class Load(threading.Thread):
+    """Submits a sleep job every ~0.3 s through the CLI (which reads the credentials file each time)."""
+
+    def __init__(self, env: UnprivilegedEnv, config: Path) -> None:
+        super().__init__(daemon=True)
+        self.env, self.config = env, config
+        self.stop = threading.Event()
+        self.jobs: list[str] = []
+        self.errors: list[str] = []
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            result = han_worker(self.env, "submit", "--config", str(self.config), "--kind", "sleep",
+                                "--param", "seconds=0.2", timeout=60)  # fmt: skip
+            if result.returncode == 0:
+                self.jobs.append(result.stdout.strip())
+            else:
+                self.errors.append(result.stderr.strip()[-500:])
+            self.stop.wait(0.3)
+
+
+@pytest.fixture(scope="module")
+def plane(unprivileged_env: UnprivilegedEnv, workdir: Path) -> Iterator[RunningControlPlane]:
+    running = start_control_plane(unprivileged_env, workdir / "control-plane")
+    yield running
+    running.shutdown()
+
+
+@pytest.fixture(scope="module")
+def config(unprivileged_env: UnprivilegedEnv, workdir: Path, plane: RunningControlPlane) -> Path:
+    settings = worker_settings(plane, workdir / "spool", mode="pegasus", queues=["noop"])
+    return write_private_file(unprivileged_env, workdir / "worker.json", json.dumps(settings))
+
+
+@pytest.fixture(scope="module")
+def workers(unprivileged_env: UnprivilegedEnv, config: Path) -> Iterator[list[WorkerProcess]]:
+    running = [start_worker(unprivileged_env, config) for _index in range(2)]
+    for worker in running:
+        wait_for(lambda worker=worker: "serving noop on pegasus" in worker.output(), 60, "a worker to serve")
+    yield running
+    for worker in running:
+        try:
+            worker.stop(timeout=20)
+        finally:
+            worker.kill()
+
+
+def test_rotation_under_load_loses_no_job_and_old_credentials_are_refused(
+    unprivileged_env: UnprivilegedEnv, plane: RunningControlPlane, workers: list[WorkerProcess], config: Path
+):
+    env = unprivileged_env
+    old_credentials: Credentials = plane.worker_credentials()
+    old_secrets = plane.secrets
+    services = {name: plane.service(name) for name in ("postgres", "redis", "s3")}
+    load = Load(env, config)
+    load.start()
+    try:
+        wait_for(lambda: len(load.jobs) >= 5, 60, "jobs flowing before the rotation")
+
+        begun = rotate(env, plane)
+        assert begun["phase"] == "begin"
+        assert begun["changed"] is True
+        assert begun["generation"] == old_credentials.generation + 1
+        new_credentials = plane.worker_credentials()
+        assert new_credentials.generation == begun["generation"]
+        assert new_credentials.s3.access_key != old_credentials.s3.access_key
+        # Between the phases: Redis and S3 accept both generations; PostgreSQL has one password per role.
+        old_worker = worker_checks(old_credentials)
+        assert refused(old_worker["redis"], services["redis"]) is None
+        assert refused(old_worker["s3"], services["s3"]) is None
+        assert "password authentication failed" in str(refused(old_worker["postgres"], services["postgres"]))
+        for worker in workers:
+            wait_for(lambda worker=worker: "credentials were rotated (generation 1 -> 2)" in worker.output(),
+                     30, "each worker to notice the new credentials")  # fmt: skip
+
+        jobs_at_retire = len(load.jobs)
+        retired = rotate(env, plane, "--retire", "--wait-workers", "60")
+        assert retired["changed"] is True
+        assert "every registered worker uses generation 2" in retired["steps"]  # type: ignore[operator]
+        wait_for(lambda: len(load.jobs) >= jobs_at_retire + 5, 60, "jobs flowing after the rotation")
+    finally:
+        load.stop.set()
+        load.join(60)
+    assert load.errors == []
+
+    # Every job submitted before, during and after the rotation succeeded.
+    ledger = plane.ledger()
+    wait_for(lambda: all(ledger.status(job) == "succeeded" for job in load.jobs), 120,
+             f"all {len(load.jobs)} jobs to succeed")  # fmt: skip
+    assert len(load.jobs) >= 10
+
+    # Afterwards: every old credential, worker's and admin's, is refused; the new ones work.
+    for checks in (worker_checks(old_credentials), admin_checks(old_secrets)):
+        for name, check in checks.items():
+            assert refused(check, services[name]) is not None, f"old {name} credentials still accepted"
+    for checks in (worker_checks(plane.worker_credentials()), admin_checks(plane.secrets)):
+        for name, check in checks.items():
+            assert refused(check, services[name]) is None, f"new {name} credentials refused"
+    assert not (plane.state_dir / "secrets.previous.json").exists()
+    for text in (plane.output(), *(worker.output() for worker in workers)):
+        for secret in (old_credentials.redis.password, new_credentials.redis.password,
+                       new_credentials.postgres.password, new_credentials.s3.secret_key):  # fmt: skip
+            assert secret not in text
+
+
+def test_a_second_retire_has_nothing_to_do(unprivileged_env: UnprivilegedEnv, plane: RunningControlPlane):
+    report = rotate(unprivileged_env, plane, "--retire")
+    assert report["changed"] is False
+    assert report["steps"] == ["no rotation in progress: nothing to retire"]
+
+
+def test_rotation_of_a_stopped_control_plane_is_refused_and_changes_nothing(
+    unprivileged_env: UnprivilegedEnv, workdir: Path
+):
+    stopped = start_control_plane(unprivileged_env, workdir / "stopped")
+    stopped.stop()
+    before = parse_credentials(stopped.credentials, "credentials.json")
+    secrets_before = (stopped.state_dir / "secrets.json").read_text()
+    code, out, err = run_control_plane_command(
+        unprivileged_env, "rotate", "--state-dir", str(stopped.state_dir)
+    )
+    assert code == 1, out + err
+    assert "the control plane is not serving" in err
+    assert "start it, then rotate" in err
+    assert (stopped.state_dir / "secrets.json").read_text() == secrets_before
+    assert parse_credentials(stopped.credentials, "credentials.json") == before
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--timeout", "0"), "--timeout: must be more than 0 seconds"),
+        (("--retire", "--wait-workers", "-1"), "--wait-workers: must be 0 seconds or more"),
+    ],
+)
+def test_bad_rotate_flags_exit_2_naming_the_flag(
+    unprivileged_env: UnprivilegedEnv, workdir: Path, flags: tuple[str, ...], message: str
+):
+    code, out, err = run_control_plane_command(
+        unprivileged_env, "rotate", "--state-dir", str(workdir / "nowhere"), *flags
+    )
+    assert code == 2, out + err
+    assert message in err
+
+
+def test_a_rotation_interrupted_after_recording_its_secrets_is_finished_by_the_next_start_and_run(
+    unprivileged_env: UnprivilegedEnv, workdir: Path
+):
+    env, state = unprivileged_env, workdir / "interrupted"
+    plane = start_control_plane(env, state)
+    plane.stop()
+    old = parse_secrets(plane.secrets, "secrets.json")
+    new = old.rotated()
+    # What `rotate` leaves if it dies right after recording the new generation: no service knows it yet.
+    write_private_file(env, state / "secrets.previous.json", json.dumps(old.to_dict()))
+    write_private_file(env, state / "secrets.json", json.dumps(new.to_dict()))
+
+    plane = start_control_plane(env, state)  # PostgreSQL's superuser still has the old password
+    try:
+        assert (
+            "an interrupted rotation had left the old superuser password; set the new one" in plane.output()
+        ), plane.output()[-3000:]
+        assert plane.worker_credentials().generation == new.generation
+        begun = rotate(env, plane)
+        assert f"resuming the rotation to generation {new.generation}" in begun["steps"]  # type: ignore[operator]
+        retired = rotate(env, plane, "--retire", "--wait-workers", "0")
+        assert f"every old credential (generation {old.generation}) is refused" in retired["steps"]  # type: ignore[operator]
+        services = {name: plane.service(name) for name in ("postgres", "redis", "s3")}
+        for name, check in admin_checks(plane.secrets).items():
+            assert refused(check, services[name]) is None, f"new {name} admin credentials refused"
+    finally:
+        plane.shutdown()
