@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,20 @@ def live_credentials(home: str) -> dict[str, Any]:
     return dict(json.loads(Path(home, ".han/control-plane/credentials.json").read_text()))
 
 
+VAULT_PASSWORD_FILE = "/var/lib/han-testbed/client/vault-password"  # the testbed's controller (inventory)
+
+
+def escrowed(host: str) -> dict[str, Any]:
+    """The controller's ansible-vault copy of ``host``'s control-plane secrets, decrypted."""
+    vault = Path.home() / ".han" / "escrow" / f"{host}-control-plane-secrets.vault"
+    assert vault.read_text().startswith("$ANSIBLE_VAULT;1.1;AES256\n")
+    assert vault.stat().st_mode & 0o777 == 0o600
+    ansible_vault = Path(sys.executable).parent / "ansible-vault"
+    viewed = subprocess.run([str(ansible_vault), "view", "--vault-password-file", VAULT_PASSWORD_FILE, str(vault)],
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    return dict(json.loads(viewed.stdout))
+
+
 @pytest.mark.usefixtures("live_control_planes")
 def test_rotate_true_rotates_every_credential_then_verifies() -> None:
     homes = {PEGASUS_HOST: "/home/pegasus", MAC_HOST: "/home/operator"}
@@ -111,10 +126,15 @@ def test_rotate_true_rotates_every_credential_then_verifies() -> None:
         assert after["generation"] == before[host].get("generation", 1) + 1
         assert after["redis"]["password"] != before[host]["redis"]["password"]
         assert after["s3"]["access_key"] != before[host]["s3"]["access_key"]
-        assert recap(result, host)["changed"] == 2  # begin and retire; the verification changes nothing
+        # begin, the escrow of the new secrets, retire; the verification changes nothing
+        assert recap(result, host)["changed"] == 3
         assert re.search(rf"All \d+ hardening checks passed or warned on {host}\.", result.stdout)
         for secret in (after["redis"]["password"], after["postgres"]["password"], after["s3"]["secret_key"]):
             assert secret not in result.stdout
+        # The controller's ansible-vault copy follows the rotation.
+        escrow = escrowed(host)
+        assert escrow["generation"] == after["generation"]
+        assert escrow["redis"]["password"] == after["redis"]["password"]
     old = before[PEGASUS_HOST].get("generation", 1)
     assert result.stdout.count(f"every old credential (generation {old}) is refused") == 1 + (
         before[MAC_HOST].get("generation", 1) == old
