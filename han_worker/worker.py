@@ -120,6 +120,15 @@ def backends_to_serve(queues: Iterable[str]) -> dict[str, Backend]:
     return kinds
 
 
+def _written_to(directory: Path) -> bool:
+    """Whether anything is in ``directory`` (or it is gone): one directory read."""
+    try:
+        with os.scandir(directory) as entries:
+            return next(entries, None) is not None
+    except OSError:
+        return True
+
+
 class Periodic(threading.Thread):
     """Run ``action`` every ``interval()`` seconds, or at once when woken, until ``stop`` is set.
 
@@ -170,6 +179,7 @@ class Worker:
         self._next_reclaim = 0.0
         self._next_housekeeping = 0.0
         self._failures = 0
+        self._scratch: Path | None = None  # the jobs' scratch directory, kept while jobs leave it empty
         self.monitor: Periodic | None = None
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -267,6 +277,8 @@ class Worker:
         link.queues.register(self.identity.worker_id, self.registry_fields(), self._registry_ttl)
 
     def _leave(self) -> None:
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
         link = self.link
         if link is None:
             return
@@ -375,7 +387,7 @@ class Worker:
     def _process(self, link: Link, delivery: Delivery, claim: Claim) -> tuple[Delivery, Claim | None]:
         """Run and record the claimed job; returns the successor taken meanwhile and its claim, if any."""
         self.inflight = inflight = InFlight(delivery, claim, link)
-        workdir = Path(tempfile.mkdtemp(prefix=f"han-job-{claim.job_id[:8]}-"))
+        workdir = self._workdir()
         try:
             result = run_attempt(inflight, self.backends.get(claim.kind), workdir, self.clock)
             recorded = record(inflight, result, self.spool, lambda: self._successor(link))
@@ -383,7 +395,7 @@ class Worker:
         finally:
             self.inflight = None
             self.jobs_done += 1
-            shutil.rmtree(workdir, ignore_errors=True)
+            self._clear(workdir)
         successor = recorded.successor
         if successor is None:
             return delivery, None
@@ -392,6 +404,21 @@ class Worker:
         if recorded.claim is None:
             self._refused(link, successor.delivery)
         return successor.delivery, recorded.claim
+
+    def _workdir(self) -> Path:
+        """The job's private scratch directory (0700), empty: the last job's when it left it empty."""
+        if self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix=f"han-worker-{os.getpid()}-"))
+        return self._scratch
+
+    def _clear(self, workdir: Path) -> None:
+        """After a job: a directory left empty is kept for the next job (a no-op job then costs one
+        directory read, not a mkdir and an rmdir); one written to is removed and the next job gets a new
+        one, so no job sees another's files. Removed as well when stopping: an abandoned backend may
+        still be writing in it."""
+        if self.stopping.is_set() or _written_to(workdir):
+            shutil.rmtree(workdir, ignore_errors=True)
+            self._scratch = None
 
     def _successor(self, link: Link) -> Successor | None:
         """The next waiting delivery, to claim with this job's result; None when none waits or the loop has
