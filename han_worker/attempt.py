@@ -4,7 +4,10 @@ The backend runs in a daemon thread (never a forked process: the worker runs on 
 worker can keep its promises while a backend is stuck: on SIGTERM it waits out the grace period,
 then asks the backend to stop (``should_stop``), then gives the job back and leaves without it.
 
-Recording is upload, then the fenced ledger commit, then the Redis acknowledgement. If the control
+Recording is upload, then the fenced ledger commit, then the Redis acknowledgement. Under load the
+worker hands :func:`record` the next waiting delivery, taken after the upload and just before the
+commit, and the same transaction claims it (:meth:`han_worker.ledger.Ledger.finish_then_claim`): one
+commit per job instead of two, the result still committed before its entry is acknowledged. If the control
 plane went away before the commit, the result goes to the spool and is delivered to that control
 plane when it returns; once the commit is in, a Redis failure is only logged (the reconciler and
 the lease repair what a lost acknowledgement or re-enqueue leaves behind).
@@ -16,7 +19,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +28,7 @@ from minio.error import S3Error
 from han_worker.artifacts import ArtifactError, check_name
 from han_worker.backends.base import Backend, JobContext, JobFailed, JobResult
 from han_worker.connection import CONTROL_PLANE_ERRORS, Link, describe
-from han_worker.ledger import Claim, FinishReport, Outcome
+from han_worker.ledger import AttemptOwner, Claim, FinishReport, Outcome
 from han_worker.queues import Delivery
 from han_worker.spool import Spool, SpooledResult
 
@@ -164,19 +167,42 @@ def log_result(claim: Claim, result: AttemptResult, report: FinishReport | None)
         log.warning("%s %s (job now %s): %s", what, result.outcome, report.status, result.error)
 
 
-def record_on(
-    link: Link, claim_id: tuple[str, int], delivery: Delivery, result: AttemptResult
-) -> FinishReport:
-    """Upload, commit (fenced), then re-enqueue a retry and acknowledge: the order that loses nothing."""
-    job_id, attempt = claim_id
-    outputs = link.artifacts.upload_outputs(job_id, attempt, result.files) if result.files else {}
-    outcome = Outcome(
+@dataclass(frozen=True)
+class Successor:
+    """The next job's delivery, to be claimed in the transaction that records this job's result."""
+
+    delivery: Delivery
+    owner: AttemptOwner
+    lease: float
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """How recording went: the report (None: spooled) and what became of the successor, if one was taken."""
+
+    report: FinishReport | None
+    successor: Successor | None = None
+    claim: Claim | None = None  # the successor's attempt, started in the same commit
+    tried: bool = False  # the successor's claim was committed with the result (claim None: refused)
+
+
+def _no_successor() -> Successor | None:
+    return None
+
+
+def _uploaded(link: Link, claim_id: tuple[str, int], result: AttemptResult) -> Outcome:
+    """Upload the outputs; the outcome to commit, naming them."""
+    outputs = link.artifacts.upload_outputs(*claim_id, result.files) if result.files else {}
+    return Outcome(
         result.outcome,
         result.summary,
         result.error,
         {name: artifact.to_dict() for name, artifact in outputs.items()} if result.files else None,
     )
-    report = link.ledger.finish(job_id, attempt, outcome)
+
+
+def _acknowledge(link: Link, job_id: str, delivery: Delivery, report: FinishReport) -> None:
+    """After the commit: re-enqueue a retry, acknowledge the entry. A Redis failure is only logged."""
     try:
         if report.recorded and report.status == "queued":
             link.queues.enqueue(delivery.queue, job_id)
@@ -185,14 +211,53 @@ def record_on(
         log.warning(
             "job %s is recorded, but Redis did not take the acknowledgement: %s", job_id, describe(exc)
         )
+
+
+def record_on(
+    link: Link, claim_id: tuple[str, int], delivery: Delivery, result: AttemptResult
+) -> FinishReport:
+    """Upload, commit (fenced), then re-enqueue a retry and acknowledge: the order that loses nothing."""
+    report = link.ledger.finish(*claim_id, _uploaded(link, claim_id, result))
+    _acknowledge(link, claim_id[0], delivery, report)
     return report
 
 
-def record(inflight: InFlight, result: AttemptResult, spool: Spool) -> FinishReport | None:
-    """Record on the job's own control plane; when that is away, spool (returns None)."""
+def _record_then_claim(
+    link: Link, claim_id: tuple[str, int], delivery: Delivery, result: AttemptResult,
+    take_next: Callable[[], Successor | None],
+) -> Recorded:  # fmt: skip
+    """Like :func:`record_on`, but the next delivery (taken after the upload, just before the commit) is
+    claimed in the same transaction as the result: one commit for both."""
+    outcome = _uploaded(link, claim_id, result)
+    successor = take_next()
+    if successor is None:
+        report = link.ledger.finish(*claim_id, outcome)
+        _acknowledge(link, claim_id[0], delivery, report)
+        return Recorded(report)
+    next_entry = (successor.delivery.job_id, successor.delivery.entry_id)
+    try:
+        handover = link.ledger.finish_then_claim((*claim_id, outcome), next_entry, successor.owner,
+                                                 successor.lease)  # fmt: skip
+    except RECORDING_ERRORS:
+        # Committed or not, the successor is now like a claim whose answer was lost: its entry stays
+        # pending and is reclaimed after a lease (the ledger lets that claim through once the lease ran out).
+        log.warning("job %s was taken but may not be claimed; its entry is left to be reclaimed",
+                    successor.delivery.job_id)  # fmt: skip
+        raise
+    _acknowledge(link, claim_id[0], delivery, handover.report)
+    return Recorded(handover.report, successor, handover.claim, handover.tried)
+
+
+def record(
+    inflight: InFlight, result: AttemptResult, spool: Spool,
+    take_next: Callable[[], Successor | None] = _no_successor,
+) -> Recorded:  # fmt: skip
+    """Record on the job's own control plane; when that is away, spool (the report is None then).
+
+    ``take_next`` may hand over the next delivery, to be claimed in the transaction of this result."""
     claim, delivery, link = inflight.claim, inflight.delivery, inflight.link
     try:
-        return record_on(link, (claim.job_id, claim.attempt), delivery, result)
+        return _record_then_claim(link, (claim.job_id, claim.attempt), delivery, result, take_next)
     except RECORDING_ERRORS as exc:
         log.warning("control plane %s is away (%s)", link.source, describe(exc))
     spool.put(
@@ -210,7 +275,7 @@ def record(inflight: InFlight, result: AttemptResult, spool: Spool) -> FinishRep
         ),
         result.files,
     )
-    return None
+    return Recorded(None)
 
 
 def deliver_spooled(link: Link, spool: Spool, taker: str) -> int:

@@ -6,8 +6,12 @@ claim increments ``attempts`` and the claimer's number is its fencing token, so 
 only while ``attempts`` still equals that number. A job that ran twice therefore records exactly
 one success; the slower run is recorded as ``superseded`` and its result discarded.
 
-A job costs the worker two commits: claim and finish (facts.md: commits, not Redis, bound the rate).
-Each is one statement, data-modifying CTEs included, so each is one round trip as well.
+A job costs the worker at most two commits: claim and finish (facts.md: commits, not Redis, bound the
+rate). Each is one statement, data-modifying CTEs included, so each is one round trip as well. Under
+load, :meth:`Ledger.finish_then_claim` commits one job's finish and the next job's claim in one
+transaction (one commit, one round trip in pipeline mode): the same two statements, run one after the
+other, so the finish is fenced exactly as alone and the claim is exactly as exclusive; a job then
+costs one commit.
 """
 
 from __future__ import annotations
@@ -165,6 +169,15 @@ class FinishReport:
 
 
 @dataclass(frozen=True)
+class Handover:
+    """What :meth:`Ledger.finish_then_claim` did: the finish, and the next job's claim if it was tried."""
+
+    report: FinishReport
+    claim: Claim | None  # None: refused (finished, running elsewhere, out of attempts) or not tried
+    tried: bool  # False: the claim was not committed with the finish; claim it alone
+
+
+@dataclass(frozen=True)
 class NewJob:
     job_id: str
     kind: str
@@ -202,6 +215,28 @@ class JobRecord:
             name: value.isoformat() if isinstance(value, datetime) else value
             for name, value in self.__dict__.items()
         }
+
+
+def _claim_params(job_id: str, entry_id: str, owner: AttemptOwner, lease: float) -> dict[str, object]:
+    return {
+        "id": job_id, "entry": entry_id, "lease": lease, "worker": owner.worker_id, "host": owner.host,
+        "platform": owner.platform, "source": owner.source, "epoch": owner.epoch,
+        "lost": f"lease expired (no heartbeat for {lease:g} s); reclaimed by {owner.worker_id}",
+    }  # fmt: skip
+
+
+def _claim_of(row: Row | None) -> Claim | None:
+    return None if row is None else Claim(row[0], row[1], row[2], row[3], row[4], row[5])
+
+
+def _finish_params(job_id: str, attempt: int, outcome: Outcome) -> dict[str, object]:
+    if outcome.kind not in OUTCOMES:
+        raise ValueError(f"outcome {outcome.kind!r} is not one of {', '.join(OUTCOMES)}")
+    return {
+        "id": job_id, "attempt": attempt, "outcome": outcome.kind, "error": outcome.error,
+        "result": None if outcome.summary is None else Jsonb(outcome.summary),
+        "outputs": None if outcome.outputs is None else Jsonb(outcome.outputs),
+    }  # fmt: skip
 
 
 class Ledger:
@@ -270,18 +305,7 @@ class Ledger:
 
     def claim(self, job_id: str, entry_id: str, owner: AttemptOwner, lease: float) -> Claim | None:
         """Start the next attempt, or None when the job is finished, running elsewhere or out of attempts."""
-        row = self._write(
-            _CLAIM,
-            {
-                "id": job_id, "entry": entry_id, "lease": lease, "worker": owner.worker_id,
-                "host": owner.host, "platform": owner.platform, "source": owner.source,
-                "epoch": owner.epoch,
-                "lost": f"lease expired (no heartbeat for {lease:g} s); reclaimed by {owner.worker_id}",
-            },
-        )  # fmt: skip
-        if row is None:
-            return None
-        return Claim(row[0], row[1], row[2], row[3], row[4], row[5])
+        return _claim_of(self._write(_CLAIM, _claim_params(job_id, entry_id, owner, lease)))
 
     def bury_if_exhausted(self, job_id: str, lease: float) -> bool:
         """Mark a job dead whose attempts are used up and whose last holder is gone."""
@@ -293,16 +317,46 @@ class Ledger:
 
     def finish(self, job_id: str, attempt: int, outcome: Outcome) -> FinishReport:
         """Record how attempt ``attempt`` ended, if it is still the job's current attempt."""
-        if outcome.kind not in OUTCOMES:
-            raise ValueError(f"outcome {outcome.kind!r} is not one of {', '.join(OUTCOMES)}")
-        row = self._write(
-            _FINISH,
-            {
-                "id": job_id, "attempt": attempt, "outcome": outcome.kind, "error": outcome.error,
-                "result": None if outcome.summary is None else Jsonb(outcome.summary),
-                "outputs": None if outcome.outputs is None else Jsonb(outcome.outputs),
-            },
-        )  # fmt: skip
+        row = self._write(_FINISH, _finish_params(job_id, attempt, outcome))
+        return self._finish_report(job_id, attempt, outcome, row)
+
+    def finish_then_claim(
+        self, finished: tuple[str, int, Outcome], entry: tuple[str, str], owner: AttemptOwner, lease: float
+    ) -> Handover:
+        """Record how attempt ``finished`` ended and claim job ``entry`` (job id, stream entry id) in one
+        transaction: the finish statement, then the claim statement, then COMMIT, sent in one round trip.
+
+        The claim comes second, so that it sees the finish (a duplicate entry of the job just finished is
+        refused, as it would be alone). Should the transaction fail while the connection still works (a bad
+        job id in the entry, a deadlock), the finish is recorded alone and the claim is left to the caller
+        (``tried`` False): a claim's failure never costs a finish. A broken connection raises, as
+        :meth:`finish` does: the caller spools the result; the claim, committed or not, is the same as a
+        claim whose answer was lost (its stream entry is reclaimed after a lease)."""
+        job_id, attempt, outcome = finished
+        finish_params = _finish_params(job_id, attempt, outcome)
+        connection = self.connection()
+        try:
+            # Explicit BEGIN and COMMIT in one pipeline, synced once at its end: one round trip. (psycopg's
+            # transaction() syncs at each of its boundaries in pipeline mode: three.)
+            with connection.pipeline():
+                connection.execute("BEGIN")
+                finish_cursor = connection.execute(_FINISH, finish_params)
+                claim_cursor = connection.execute(_CLAIM, _claim_params(*entry, owner, lease))
+                connection.execute("COMMIT")
+            finish_row, claim_row = finish_cursor.fetchone(), claim_cursor.fetchone()
+        except psycopg.Error as exc:
+            if connection.closed or connection.broken:
+                raise
+            # The statements after the failed one were skipped, COMMIT included: nothing was committed.
+            if connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                connection.execute("ROLLBACK")
+            log.warning("finish and claim in one transaction failed (%s); recording the finish alone", exc)
+            return Handover(self.finish(job_id, attempt, outcome), None, tried=False)
+        self.commits += 1
+        report = self._finish_report(job_id, attempt, outcome, finish_row)
+        return Handover(report, _claim_of(claim_row), tried=True)
+
+    def _finish_report(self, job_id: str, attempt: int, outcome: Outcome, row: Row | None) -> FinishReport:
         status, attempt_outcome = row if row is not None else (None, None)
         if status is not None:
             return FinishReport(True, status)

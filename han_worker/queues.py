@@ -113,12 +113,14 @@ class Queues:
                 self.done(Delivery(queue, entry_id, ""))
         return found
 
-    def next_delivery(self, queues: Sequence[str], consumer: str, block_seconds: float) -> Delivery | None:
-        """The next new entry of any of ``queues``, waiting up to ``block_seconds`` for one."""
+    def next_delivery(
+        self, queues: Sequence[str], consumer: str, block_seconds: float | None
+    ) -> Delivery | None:
+        """The next new entry of any of ``queues``, waiting up to ``block_seconds`` for one (None: not)."""
         streams = {stream_key(queue): ">" for queue in queues}
 
         def read() -> Any:
-            block = max(1, round(block_seconds * 1000))
+            block = None if block_seconds is None else max(1, round(block_seconds * 1000))
             return self.client.xreadgroup(GROUP, consumer, streams, count=1, block=block)  # type: ignore[arg-type]
 
         for stream, entries in self._grouped(queues, read) or []:

@@ -1,7 +1,10 @@
 """``han-worker run``: take jobs from the queues, run them, record them, and outlive what goes away.
 
 The main thread reads top to bottom: maintenance (switch control plane, deliver the spool, reconcile),
-next delivery (a reclaimed entry or a new one), claim, run, record. Two helper threads only watch:
+next delivery (a reclaimed entry or a new one), claim, run, record. While more deliveries wait and no
+maintenance is due, the next one is taken just before a job's result is committed and claimed in the
+same transaction (one commit per job), then run, and so on; the loop goes back to maintenance as soon
+as the queue is empty, a stop or a switch is requested or housekeeping is due. Two helper threads only watch:
 the heartbeat (lease, ledger heartbeat, registry) and the monitor (probes that decide a failover).
 Switching happens only between jobs, in the main thread; a job's result always goes to the control
 plane it came from. No fork() and no SIGALRM anywhere: the same loop runs on Windows.
@@ -26,6 +29,7 @@ from han_worker.attempt import (
     RECORDING_ERRORS,
     DrainClock,
     InFlight,
+    Successor,
     deliver_spooled,
     log_result,
     record,
@@ -51,7 +55,7 @@ from han_worker.connection import (
     open_link,
 )
 from han_worker.endpoints import EndpointsError, EndpointsGone, FailoverGate, format_time, load_endpoints_file
-from han_worker.ledger import AttemptOwner
+from han_worker.ledger import AttemptOwner, Claim
 from han_worker.queues import Delivery
 from han_worker.reconciler import reconcile
 from han_worker.spool import Spool
@@ -116,6 +120,15 @@ def backends_to_serve(queues: Iterable[str]) -> dict[str, Backend]:
     return kinds
 
 
+def _written_to(directory: Path) -> bool:
+    """Whether anything is in ``directory`` (or it is gone): one directory read."""
+    try:
+        with os.scandir(directory) as entries:
+            return next(entries, None) is not None
+    except OSError:
+        return True
+
+
 class Periodic(threading.Thread):
     """Run ``action`` every ``interval()`` seconds, or at once when woken, until ``stop`` is set.
 
@@ -166,6 +179,7 @@ class Worker:
         self._next_reclaim = 0.0
         self._next_housekeeping = 0.0
         self._failures = 0
+        self._scratch: Path | None = None  # the jobs' scratch directory, kept while jobs leave it empty
         self.monitor: Periodic | None = None
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -263,6 +277,8 @@ class Worker:
         link.queues.register(self.identity.worker_id, self.registry_fields(), self._registry_ttl)
 
     def _leave(self) -> None:
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
         link = self.link
         if link is None:
             return
@@ -281,9 +297,9 @@ class Worker:
     def _step(self) -> None:
         try:
             self._maintain()
-            delivery = self._next_delivery()
+            delivery = self._next_delivery(self._block_seconds)
             if delivery is not None:
-                self._process(delivery)
+                self._serve(delivery)
             self._failures = 0
         except CONTROL_PLANE_ERRORS as exc:
             if self._failures == 0 and self.monitor is not None:
@@ -318,7 +334,8 @@ class Worker:
                 log.info("delivered %d spooled result(s) to %s", delivered, link.source)
         reconcile(link, self.config.lease_seconds)
 
-    def _next_delivery(self) -> Delivery | None:
+    def _next_delivery(self, block_seconds: float | None) -> Delivery | None:
+        """A reclaimed entry when one is due, else a new one, waiting up to ``block_seconds`` (None: not)."""
         link = self.link
         assert link is not None
         if time.monotonic() >= self._next_reclaim:
@@ -329,7 +346,7 @@ class Worker:
                     log.info("reclaimed job %s from a worker whose lease expired", delivery.job_id)
                     self._next_reclaim = 0.0  # there may be more
                     return delivery
-        return link.queues.next_delivery(self.config.queues, self.identity.worker_id, self._block_seconds)
+        return link.queues.next_delivery(self.config.queues, self.identity.worker_id, block_seconds)
 
     def _owner(self, link: Link) -> AttemptOwner:
         identity = self.identity
@@ -337,31 +354,89 @@ class Worker:
             identity.worker_id, identity.host, identity.platform, link.source, link.choice.epoch
         )
 
-    def _process(self, delivery: Delivery) -> None:
+    def _serve(self, delivery: Delivery) -> None:
+        """Claim and run ``delivery``, then each successor taken while recording (already claimed)."""
         link = self.link
         assert link is not None
+        claim = self._claim(link, delivery)
+        while claim is not None:
+            delivery, claim = self._process(link, delivery, claim)
+
+    def _claim(self, link: Link, delivery: Delivery) -> Claim | None:
+        """Start an attempt of the delivered job; None when there is nothing to run (entry dealt with)."""
         if self.stopping.is_set():  # arrived while we were asked to stop: hand it to another worker
-            link.queues.enqueue(delivery.queue, delivery.job_id)
-            link.queues.done(delivery)
-            return
+            self._hand_back(link, delivery)
+            return None
         lease = self.config.lease_seconds
         claim = link.ledger.claim(delivery.job_id, delivery.entry_id, self._owner(link), lease)
         if claim is None:
-            # Finished, running elsewhere (a duplicate entry) or out of attempts: nothing left to do
-            # with this entry. Should the other holder die, the reconciler puts the job back.
-            if link.ledger.bury_if_exhausted(delivery.job_id, lease):
-                log.warning("job %s is dead: its last attempt lost its worker", delivery.job_id)
-            link.queues.done(delivery)
-            return
+            self._refused(link, delivery)
+        return claim
+
+    def _hand_back(self, link: Link, delivery: Delivery) -> None:
+        link.queues.enqueue(delivery.queue, delivery.job_id)
+        link.queues.done(delivery)
+
+    def _refused(self, link: Link, delivery: Delivery) -> None:
+        # Finished, running elsewhere (a duplicate entry) or out of attempts: nothing left to do
+        # with this entry. Should the other holder die, the reconciler puts the job back.
+        if link.ledger.bury_if_exhausted(delivery.job_id, self.config.lease_seconds):
+            log.warning("job %s is dead: its last attempt lost its worker", delivery.job_id)
+        link.queues.done(delivery)
+
+    def _process(self, link: Link, delivery: Delivery, claim: Claim) -> tuple[Delivery, Claim | None]:
+        """Run and record the claimed job; returns the successor taken meanwhile and its claim, if any."""
         self.inflight = inflight = InFlight(delivery, claim, link)
-        workdir = Path(tempfile.mkdtemp(prefix=f"han-job-{claim.job_id[:8]}-"))
+        workdir = self._workdir()
         try:
             result = run_attempt(inflight, self.backends.get(claim.kind), workdir, self.clock)
-            log_result(claim, result, record(inflight, result, self.spool))
+            recorded = record(inflight, result, self.spool, lambda: self._successor(link))
+            log_result(claim, result, recorded.report)
         finally:
             self.inflight = None
             self.jobs_done += 1
+            self._clear(workdir)
+        successor = recorded.successor
+        if successor is None:
+            return delivery, None
+        if not recorded.tried:  # the combined commit failed and only the result went in: claim alone
+            return successor.delivery, self._claim(link, successor.delivery)
+        if recorded.claim is None:
+            self._refused(link, successor.delivery)
+        return successor.delivery, recorded.claim
+
+    def _workdir(self) -> Path:
+        """The job's private scratch directory (0700), empty: the last job's when it left it empty."""
+        if self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix=f"han-worker-{os.getpid()}-"))
+        return self._scratch
+
+    def _clear(self, workdir: Path) -> None:
+        """After a job: a directory left empty is kept for the next job (a no-op job then costs one
+        directory read, not a mkdir and an rmdir); one written to is removed and the next job gets a new
+        one, so no job sees another's files. Removed as well when stopping: an abandoned backend may
+        still be writing in it."""
+        if self.stopping.is_set() or _written_to(workdir):
             shutil.rmtree(workdir, ignore_errors=True)
+            self._scratch = None
+
+    def _successor(self, link: Link) -> Successor | None:
+        """The next waiting delivery, to claim with this job's result; None when none waits or the loop has
+        something to do between jobs (a stop, a switch, housekeeping): the result is then committed alone."""
+        if (self.stopping.is_set() or self._switch.is_set() or link is not self.link
+                or time.monotonic() >= self._next_housekeeping):  # fmt: skip
+            return None
+        try:
+            delivery = self._next_delivery(None)  # no waiting: a result is never held up
+            if delivery is not None and self.stopping.is_set():  # the stop came meanwhile
+                self._hand_back(link, delivery)
+                return None
+        except CONTROL_PLANE_ERRORS as exc:  # the result goes in alone; the loop deals with Redis next
+            log.debug("no successor taken: %s", describe(exc))
+            return None
+        if delivery is None:
+            return None
+        return Successor(delivery, self._owner(link), self.config.lease_seconds)
 
     # -- failover --------------------------------------------------------------------------------
 

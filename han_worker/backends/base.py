@@ -33,7 +33,7 @@ class JobContext:
     kind: str
     params: Mapping[str, object]
     inputs: Mapping[str, Path]  # input name -> local file, downloaded and hash-checked
-    workdir: Path  # private scratch directory, removed after the attempt
+    workdir: Path  # private scratch directory, empty at the start; removed after the attempt if used
     log: logging.Logger
     # True once the worker's drain grace period is over, or a later attempt has taken the job over.
     should_stop: Callable[[], bool] = field(default=lambda: False)

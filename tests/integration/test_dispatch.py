@@ -1,0 +1,265 @@
+"""Dispatch under load: a job's result and the next job's claim in one commit, every guarantee kept.
+
+The ledger tests talk to a real control plane's PostgreSQL as the worker user; the worker tests run
+``han-worker run`` processes (queue ``noop``) under a batch of jobs submitted at once.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from han_worker import client
+from han_worker.connection import Choice, Link, open_link
+from han_worker.endpoints import parse_endpoints
+from han_worker.ledger import AttemptOwner, Claim, FinishReport, Ledger, NewJob, Outcome
+from han_worker.queues import stream_key
+from tests.integration.conftest import UnprivilegedEnv
+from tests.integration.control_planes import (
+    RunningControlPlane,
+    WorkerProcess,
+    start_control_plane,
+    start_worker,
+    wait_for,
+    worker_settings,
+    write_private_file,
+)
+
+OWNER = AttemptOwner("dispatch-test-1", "here", "linux", "pegasus", 1)
+OTHER = AttemptOwner("dispatch-test-2", "here", "linux", "pegasus", 1)
+SUCCEEDED = Outcome("succeeded", {"ok": True})
+STOPPED = re.compile(r"stopped after (\d+) job\(s\); (\d+) ledger commits")
+
+
+@pytest.fixture(scope="module")
+def control_plane(unprivileged_env: UnprivilegedEnv, workdir: Path) -> Iterator[RunningControlPlane]:
+    running = start_control_plane(unprivileged_env, workdir / "cp")
+    yield running
+    running.shutdown()
+
+
+@pytest.fixture
+def ledger(control_plane: RunningControlPlane) -> Iterator[Ledger]:
+    opened = control_plane.ledger()
+    opened.migrate()
+    yield opened
+    opened.close()
+
+
+def new_jobs(ledger: Ledger, count: int) -> list[str]:
+    jobs = [NewJob(str(uuid.uuid4()), "noop", "noop", {}, {}, 3) for _index in range(count)]
+    ledger.insert_jobs(jobs)
+    return [job.job_id for job in jobs]
+
+
+def claimed(ledger: Ledger, job_id: str, owner: AttemptOwner = OWNER, lease: float = 30) -> Claim:
+    claim = ledger.claim(job_id, "1-0", owner, lease)
+    assert claim is not None
+    return claim
+
+
+def outcomes(ledger: Ledger, job_id: str) -> list[object]:
+    return [attempt["outcome"] for attempt in ledger.attempts(job_id)]
+
+
+# -- the ledger ---------------------------------------------------------------------------------------
+
+
+def test_a_result_and_the_next_claim_cost_one_commit(ledger: Ledger):
+    first, second = new_jobs(ledger, 2)
+    claim = claimed(ledger, first)
+    before = ledger.commits
+
+    handover = ledger.finish_then_claim((first, claim.attempt, SUCCEEDED), (second, "2-0"), OWNER, 30)
+
+    assert ledger.commits - before == 1
+    assert handover.tried
+    assert handover.report == FinishReport(True, "succeeded")
+    assert handover.claim is not None
+    assert (handover.claim.job_id, handover.claim.attempt) == (second, 1)
+    done, started = ledger.job(first), ledger.job(second)
+    assert done is not None
+    assert started is not None
+    assert (done.status, done.result) == ("succeeded", {"ok": True})
+    assert (started.status, started.worker_id) == ("running", OWNER.worker_id)
+    assert outcomes(ledger, first) == ["succeeded"]
+    assert outcomes(ledger, second) == [None]
+
+
+def test_a_superseded_result_is_discarded_and_the_next_claim_still_goes_in(ledger: Ledger):
+    first, second = new_jobs(ledger, 2)
+    stale = claimed(ledger, first)
+    time.sleep(0.05)
+    current = claimed(ledger, first, OTHER, lease=0.01)  # the first holder's lease ran out
+    assert current.attempt == stale.attempt + 1
+
+    handover = ledger.finish_then_claim((first, stale.attempt, SUCCEEDED), (second, "2-0"), OWNER, 30)
+
+    assert handover.report == FinishReport(False, None)
+    assert handover.claim is not None
+    job = ledger.job(first)
+    assert job is not None
+    assert (job.status, job.attempts, job.worker_id, job.result) == ("running", 2, OTHER.worker_id, None)
+    assert outcomes(ledger, first) == ["superseded", None]
+
+
+def test_the_next_claim_stays_exclusive(ledger: Ledger, control_plane: RunningControlPlane):
+    mine, theirs, shared = new_jobs(ledger, 3)
+    other = control_plane.ledger()
+    try:
+        my_claim, their_claim = claimed(ledger, mine), claimed(other, theirs, OTHER)
+        first = ledger.finish_then_claim((mine, my_claim.attempt, SUCCEEDED), (shared, "3-0"), OWNER, 30)
+        second = other.finish_then_claim((theirs, their_claim.attempt, SUCCEEDED), (shared, "3-0"), OTHER, 30)
+    finally:
+        other.close()
+
+    assert first.claim is not None
+    assert second.tried
+    assert second.claim is None
+    assert second.report == FinishReport(True, "succeeded")  # the refused claim costs its result nothing
+    assert outcomes(ledger, shared) == [None]
+    job = ledger.job(shared)
+    assert job is not None
+    assert (job.attempts, job.worker_id) == (1, OWNER.worker_id)
+
+
+def test_a_duplicate_entry_of_the_job_just_finished_is_refused(ledger: Ledger):
+    (job_id,) = new_jobs(ledger, 1)
+    claim = claimed(ledger, job_id)
+
+    handover = ledger.finish_then_claim((job_id, claim.attempt, SUCCEEDED), (job_id, "2-0"), OWNER, 30)
+
+    assert handover.tried
+    assert handover.claim is None
+    job = ledger.job(job_id)
+    assert job is not None
+    assert (job.status, job.attempts) == ("succeeded", 1)
+    assert outcomes(ledger, job_id) == ["succeeded"]
+
+
+def test_a_claim_that_fails_costs_no_result(ledger: Ledger):
+    (job_id,) = new_jobs(ledger, 1)
+    claim = claimed(ledger, job_id)
+    before = ledger.commits
+
+    handover = ledger.finish_then_claim((job_id, claim.attempt, SUCCEEDED), ("not-a-uuid", "2-0"), OWNER, 30)
+
+    assert not handover.tried
+    assert handover.claim is None
+    assert handover.report == FinishReport(True, "succeeded")
+    assert ledger.commits - before == 1  # the failed transaction committed nothing; the finish alone did
+    assert outcomes(ledger, job_id) == ["succeeded"]
+    assert ledger.connection().info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+# -- the worker ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def link(control_plane: RunningControlPlane) -> Iterator[Link]:
+    """A link as root, like the bench's: the control plane's files belong to the cluster user."""
+    endpoints = parse_endpoints(control_plane.endpoints, "endpoints.json")
+    choice = Choice("pegasus", endpoints, control_plane.worker_credentials(), "dispatch test")
+    opened = open_link(choice, timeout=5, name="han-dispatch-test")
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def workers(
+    unprivileged_env: UnprivilegedEnv, workdir: Path, control_plane: RunningControlPlane
+) -> Iterator[list[WorkerProcess]]:
+    started: list[WorkerProcess] = []
+    yield started
+    for worker in started:
+        try:
+            worker.stop(timeout=15)
+        except Exception:  # killed instead; the next test must not meet it
+            worker.kill()
+
+
+def start_workers(
+    env: UnprivilegedEnv, workdir: Path, cp: RunningControlPlane, started: list[WorkerProcess], count: int
+) -> list[WorkerProcess]:
+    settings = worker_settings(cp, workdir / "spool-dispatch", mode="pegasus", lease_seconds=30,
+                               reconcile_seconds=30, drain_grace_seconds=10)  # fmt: skip
+    config = write_private_file(env, workdir / "dispatch.json", json.dumps(settings))
+    for _index in range(count):
+        started.append(start_worker(env, config))
+    wait_for(lambda: all("serving noop" in worker.output() for worker in started[-count:]), 30,
+             f"{count} worker(s) to start")  # fmt: skip
+    return started[-count:]
+
+
+def statuses(ledger: Ledger, job_ids: list[str]) -> dict[str, int]:
+    rows = ledger.connection().execute(
+        "SELECT status, count(*) FROM jobs WHERE id = ANY(%s::uuid[]) GROUP BY status", (job_ids,)
+    )
+    return {str(row[0]): int(row[1]) for row in rows}
+
+
+def attempt_outcomes(ledger: Ledger, job_ids: list[str]) -> dict[str, list[object]]:
+    rows = ledger.connection().execute(
+        "SELECT job_id::text, array_agg(outcome ORDER BY attempt) FROM job_attempts "
+        "WHERE job_id = ANY(%s::uuid[]) GROUP BY job_id",
+        (job_ids,),
+    )
+    return {str(row[0]): list(row[1]) for row in rows}
+
+
+def commits_per_job(workers: list[WorkerProcess]) -> float:
+    jobs = commits = 0
+    for worker in workers:
+        found = STOPPED.search(worker.output())
+        assert found, worker.output()
+        jobs, commits = jobs + int(found.group(1)), commits + int(found.group(2))
+    return commits / jobs
+
+
+def test_a_batch_costs_about_one_commit_per_job_and_runs_each_job_once(
+    unprivileged_env: UnprivilegedEnv, workdir: Path, control_plane: RunningControlPlane, link: Link,
+    workers: list[WorkerProcess],
+):  # fmt: skip
+    started = start_workers(unprivileged_env, workdir, control_plane, workers, 2)
+    batch = client.submit_many(link, "noop", [{}] * 300, max_attempts=3)
+
+    wait_for(lambda: statuses(link.ledger, batch) == {"succeeded": 300}, 60, "300 jobs to succeed")
+    for worker in started:
+        assert worker.stop(timeout=15) == 0
+
+    assert set(map(tuple, attempt_outcomes(link.ledger, batch).values())) == {("succeeded",)}
+    assert link.queues.client.xlen(stream_key("noop")) == 0  # every entry acknowledged and deleted
+    # Alone, claim and finish are two commits; a batch chains them. The first job of each chain and
+    # the worker's start cost extra, so not exactly 1.
+    assert commits_per_job(started) < 1.2
+
+
+def test_a_drain_under_load_leaves_no_job_claimed_and_not_run(
+    unprivileged_env: UnprivilegedEnv, workdir: Path, control_plane: RunningControlPlane, link: Link,
+    workers: list[WorkerProcess],
+):  # fmt: skip
+    (worker,) = start_workers(unprivileged_env, workdir, control_plane, workers, 1)
+    batch = client.submit_many(link, "sleep", [{"seconds": 0.02}] * 200, max_attempts=3)
+    wait_for(lambda: statuses(link.ledger, batch).get("succeeded", 0) >= 20, 60, "20 jobs to succeed")
+
+    assert worker.stop(timeout=20) == 0
+
+    left = statuses(link.ledger, batch)
+    assert set(left) <= {"succeeded", "queued"}, left
+    assert 0 < left.get("queued", 0) < 200
+    ran = attempt_outcomes(link.ledger, batch)
+    assert set(map(tuple, ran.values())) == {("succeeded",)}  # nothing claimed and then given up
+    assert len(ran) == left["succeeded"]
+    # Every job not run is still in the stream for the next worker.
+    assert link.queues.job_ids("noop") >= {job for job in batch if job not in ran}
+
+    start_workers(unprivileged_env, workdir, control_plane, workers, 1)
+    wait_for(lambda: statuses(link.ledger, batch) == {"succeeded": 200}, 60, "every job to succeed")
+    assert set(map(tuple, attempt_outcomes(link.ledger, batch).values())) == {("succeeded",)}
