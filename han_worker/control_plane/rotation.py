@@ -81,6 +81,12 @@ class RotationReport:
         log.info("%s", text)
         self.steps.append(text)
 
+    def apply(self, done: str | None) -> None:
+        """Record a change that was made (``done`` says which), or nothing when none was needed."""
+        if done is not None:
+            self.step(done)
+            self.changed = True
+
     def to_dict(self) -> dict[str, object]:
         return {
             "phase": self.phase,
@@ -141,7 +147,7 @@ def begin(layout: Layout, timeout: float) -> RotationReport:
         services = endpoints.services
         report.changed |= _postgres_begin(services["postgres"], current, previous, timeout, report)
         report.changed |= _redis_add(services["redis"], current, previous, timeout, report)
-        report.changed |= _s3_apply(layout, services["s3"], [current, previous], timeout, report)
+        report.apply(_s3_apply(layout, services["s3"], [current, previous], timeout))
         _check_works(endpoints, current, timeout)
         published = layout.credentials_file
         if _published_generation(layout) != current.generation:
@@ -289,29 +295,34 @@ def _s3_apply(
     endpoint: ServiceEndpoint,
     generations: list[ControlPlaneSecrets],
     timeout: float,
-    report: RotationReport,
-) -> bool:
-    """Write the identities of ``generations`` and make SeaweedFS re-read them (SIGHUP)."""
+    retired: ControlPlaneSecrets | None = None,
+) -> str | None:
+    """Write the identities of ``generations`` and make SeaweedFS re-read them (SIGHUP); wait until the
+    newest keys work and, when ``retired`` is given, its keys no longer do (the reload is asynchronous).
+
+    Returns what it did, or None when SeaweedFS already held exactly these keys."""
     path = identities_file(layout.data_dir("s3"))
     wanted = s3_identities(generations)
+    newest = generations[0]
+
+    def settled() -> bool:
+        accepts_new = _accepted(_s3_root_check(newest), endpoint, timeout)
+        return accepts_new and (retired is None or not _accepted(_s3_root_check(retired), endpoint, timeout))
+
     try:
         unchanged = json.loads(path.read_text()) == wanted
     except (OSError, ValueError):
         unchanged = False
-    newest = generations[0]
-    if unchanged and _accepted(_s3_root_check(newest), endpoint, timeout):
-        return False
+    if unchanged and settled():
+        return None
     write_private_json(path, wanted)
     pid = _seaweed_pid(path)
     os.kill(pid, signal.SIGHUP)
     _wait_until(
-        lambda: _accepted(_s3_root_check(newest), endpoint, timeout),
-        timeout,
-        f"s3 {endpoint.address}: SeaweedFS (pid {pid}) did not accept the new keys after SIGHUP",
+        settled, timeout, f"s3 {endpoint.address}: SeaweedFS (pid {pid}) did not reload its keys after SIGHUP"
     )
     held = ", ".join(str(secrets.generation) for secrets in generations)
-    report.step(f"s3 {endpoint.address}: SeaweedFS reloaded its identities; they hold generation(s) {held}")
-    return True
+    return f"s3 {endpoint.address}: SeaweedFS reloaded its identities; they hold generation(s) {held}"
 
 
 def _seaweed_pid(identities: Path) -> int:
@@ -358,7 +369,7 @@ def retire(layout: Layout, timeout: float, wait_workers: float) -> RotationRepor
         _wait_for_workers(endpoints.services["redis"], current, timeout, wait_workers, report)
         services = endpoints.services
         report.changed |= _redis_remove(services["redis"], current, previous, timeout, report)
-        report.changed |= _s3_apply(layout, services["s3"], [current], timeout, report)
+        report.apply(_s3_apply(layout, services["s3"], [current], timeout, retired=previous))
         still_accepted = _old_still_accepted(endpoints, previous, timeout)
         if still_accepted:
             raise RotationError("old credentials are still accepted: " + "; ".join(still_accepted))
