@@ -11,6 +11,7 @@ import io
 import ipaddress
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -42,6 +43,7 @@ class Service:
     stop_signal: int = signal.SIGTERM
     cwd: Path | None = None
     argv: list[str] = field(default_factory=list)
+    env: dict[str, str] | None = None  # None: the supervisor's own environment
 
     @property
     def endpoint(self) -> ServiceEndpoint:
@@ -230,6 +232,7 @@ class SeaweedS3Service(Service):
         write_private_json(identities, self._identities())
         master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_grpc = self.internal_ports
         self.cwd = self.data_dir  # weed reads security.toml and writes some state relative to it
+        self._private_tmp()
         self.argv = [
             str(self.server), "server",
             f"-dir={self.data_dir}",
@@ -247,6 +250,18 @@ class SeaweedS3Service(Service):
             "-s3.port.iceberg=0", "-s3.port.lance=0",
             "-volume.preStopSeconds=0",  # no peers to drain: skip the default 10 s wait on stop
         ]  # fmt: skip
+
+    def _private_tmp(self) -> None:
+        """Give weed a temporary directory of its own (TMPDIR), emptied at each start.
+
+        weed creates unix sockets named only by port (seaweedfs-filer-grpc-<port>.sock) and its logs in
+        the temporary directory, and leaves sockets behind even after a clean stop. In the shared /tmp, a
+        stale socket of another user (or another control plane) on a port picked again made the filer
+        exit at start (glog.Fatalf in startFiler, exit 255)."""
+        tmp = self.data_dir / "tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(mode=0o700)
+        self.env = {**os.environ, "TMPDIR": str(tmp)}
 
     def _identities(self) -> dict[str, object]:
         assert self.secrets is not None

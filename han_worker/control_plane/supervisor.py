@@ -74,6 +74,7 @@ class Child:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=self.service.cwd,
+            env=self.service.env,
             # A terminal's Ctrl-C reaches the supervisor only, which then stops the services in order.
             start_new_session=True,
             preexec_fn=_die_with_parent(self.service.stop_signal),  # noqa: PLW1509 (no threads yet)
@@ -150,6 +151,20 @@ def mark_stale(layout: Layout) -> None:
         log.info("marked %s stale (epoch %d)", layout.endpoints_file, current.epoch)
 
 
+def stale_seaweed_socket_ports(tmp: Path = Path("/tmp")) -> set[int]:  # noqa: S108 (only read)
+    """Ports named by SeaweedFS sockets left in /tmp (seaweedfs-s3-grpc-<port>.sock and the like).
+
+    weed puts some unix sockets there whatever TMPDIR says and leaves them after it stops; one left by
+    another user cannot be removed (sticky /tmp), and weed exits at start when its port's socket exists.
+    So those ports are not picked."""
+    ports = set()
+    for path in tmp.glob("seaweedfs-*.sock"):
+        number = path.stem.rpartition("-")[2]
+        if number.isdigit():
+            ports.add(int(number))
+    return ports
+
+
 def next_epoch(layout: Layout) -> int:
     try:
         previous = int(layout.epoch_file.read_text().strip())
@@ -192,7 +207,9 @@ class Supervisor:
         published = dict(self.config.ports)
         missing = [name for name in ("postgres", "redis", "s3") if name not in published]
         free = pick_free_ports(
-            self.config.address, len(missing) + SEAWEED_INTERNAL_PORTS, exclude=published.values()
+            self.config.address,
+            len(missing) + SEAWEED_INTERNAL_PORTS,
+            exclude=[*published.values(), *stale_seaweed_socket_ports()],
         )
         published.update(zip(missing, free, strict=False))
         placement = Placement(
