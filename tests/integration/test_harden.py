@@ -119,6 +119,8 @@ def escrowed(host: str) -> dict[str, Any]:
 def test_rotate_true_rotates_every_credential_then_verifies() -> None:
     homes = {PEGASUS_HOST: "/home/pegasus", MAC_HOST: "/home/operator"}
     before = {host: live_credentials(home) for host, home in homes.items()}
+    # Where workers were configured, their copy of the Mac's credentials must follow the rotation.
+    copy = Path(homes[PEGASUS_HOST], ".han/worker/config/mac-credentials.json")
     result = harden("-e", "rotate=true")
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr
     for host, home in homes.items():
@@ -126,8 +128,10 @@ def test_rotate_true_rotates_every_credential_then_verifies() -> None:
         assert after["generation"] == before[host].get("generation", 1) + 1
         assert after["redis"]["password"] != before[host]["redis"]["password"]
         assert after["s3"]["access_key"] != before[host]["s3"]["access_key"]
-        # begin, the escrow of the new secrets, retire; the verification changes nothing
-        assert recap(result, host)["changed"] == 3
+        # begin, the escrow of the new secrets, retire; on Pegasus also the workers' copy of the Mac's
+        # credentials when workers were configured there (the drill does). The verification changes nothing.
+        copies = host == PEGASUS_HOST and Path(home, ".han/worker/config").is_dir()
+        assert recap(result, host)["changed"] == 3 + copies
         assert re.search(rf"All \d+ hardening checks passed or warned on {host}\.", result.stdout)
         for secret in (after["redis"]["password"], after["postgres"]["password"], after["s3"]["secret_key"]):
             assert secret not in result.stdout
@@ -140,6 +144,8 @@ def test_rotate_true_rotates_every_credential_then_verifies() -> None:
         before[MAC_HOST].get("generation", 1) == old
     )
     assert not Path(homes[PEGASUS_HOST], ".han/control-plane/secrets.previous.json").exists()
+    if copy.exists():
+        assert json.loads(copy.read_text()) == live_credentials(homes[MAC_HOST])
 
 
 def test_rotate_that_is_not_a_boolean_is_refused_naming_it() -> None:
