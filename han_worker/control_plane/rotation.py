@@ -145,8 +145,8 @@ def begin(layout: Layout, timeout: float) -> RotationReport:
         else:
             report.step(f"resuming the rotation to generation {current.generation}")
         services = endpoints.services
-        report.changed |= _postgres_begin(services["postgres"], current, previous, timeout, report)
-        report.changed |= _redis_add(services["redis"], current, previous, timeout, report)
+        report.apply(_postgres_begin(services["postgres"], current, previous, timeout))
+        report.apply(_redis_add(services["redis"], current, previous, timeout))
         report.apply(_s3_apply(layout, services["s3"], [current, previous], timeout))
         _check_works(endpoints, current, timeout)
         published = layout.credentials_file
@@ -187,17 +187,15 @@ def _postgres_begin(
     current: ControlPlaneSecrets,
     previous: ControlPlaneSecrets,
     timeout: float,
-    report: RotationReport,
-) -> bool:
+) -> str | None:
     superuser = postgres_check(current.postgres_superuser, current.postgres_superuser_password, "postgres")
     worker = postgres_check(current.postgres_user, current.postgres_password, current.postgres_database)
     if _accepted(superuser, endpoint, timeout) and _accepted(worker, endpoint, timeout):
-        return False
+        return None
     with _postgres_admin(endpoint, [current, previous], timeout) as connection:
         set_password(connection, current.postgres_user, current.postgres_password)
         set_password(connection, current.postgres_superuser, current.postgres_superuser_password)
-    report.step(f"postgres {endpoint.address}: new passwords set (open sessions keep theirs)")
-    return True
+    return f"postgres {endpoint.address}: new passwords set (open sessions keep theirs)"
 
 
 # -- Redis -------------------------------------------------------------------------------------------------
@@ -248,8 +246,7 @@ def _redis_add(
     current: ControlPlaneSecrets,
     previous: ControlPlaneSecrets,
     timeout: float,
-    report: RotationReport,
-) -> bool:
+) -> str | None:
     client = _redis_admin(endpoint, [current, previous], timeout)
     changed = False
     try:
@@ -260,9 +257,7 @@ def _redis_add(
                 changed = True
     finally:
         client.close()
-    if changed:
-        report.step(f"redis {endpoint.address}: new passwords added beside the old ones")
-    return changed
+    return f"redis {endpoint.address}: new passwords added beside the old ones" if changed else None
 
 
 def _redis_remove(
@@ -270,8 +265,7 @@ def _redis_remove(
     current: ControlPlaneSecrets,
     previous: ControlPlaneSecrets,
     timeout: float,
-    report: RotationReport,
-) -> bool:
+) -> str | None:
     client = _redis_admin(endpoint, [current], timeout)
     changed = False
     try:
@@ -282,9 +276,7 @@ def _redis_remove(
                 changed = True
     finally:
         client.close()
-    if changed:
-        report.step(f"redis {endpoint.address}: old passwords removed")
-    return changed
+    return f"redis {endpoint.address}: old passwords removed" if changed else None
 
 
 # -- S3 (SeaweedFS) --------------------------------------------------------------------------------------
@@ -368,7 +360,7 @@ def retire(layout: Layout, timeout: float, wait_workers: float) -> RotationRepor
         endpoints = _live_endpoints(layout)
         _wait_for_workers(endpoints.services["redis"], current, timeout, wait_workers, report)
         services = endpoints.services
-        report.changed |= _redis_remove(services["redis"], current, previous, timeout, report)
+        report.apply(_redis_remove(services["redis"], current, previous, timeout))
         report.apply(_s3_apply(layout, services["s3"], [current], timeout, retired=previous))
         still_accepted = _old_still_accepted(endpoints, previous, timeout)
         if still_accepted:
