@@ -34,6 +34,8 @@ from han_worker.worker_config import WorkerConfig
 log = logging.getLogger(__name__)
 
 TERMINAL = frozenset({"succeeded", "failed", "dead"})
+# How long a refused client waits for a rotation to publish the credentials file it is about to.
+REFUSAL_SETTLE_SECONDS = 2.0
 
 
 class RequestError(ValueError):
@@ -42,7 +44,7 @@ class RequestError(ValueError):
 
 def connect(config: WorkerConfig, name: str) -> Link:
     """The control plane the worker configuration selects, connected; ConnectError when unhealthy."""
-    choice = Selector(config).choose()
+    choice = Selector(config).choose_after_refusal(settle_seconds=REFUSAL_SETTLE_SECONDS)
     failures = [result for result in choice.probes if not result.ok]
     if failures:
         raise ConnectError(

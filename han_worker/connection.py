@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ from han_worker.endpoints import (
     EndpointsError,
     ProbeReport,
     ProbeResult,
+    SelectionError,
     ServiceEndpoint,
     load_endpoints_file,
     mac_endpoints,
@@ -56,7 +58,9 @@ _CONNECT_ERRORS: tuple[type[Exception], ...] = (
     psycopg.Error,
     S3Error,
 )
-# Probe details that mean "these credentials are wrong": retrying will not help.
+_SOURCES = ("pegasus", "mac")
+_SETTLE_POLL_SECONDS = 0.05
+# Probe details that mean "these credentials are wrong": retrying with them will not help.
 _AUTH_FAILURES = ("authentication failed", "SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied")
 
 
@@ -74,8 +78,13 @@ def describe(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def refused_credentials(text: str) -> bool:
+    """Whether a service's message says it refused the credentials (not that it was unreachable)."""
+    return any(marker in text for marker in _AUTH_FAILURES)
+
+
 def authentication_failures(results: Sequence[ProbeResult]) -> list[ProbeResult]:
-    return [result for result in results if not result.ok and any(m in result.detail for m in _AUTH_FAILURES)]
+    return [result for result in results if not result.ok and refused_credentials(result.detail)]
 
 
 @dataclass(frozen=True)
@@ -162,6 +171,33 @@ class Selector:
         credentials = pegasus_credentials if selection.endpoints is pegasus else self.mac_credentials
         assert credentials is not None
         return Choice(selection.source, selection.endpoints, credentials, selection.reason, selection.probes)
+
+    def choose_after_refusal(self, settle_seconds: float) -> Choice:
+        """choose(); when a service refused the credentials and a credentials file changes within
+        ``settle_seconds``, choose again with the new file.
+
+        A rotation sets PostgreSQL's new password an instant before it publishes the file (a role has
+        one password), so a client that read the old file in between is refused once."""
+        files_before = {source: self.credentials_on_disk(source) for source in _SOURCES}
+        try:
+            choice = self.choose()
+        except SelectionError as exc:
+            if not refused_credentials(str(exc)):
+                raise
+            failure: SelectionError | None = exc
+        else:
+            if not authentication_failures(choice.probes):
+                return choice
+            failure = None
+        deadline = time.monotonic() + settle_seconds
+        while time.monotonic() < deadline:
+            if any(self.credentials_on_disk(source) != files_before[source] for source in _SOURCES):
+                log.info("a credentials file changed after a refusal (a rotation): choosing again")
+                return self.choose()
+            time.sleep(_SETTLE_POLL_SECONDS)
+        if failure is not None:
+            raise failure
+        return choice
 
     def pegasus_problem(self) -> str | None:
         """Why Pegasus cannot be used right now (file or probe), or None when it is healthy."""

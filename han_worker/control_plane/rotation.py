@@ -145,15 +145,19 @@ def begin(layout: Layout, timeout: float) -> RotationReport:
         else:
             report.step(f"resuming the rotation to generation {current.generation}")
         services = endpoints.services
-        report.apply(_postgres_begin(services["postgres"], current, previous, timeout))
+        # Valkey and SeaweedFS take a second password, so they go first. A PostgreSQL role has one:
+        # from its ALTER ROLE until the workers' file is rewritten, a client holding the old file is
+        # refused. Publishing right after it keeps that window to milliseconds, and han-worker's
+        # clients re-read the file when refused (connection.Selector.choose_after_refusal).
         report.apply(_redis_add(services["redis"], current, previous, timeout))
         report.apply(_s3_apply(layout, services["s3"], [current, previous], timeout))
-        _check_works(endpoints, current, timeout)
+        report.apply(_postgres_begin(services["postgres"], current, previous, timeout))
         published = layout.credentials_file
         if _published_generation(layout) != current.generation:
             write_private_json(published, current.worker_credentials().to_dict())
             report.changed = True
             report.step(f"published the workers' generation {current.generation} in {published}")
+        _check_works(endpoints, current, timeout)
         return report
 
 

@@ -9,17 +9,25 @@ time. ``han-control-plane rotate`` runs in between, then ``rotate --retire``.
 from __future__ import annotations
 
 import json
+import secrets
+import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
+from psycopg import sql
 
+from han_worker.connection import Selector
 from han_worker.control_plane.admin_secrets import parse_secrets
 from han_worker.credentials import Credentials, parse_credentials
-from han_worker.endpoints import CheckFailed, ServiceEndpoint
+from han_worker.endpoints import CheckFailed, SelectionError, ServiceEndpoint
 from han_worker.probes import postgres_check, redis_check, s3_check, worker_checks
+from han_worker.trusted_files import write_private_json
+from han_worker.worker_config import parse_worker_config
 from tests.integration.conftest import UnprivilegedEnv
 from tests.integration.control_planes import (
     RunningControlPlane,
@@ -236,3 +244,52 @@ def test_a_rotation_interrupted_after_recording_its_secrets_is_finished_by_the_n
             assert refused(check, services[name]) is None, f"new {name} admin credentials refused"
     finally:
         plane.shutdown()
+
+
+@pytest.fixture
+def role_with_new_password(plane: RunningControlPlane) -> Iterator[tuple[str, str]]:
+    """A login role whose password has just changed, as a rotation's ALTER ROLE leaves the worker's."""
+    role, password = f"han_refusal_{secrets.token_hex(4)}", secrets.token_urlsafe(24)
+    postgres, admin = plane.service("postgres"), plane.secrets["postgres"]
+
+    def run(statement: sql.Composable) -> None:
+        with psycopg.connect(host=postgres.host, port=postgres.port, user=admin["superuser"],
+                             password=admin["superuser_password"], dbname="postgres",
+                             autocommit=True, connect_timeout=5) as connection:  # fmt: skip
+            connection.execute(statement)
+
+    run(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password)))
+    yield role, password
+    run(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_a_client_refused_just_before_a_rotation_publishes_its_file_reads_the_new_one(
+    plane: RunningControlPlane, role_with_new_password: tuple[str, str], tmp_path: Path
+):
+    """Between a rotation's ALTER ROLE and its rewrite of credentials.json, a client holding the old file
+    is refused by PostgreSQL (one password per role); it must wait for the file, not fail the submit."""
+    role, new_password = role_with_new_password
+    endpoints_file = shutil.copy(plane.state_dir / "endpoints.json", tmp_path / "endpoints.json")
+    credentials_file = tmp_path / "credentials.json"
+
+    def publish(password: str) -> None:
+        document = plane.credentials
+        document["postgres"] = {**document["postgres"], "user": role, "password": password}  # type: ignore[dict-item]
+        write_private_json(credentials_file, document)
+
+    publish("the-previous-generation-password")
+    settings = worker_settings(plane, tmp_path / "spool", mode="pegasus")
+    settings["pegasus"] = {"endpoints_file": str(endpoints_file), "credentials_file": str(credentials_file)}
+    selector = Selector(parse_worker_config(settings, "test config"))
+
+    # Without the file changing, the refusal stands: after the wait, with PostgreSQL's own message.
+    started = time.monotonic()
+    with pytest.raises(SelectionError, match="password authentication failed"):
+        selector.choose_after_refusal(settle_seconds=0.5)
+    assert time.monotonic() - started >= 0.5
+
+    # The rotation publishes the new file 0.3 s after the refusal: the client chooses again with it.
+    threading.Timer(0.3, publish, args=(new_password,)).start()
+    choice = selector.choose_after_refusal(settle_seconds=5)
+    assert choice.credentials.postgres.password == new_password
+    assert [result for result in choice.probes if not result.ok] == []
