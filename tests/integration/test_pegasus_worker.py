@@ -174,6 +174,9 @@ def test_pegasus_mode_without_valid_endpoints_fails_before_any_sbatch(
         ("pegasus_worker_count=0", "pegasus_worker_count must be 1 or more"),
         ("pegasus_worker_slurm_partition=GTX480", "partition"),
         ("pegasus_worker_slurm_time=30-00:00:00", "MaxTime"),
+        # Auto mode fails over to the Mac, whose credentials exist only once its control plane has run.
+        ("pegasus_worker_mac_credentials_file=~/.han/never-started/credentials.json",
+         "pegasus_worker_mac_credentials_file: ~/.han/never-started/credentials.json does not exist on mac-laptop"),
     ],
 )
 def test_bad_input_is_refused_naming_the_setting(setting: str, message: str):
