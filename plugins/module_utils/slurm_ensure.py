@@ -274,8 +274,24 @@ class JobControl:
         acted = [job.job_id for job in alive]
         if self.request.wait_ended and acted:
             self._wait_ended(acted)
+            acted += self._stop_late_successors(acted)
         after = [job for job in self.jobs() if job.job_id in acted]
         return dict(describe(self.slurm, after), job_ids=acted)
+
+    def _stop_late_successors(self, acted):
+        """A job that queues its successor when it starts (--dependency=singleton) may have done so after
+        the jobs were listed, and that successor may even have started once they ended: once every job acted
+        on has ended, whatever of that name is alive is such a successor, stopped the same way."""
+        late = []
+        for _round in range(_LATE_SUCCESSOR_ROUNDS):
+            alive = [job for job in self.jobs() if is_alive(job) and job.job_id not in acted + late]
+            if not alive:
+                break
+            for argv in plan_commands(self.request, alive, self.slurm.commands):
+                self.slurm.read(argv, tolerated=_ALREADY_GONE)
+            late += [job.job_id for job in alive]
+            self._wait_ended(late)
+        return late
 
     def _wait_started(self, job_id):
         deadline = self._clock() + self.request.timeout
@@ -304,6 +320,10 @@ class JobControl:
                     dict(describe(self.slurm, still), changed=True),
                 )
             self._sleep(1)
+
+
+# Each started successor may queue one more before its signal arrives; a chain longer than this is not ours.
+_LATE_SUCCESSOR_ROUNDS = 3
 
 
 def _submitted_id(output):

@@ -140,6 +140,8 @@ options:
     description:
       - With O(state=absent), wait until none of the jobs it cancelled or signalled is pending or running.
         Useful with O(signal), where a job ends only once its script exits.
+      - Then a job of that name that is still alive is a successor queued by one of them at its start
+        (C(--dependency=singleton)) after the jobs were listed; it is stopped the same way, and waited for.
     type: bool
     default: false
   timeout:

@@ -322,7 +322,21 @@ def test_wait_ended_polls_until_the_jobs_are_gone() -> None:
     replay = Replay(chain, chain, chain, lines("squeue_after_batch_signal.txt", RUNNING))
     result, _warnings = run(replay, state="absent", signal="TERM", batch_only=True, wait_ended=True)
     assert (result["changed"], result["job_ids"]) == (True, [RUNNING, SUCCESSOR])
-    assert len(replay.ran("squeue")) == 5  # the query, three polls, the description
+    assert (
+        len(replay.ran("squeue")) == 6
+    )  # the query, three polls, the look for late successors, the description
+
+
+def test_wait_ended_also_stops_a_successor_queued_after_the_jobs_were_listed() -> None:
+    # Listed: only 114 runs. By the time it has ended, the successor it queued at its start (115) runs too.
+    after = fixture("squeue_after_batch_signal.txt")
+    replay = Replay(lines("squeue_running_and_singleton_successor.txt", RUNNING), after, after, "")
+    result, _warnings = run(replay, state="absent", signal="TERM", batch_only=True, wait_ended=True)
+    assert result["job_ids"] == [RUNNING, SUCCESSOR]
+    assert replay.ran("scancel") == [
+        ["--signal=TERM", "--batch", RUNNING],
+        ["--signal=TERM", "--batch", SUCCESSOR],
+    ]
 
 
 def test_wait_ended_gives_up_after_the_timeout() -> None:
