@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import ansible_env, run_ansible
 from tests.integration.conftest import MAC, PEGASUS, recap, ssh
+from tests.integration.control_planes import wait_for
 
 PEGASUS_HOST = "pegasus-login"
 CP_JOB = "han-cp-worker-test"
@@ -47,6 +48,18 @@ def jobs(name: str) -> list[str]:
     result = ssh(PEGASUS, f"squeue --noheader --me --name={name} --format='%i %T %P'")
     assert result.returncode == 0, result.stderr
     return result.stdout.splitlines()
+
+
+def running(name: str) -> list[str]:
+    return [line for line in jobs(name) if " RUNNING " in line]
+
+
+def queued_successor(name: str) -> str:
+    """The id of the array the first task queued at its start (walltime continuity), once it is there."""
+    pending = wait_for(lambda: [line.split()[0] for line in jobs(name) if " PENDING " in line], 60,
+                       "the first task to queue the successor array", interval=1)  # fmt: skip
+    assert len(pending) == 1, pending
+    return str(pending[0]).split("_", 1)[0]  # squeue prints a pending array as 123_[0]
 
 
 def choice(output: str) -> str:
@@ -175,8 +188,10 @@ def test_pegasus_mode_without_valid_endpoints_fails_before_any_sbatch(
         ("pegasus_worker_slurm_partition=GTX480", "partition"),
         ("pegasus_worker_slurm_time=30-00:00:00", "MaxTime"),
         # Auto mode fails over to the Mac, whose credentials exist only once its control plane has run.
-        ("pegasus_worker_mac_credentials_file=~/.han/never-started/credentials.json",
-         "pegasus_worker_mac_credentials_file: ~/.han/never-started/credentials.json does not exist on mac-laptop"),
+        (
+            "pegasus_worker_mac_credentials_file=~/.han/never-started/credentials.json",
+            "pegasus_worker_mac_credentials_file: ~/.han/never-started/credentials.json does not exist on mac-laptop",
+        ),
     ],
 )
 def test_bad_input_is_refused_naming_the_setting(setting: str, message: str):
@@ -220,7 +235,8 @@ def wait_for_job(job_id: str) -> dict[str, object]:
 def test_a_pose_job_is_done_by_a_slurm_worker_on_rtxa6000_and_stop_leaves_nothing():
     first = worker_play("-e", "pegasus_worker_control_plane_mode=pegasus")
     assert first.returncode == 0, first.stdout[-3000:]
-    assert len(jobs(WORKER_JOB)) == 1
+    assert len(running(WORKER_JOB)) == 1
+    successor = queued_successor(WORKER_JOB)
     second = worker_play("-e", "pegasus_worker_control_plane_mode=pegasus")
     assert second.returncode == 0, second.stdout[-3000:]
     assert recap(second, PEGASUS_HOST)["changed"] == 0, second.stdout[-3000:]
@@ -242,6 +258,11 @@ def test_a_pose_job_is_done_by_a_slurm_worker_on_rtxa6000_and_stop_leaves_nothin
     assert "Partition=RTXA6000" in shown
     assert re.search(r"gres/gpu(:rtxa6000)?=1|gres:gpu:1|gpu:1", shown), shown
     assert "ExportEnv" not in shown or "NONE" in shown
+    # The successor has the same shape and waits for every task of this array to end.
+    queued = ssh(PEGASUS, f"scontrol show job {successor}").stdout
+    assert "Dependency=singleton" in queued, queued
+    assert "Partition=RTXA6000" in queued, queued
+    assert "ArrayTaskId=0" in queued, queued
 
     logs = run_ansible("ansible-playbook", "playbooks/logs.yml", "-e", "target=worker",
                        "-e", f"pegasus_worker_state_dir={WORKER_DIR}")  # fmt: skip
@@ -259,10 +280,10 @@ def test_a_pose_job_is_done_by_a_slurm_worker_on_rtxa6000_and_stop_leaves_nothin
 def test_a_new_config_drains_the_running_workers_and_starts_new_ones():
     first = worker_play("-e", "pegasus_worker_control_plane_mode=pegasus")
     assert first.returncode == 0, first.stdout[-3000:]
-    [before] = jobs(WORKER_JOB)
+    [before] = running(WORKER_JOB)
     switched = worker_play("-e", "pegasus_worker_control_plane_mode=mac")
     assert switched.returncode == 0, switched.stdout[-3000:]
-    [after] = jobs(WORKER_JOB)
+    [after] = running(WORKER_JOB)
     assert before.split()[0] != after.split()[0]
     config = json.loads(ssh(PEGASUS, f"cat {WORKER_DIR}/config/worker.json").stdout)
     assert (config["mode"], config["mac"]["host"]) == ("mac", "127.0.0.20")
@@ -271,6 +292,26 @@ def test_a_new_config_drains_the_running_workers_and_starts_new_ones():
     assert "password" not in switched.stdout.lower() or "no_log" in switched.stdout
     mac_credentials = json.loads(ssh(MAC, "cat ~/.han/control-plane/credentials.json").stdout)
     assert mac_credentials["redis"]["password"] not in switched.stdout
+    stopped = worker_play("-e", "state=stopped")
+    assert stopped.returncode == 0, stopped.stdout[-3000:]
+    assert jobs(WORKER_JOB) == []
+
+
+def test_at_its_walltime_the_array_drains_and_its_successor_serves_on():
+    started = worker_play("-e", "pegasus_worker_control_plane_mode=pegasus")
+    assert started.returncode == 0, started.stdout[-3000:]
+    [first] = [line.split()[0] for line in running(WORKER_JOB)]
+    successor = queued_successor(WORKER_JOB)
+    # What Slurm's walltime warning does (--signal=B:TERM@...): SIGTERM to each task's batch shell, the worker.
+    signalled = ssh(PEGASUS, f"scancel --batch --signal=TERM {first}")
+    assert signalled.returncode == 0, signalled.stderr
+    wait_for(lambda: [line for line in running(WORKER_JOB) if line.startswith(f"{successor}_")], 120,
+             "the successor array to start once the first one drained", interval=1)  # fmt: skip
+    record = wait_for_job(submit_pose_job())
+    assert record["status"] == "succeeded", record
+    assert f"-slurm{successor}_0-" in str(record["worker_id"]), record
+    # The chain goes on: the successor queued its own.
+    assert queued_successor(WORKER_JOB) != successor
     stopped = worker_play("-e", "state=stopped")
     assert stopped.returncode == 0, stopped.stdout[-3000:]
     assert jobs(WORKER_JOB) == []
