@@ -1179,11 +1179,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+# --help's text: the module docstring's in plain words (argparse prints it as it is, markup included).
+DESCRIPTION = (
+    "Verify the hardening of the control plane running on this host (read-only; run it as the control "
+    "plane's user). Prints one row per check with pass, fail or warn: listen (every port binds the private "
+    "address), auth (no credentials and minioadmin are refused by Redis, PostgreSQL and S3), mode (state, "
+    "data, endpoints, credentials and secrets files are ours and private), leak (no secret in the process "
+    "list, the environment, logs or the Slurm job), pg-hba, redis-config, s3-config and secrets (no weak "
+    "authentication). Secret values are compared, never printed. Exit 0 when nothing failed, 1 when a "
+    "check failed, 2 on bad input."
+)
+
+
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "harden-check",
         help="verify the hardening of the control plane running here (read-only)",
-        description=(__doc__ or "").split("\n\n", maxsplit=1)[0],
+        description=DESCRIPTION,
     )
     add_arguments(parser)
     parser.set_defaults(handler=handle)
@@ -1218,7 +1230,7 @@ def handle(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Standalone entry: ``python hardening.py ...`` (the role ships this file to the host)."""
     parser = add_arguments(
-        argparse.ArgumentParser(prog="harden-check", description=(__doc__ or "").split("\n\n", maxsplit=1)[0])
+        argparse.ArgumentParser(prog="harden-check", description=DESCRIPTION)
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages to stderr")
     args = parser.parse_args(argv)

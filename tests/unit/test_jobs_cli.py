@@ -143,3 +143,14 @@ def test_inputs_are_named_after_their_files_and_names_must_differ(tmp_path: Path
     assert check_inputs([first]) == {"photo.jpg": first}
     with pytest.raises(RequestError, match=r"--input: two inputs are named 'photo\.jpg'"):
         check_inputs([first, second])
+
+
+def test_harden_check_help_names_every_check_and_the_exit_codes_in_plain_words(
+    capsys: pytest.CaptureFixture[str],
+):
+    code, out, _err = run(capsys, "harden-check", "--help")
+    assert code == 0
+    for check in ("listen", "auth", "mode", "leak", "pg-hba", "redis-config", "s3-config", "secrets"):
+        assert check in out
+    assert "Exit 0 when nothing failed, 1 when a" in " ".join(out.split())
+    assert "``" not in out  # the docstring's markup is not help text
