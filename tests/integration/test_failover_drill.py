@@ -9,6 +9,7 @@ config, recorded as windows-standin): the reports say so.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -134,6 +135,42 @@ def test_a_failing_scenario_says_what_was_expected_observed_and_where_the_logs_a
     suite = ET.parse(only_report(tmp_path, ".xml")).getroot().find("testsuite")
     assert suite is not None
     assert suite.get("failures") == "1"
+
+
+def test_a_job_that_never_finishes_fails_its_scenario_with_the_control_planes_account(
+    bootstrapped: None, tmp_path: Path
+):
+    # Workers that serve only noop leave the pose job in its queue, as workers busy with an earlier run's jobs do.
+    result = run_ansible("ansible-playbook", "playbooks/failover_drill.yml", "-e", "drill_scenarios=1",
+                         "-e", "drill_worker_queues=noop", "-e", "drill_job_timeout=5",
+                         "-e", f"drill_reports_dir={tmp_path}")  # fmt: skip
+    assert result.returncode != 0
+    failed = scenarios(json.loads(only_report(tmp_path, ".json").read_text()))[1]
+    assert failed["status"] == "failed"
+    assert "The pegasus control plane's status then:" in failed["error"], failed["error"]
+    error = " ".join(failed["error"].split())
+    job = re.search(r"job ([0-9a-f-]{36}) has not finished after 5s", error)
+    assert job, error
+    # The account shows why: the job waits in its queue, and the workers serve another one. (The job stays
+    # queued on the testbed's Pegasus: the next pose workers do it.)
+    assert re.search(r"pose: [1-9][0-9]* waiting, 0 in flight", error), error
+    assert f"{job.group(1)} pose queued attempts 0" in error, error
+    assert "queues noop" in error, error
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("drill_job_timeout=soon", "drill_job_timeout must be a whole number of at least 1 (got 'soon')"),
+        ("drill_walltime_minutes=0", "drill_walltime_minutes must be a whole number of at least 1 (got '0')"),
+    ],
+)
+def test_bad_drill_settings_are_refused_naming_them(setting: str, message: str, tmp_path: Path):
+    result = run_ansible("ansible-playbook", "playbooks/failover_drill.yml", "-e", setting,
+                         "-e", f"drill_reports_dir={tmp_path}")  # fmt: skip
+    assert result.returncode != 0
+    assert message in result.stdout, result.stdout[-3000:]
+    assert "Run the scenarios" not in result.stdout
 
 
 @pytest.mark.parametrize("asked", ["9", "1,x", "0"])
