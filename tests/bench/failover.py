@@ -1,30 +1,30 @@
 """Failover in mode auto: Pegasus's control plane goes away, the worker moves to the Mac, and back.
 
-Two control planes of this run, both ``han-control-plane run`` as the cluster user, as in
-tests/integration/test_worker_failover.py: Pegasus's on 127.0.0.10 (free ports, like a Slurm job's)
-and the Mac's on 127.0.0.20 (fixed free ports, as an inventory gives them). One ``han-worker run`` in
-mode auto serves the queue ``noop`` with the worker's DEFAULT failover settings: a probe every 5 s, a
-switch after 3 failed probes in a row, the 2nd and 3rd a fifth of an interval apart (and back after 3 good
-ones, an interval apart). Each round:
+Two control planes of this run, both ``han-control-plane run`` as the cluster user: Pegasus's a Slurm
+batch job on 127.0.0.10 (free ports; the supervisor is the batch shell, as role control_plane runs it),
+the Mac's launched directly on 127.0.0.20 (fixed free ports, as an inventory gives them; a Mac has no
+Slurm). One ``han-worker run`` in mode auto serves the queue ``noop`` with the worker's DEFAULT failover
+settings: a probe every 5 s, a switch after 3 failed probes in a row, the 2nd and 3rd a fifth of an
+interval apart (and back after 3 good ones, an interval apart). Each round:
 
-1. Pegasus stops, one of two ways: SIGKILL of every process of the control plane at once (what
-   ``scancel --signal=KILL --full`` does to a Slurm job: nothing gets to mark the endpoints stale), or
-   SIGTERM to the supervisor (a clean stop, as ``scancel --batch`` or Slurm's walltime warning: the
-   endpoints are marked stale first).
+1. Pegasus's job stops, one of two ways: SIGKILL of every process of the job at once (as the OOM killer
+   or a node's crash leaves it: nothing gets to mark the endpoints stale), or ``scancel`` (Slurm's
+   cancel: SIGTERM to every process at once, then SIGKILL after KillWait; the supervisor marks the
+   endpoints stale first. On Slurm 22.05 ``scancel --signal=KILL --full`` is the same cancel).
 2. A no-op job is submitted to the Mac at that moment. Detection is the worker's log line "control
    plane switch requested", the switch its line "control plane: pegasus ... -> mac", and the first job
    on the fallback that job's finished_at in the Mac's ledger; each measured from the stop.
-3. Pegasus restarts on the same state directory (the next epoch); a no-op job goes to Pegasus as soon
-   as it has published. Fail-back is the worker's line "-> pegasus" and that job's finished_at, each
-   measured from the publication.
-
-The control plane runs directly (no Slurm) so that the figures are the worker's, not the scheduler's.
+3. Pegasus's job is submitted again on the same state directory (the next epoch); a no-op job goes to
+   Pegasus as soon as it has published. Fail-back is the worker's line "-> pegasus" and that job's
+   finished_at, each measured from the publication.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -102,6 +102,68 @@ def published(running: RunningControlPlane) -> bool:
         return False
 
 
+@dataclass
+class SlurmControlPlane(RunningControlPlane):
+    """Pegasus's control plane as a Slurm batch job of the cluster user, the supervisor its batch shell (as
+    role control_plane runs it). ``process`` is ``sbatch --wait``, alive while the job is; ``log`` its output."""
+
+    job_id: str = ""
+
+    def scancel(self, *args: str) -> None:
+        subprocess.run(["scancel", *args, self.job_id], check=True, capture_output=True, timeout=30)
+
+    def request_stop(self) -> None:
+        if self.process.poll() is None:
+            self.scancel("--batch", "--signal=TERM")  # the supervisor's clean stop, as the role stops it
+
+    def shutdown(self, timeout: float = 60) -> None:
+        try:
+            self.stop(timeout)
+        except subprocess.TimeoutExpired:
+            self.scancel("--signal=KILL", "--full")
+            self.process.wait(30)
+
+
+def launch_in_slurm(env: UnprivilegedEnv, state_dir: Path) -> SlurmControlPlane:
+    """``sbatch`` a script whose one command is ``exec han-control-plane run``, as the cluster user."""
+    directory = state_dir.parent
+    log = directory / f"slurm-{time.monotonic_ns()}.out"
+    # The same program and environment as the direct launch (env.argv): this machine's /usr/local/bin holds
+    # another PostgreSQL, whose server would refuse the data directory the other launch initialised.
+    command = env.argv("han-control-plane", "run", "--state-dir", str(state_dir), "--bind", ADDRESS)
+    command = command[command.index("env") :]  # Slurm runs the job as the user already
+    script = write_private_file(env, directory / "control-plane.sbatch",
+                                "#!/bin/bash\nexec " + " ".join(map(shlex.quote, command)) + "\n", mode=0o700)  # fmt: skip
+    argv = ["setpriv", f"--reuid={env.user}", f"--regid={env.user}", "--init-groups", "--",
+            "env", "-i", f"HOME=/home/{env.user}", "PATH=/usr/local/bin:/usr/bin:/bin",
+            "sbatch", "--wait", "--parsable", f"--job-name={SLURM_JOB_NAME}", "--partition=batch",
+            "--time=30", "--cpus-per-task=1", "--mem=1G", "--export=NONE", f"--chdir={directory}",
+            f"--output={log}", str(script)]  # fmt: skip
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert process.stdout is not None
+    job_id = process.stdout.readline().strip().split(";")[0]  # printed at submission; --wait blocks after
+    if not job_id.isdigit():
+        process.wait(30)
+        raise RuntimeError(f"sbatch did not submit the control plane: {job_id}")
+    running = SlurmControlPlane(process, state_dir, log, job_id=job_id)
+    try:
+        wait_until(lambda: published(running), STEP_TIMEOUT_S, f"{state_dir.name}'s endpoints (job {job_id})")
+    except BaseException:
+        running.shutdown()
+        raise
+    return running
+
+
+def supervisor_pid(state_dir: Path) -> int:
+    """The pid of ``han-control-plane run --state-dir state_dir`` (the Slurm job's batch shell), from /proc."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with suppress(OSError):
+            argv = cmdline.read_bytes().split(b"\0")
+            if any(arg.endswith(b"/han-control-plane") for arg in argv) and str(state_dir).encode() in argv:
+                return int(cmdline.parent.name)
+    raise RuntimeError(f"no han-control-plane process serves {state_dir}")
+
+
 def descendants(pid: int) -> list[int]:
     """Every process below ``pid`` (the children of each of its threads, recursively), from /proc."""
     found: list[int] = []
@@ -112,26 +174,33 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def kill_everything(running: RunningControlPlane) -> None:
-    """SIGKILL to the supervisor's process group and to every process below it, as Slurm kills a job's
-    cgroup: the services run in sessions of their own, so the group alone would miss them. The supervisor
-    is stopped first: were it to see a service die, it would mark the endpoints stale, which a SIGKILLed
-    job cannot do."""
-    pid = running.process.pid
-    if os.getpgid(pid) != pid or pid == os.getpgrp():  # never our own group
-        raise RuntimeError(f"han-control-plane (pid {pid}) does not lead a process group of its own")
+def kill_every_process(running: RunningControlPlane) -> None:
+    """SIGKILL to every process of the job at once, as the kernel's OOM killer or a node's crash leaves it:
+    nothing gets to mark the endpoints stale. (scancel --signal=KILL cannot do this on Slurm 22.05: it
+    cancels the job, which sends SIGTERM first.) The supervisor is stopped first: were it to see a service
+    die, it would mark the endpoints stale."""
+    pid = supervisor_pid(running.state_dir)
     os.kill(pid, signal.SIGSTOP)
     for child in descendants(pid):
         with suppress(ProcessLookupError):
             os.kill(child, signal.SIGKILL)
-    os.killpg(pid, signal.SIGKILL)
-    running.process.wait(30)
+    os.kill(pid, signal.SIGKILL)
 
 
+def cancel_job(running: RunningControlPlane) -> None:
+    if not isinstance(running, SlurmControlPlane):
+        raise TypeError(f"{running.state_dir} is not a Slurm job")
+    running.scancel()
+
+
+# How Pegasus's control plane, a Slurm job, goes away in each round.
 STOPS: dict[str, Callable[[RunningControlPlane], None]] = {
-    "SIGKILL": kill_everything,  # scancel --signal=KILL --full: endpoints left as they were
-    "SIGTERM": RunningControlPlane.request_stop,  # clean stop: endpoints marked stale first
+    "SIGKILL of every process": kill_every_process,  # endpoints left as they were
+    # Slurm's cancel: SIGTERM to every process of the job at once (the services die with the supervisor,
+    # which marks the endpoints stale first), SIGKILL after KillWait. scancel --signal=KILL does the same.
+    "scancel": cancel_job,
 }
+SLURM_JOB_NAME = "han-bench-failover"
 
 
 def link_to(running: RunningControlPlane, source: str) -> Link:
@@ -170,7 +239,7 @@ def start_planes(env: UnprivilegedEnv, directory: Path) -> tuple[RunningControlP
     ports = dict(zip(("postgres", "redis", "s3"), pick_free_ports(MAC_ADDRESS, 3), strict=True))
     mac_args = ["--source", "mac", *(f"--port={name}={port}" for name, port in ports.items())]
     with ThreadPoolExecutor(2) as pool:  # seconds each: in parallel
-        pegasus = pool.submit(launch, env, directory / "pegasus")
+        pegasus = pool.submit(launch_in_slurm, env, directory / "pegasus")
         mac = pool.submit(launch, env, directory / "mac", *mac_args, address=MAC_ADDRESS)
     started = [future.result() for future in (pegasus, mac) if future.exception() is None]
     if len(started) < 2:
@@ -264,12 +333,27 @@ def fail_over(
     return {"detect_s": detected - stopped, "on_mac_s": on_mac - stopped, "first_mac_job_s": done - stopped}
 
 
+def unlocked(lock_file: Path) -> bool:
+    """Whether no supervisor holds ``lock_file`` (flock, as the supervisor takes it); released at once."""
+    with lock_file.open("rb") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return True
+
+
 def fail_back(running: Drill, worker: WorkerProcess) -> dict[str, float]:
-    """Restart Pegasus on its state directory; seconds to publish, then from publication to the worker's
-    return and to the first Pegasus job done."""
-    running.pegasus.process.wait(STEP_TIMEOUT_S)  # a clean stop takes ~15 s: the lock is held until then
+    """Restart Pegasus's job on its state directory; seconds from sbatch to publication, then from
+    publication to the worker's return and to the first Pegasus job done."""
+    running.pegasus.process.wait(STEP_TIMEOUT_S)
+    # A clean stop takes ~15 s (SeaweedFS), and a cancelled job's state is final while its processes still
+    # stop (sbatch --wait has returned): the next supervisor can start once the last one let go of the lock.
+    wait_until(lambda: unlocked(running.pegasus.state_dir / "supervisor.lock"), STEP_TIMEOUT_S,
+               "the stopped control plane to release its state directory")  # fmt: skip
     since, restarted = len(worker.output()), time.time()
-    running.pegasus = launch(running.env, running.pegasus.state_dir)  # the next epoch, same ledger
+    running.pegasus = launch_in_slurm(running.env, running.pegasus.state_dir)  # the next epoch, same ledger
     published_at = logged_at(running.pegasus.output(), r"published ")
     if published_at is None:
         raise RuntimeError(f"no 'published' line in {running.pegasus.log}")
@@ -300,7 +384,7 @@ def round_trip(
 
 def benchmark(context: Context) -> report.Section:
     """``repeat`` rounds for each way to stop Pegasus; smoke: one SIGKILL round."""
-    stops = ["SIGKILL"] if context.smoke else list(STOPS)
+    stops = list(STOPS)[:1] if context.smoke else list(STOPS)
     print(f"failover: probe interval {PROBE_INTERVAL_S:g}s, flap threshold {FLAP_THRESHOLD}, "
           f"{context.repeat} round(s) per stop ({', '.join(stops)})", flush=True)  # fmt: skip
     measured: dict[str, list[dict[str, float]]] = {how: [] for how in stops}
@@ -348,9 +432,11 @@ def section(measured: dict[str, list[dict[str, float]]]) -> report.Section:
             "'restart to published' is how long Pegasus's control plane takes to come back on the same state "
             "directory (after a SIGKILL PostgreSQL recovers first); 'worker back on Pegasus' and 'first "
             "Pegasus job done' are measured from that publication, the job submitted to Pegasus at once.",
-            "SIGKILL kills every process of the control plane at once, as scancel --signal=KILL --full does "
-            "to its Slurm job (the endpoints stay as they were); SIGTERM is the supervisor's clean stop, as "
-            "Slurm's walltime warning or scancel --batch gives it (the endpoints are marked stale first).",
+            "Pegasus's control plane runs as a Slurm batch job of the cluster user, the supervisor its batch "
+            "shell, as role control_plane runs it. 'SIGKILL of every process' kills the job's processes at "
+            "once, as the OOM killer or a node's crash would (the endpoints stay as they were); 'scancel' is "
+            "Slurm's cancel, SIGTERM to every process of the job at once (the services die with the "
+            "supervisor, which marks the endpoints stale first), SIGKILL after KillWait.",
         ],
         "columns": ["Pegasus stopped by", *(column for _name, column in FIGURES)],
         "rows": rows,
@@ -363,16 +449,18 @@ def section(measured: dict[str, list[dict[str, float]]]) -> report.Section:
         },
         "notes": [
             *goal_notes(figures),
-            "Both control planes run as the cluster user without Slurm (direct launch on 127.0.0.10 and "
-            "127.0.0.20), so the figures hold the worker's reaction only; a Slurm job adds the scheduler's "
-            "time to the restart (see the control-plane section).",
+            "Pegasus on 127.0.0.10 (free ports), the Mac on 127.0.0.20 (launched directly: it has no "
+            "Slurm). 'restart to published' runs from sbatch, after the stopped job let go of the state "
+            "directory, to the new supervisor's publication: the scheduler's start is in it.",
+            "On this Slurm (22.05) scancel --signal=KILL --full does what plain scancel does: it cancels "
+            "the job, which sends SIGTERM first; only the kernel (OOM) or a crash SIGKILLs a job outright.",
             "Pegasus stops at a phase of the worker's probe cycle spread evenly over the rounds ((i + 0.5) / "
             "rounds of an interval after the worker settled on Pegasus, which it does at a probe). After "
             "SIGKILL the worker's own connection breaks, which triggers a check at once; the gate then "
             f"confirms with {FLAP_THRESHOLD - 1} more failed checks a fifth of an interval apart "
             f"({PROBE_INTERVAL_S / 5:g} s), so detection is about {(FLAP_THRESHOLD - 1) * PROBE_INTERVAL_S / 5:g} s "
             "whatever the phase; the worker moves at the end of its current back-off (up to 2 s).",
-            "After SIGTERM the supervisor marks the endpoints file stale before it stops anything; the "
+            "After a clean stop the supervisor marks the endpoints file stale before it stops anything; the "
             "worker's next check (at once, as its connection breaks) reads that and switches without "
             "confirming: the supervisor's own word is not a lost packet.",
             "Fail-back is not hurried: Pegasus must pass 3 checks in a row, one interval apart.",
