@@ -27,6 +27,7 @@ from pathlib import Path
 
 from han_worker.attempt import (
     RECORDING_ERRORS,
+    BackendRunner,
     DrainClock,
     InFlight,
     Successor,
@@ -166,6 +167,7 @@ class Worker:
         self.identity = Identity.here(self.platform.recorded)
         self.spool = Spool(config.spool_dir)
         self.clock = DrainClock(config.drain_grace_seconds)
+        self.runner = BackendRunner()  # the jobs' backend thread, kept from job to job
         self.stopping = threading.Event()
         self.gate = FailoverGate(config.flap_threshold)
         self.link: Link | None = None
@@ -277,6 +279,7 @@ class Worker:
         link.queues.register(self.identity.worker_id, self.registry_fields(), self._registry_ttl)
 
     def _leave(self) -> None:
+        self.runner.close()
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
         link = self.link
@@ -290,7 +293,8 @@ class Worker:
         commits = self.commits_before + link.ledger.commits
         link.close()
         per_job = f" ({commits / self.jobs_done:.2f} per job)" if self.jobs_done else ""
-        log.info("stopped after %d job(s); %d ledger commits%s", self.jobs_done, commits, per_job)
+        log.info("stopped after %d job(s); %d ledger commits%s; %d backend thread(s)",
+                 self.jobs_done, commits, per_job, self.runner.threads_started)  # fmt: skip
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -389,7 +393,7 @@ class Worker:
         self.inflight = inflight = InFlight(delivery, claim, link)
         workdir = self._workdir()
         try:
-            result = run_attempt(inflight, self.backends.get(claim.kind), workdir, self.clock)
+            result = run_attempt(inflight, self.backends.get(claim.kind), workdir, self.clock, self.runner)
             recorded = record(inflight, result, self.spool, lambda: self._successor(link))
             log_result(claim, result, recorded.report)
         finally:

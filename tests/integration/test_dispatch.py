@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from han_worker import client
+from han_worker import attempt, client
+from han_worker.attempt import AttemptResult, BackendRunner, DrainClock, InFlight, run_attempt
+from han_worker.backends.base import JobContext, JobFailed, JobResult
 from han_worker.connection import Choice, Link, open_link
 from han_worker.endpoints import parse_endpoints
 from han_worker.ledger import AttemptOwner, Claim, FinishReport, Ledger, NewJob, Outcome
-from han_worker.queues import stream_key
+from han_worker.queues import Delivery, stream_key
 from tests.integration.conftest import UnprivilegedEnv
 from tests.integration.control_planes import (
     RunningControlPlane,
@@ -239,6 +243,8 @@ def test_a_batch_costs_about_one_commit_per_job_and_runs_each_job_once(
     # Alone, claim and finish are two commits; a batch chains them. The first job of each chain and
     # the worker's start cost extra, so not exactly 1.
     assert commits_per_job(started) < 1.2
+    for worker in started:  # every job of a worker on the same backend thread, none started per job
+        assert "; 1 backend thread(s)" in worker.output(), worker.output()
 
 
 def test_a_drain_under_load_leaves_no_job_claimed_and_not_run(
@@ -263,3 +269,97 @@ def test_a_drain_under_load_leaves_no_job_claimed_and_not_run(
     start_workers(unprivileged_env, workdir, control_plane, workers, 1)
     wait_for(lambda: statuses(link.ledger, batch) == {"succeeded": 200}, 60, "every job to succeed")
     assert set(map(tuple, attempt_outcomes(link.ledger, batch).values())) == {("succeeded",)}
+
+
+# -- the backend thread ---------------------------------------------------------------------------------
+# run_attempt in this process, on jobs claimed in the real ledger, with backends that say where they ran.
+
+
+def succeed(_context: JobContext) -> JobResult:
+    return JobResult({"ok": True})
+
+
+@dataclass
+class Probe:
+    """A backend that records the thread of each call, then does what ``then`` says."""
+
+    then: Callable[[JobContext], JobResult] = succeed
+    threads: list[threading.Thread] = field(default_factory=list)
+    name: str = "noop"
+    queue: str = "noop"
+    platforms: frozenset[str] = frozenset({"linux"})
+
+    def run(self, context: JobContext) -> JobResult:
+        self.threads.append(threading.current_thread())
+        return self.then(context)
+
+
+def attempt_on(
+    link: Link, probe: Probe, runner: BackendRunner, tmp_path: Path, clock: DrainClock | None = None
+) -> AttemptResult:
+    (job_id,) = new_jobs(link.ledger, 1)
+    claim = claimed(link.ledger, job_id)
+    inflight = InFlight(Delivery("noop", "1-0", job_id), claim, link)
+    return run_attempt(inflight, probe, tmp_path, clock or DrainClock(5), runner)
+
+
+def test_one_backend_thread_runs_job_after_job(link: Link, tmp_path: Path):
+    runner, probe = BackendRunner(), Probe()
+
+    results = [attempt_on(link, probe, runner, tmp_path) for _index in range(20)]
+
+    assert {result.outcome for result in results} == {"succeeded"}
+    assert runner.threads_started == 1
+    assert len(set(probe.threads)) == 1
+    assert probe.threads[0] is not threading.current_thread()
+    runner.close()
+    probe.threads[0].join(5)
+    assert not probe.threads[0].is_alive()  # closed: the idle thread exits
+
+
+def test_a_backend_error_is_reported_and_the_thread_carries_on(link: Link, tmp_path: Path):
+    runner = BackendRunner()
+    errors: list[BaseException] = [RuntimeError("boom"), JobFailed("bad input"), SystemExit(3)]
+
+    def fail(_context: JobContext) -> JobResult:
+        raise errors.pop(0)
+
+    probe = Probe(fail)
+    crashed, failed, exited = (attempt_on(link, probe, runner, tmp_path) for _index in range(3))
+    probe.then = succeed
+    succeeded = attempt_on(link, probe, runner, tmp_path)
+
+    assert (crashed.outcome, crashed.error) == ("crashed", "RuntimeError: boom")
+    assert (failed.outcome, failed.error) == ("failed", "bad input")
+    assert (exited.outcome, exited.error) == ("crashed", "SystemExit: 3")
+    assert succeeded.outcome == "succeeded"
+    assert runner.threads_started == 1
+    runner.close()
+
+
+def test_a_backend_that_does_not_stop_is_left_behind_and_the_next_job_gets_a_fresh_thread(
+    link: Link, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(attempt, "ABANDON_AFTER_SECONDS", 0.2)
+    runner, release = BackendRunner(), threading.Event()
+    stuck = Probe(lambda _context: JobResult({"late": release.wait(30)}))  # deaf to should_stop
+    draining = DrainClock(0)
+    draining.request()
+
+    abandoned = attempt_on(link, stuck, runner, tmp_path, draining)
+    after = Probe()
+    next_result = attempt_on(link, after, runner, tmp_path)
+
+    assert abandoned.outcome == "released"
+    assert abandoned.error == "the worker is draining (the backend did not stop)"
+    assert next_result.outcome == "succeeded"
+    assert runner.threads_started == 2
+    (stuck_thread,), (fresh_thread,) = stuck.threads, after.threads
+    assert fresh_thread is not stuck_thread
+    assert stuck_thread.is_alive()  # still in the backend
+    release.set()
+    stuck_thread.join(5)
+    assert not stuck_thread.is_alive()  # retired: once its call returned it took no further work
+    assert attempt_on(link, after, runner, tmp_path).outcome == "succeeded"
+    assert after.threads == [fresh_thread, fresh_thread]
+    runner.close()
