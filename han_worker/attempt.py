@@ -5,7 +5,8 @@ forked process: the worker runs on Windows too), so the worker can keep its prom
 stuck: on SIGTERM it waits out the grace period, then asks the backend to stop (``should_stop``), then
 gives the job back and leaves without it (a thread left in a stuck backend is never given another job).
 
-Recording is upload, then the fenced ledger commit, then the Redis acknowledgement. Under load the
+Recording is upload, then the fenced ledger commit, then the Redis acknowledgement (under load owed
+to the next read: :meth:`han_worker.queues.Queues.owe`). Under load the
 worker hands :func:`record` the next waiting delivery, taken after the upload and just before the
 commit, and the same transaction claims it (:meth:`han_worker.ledger.Ledger.finish_then_claim`): one
 commit per job instead of two, the result still committed before its entry is acknowledged. If the control
@@ -266,12 +267,19 @@ def _uploaded(link: Link, claim_id: tuple[str, int], result: AttemptResult) -> O
     )
 
 
-def _acknowledge(link: Link, job_id: str, delivery: Delivery, report: FinishReport) -> None:
-    """After the commit: re-enqueue a retry, acknowledge the entry. A Redis failure is only logged."""
+def _acknowledge(
+    link: Link, job_id: str, delivery: Delivery, report: FinishReport, *, defer: bool = False
+) -> None:
+    """After the commit: re-enqueue a retry, acknowledge the entry. A Redis failure is only logged.
+
+    ``defer``: the acknowledgement is owed, to ride with the next read (the worker takes one soon)."""
     try:
         if report.recorded and report.status == "queued":
             link.queues.enqueue(delivery.queue, job_id)
-        link.queues.done(delivery)
+        if defer:
+            link.queues.owe(delivery)
+        else:
+            link.queues.done(delivery)
     except CONTROL_PLANE_ERRORS as exc:
         log.warning(
             "job %s is recorded, but Redis did not take the acknowledgement: %s", job_id, describe(exc)
@@ -309,7 +317,9 @@ def _record_then_claim(
         log.warning("job %s was taken but may not be claimed; its entry is left to be reclaimed",
                     successor.delivery.job_id)  # fmt: skip
         raise
-    _acknowledge(link, claim_id[0], delivery, handover.report)
+    # The successor runs next, then the loop reads again: that read carries this acknowledgement (the
+    # heartbeat sends it sooner when the successor runs long, so no lease runs out on an owed entry).
+    _acknowledge(link, claim_id[0], delivery, handover.report, defer=True)
     return Recorded(handover.report, successor, handover.claim, handover.tried)
 
 

@@ -286,6 +286,7 @@ class Worker:
         if link is None:
             return
         try:
+            link.queues.flush_owed()  # before forget_consumer, which keeps a consumer with pending entries
             link.queues.unregister(self.identity.worker_id)
             link.queues.forget_consumer(self.config.queues, self.identity.worker_id)
         except CONTROL_PLANE_ERRORS as exc:
@@ -461,6 +462,7 @@ class Worker:
             return
         self.commits_before += old.ledger.commits
         try:
+            old.queues.flush_owed()  # else those entries wait out a lease there, to be reclaimed and refused
             old.queues.unregister(self.identity.worker_id)
         except CONTROL_PLANE_ERRORS as exc:
             log.debug("unregistering from %s: %s", old.source, describe(exc))
@@ -539,6 +541,8 @@ class Worker:
                 log.warning("job %s attempt %d was taken over by another worker", claim.job_id, claim.attempt)
         if self.link is not None:
             self.link.queues.register(self.identity.worker_id, self.registry_fields(), self._registry_ttl)
+            # A long job holds up the loop's next read, which would carry the last job's acknowledgement.
+            self.link.queues.flush_owed()
 
     def registry_fields(self) -> dict[str, str | int | float]:
         link, inflight, identity = self.link, self.inflight, self.identity
