@@ -177,6 +177,9 @@ class Queues:
         def read() -> Any:
             block = None if block_seconds is None else max(1, round(block_seconds * 1000))
 
+            if not self.owed:  # a plain command: no pipeline to build when there is nothing to carry
+                return self.client.xreadgroup(GROUP, consumer, streams, count=1, block=block)  # type: ignore[arg-type]
+
             def reading(pipe: Pipeline) -> None:
                 pipe.xreadgroup(GROUP, consumer, streams, count=1, block=block)  # type: ignore[arg-type]
 
