@@ -430,7 +430,7 @@ def test_the_heartbeat_sends_an_owed_acknowledgement_while_a_long_job_runs(
     start_workers(unprivileged_env, workdir, control_plane, workers, 1)  # heartbeat every 0.5 s
 
     wait_for(lambda: statuses(link.ledger, [slow]) == {"running": 1}, 20, "the sleep job to run")
-    wait_for(lambda: quick not in link.queues.job_ids("noop"), 2, "the noop job's entry to go")
+    wait_for(lambda: quick not in link.queues.job_ids("noop"), 3, "the noop job's entry to go")
 
     assert statuses(link.ledger, [quick, slow]) == {"succeeded": 1, "running": 1}
     assert slow in link.queues.job_ids("noop")
