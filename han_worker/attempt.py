@@ -1,10 +1,12 @@
 """One attempt of one job: fetch its inputs, run its backend, record how it ended.
 
-The backend runs in a daemon thread (never a forked process: the worker runs on Windows too), so the
-worker can keep its promises while a backend is stuck: on SIGTERM it waits out the grace period,
-then asks the backend to stop (``should_stop``), then gives the job back and leaves without it.
+The backend runs in a long-lived daemon thread, one per worker and reused from job to job (never a
+forked process: the worker runs on Windows too), so the worker can keep its promises while a backend is
+stuck: on SIGTERM it waits out the grace period, then asks the backend to stop (``should_stop``), then
+gives the job back and leaves without it (a thread left in a stuck backend is never given another job).
 
-Recording is upload, then the fenced ledger commit, then the Redis acknowledgement. Under load the
+Recording is upload, then the fenced ledger commit, then the Redis acknowledgement (under load owed
+to the next read: :meth:`han_worker.queues.Queues.owe`). Under load the
 worker hands :func:`record` the next waiting delivery, taken after the upload and just before the
 commit, and the same transaction claims it (:meth:`han_worker.ledger.Ledger.finish_then_claim`): one
 commit per job instead of two, the result still committed before its entry is acknowledged. If the control
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -92,26 +95,90 @@ def _checked(result: object) -> AttemptResult:
     return AttemptResult("succeeded", dict(result.summary), None, dict(result.outputs))
 
 
-class _BackendThread(threading.Thread):
+class _Run:
+    """One backend call handed to the backend thread, and what came of it."""
+
     def __init__(self, backend: Backend, context: JobContext) -> None:
-        super().__init__(name=f"job-{context.job_id[:8]}", daemon=True)
         self.backend = backend
         self.context = context
         self.result: object = None
         self.error: BaseException | None = None
+        self.done = threading.Event()
 
-    def run(self) -> None:
+    def execute(self) -> None:
         try:
             self.result = self.backend.run(self.context)
         except BaseException as exc:  # reported to the worker's thread, which decides what it means
             self.error = exc
+        finally:
+            self.done.set()
 
 
-def _ended(runner: _BackendThread, clock: DrainClock, job_log: logging.Logger) -> AttemptResult:
-    error = runner.error
+class _BackendThread(threading.Thread):
+    """A daemon thread that runs backend calls one after another until it is retired.
+
+    Starting a thread per job cost more than a no-op job's whole ledger commit; one thread reused for
+    every job costs a queue put and an event instead."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__(name=f"backend-{number}", daemon=True)
+        self._idle_name = self.name
+        self._runs: queue.SimpleQueue[_Run | None] = queue.SimpleQueue()
+
+    def submit(self, run: _Run) -> None:
+        self._runs.put(run)
+
+    def retire(self) -> None:
+        """Exit once the current call returns (at once when idle); a stuck call keeps it until then."""
+        self._runs.put(None)
+
+    def run(self) -> None:
+        while (run := self._runs.get()) is not None:
+            # Named after its job, as the thread per job was: thread dumps and debuggers say which job.
+            self.name = f"job-{run.context.job_id[:8]}"
+            run.execute()
+            self.name = self._idle_name
+
+
+class BackendRunner:
+    """Runs one worker's backend calls, one at a time, on a long-lived thread.
+
+    A call that did not stop when asked is abandoned with its thread: that thread is retired (it exits
+    if the call ever returns) and the next call gets a fresh one, since a stuck thread cannot take work."""
+
+    def __init__(self) -> None:
+        self._thread: _BackendThread | None = None
+        self.threads_started = 0
+
+    def _ready_thread(self) -> _BackendThread:
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            self.threads_started += 1
+            thread = self._thread = _BackendThread(self.threads_started)
+            thread.start()
+        return thread
+
+    def start(self, backend: Backend, context: JobContext) -> _Run:
+        run = _Run(backend, context)
+        self._ready_thread().submit(run)
+        return run
+
+    def abandon(self) -> None:
+        """Leave the current call behind: its thread takes no further work."""
+        if self._thread is not None:
+            self._thread.retire()
+            self._thread = None
+
+    def close(self) -> None:
+        """Let the thread exit (a daemon thread: a stuck call does not hold up the process's exit)."""
+        self.abandon()
+
+
+def _ended(run: _Run, clock: DrainClock, job_log: logging.Logger) -> AttemptResult:
+    error = run.error
     if error is None:
         try:
-            return _checked(runner.result)
+            return _checked(run.result)
         except (TypeError, ValueError, OSError, ArtifactError) as exc:
             return AttemptResult("crashed", error=f"invalid result: {describe(exc)}")
     if isinstance(error, JobFailed):
@@ -123,7 +190,7 @@ def _ended(runner: _BackendThread, clock: DrainClock, job_log: logging.Logger) -
 
 
 def run_attempt(
-    inflight: InFlight, backend: Backend | None, workdir: Path, clock: DrainClock
+    inflight: InFlight, backend: Backend | None, workdir: Path, clock: DrainClock, runner: BackendRunner
 ) -> AttemptResult:
     """Run the claimed job to an end: succeeded, failed (no retry), crashed (retry) or released."""
     claim, link = inflight.claim, inflight.link
@@ -145,14 +212,13 @@ def run_attempt(
         log=job_log,
         should_stop=lambda: clock.stop_due() or inflight.superseded,
     )
-    runner = _BackendThread(backend, context)
-    runner.start()
-    while runner.is_alive():
-        runner.join(0.5)  # returns as soon as the backend ends
-        if runner.is_alive() and clock.abandon_due():
+    run = runner.start(backend, context)
+    while not run.done.wait(0.5):  # returns as soon as the backend ends
+        if clock.abandon_due():
             job_log.error("backend did not stop %gs after it was asked to; leaving it", ABANDON_AFTER_SECONDS)
+            runner.abandon()
             return AttemptResult("released", error="the worker is draining (the backend did not stop)")
-    return _ended(runner, clock, job_log)
+    return _ended(run, clock, job_log)
 
 
 def log_result(claim: Claim, result: AttemptResult, report: FinishReport | None) -> None:
@@ -201,12 +267,19 @@ def _uploaded(link: Link, claim_id: tuple[str, int], result: AttemptResult) -> O
     )
 
 
-def _acknowledge(link: Link, job_id: str, delivery: Delivery, report: FinishReport) -> None:
-    """After the commit: re-enqueue a retry, acknowledge the entry. A Redis failure is only logged."""
+def _acknowledge(
+    link: Link, job_id: str, delivery: Delivery, report: FinishReport, *, defer: bool = False
+) -> None:
+    """After the commit: re-enqueue a retry, acknowledge the entry. A Redis failure is only logged.
+
+    ``defer``: the acknowledgement is owed, to ride with the next read (the worker takes one soon)."""
     try:
         if report.recorded and report.status == "queued":
             link.queues.enqueue(delivery.queue, job_id)
-        link.queues.done(delivery)
+        if defer:
+            link.queues.owe(delivery)
+        else:
+            link.queues.done(delivery)
     except CONTROL_PLANE_ERRORS as exc:
         log.warning(
             "job %s is recorded, but Redis did not take the acknowledgement: %s", job_id, describe(exc)
@@ -244,7 +317,9 @@ def _record_then_claim(
         log.warning("job %s was taken but may not be claimed; its entry is left to be reclaimed",
                     successor.delivery.job_id)  # fmt: skip
         raise
-    _acknowledge(link, claim_id[0], delivery, handover.report)
+    # The successor runs next, then the loop reads again: that read carries this acknowledgement (the
+    # heartbeat sends it sooner when the successor runs long, so no lease runs out on an owed entry).
+    _acknowledge(link, claim_id[0], delivery, handover.report, defer=True)
     return Recorded(handover.report, successor, handover.claim, handover.tried)
 
 

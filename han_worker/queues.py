@@ -3,22 +3,31 @@
 One stream per queue (``han:queue:<queue>``), read by one consumer group; an entry carries only the
 job id, the ledger holds the rest. An entry stays pending until its worker acknowledges it, which
 happens after the ledger commit and the artifact upload; then it is deleted as well, so a stream
-holds exactly the jobs not yet done and the reconciler can compare it with the ledger cheaply.
+holds the jobs not yet done (and, for a moment, finished ones whose acknowledgement is owed, below)
+and the reconciler can compare it with the ledger cheaply.
 
 A worker keeps its entry's idle time near zero with ``XCLAIM ... JUSTID`` to itself (the lease);
 others take over entries idle past the lease with ``XAUTOCLAIM``. Every key lives under ``han:``:
 the worker's Redis user may touch nothing else.
+
+Under load an acknowledgement can be owed (:meth:`Queues.owe`) rather than sent: it then rides with the
+next command of this client that goes to Redis anyway (the next read, an acknowledgement), saving a round
+trip per job; :meth:`Queues.flush_owed` sends it alone (the heartbeat, a stop, a switch). Only an entry
+whose result the ledger already holds is owed: should the worker die first, the entry is reclaimed after
+a lease and the ledger's claim refuses the finished job, so it is acknowledged then and never run again.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import redis
+from redis.client import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +75,55 @@ class Queues:
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
         self._cursors: dict[str, str] = {}
+        self._owed: list[Delivery] = []
+        self._owed_lock = threading.Lock()  # the heartbeat thread flushes what the main thread owes
 
     def close(self) -> None:
         self.client.close()
+
+    # -- acknowledgements ----------------------------------------------------------------------------
+
+    def owe(self, delivery: Delivery) -> None:
+        """Acknowledge ``delivery`` with this client's next read or acknowledgement (or flush_owed)."""
+        with self._owed_lock:
+            self._owed.append(delivery)
+
+    @property
+    def owed(self) -> list[Delivery]:
+        with self._owed_lock:
+            return list(self._owed)
+
+    def _with_owed(self, commands: Callable[[Pipeline], None]) -> list[Any]:
+        """One round trip: the owed acknowledgements, then ``commands``; the replies of ``commands``.
+
+        An acknowledgement that Redis refused is dropped (it no-ops on an entry Redis lost, so a refusal
+        would come again); one whose round trip failed stays owed."""
+        with self._owed_lock:
+            owed, self._owed = self._owed, []
+        pipe = self.client.pipeline(transaction=False)
+        for delivery in owed:
+            pipe.xack(stream_key(delivery.queue), GROUP, delivery.entry_id)
+            pipe.xdel(stream_key(delivery.queue), delivery.entry_id)
+        commands(pipe)
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except BaseException:
+            with self._owed_lock:
+                self._owed[:0] = owed
+            raise
+        for reply in replies[: 2 * len(owed)]:
+            if isinstance(reply, Exception):
+                log.warning("Redis refused an acknowledgement: %s", reply)
+        own = replies[2 * len(owed) :]
+        for reply in own:
+            if isinstance(reply, Exception):
+                raise reply
+        return own
+
+    def flush_owed(self) -> None:
+        """Send the owed acknowledgements now, if any."""
+        if self.owed:
+            self._with_owed(lambda _pipe: None)
 
     def ensure_group(self, queue: str) -> None:
         """Create the stream's consumer group (and the stream); from id 0, so no entry is skipped."""
@@ -121,7 +176,15 @@ class Queues:
 
         def read() -> Any:
             block = None if block_seconds is None else max(1, round(block_seconds * 1000))
-            return self.client.xreadgroup(GROUP, consumer, streams, count=1, block=block)  # type: ignore[arg-type]
+
+            if not self.owed:  # a plain command: no pipeline to build when there is nothing to carry
+                return self.client.xreadgroup(GROUP, consumer, streams, count=1, block=block)  # type: ignore[arg-type]
+
+            def reading(pipe: Pipeline) -> None:
+                pipe.xreadgroup(GROUP, consumer, streams, count=1, block=block)  # type: ignore[arg-type]
+
+            # In the round trip of the owed acknowledgements: they go in before a blocking read waits.
+            return self._with_owed(reading)[0]
 
         for stream, entries in self._grouped(queues, read) or []:
             for delivery in self._deliveries(_queue_of(stream), entries):
@@ -152,11 +215,9 @@ class Queues:
         return bool(claimed)
 
     def done(self, delivery: Delivery) -> None:
-        """Acknowledge and delete the entry in one round trip (no-ops if Redis lost it)."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.xack(stream_key(delivery.queue), GROUP, delivery.entry_id)
-        pipe.xdel(stream_key(delivery.queue), delivery.entry_id)
-        pipe.execute()
+        """Acknowledge and delete the entry, and any owed, in one round trip (no-ops if Redis lost it)."""
+        self.owe(delivery)
+        self.flush_owed()
 
     def job_ids(self, queue: str) -> set[str]:
         """Every job id in the stream: pending (delivered, not done) and waiting alike."""

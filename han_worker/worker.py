@@ -27,6 +27,7 @@ from pathlib import Path
 
 from han_worker.attempt import (
     RECORDING_ERRORS,
+    BackendRunner,
     DrainClock,
     InFlight,
     Successor,
@@ -166,6 +167,7 @@ class Worker:
         self.identity = Identity.here(self.platform.recorded)
         self.spool = Spool(config.spool_dir)
         self.clock = DrainClock(config.drain_grace_seconds)
+        self.runner = BackendRunner()  # the jobs' backend thread, kept from job to job
         self.stopping = threading.Event()
         self.gate = FailoverGate(config.flap_threshold)
         self.link: Link | None = None
@@ -277,12 +279,14 @@ class Worker:
         link.queues.register(self.identity.worker_id, self.registry_fields(), self._registry_ttl)
 
     def _leave(self) -> None:
+        self.runner.close()
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
         link = self.link
         if link is None:
             return
         try:
+            link.queues.flush_owed()  # before forget_consumer, which keeps a consumer with pending entries
             link.queues.unregister(self.identity.worker_id)
             link.queues.forget_consumer(self.config.queues, self.identity.worker_id)
         except CONTROL_PLANE_ERRORS as exc:
@@ -290,7 +294,8 @@ class Worker:
         commits = self.commits_before + link.ledger.commits
         link.close()
         per_job = f" ({commits / self.jobs_done:.2f} per job)" if self.jobs_done else ""
-        log.info("stopped after %d job(s); %d ledger commits%s", self.jobs_done, commits, per_job)
+        log.info("stopped after %d job(s); %d ledger commits%s; %d backend thread(s)",
+                 self.jobs_done, commits, per_job, self.runner.threads_started)  # fmt: skip
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -389,7 +394,7 @@ class Worker:
         self.inflight = inflight = InFlight(delivery, claim, link)
         workdir = self._workdir()
         try:
-            result = run_attempt(inflight, self.backends.get(claim.kind), workdir, self.clock)
+            result = run_attempt(inflight, self.backends.get(claim.kind), workdir, self.clock, self.runner)
             recorded = record(inflight, result, self.spool, lambda: self._successor(link))
             log_result(claim, result, recorded.report)
         finally:
@@ -457,6 +462,7 @@ class Worker:
             return
         self.commits_before += old.ledger.commits
         try:
+            old.queues.flush_owed()  # else those entries wait out a lease there, to be reclaimed and refused
             old.queues.unregister(self.identity.worker_id)
         except CONTROL_PLANE_ERRORS as exc:
             log.debug("unregistering from %s: %s", old.source, describe(exc))
@@ -535,6 +541,8 @@ class Worker:
                 log.warning("job %s attempt %d was taken over by another worker", claim.job_id, claim.attempt)
         if self.link is not None:
             self.link.queues.register(self.identity.worker_id, self.registry_fields(), self._registry_ttl)
+            # A long job holds up the loop's next read, which would carry the last job's acknowledgement.
+            self.link.queues.flush_owed()
 
     def registry_fields(self) -> dict[str, str | int | float]:
         link, inflight, identity = self.link, self.inflight, self.identity

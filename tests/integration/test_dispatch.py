@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from han_worker import client
+from han_worker import attempt, client
+from han_worker.attempt import AttemptResult, BackendRunner, DrainClock, InFlight, run_attempt
+from han_worker.backends.base import JobContext, JobFailed, JobResult
 from han_worker.connection import Choice, Link, open_link
 from han_worker.endpoints import parse_endpoints
 from han_worker.ledger import AttemptOwner, Claim, FinishReport, Ledger, NewJob, Outcome
-from han_worker.queues import stream_key
+from han_worker.queues import Delivery, stream_key
 from tests.integration.conftest import UnprivilegedEnv
 from tests.integration.control_planes import (
     RunningControlPlane,
@@ -239,6 +243,8 @@ def test_a_batch_costs_about_one_commit_per_job_and_runs_each_job_once(
     # Alone, claim and finish are two commits; a batch chains them. The first job of each chain and
     # the worker's start cost extra, so not exactly 1.
     assert commits_per_job(started) < 1.2
+    for worker in started:  # every job of a worker on the same backend thread, none started per job
+        assert "; 1 backend thread(s)" in worker.output(), worker.output()
 
 
 def test_a_drain_under_load_leaves_no_job_claimed_and_not_run(
@@ -257,9 +263,199 @@ def test_a_drain_under_load_leaves_no_job_claimed_and_not_run(
     ran = attempt_outcomes(link.ledger, batch)
     assert set(map(tuple, ran.values())) == {("succeeded",)}  # nothing claimed and then given up
     assert len(ran) == left["succeeded"]
-    # Every job not run is still in the stream for the next worker.
+    # Every job not run is still in the stream for the next worker, and no job run is: the stop sent the
+    # acknowledgements the worker owed.
     assert link.queues.job_ids("noop") >= {job for job in batch if job not in ran}
+    assert not link.queues.job_ids("noop") & set(ran)
 
     start_workers(unprivileged_env, workdir, control_plane, workers, 1)
     wait_for(lambda: statuses(link.ledger, batch) == {"succeeded": 200}, 60, "every job to succeed")
     assert set(map(tuple, attempt_outcomes(link.ledger, batch).values())) == {("succeeded",)}
+
+
+# -- the backend thread ---------------------------------------------------------------------------------
+# run_attempt in this process, on jobs claimed in the real ledger, with backends that say where they ran.
+
+
+def succeed(_context: JobContext) -> JobResult:
+    return JobResult({"ok": True})
+
+
+@dataclass
+class Probe:
+    """A backend that records the thread of each call, then does what ``then`` says."""
+
+    then: Callable[[JobContext], JobResult] = succeed
+    threads: list[threading.Thread] = field(default_factory=list)
+    name: str = "noop"
+    queue: str = "noop"
+    platforms: frozenset[str] = frozenset({"linux"})
+
+    def run(self, context: JobContext) -> JobResult:
+        self.threads.append(threading.current_thread())
+        return self.then(context)
+
+
+def attempt_on(
+    link: Link, probe: Probe, runner: BackendRunner, tmp_path: Path, clock: DrainClock | None = None
+) -> AttemptResult:
+    (job_id,) = new_jobs(link.ledger, 1)
+    claim = claimed(link.ledger, job_id)
+    inflight = InFlight(Delivery("noop", "1-0", job_id), claim, link)
+    return run_attempt(inflight, probe, tmp_path, clock or DrainClock(5), runner)
+
+
+def test_one_backend_thread_runs_job_after_job(link: Link, tmp_path: Path):
+    runner, probe = BackendRunner(), Probe()
+
+    results = [attempt_on(link, probe, runner, tmp_path) for _index in range(20)]
+
+    assert {result.outcome for result in results} == {"succeeded"}
+    assert runner.threads_started == 1
+    assert len(set(probe.threads)) == 1
+    assert probe.threads[0] is not threading.current_thread()
+    runner.close()
+    probe.threads[0].join(5)
+    assert not probe.threads[0].is_alive()  # closed: the idle thread exits
+
+
+def test_a_backend_error_is_reported_and_the_thread_carries_on(link: Link, tmp_path: Path):
+    runner = BackendRunner()
+    errors: list[BaseException] = [RuntimeError("boom"), JobFailed("bad input"), SystemExit(3)]
+
+    def fail(_context: JobContext) -> JobResult:
+        raise errors.pop(0)
+
+    probe = Probe(fail)
+    crashed, failed, exited = (attempt_on(link, probe, runner, tmp_path) for _index in range(3))
+    probe.then = succeed
+    succeeded = attempt_on(link, probe, runner, tmp_path)
+
+    assert (crashed.outcome, crashed.error) == ("crashed", "RuntimeError: boom")
+    assert (failed.outcome, failed.error) == ("failed", "bad input")
+    assert (exited.outcome, exited.error) == ("crashed", "SystemExit: 3")
+    assert succeeded.outcome == "succeeded"
+    assert runner.threads_started == 1
+    runner.close()
+
+
+def test_a_backend_that_does_not_stop_is_left_behind_and_the_next_job_gets_a_fresh_thread(
+    link: Link, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(attempt, "ABANDON_AFTER_SECONDS", 0.2)
+    runner, release = BackendRunner(), threading.Event()
+    stuck = Probe(lambda _context: JobResult({"late": release.wait(30)}))  # deaf to should_stop
+    draining = DrainClock(0)
+    draining.request()
+
+    abandoned = attempt_on(link, stuck, runner, tmp_path, draining)
+    after = Probe()
+    next_result = attempt_on(link, after, runner, tmp_path)
+
+    assert abandoned.outcome == "released"
+    assert abandoned.error == "the worker is draining (the backend did not stop)"
+    assert next_result.outcome == "succeeded"
+    assert runner.threads_started == 2
+    (stuck_thread,), (fresh_thread,) = stuck.threads, after.threads
+    assert fresh_thread is not stuck_thread
+    assert stuck_thread.is_alive()  # still in the backend
+    release.set()
+    stuck_thread.join(5)
+    assert not stuck_thread.is_alive()  # retired: once its call returned it took no further work
+    assert attempt_on(link, after, runner, tmp_path).outcome == "succeeded"
+    assert after.threads == [fresh_thread, fresh_thread]
+    runner.close()
+
+
+# -- owed acknowledgements --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def queue(link: Link) -> Iterator[str]:
+    """A queue of this test only, so that the module's workers (queue noop) never read it."""
+    name = f"owed-{uuid.uuid4().hex[:8]}"
+    link.queues.ensure_group(name)
+    yield name
+    link.queues.client.delete(stream_key(name))
+
+
+def entries(link: Link, queue: str) -> list[str]:
+    return [str(entry_id) for entry_id, _fields in link.queues.client.xrange(stream_key(queue))]
+
+
+def test_an_owed_acknowledgement_goes_with_the_next_read(link: Link, queue: str):
+    queues = link.queues
+    for job in ("job-1", "job-2", "job-3"):
+        queues.enqueue(queue, job)
+    first = queues.next_delivery([queue], "owed-test", None)
+    assert first is not None
+
+    queues.owe(first)
+    assert first.entry_id in entries(link, queue)  # owed, not sent
+    second = queues.next_delivery([queue], "owed-test", None)
+
+    assert second is not None
+    assert second.job_id == "job-2"
+    assert first.entry_id not in entries(link, queue)
+    assert queues.owed == []
+    queues.owe(second)
+    third = queues.next_delivery([queue], "owed-test", None)
+    assert third is not None
+    queues.done(third)  # an acknowledgement carries the owed one as well
+    assert entries(link, queue) == []
+    assert queues.client.xpending(stream_key(queue), "workers")["pending"] == 0
+
+
+def test_flush_owed_sends_them_alone(link: Link, queue: str):
+    queues = link.queues
+    queues.enqueue(queue, "job-1")
+    delivery = queues.next_delivery([queue], "owed-test", None)
+    assert delivery is not None
+    queues.owe(delivery)
+
+    queues.flush_owed()
+
+    assert entries(link, queue) == []
+    assert queues.owed == []
+
+
+def test_the_heartbeat_sends_an_owed_acknowledgement_while_a_long_job_runs(
+    unprivileged_env: UnprivilegedEnv, workdir: Path, control_plane: RunningControlPlane, link: Link,
+    workers: list[WorkerProcess],
+):  # fmt: skip
+    # Both queued before the worker starts: the sleep job is taken while the noop job is recorded, so
+    # the noop job's acknowledgement is owed, and the loop's next read comes only after 6 s of sleep.
+    quick = client.submit(link, "noop", {}, {}, max_attempts=3)
+    slow = client.submit(link, "sleep", {"seconds": 6}, {}, max_attempts=3)
+    start_workers(unprivileged_env, workdir, control_plane, workers, 1)  # heartbeat every 0.5 s
+
+    wait_for(lambda: statuses(link.ledger, [slow]) == {"running": 1}, 20, "the sleep job to run")
+    wait_for(lambda: quick not in link.queues.job_ids("noop"), 3, "the noop job's entry to go")
+
+    assert statuses(link.ledger, [quick, slow]) == {"succeeded": 1, "running": 1}
+    assert slow in link.queues.job_ids("noop")
+    wait_for(lambda: statuses(link.ledger, [slow]) == {"succeeded": 1}, 20, "the sleep job to succeed")
+
+
+def test_an_unacknowledged_entry_of_a_finished_job_is_refused_and_deleted(
+    unprivileged_env: UnprivilegedEnv, workdir: Path, control_plane: RunningControlPlane, link: Link,
+    workers: list[WorkerProcess],
+):  # fmt: skip
+    # What a worker killed while it owed an acknowledgement leaves behind: a finished job whose entry
+    # is still pending for it. Another worker reclaims the entry after a lease and must not run the job.
+    job = client.submit(link, "noop", {}, {}, max_attempts=3)
+    delivery = link.queues.next_delivery(["noop"], "killed-worker", None)
+    assert delivery is not None
+    assert delivery.job_id == job
+    claim = link.ledger.claim(job, delivery.entry_id, OWNER, 1)
+    assert claim is not None
+    assert link.ledger.finish(job, claim.attempt, SUCCEEDED).recorded
+    settings = worker_settings(control_plane, workdir / "spool-reclaim", mode="pegasus", lease_seconds=1,
+                               heartbeat_seconds=0.2, reconcile_seconds=30)  # fmt: skip
+    config = write_private_file(unprivileged_env, workdir / "reclaim.json", json.dumps(settings))
+    workers.append(start_worker(unprivileged_env, config))
+
+    wait_for(lambda: job not in link.queues.job_ids("noop"), 30, "the entry to be reclaimed and deleted")
+
+    assert outcomes(link.ledger, job) == ["succeeded"]  # one attempt: the finished job did not run again
+    assert statuses(link.ledger, [job]) == {"succeeded": 1}
