@@ -1229,9 +1229,7 @@ def handle(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Standalone entry: ``python hardening.py ...`` (the role ships this file to the host)."""
-    parser = add_arguments(
-        argparse.ArgumentParser(prog="harden-check", description=DESCRIPTION)
-    )
+    parser = add_arguments(argparse.ArgumentParser(prog="harden-check", description=DESCRIPTION))
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages to stderr")
     args = parser.parse_args(argv)
     logging.basicConfig(
