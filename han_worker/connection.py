@@ -186,7 +186,8 @@ class Selector:
                 raise
             failure: SelectionError | None = exc
         else:
-            if not authentication_failures(choice.probes):
+            # In auto mode a refused Pegasus is skipped for the Mac, and its refusal is in the reason.
+            if not authentication_failures(choice.probes) and not refused_credentials(choice.reason):
                 return choice
             failure = None
         deadline = time.monotonic() + settle_seconds

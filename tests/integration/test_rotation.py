@@ -23,6 +23,7 @@ from psycopg import sql
 
 from han_worker.connection import Selector
 from han_worker.control_plane.admin_secrets import parse_secrets
+from han_worker.control_plane.layout import pick_free_ports
 from han_worker.credentials import Credentials, parse_credentials
 from han_worker.endpoints import CheckFailed, SelectionError, ServiceEndpoint
 from han_worker.probes import postgres_check, redis_check, s3_check, worker_checks
@@ -39,6 +40,9 @@ from tests.integration.control_planes import (
     worker_settings,
     write_private_file,
 )
+
+# A loopback address where nothing listens: a Mac that refuses every connection at once.
+NOTHING_LISTENS = "127.0.0.67"
 
 
 def run_control_plane_command(env: UnprivilegedEnv, *args: str) -> tuple[int, str, str]:
@@ -293,3 +297,14 @@ def test_a_client_refused_just_before_a_rotation_publishes_its_file_reads_the_ne
     choice = selector.choose_after_refusal(settle_seconds=5)
     assert choice.credentials.postgres.password == new_password
     assert [result for result in choice.probes if not result.ok] == []
+
+    # In auto mode (the default) the refused Pegasus would be skipped for the Mac: the job would go there.
+    publish("the-previous-generation-password")
+    mac_ports = dict(zip(("postgres", "redis", "s3"), pick_free_ports(NOTHING_LISTENS, 3), strict=True))
+    settings |= {"mode": "auto",
+                 "mac": {"host": NOTHING_LISTENS, "ports": mac_ports, "credentials_file": str(credentials_file)}}  # fmt: skip
+    selector = Selector(parse_worker_config(settings, "test config"))
+    assert selector.choose().source == "mac"
+    threading.Timer(0.3, publish, args=(new_password,)).start()
+    choice = selector.choose_after_refusal(settle_seconds=5)
+    assert (choice.source, choice.credentials.postgres.password) == ("pegasus", new_password)
