@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from han_worker import client
 from han_worker.connection import Choice, Link, open_link
@@ -75,17 +76,24 @@ FIGURES = (
 
 
 def launch(env: UnprivilegedEnv, state_dir: Path, *extra: str, address: str = ADDRESS) -> RunningControlPlane:
-    """``han-control-plane run`` as tests.integration.control_planes.start_control_plane starts it, but in
-    a session of its own: its process group is then its own to SIGKILL, not this benchmark's."""
+    """``han-control-plane run`` as tests.integration.control_planes.start_control_plane starts it (the
+    Mac's: it has no Slurm), in a session of its own so that no signal to this benchmark reaches it."""
     log = state_dir.parent / f"supervisor-{time.monotonic_ns()}.log"
     argv = env.argv("han-control-plane", "run", "--state-dir", str(state_dir), "--bind", address, *extra)
     with log.open("w") as handle:
         process = subprocess.Popen(
             argv, stdout=handle, stderr=subprocess.STDOUT, text=True, start_new_session=True
         )
-    running = RunningControlPlane(process, state_dir, log)
+    return until_published(RunningControlPlane(process, state_dir, log), f"{state_dir.name}'s endpoints")
+
+
+_Plane = TypeVar("_Plane", bound=RunningControlPlane)
+
+
+def until_published(running: _Plane, what: str) -> _Plane:
+    """``running`` once it has published its endpoints; shut down if it does not."""
     try:
-        wait_until(lambda: published(running), STEP_TIMEOUT_S, f"{state_dir.name}'s endpoints")
+        wait_until(lambda: published(running), STEP_TIMEOUT_S, what)
     except BaseException:
         running.shutdown()
         raise
@@ -131,11 +139,10 @@ def launch_in_slurm(env: UnprivilegedEnv, state_dir: Path) -> SlurmControlPlane:
     # The same program and environment as the direct launch (env.argv): this machine's /usr/local/bin holds
     # another PostgreSQL, whose server would refuse the data directory the other launch initialised.
     command = env.argv("han-control-plane", "run", "--state-dir", str(state_dir), "--bind", ADDRESS)
-    command = command[command.index("env") :]  # Slurm runs the job as the user already
+    as_user, command = command[: command.index("env")], command[command.index("env") :]
     script = write_private_file(env, directory / "control-plane.sbatch",
                                 "#!/bin/bash\nexec " + " ".join(map(shlex.quote, command)) + "\n", mode=0o700)  # fmt: skip
-    argv = ["setpriv", f"--reuid={env.user}", f"--regid={env.user}", "--init-groups", "--",
-            "env", "-i", f"HOME=/home/{env.user}", "PATH=/usr/local/bin:/usr/bin:/bin",
+    argv = [*as_user, "env", "-i", f"HOME=/home/{env.user}", "PATH=/usr/bin:/bin",
             "sbatch", "--wait", "--parsable", f"--job-name={SLURM_JOB_NAME}", "--partition=batch",
             "--time=30", "--cpus-per-task=1", "--mem=1G", "--export=NONE", f"--chdir={directory}",
             f"--output={log}", str(script)]  # fmt: skip
@@ -146,12 +153,7 @@ def launch_in_slurm(env: UnprivilegedEnv, state_dir: Path) -> SlurmControlPlane:
         process.wait(30)
         raise RuntimeError(f"sbatch did not submit the control plane: {job_id}")
     running = SlurmControlPlane(process, state_dir, log, job_id=job_id)
-    try:
-        wait_until(lambda: published(running), STEP_TIMEOUT_S, f"{state_dir.name}'s endpoints (job {job_id})")
-    except BaseException:
-        running.shutdown()
-        raise
-    return running
+    return until_published(running, f"{state_dir.name}'s endpoints (job {job_id})")
 
 
 def supervisor_pid(state_dir: Path) -> int:
