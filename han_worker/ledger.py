@@ -9,9 +9,8 @@ one success; the slower run is recorded as ``superseded`` and its result discard
 A job costs the worker at most two commits: claim and finish (facts.md: commits, not Redis, bound the
 rate). Each is one statement, data-modifying CTEs included, so each is one round trip as well. Under
 load, :meth:`Ledger.finish_then_claim` commits one job's finish and the next job's claim in one
-transaction (one commit, one round trip in pipeline mode): the same two statements, run one after the
-other, so the finish is fenced exactly as alone and the claim is exactly as exclusive; a job then
-costs one commit.
+statement built from the same parts (one commit, one round trip), so the finish is fenced exactly as
+alone and the claim is exactly as exclusive; a job then costs one commit.
 """
 
 from __future__ import annotations
@@ -74,24 +73,29 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     ),
 )
 
-_CLAIM = """
-WITH claimed AS (
+# A claim: the next attempt of job %(claim)s, unless it is finished, running elsewhere (heartbeat within the
+# lease) or out of attempts; the attempt whose worker lost it, if any, is closed as crashed.
+_CLAIM_CTES = """
+claimed AS (
     UPDATE jobs SET attempts = attempts + 1, status = 'running',
         worker_id = %(worker)s, host = %(host)s, platform = %(platform)s,
         control_plane = %(source)s, control_plane_epoch = %(epoch)s,
         started_at = now(), heartbeat_at = now(), stream_entry = %(entry)s
-    WHERE id = %(id)s AND status IN ('queued', 'running') AND attempts - releases < max_attempts
+    WHERE id = %(claim)s AND status IN ('queued', 'running') AND attempts - releases < max_attempts
       AND (status = 'queued' OR heartbeat_at < now() - make_interval(secs => %(lease)s))
+      AND id IS DISTINCT FROM %(finishing)s::uuid
     RETURNING id, attempts, kind, queue, params, inputs
 ), lost AS (
     UPDATE job_attempts SET outcome = 'crashed', finished_at = now(), error = %(lost)s
-    WHERE job_id = %(id)s AND outcome IS NULL AND EXISTS (SELECT 1 FROM claimed)
+    WHERE job_id = %(claim)s AND outcome IS NULL AND EXISTS (SELECT 1 FROM claimed)
 ), started AS (
     INSERT INTO job_attempts (job_id, attempt, worker_id, host, platform, control_plane, control_plane_epoch)
     SELECT id, attempts, %(worker)s, %(host)s, %(platform)s, %(source)s, %(epoch)s FROM claimed
+)"""
+_CLAIMED_COLUMNS = (
+    "claimed.id::text, claimed.attempts, claimed.kind, claimed.queue, claimed.params, claimed.inputs"
 )
-SELECT id::text, attempts, kind, queue, params, inputs FROM claimed
-"""
+_CLAIM = f"WITH {_CLAIM_CTES}\nSELECT {_CLAIMED_COLUMNS} FROM claimed"
 
 # A claim refused for want of attempts left: the last holder is gone, so the job is dead.
 _BURY = """
@@ -107,8 +111,10 @@ WITH buried AS (
 SELECT count(*) FROM buried
 """
 
-_FINISH = """
-WITH finished AS (
+# A result of attempt %(attempt)s of job %(id)s, fenced: it goes in only while that attempt is the job's
+# current one; otherwise the attempt is marked superseded and the result discarded.
+_FINISH_CTES = """
+finished AS (
     UPDATE jobs SET
         status = CASE %(outcome)s::text
             WHEN 'crashed' THEN CASE WHEN attempts - releases >= max_attempts THEN 'dead' ELSE 'queued' END
@@ -124,9 +130,16 @@ WITH finished AS (
         outcome = CASE WHEN EXISTS (SELECT 1 FROM finished) THEN %(outcome)s::text ELSE 'superseded' END
     WHERE job_id = %(id)s AND attempt = %(attempt)s AND (outcome IS NULL OR outcome = 'crashed')
     RETURNING outcome
-)
-SELECT (SELECT status FROM finished), (SELECT outcome FROM attempt)
-"""
+)"""
+_FINISHED_COLUMNS = "(SELECT status FROM finished), (SELECT outcome FROM attempt)"
+_FINISH = f"WITH {_FINISH_CTES}\nSELECT {_FINISHED_COLUMNS}"
+
+# Both in one statement: one round trip, one commit. Its parts share one snapshot and must not touch the same
+# row twice (PostgreSQL would keep one of the changes, unpredictably): the claim refuses the job being
+# finished (%(finishing)s), so every part touches its own job's rows. That duplicate entry is refused as it
+# is after the finish alone: a job finished now is done, and a retry goes in with an entry of its own.
+_FINISH_THEN_CLAIM = f"""WITH {_FINISH_CTES}, {_CLAIM_CTES}
+SELECT {_FINISHED_COLUMNS}, {_CLAIMED_COLUMNS} FROM (SELECT) AS one LEFT JOIN claimed ON true"""  # noqa: S608 - constants only
 
 _JOB_COLUMNS = sql.SQL("""id::text, kind, queue, status, attempts, max_attempts, params, inputs, result,
     outputs, error, worker_id, host, platform, control_plane, control_plane_epoch, created_at, started_at,
@@ -217,16 +230,21 @@ class JobRecord:
         }
 
 
-def _claim_params(job_id: str, entry_id: str, owner: AttemptOwner, lease: float) -> dict[str, object]:
+def _claim_params(
+    job_id: str, entry_id: str, owner: AttemptOwner, lease: float, finishing: str | None = None
+) -> dict[str, object]:
     return {
-        "id": job_id, "entry": entry_id, "lease": lease, "worker": owner.worker_id, "host": owner.host,
-        "platform": owner.platform, "source": owner.source, "epoch": owner.epoch,
+        "claim": job_id, "finishing": finishing, "entry": entry_id, "lease": lease, "worker": owner.worker_id,
+        "host": owner.host, "platform": owner.platform, "source": owner.source, "epoch": owner.epoch,
         "lost": f"lease expired (no heartbeat for {lease:g} s); reclaimed by {owner.worker_id}",
     }  # fmt: skip
 
 
 def _claim_of(row: Row | None) -> Claim | None:
-    return None if row is None else Claim(row[0], row[1], row[2], row[3], row[4], row[5])
+    """The claim in ``row`` (its six columns), or None: no row, or a row of NULLs (refused)."""
+    if row is None or row[0] is None:
+        return None
+    return Claim(row[0], row[1], row[2], row[3], row[4], row[5])
 
 
 def _finish_params(job_id: str, attempt: int, outcome: Outcome) -> dict[str, object]:
@@ -324,37 +342,29 @@ class Ledger:
         self, finished: tuple[str, int, Outcome], entry: tuple[str, str], owner: AttemptOwner, lease: float
     ) -> Handover:
         """Record how attempt ``finished`` ended and claim job ``entry`` (job id, stream entry id) in one
-        transaction: the finish statement, then the claim statement, then COMMIT, sent in one round trip.
+        statement: one transaction, one commit, one round trip.
 
-        The claim comes second, so that it sees the finish (a duplicate entry of the job just finished is
-        refused, as it would be alone). Should the transaction fail while the connection still works (a bad
-        job id in the entry, a deadlock), the finish is recorded alone and the claim is left to the caller
-        (``tried`` False): a claim's failure never costs a finish. A broken connection raises, as
-        :meth:`finish` does: the caller spools the result; the claim, committed or not, is the same as a
-        claim whose answer was lost (its stream entry is reclaimed after a lease)."""
+        The finish is fenced exactly as alone, and the claim is exactly as exclusive; a duplicate entry of
+        the job being finished is refused, as it would be after the finish alone. Should the statement fail
+        while the connection still works (a bad job id in the entry, a deadlock), nothing was committed: the
+        finish is recorded alone and the claim is left to the caller (``tried`` False), so a claim's failure
+        never costs a finish. A broken connection raises, as :meth:`finish` does: the caller spools the
+        result; the claim, committed or not, is the same as a claim whose answer was lost (its stream entry
+        is reclaimed after a lease)."""
         job_id, attempt, outcome = finished
-        finish_params = _finish_params(job_id, attempt, outcome)
+        claim_params = _claim_params(*entry, owner, lease, finishing=job_id)
+        params = _finish_params(job_id, attempt, outcome) | claim_params
         connection = self.connection()
         try:
-            # Explicit BEGIN and COMMIT in one pipeline, synced once at its end: one round trip. (psycopg's
-            # transaction() syncs at each of its boundaries in pipeline mode: three.)
-            with connection.pipeline():
-                connection.execute("BEGIN")
-                finish_cursor = connection.execute(_FINISH, finish_params)
-                claim_cursor = connection.execute(_CLAIM, _claim_params(*entry, owner, lease))
-                connection.execute("COMMIT")
-            finish_row, claim_row = finish_cursor.fetchone(), claim_cursor.fetchone()
+            row = connection.execute(_FINISH_THEN_CLAIM, params).fetchone()
         except psycopg.Error as exc:
             if connection.closed or connection.broken:
                 raise
-            # The statements after the failed one were skipped, COMMIT included: nothing was committed.
-            if connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                connection.execute("ROLLBACK")
-            log.warning("finish and claim in one transaction failed (%s); recording the finish alone", exc)
+            log.warning("finish and claim in one statement failed (%s); recording the finish alone", exc)
             return Handover(self.finish(job_id, attempt, outcome), None, tried=False)
         self.commits += 1
-        report = self._finish_report(job_id, attempt, outcome, finish_row)
-        return Handover(report, _claim_of(claim_row), tried=True)
+        report = self._finish_report(job_id, attempt, outcome, None if row is None else row[:2])
+        return Handover(report, _claim_of(None if row is None else row[2:]), tried=True)
 
     def _finish_report(self, job_id: str, attempt: int, outcome: Outcome, row: Row | None) -> FinishReport:
         status, attempt_outcome = row if row is not None else (None, None)
