@@ -1,9 +1,9 @@
 """One attempt of one job: fetch its inputs, run its backend, record how it ended.
 
-The backend runs in a long-lived daemon thread, one per worker and reused from job to job (never a
-forked process: the worker runs on Windows too), so the worker can keep its promises while a backend is
-stuck: on SIGTERM it waits out the grace period, then asks the backend to stop (``should_stop``), then
-gives the job back and leaves without it (a thread left in a stuck backend is never given another job).
+The backend runs in the calling thread, the worker's serving thread (never a forked process: the worker
+runs on Windows too), while the worker's main thread stays free to keep its promises should a backend be
+stuck: on SIGTERM the grace period runs, then the backend is asked to stop (``should_stop``), then the
+main thread gives the job back and leaves without it (:meth:`han_worker.worker.Worker._abandon`).
 
 Recording is upload, then the fenced ledger commit, then the Redis acknowledgement (under load owed
 to the next read: :meth:`han_worker.queues.Queues.owe`). Under load the
@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -95,92 +93,9 @@ def _checked(result: object) -> AttemptResult:
     return AttemptResult("succeeded", dict(result.summary), None, dict(result.outputs))
 
 
-class _Run:
-    """One backend call handed to the backend thread, and what came of it."""
-
-    def __init__(self, backend: Backend, context: JobContext) -> None:
-        self.backend = backend
-        self.context = context
-        self.result: object = None
-        self.error: BaseException | None = None
-        self.done = threading.Event()
-
-    def execute(self) -> None:
-        try:
-            self.result = self.backend.run(self.context)
-        except BaseException as exc:  # reported to the worker's thread, which decides what it means
-            self.error = exc
-        finally:
-            self.done.set()
-
-
-class _BackendThread(threading.Thread):
-    """A daemon thread that runs backend calls one after another until it is retired.
-
-    Starting a thread per job cost more than a no-op job's whole ledger commit; one thread reused for
-    every job costs a queue put and an event instead."""
-
-    def __init__(self, number: int) -> None:
-        super().__init__(name=f"backend-{number}", daemon=True)
-        self._idle_name = self.name
-        self._runs: queue.SimpleQueue[_Run | None] = queue.SimpleQueue()
-
-    def submit(self, run: _Run) -> None:
-        self._runs.put(run)
-
-    def retire(self) -> None:
-        """Exit once the current call returns (at once when idle); a stuck call keeps it until then."""
-        self._runs.put(None)
-
-    def run(self) -> None:
-        while (run := self._runs.get()) is not None:
-            # Named after its job, as the thread per job was: thread dumps and debuggers say which job.
-            self.name = f"job-{run.context.job_id[:8]}"
-            run.execute()
-            self.name = self._idle_name
-
-
-class BackendRunner:
-    """Runs one worker's backend calls, one at a time, on a long-lived thread.
-
-    A call that did not stop when asked is abandoned with its thread: that thread is retired (it exits
-    if the call ever returns) and the next call gets a fresh one, since a stuck thread cannot take work."""
-
-    def __init__(self) -> None:
-        self._thread: _BackendThread | None = None
-        self.threads_started = 0
-
-    def _ready_thread(self) -> _BackendThread:
-        thread = self._thread
-        if thread is None or not thread.is_alive():
-            self.threads_started += 1
-            thread = self._thread = _BackendThread(self.threads_started)
-            thread.start()
-        return thread
-
-    def start(self, backend: Backend, context: JobContext) -> _Run:
-        run = _Run(backend, context)
-        self._ready_thread().submit(run)
-        return run
-
-    def abandon(self) -> None:
-        """Leave the current call behind: its thread takes no further work."""
-        if self._thread is not None:
-            self._thread.retire()
-            self._thread = None
-
-    def close(self) -> None:
-        """Let the thread exit (a daemon thread: a stuck call does not hold up the process's exit)."""
-        self.abandon()
-
-
-def _ended(run: _Run, clock: DrainClock, job_log: logging.Logger) -> AttemptResult:
-    error = run.error
-    if error is None:
-        try:
-            return _checked(run.result)
-        except (TypeError, ValueError, OSError, ArtifactError) as exc:
-            return AttemptResult("crashed", error=f"invalid result: {describe(exc)}")
+def _ended(error: BaseException, clock: DrainClock, job_log: logging.Logger) -> AttemptResult:
+    """What a backend's exception means: failed (bad input, no retry), released (it stopped because the
+    worker drains) or crashed (retried)."""
     if isinstance(error, JobFailed):
         return AttemptResult("failed", error=str(error) or type(error).__name__)
     if clock.stop_due():
@@ -190,7 +105,7 @@ def _ended(run: _Run, clock: DrainClock, job_log: logging.Logger) -> AttemptResu
 
 
 def run_attempt(
-    inflight: InFlight, backend: Backend | None, workdir: Path, clock: DrainClock, runner: BackendRunner
+    inflight: InFlight, backend: Backend | None, workdir: Path, clock: DrainClock
 ) -> AttemptResult:
     """Run the claimed job to an end: succeeded, failed (no retry), crashed (retry) or released."""
     claim, link = inflight.claim, inflight.link
@@ -212,13 +127,14 @@ def run_attempt(
         log=job_log,
         should_stop=lambda: clock.stop_due() or inflight.superseded,
     )
-    run = runner.start(backend, context)
-    while not run.done.wait(0.5):  # returns as soon as the backend ends
-        if clock.abandon_due():
-            job_log.error("backend did not stop %gs after it was asked to; leaving it", ABANDON_AFTER_SECONDS)
-            runner.abandon()
-            return AttemptResult("released", error="the worker is draining (the backend did not stop)")
-    return _ended(run, clock, job_log)
+    try:
+        returned = backend.run(context)
+    except BaseException as exc:  # SystemExit included: a backend's exit is its attempt's crash, not ours
+        return _ended(exc, clock, job_log)
+    try:
+        return _checked(returned)
+    except (TypeError, ValueError, OSError, ArtifactError) as exc:
+        return AttemptResult("crashed", error=f"invalid result: {describe(exc)}")
 
 
 def log_result(claim: Claim, result: AttemptResult, report: FinishReport | None) -> None:

@@ -1,13 +1,19 @@
 """``han-worker run``: take jobs from the queues, run them, record them, and outlive what goes away.
 
-The main thread reads top to bottom: maintenance (switch control plane, deliver the spool, reconcile),
+The serving thread reads top to bottom: maintenance (switch control plane, deliver the spool, reconcile),
 next delivery (a reclaimed entry or a new one), claim, run, record. While more deliveries wait and no
 maintenance is due, the next one is taken just before a job's result is committed and claimed in the
 same transaction (one commit per job), then run, and so on; the loop goes back to maintenance as soon
-as the queue is empty, a stop or a switch is requested or housekeeping is due. Two helper threads only watch:
-the heartbeat (lease, ledger heartbeat, registry) and the monitor (probes that decide a failover).
-Switching happens only between jobs, in the main thread; a job's result always goes to the control
-plane it came from. No fork() and no SIGALRM anywhere: the same loop runs on Windows.
+as the queue is empty, a stop or a switch is requested or housekeeping is due. Backends run in the
+serving thread itself: a job costs no hand-over between threads.
+
+The main thread only supervises, so that it is always free for signals however long a backend computes:
+on SIGTERM it asks the loop to drain, and should a backend not stop within the grace period and
+:data:`han_worker.attempt.ABANDON_AFTER_SECONDS` more, it gives that job back and leaves the process
+without it. Two helper threads only watch: the heartbeat (lease, ledger heartbeat, registry) and the
+monitor (probes that decide a failover). Switching happens only between jobs, in the serving thread; a
+job's result always goes to the control plane it came from. No fork() and no SIGALRM anywhere: the same
+loop runs on Windows.
 """
 
 from __future__ import annotations
@@ -25,9 +31,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from han_worker import attempt
 from han_worker.attempt import (
     RECORDING_ERRORS,
-    BackendRunner,
+    AttemptResult,
     DrainClock,
     InFlight,
     Successor,
@@ -67,6 +74,7 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 # After a failed health check, the next ones come this many times faster until the gate decides.
 CONFIRM_SPEEDUP = 5
+SUPERVISE_SECONDS = 0.5  # how often the main thread looks whether a drain left a backend stuck
 
 
 class StartError(RuntimeError):
@@ -167,8 +175,10 @@ class Worker:
         self.identity = Identity.here(self.platform.recorded)
         self.spool = Spool(config.spool_dir)
         self.clock = DrainClock(config.drain_grace_seconds)
-        self.runner = BackendRunner()  # the jobs' backend thread, kept from job to job
         self.stopping = threading.Event()
+        # Held by whoever records the job in flight: the serving thread, or the main thread leaving it behind.
+        self._recording = threading.Lock()
+        self._abandoned = False
         self.gate = FailoverGate(config.flap_threshold)
         self.link: Link | None = None
         self.inflight: InFlight | None = None
@@ -208,17 +218,48 @@ class Worker:
             Periodic("heartbeat", lambda: self.config.heartbeat_seconds, self.heartbeat_tick, threads_stop),
             self.monitor,
         ]
-        for thread in threads:
+        serving = threading.Thread(target=self._serve_until_stopped, name="serving", daemon=True)
+        for thread in (*threads, serving):
             thread.start()
         try:
-            while not self.stopping.is_set():
-                self._step()
+            self._supervise(serving)
         finally:
             threads_stop.set()
             for thread in threads:
                 thread.wake()
             self._leave()
         return EXIT_OK
+
+    def _serve_until_stopped(self) -> None:
+        while not self.stopping.is_set():
+            self._step()
+
+    def _supervise(self, serving: threading.Thread) -> None:
+        """Wait for the serving thread to end, leaving behind a backend that does not stop when asked."""
+        while serving.is_alive():
+            serving.join(SUPERVISE_SECONDS)
+            if serving.is_alive() and self.clock.abandon_due():
+                self._abandon()
+                return
+
+    def _abandon(self) -> None:
+        """Give the job in flight back (released: it does not count as an attempt) and stop waiting for it:
+        its backend did not stop when asked. The serving thread, a daemon, ends with the process."""
+        inflight = self.inflight
+        what = f"job {inflight.claim.job_id}" if inflight else "the serving thread"
+        seconds = attempt.ABANDON_AFTER_SECONDS
+        log.error("%s did not stop %gs after it was asked to; leaving it behind", what, seconds)
+        # A recording in progress is the job's own result: let it end (its calls have timeouts).
+        if not self._recording.acquire(timeout=self.config.probe_timeout_seconds * 3):
+            return
+        try:
+            self._abandoned = True
+            inflight = self.inflight
+            if inflight is not None:
+                result = AttemptResult("released", error="the worker is draining (the backend did not stop)")
+                log_result(inflight.claim, result, record(inflight, result, self.spool).report)
+        finally:
+            self._recording.release()
 
     def stop(self) -> None:
         """Stop taking jobs; the job in flight has the grace period to finish, then goes back."""
@@ -279,7 +320,6 @@ class Worker:
         link.queues.register(self.identity.worker_id, self.registry_fields(), self._registry_ttl)
 
     def _leave(self) -> None:
-        self.runner.close()
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
         link = self.link
@@ -294,8 +334,7 @@ class Worker:
         commits = self.commits_before + link.ledger.commits
         link.close()
         per_job = f" ({commits / self.jobs_done:.2f} per job)" if self.jobs_done else ""
-        log.info("stopped after %d job(s); %d ledger commits%s; %d backend thread(s)",
-                 self.jobs_done, commits, per_job, self.runner.threads_started)  # fmt: skip
+        log.info("stopped after %d job(s); %d ledger commits%s", self.jobs_done, commits, per_job)
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -394,8 +433,12 @@ class Worker:
         self.inflight = inflight = InFlight(delivery, claim, link)
         workdir = self._workdir()
         try:
-            result = run_attempt(inflight, self.backends.get(claim.kind), workdir, self.clock, self.runner)
-            recorded = record(inflight, result, self.spool, lambda: self._successor(link))
+            result = run_attempt(inflight, self.backends.get(claim.kind), workdir, self.clock)
+            with self._recording:
+                if self._abandoned:  # the main thread gave this job back; the process is leaving
+                    return delivery, None
+                recorded = record(inflight, result, self.spool, lambda: self._successor(link))
+                self.inflight = None
             log_result(claim, result, recorded.report)
         finally:
             self.inflight = None

@@ -19,12 +19,15 @@ import psycopg
 import pytest
 
 from han_worker import attempt, client
-from han_worker.attempt import AttemptResult, BackendRunner, DrainClock, InFlight, run_attempt
+from han_worker.attempt import AttemptResult, DrainClock, InFlight, run_attempt
 from han_worker.backends.base import JobContext, JobFailed, JobResult
-from han_worker.connection import Choice, Link, open_link
+from han_worker.connection import Choice, Link, Selector, open_link
+from han_worker.credentials import Credentials
 from han_worker.endpoints import parse_endpoints
 from han_worker.ledger import AttemptOwner, Claim, FinishReport, Ledger, NewJob, Outcome
 from han_worker.queues import Delivery, stream_key
+from han_worker.worker import Worker
+from han_worker.worker_config import Overrides, WorkerConfig, load_worker_config
 from tests.integration.conftest import UnprivilegedEnv
 from tests.integration.control_planes import (
     RunningControlPlane,
@@ -243,8 +246,6 @@ def test_a_batch_costs_about_one_commit_per_job_and_runs_each_job_once(
     # Alone, claim and finish are two commits; a batch chains them. The first job of each chain and
     # the worker's start cost extra, so not exactly 1.
     assert commits_per_job(started) < 1.2
-    for worker in started:  # every job of a worker on the same backend thread, none started per job
-        assert "; 1 backend thread(s)" in worker.output(), worker.output()
 
 
 def test_a_drain_under_load_leaves_no_job_claimed_and_not_run(
@@ -273,8 +274,8 @@ def test_a_drain_under_load_leaves_no_job_claimed_and_not_run(
     assert set(map(tuple, attempt_outcomes(link.ledger, batch).values())) == {("succeeded",)}
 
 
-# -- the backend thread ---------------------------------------------------------------------------------
-# run_attempt in this process, on jobs claimed in the real ledger, with backends that say where they ran.
+# -- the backend in the serving thread ------------------------------------------------------------------
+# run_attempt and Worker.run in this process, on jobs in the real ledger, with backends that say where they ran.
 
 
 def succeed(_context: JobContext) -> JobResult:
@@ -296,75 +297,93 @@ class Probe:
         return self.then(context)
 
 
-def attempt_on(
-    link: Link, probe: Probe, runner: BackendRunner, tmp_path: Path, clock: DrainClock | None = None
-) -> AttemptResult:
+def attempt_on(link: Link, probe: Probe, tmp_path: Path) -> AttemptResult:
     (job_id,) = new_jobs(link.ledger, 1)
     claim = claimed(link.ledger, job_id)
     inflight = InFlight(Delivery("noop", "1-0", job_id), claim, link)
-    return run_attempt(inflight, probe, tmp_path, clock or DrainClock(5), runner)
+    return run_attempt(inflight, probe, tmp_path, DrainClock(5))
 
 
-def test_one_backend_thread_runs_job_after_job(link: Link, tmp_path: Path):
-    runner, probe = BackendRunner(), Probe()
-
-    results = [attempt_on(link, probe, runner, tmp_path) for _index in range(20)]
-
-    assert {result.outcome for result in results} == {"succeeded"}
-    assert runner.threads_started == 1
-    assert len(set(probe.threads)) == 1
-    assert probe.threads[0] is not threading.current_thread()
-    runner.close()
-    probe.threads[0].join(5)
-    assert not probe.threads[0].is_alive()  # closed: the idle thread exits
-
-
-def test_a_backend_error_is_reported_and_the_thread_carries_on(link: Link, tmp_path: Path):
-    runner = BackendRunner()
+def test_the_backend_runs_in_the_calling_thread_and_its_errors_are_the_attempts_outcome(
+    link: Link, tmp_path: Path
+):
     errors: list[BaseException] = [RuntimeError("boom"), JobFailed("bad input"), SystemExit(3)]
 
     def fail(_context: JobContext) -> JobResult:
         raise errors.pop(0)
 
     probe = Probe(fail)
-    crashed, failed, exited = (attempt_on(link, probe, runner, tmp_path) for _index in range(3))
+    crashed, failed, exited = (attempt_on(link, probe, tmp_path) for _index in range(3))
     probe.then = succeed
-    succeeded = attempt_on(link, probe, runner, tmp_path)
+    succeeded = attempt_on(link, probe, tmp_path)
 
     assert (crashed.outcome, crashed.error) == ("crashed", "RuntimeError: boom")
     assert (failed.outcome, failed.error) == ("failed", "bad input")
     assert (exited.outcome, exited.error) == ("crashed", "SystemExit: 3")
-    assert succeeded.outcome == "succeeded"
-    assert runner.threads_started == 1
-    runner.close()
+    assert (succeeded.outcome, succeeded.summary) == ("succeeded", {"ok": True})
+    assert set(probe.threads) == {threading.current_thread()}  # no thread handed a job over
 
 
-def test_a_backend_that_does_not_stop_is_left_behind_and_the_next_job_gets_a_fresh_thread(
-    link: Link, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+class FixedSelector(Selector):
+    """Chooses the test's control plane, read as root (its files belong to the cluster user)."""
+
+    def __init__(self, config: WorkerConfig, choice: Choice) -> None:
+        super().__init__(config)
+        self.choice = choice
+
+    def choose(self) -> Choice:
+        return self.choice
+
+    def credentials_on_disk(self, source: str) -> Credentials | None:
+        return self.choice.credentials
+
+
+def test_a_backend_that_does_not_stop_is_left_behind_and_its_job_given_back(
+    link: Link, control_plane: RunningControlPlane, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    monkeypatch.setattr(attempt, "ABANDON_AFTER_SECONDS", 0.2)
-    runner, release = BackendRunner(), threading.Event()
-    stuck = Probe(lambda _context: JobResult({"late": release.wait(30)}))  # deaf to should_stop
-    draining = DrainClock(0)
-    draining.request()
+    monkeypatch.setattr(attempt, "ABANDON_AFTER_SECONDS", 0.5)
+    monkeypatch.setattr(Worker, "_install_signal_handlers", lambda _self: None)  # pytest's own stay
+    queue = f"abandon-{uuid.uuid4().hex[:8]}"  # this test's only: the module's worker processes never see it
+    release, started = threading.Event(), threading.Event()
 
-    abandoned = attempt_on(link, stuck, runner, tmp_path, draining)
-    after = Probe()
-    next_result = attempt_on(link, after, runner, tmp_path)
+    def deaf(_context: JobContext) -> JobResult:  # never asks should_stop
+        started.set()
+        return JobResult({"late": release.wait(30)})
 
-    assert abandoned.outcome == "released"
-    assert abandoned.error == "the worker is draining (the backend did not stop)"
-    assert next_result.outcome == "succeeded"
-    assert runner.threads_started == 2
-    (stuck_thread,), (fresh_thread,) = stuck.threads, after.threads
-    assert fresh_thread is not stuck_thread
-    assert stuck_thread.is_alive()  # still in the backend
-    release.set()
+    stuck = Probe(deaf, name="noop", queue=queue)
+    document = {"mode": "pegasus", "queues": [queue], "spool_dir": str(tmp_path / "spool"),
+                "pegasus": {"endpoints_file": str(control_plane.state_dir / "endpoints.json")},
+                "lease_seconds": 30, "heartbeat_seconds": 0.5, "probe_interval_seconds": 60,
+                "drain_grace_seconds": 0.2}  # fmt: skip
+    (tmp_path / "worker.json").write_text(json.dumps(document))
+    (tmp_path / "worker.json").chmod(0o600)
+    config = load_worker_config(tmp_path / "worker.json", Overrides(), {})
+    worker = Worker(config, {"noop": stuck}, FixedSelector(config, link.choice))
+    (job_id,) = new_jobs(link.ledger, 1)
+    link.ledger.connection().execute("UPDATE jobs SET queue = %s WHERE id = %s", (queue, job_id))
+    link.queues.enqueue(queue, job_id)
+    stopper = threading.Thread(target=lambda: started.wait(30) and worker.stop())
+    stopper.start()
+    try:
+        began = time.monotonic()
+        assert worker.run() == 0  # in this (main) thread, as the CLI runs it
+        took = time.monotonic() - began
+        stopper.join(5)
+
+        (stuck_thread,) = stuck.threads
+        assert stuck_thread is not threading.current_thread()
+        assert stuck_thread.is_alive()  # still in the backend: left behind
+        assert took < 10
+        job = link.ledger.job(job_id)
+        assert job is not None
+        assert (job.status, job.error) == ("queued", "the worker is draining (the backend did not stop)")
+        assert outcomes(link.ledger, job_id) == ["released"]  # given back: it does not count as an attempt
+        assert job_id in link.queues.job_ids(queue)  # back in the queue for another worker
+    finally:
+        release.set()
+        link.queues.client.delete(stream_key(queue))
     stuck_thread.join(5)
-    assert not stuck_thread.is_alive()  # retired: once its call returned it took no further work
-    assert attempt_on(link, after, runner, tmp_path).outcome == "succeeded"
-    assert after.threads == [fresh_thread, fresh_thread]
-    runner.close()
+    assert outcomes(link.ledger, job_id) == ["released"]  # its late result was not recorded
 
 
 # -- owed acknowledgements --------------------------------------------------------------------------------
