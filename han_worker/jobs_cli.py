@@ -106,6 +106,13 @@ def _add_run(commands: Commands[argparse.ArgumentParser]) -> None:
         metavar="LIST",
         help="comma-separated queues to serve (default: $HAN_WORKER_QUEUES, else the config file's)",
     )
+    run.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="log no line per succeeded job (failures, retries and the rest still go out; the ledger "
+        "records every job): for queues of many short jobs",
+    )
     run.set_defaults(handler=_run)
 
 
@@ -179,7 +186,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         config = _config(args, need_queues=True)
         backends = backends_to_serve(config.queues)
-        worker = Worker(config, backends, Selector(config))
+        worker = Worker(config, backends, Selector(config), log_successes=not args.quiet)
         return int(worker.run())
     except (WorkerConfigError, UnsupportedQueue, EndpointsError, StartError) as exc:
         return _fail("run", exc)

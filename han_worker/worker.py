@@ -167,8 +167,12 @@ class Periodic(threading.Thread):
 
 
 class Worker:
-    def __init__(self, config: WorkerConfig, backends: Mapping[str, Backend], selector: Selector) -> None:
+    def __init__(
+        self, config: WorkerConfig, backends: Mapping[str, Backend], selector: Selector, *,
+        log_successes: bool = True,
+    ) -> None:  # fmt: skip
         self.config = config
+        self.log_successes = log_successes  # False: no line per succeeded job (the ledger has them all)
         self.backends = backends
         self.selector = selector
         self.platform = platform_here()
@@ -439,7 +443,7 @@ class Worker:
                     return delivery, None
                 recorded = record(inflight, result, self.spool, lambda: self._successor(link))
                 self.inflight = None
-            log_result(claim, result, recorded.report)
+            log_result(claim, result, recorded.report, successes=self.log_successes)
         finally:
             self.inflight = None
             self.jobs_done += 1

@@ -6,7 +6,7 @@ Run as root from the repository, like the integration tests: it refreshes the cl
 from this checkout, starts a control plane as that user (PostgreSQL, Valkey, SeaweedFS on
 127.0.0.10), and for each system starts its worker processes as that user and submits no-op jobs:
 
-- ours: ``han-worker run`` processes, ``noop`` jobs through :mod:`han_worker.client`; times come from
+- ours: ``han-worker run --quiet`` processes, ``noop`` jobs through :mod:`han_worker.client`; times come from
   the ledger (created_at, started_at, finished_at: one clock).
 - RQ: ``SimpleWorker`` (no fork per job: the worker RQ offers on Windows), see :mod:`tests.bench.rq_tasks`.
 - Celery: the solo pool with ``acks_late`` and a prefetch of one, see :mod:`tests.bench.celery_app`.
@@ -114,7 +114,8 @@ def start_ours(
     settings = worker_settings(cp, workdir / "spool", mode="pegasus", lease_seconds=30, heartbeat_seconds=5,
                                probe_interval_seconds=5, reconcile_seconds=30)  # fmt: skip
     config = write_private_file(env, workdir / "worker.json", json.dumps(settings))
-    workers = [start_worker(env, config) for _index in range(count)]
+    # --quiet: no line per succeeded job, as RQ and Celery run at WARNING (see notes()).
+    workers = [start_worker(env, config, "--quiet") for _index in range(count)]
     wait_started(workers, lambda: all("serving noop" in worker.output() for worker in workers), "han-worker")
     return workers
 
@@ -469,8 +470,9 @@ def notes(
         f"Ledger commits per job counted by our workers: {report.spread_text(commits, 2) if commits else '?'}.",
         f"Same Valkey {redis_version} for all three (the control plane's, AOF everysec); RQ and Celery reach it "
         f"as the ACL user {BENCH_USER} (keys outside han:*), run as the cluster user like ours.",
-        "RQ and Celery log at WARNING (RQ logs two lines per job at INFO); Celery runs without gossip, mingle "
-        "and heartbeat; neither stores results (Celery has no result backend, RQ keeps its default job hash).",
+        "None of the three logs a line per job: ours runs with --quiet, RQ and Celery at WARNING (RQ logs two "
+        "lines per job at INFO); Celery runs without gossip, mingle and heartbeat; neither stores results "
+        "(Celery has no result backend, RQ keeps its default job hash).",
         "Their no-op task appends its times to a Redis list: one more round trip per job (~0.1 ms) than a "
         "bare no-op; ours has none such.",
         "2-core machine shared with other sessions' tests: figures are noisy; compare the ratios, measured "
