@@ -104,7 +104,7 @@ class ArtifactStore:
 
     def download_inputs(self, inputs: Mapping[str, Mapping[str, object]], directory: Path) -> dict[str, Path]:
         """Every input of a job into ``directory`` (created when there are inputs), keyed by input name."""
-        if inputs:  # a job without inputs leaves its workdir empty, so the worker can keep it (worker.py)
+        if inputs:  # a job without inputs creates no directory (JobContext.workdir)
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         local = {}
         for name, record in inputs.items():

@@ -123,7 +123,7 @@ def run_attempt(
         kind=claim.kind,
         params=claim.params,
         inputs=inputs,
-        workdir=workdir,
+        scratch=workdir,
         log=job_log,
         should_stop=lambda: clock.stop_due() or inflight.superseded,
     )

@@ -129,15 +129,6 @@ def backends_to_serve(queues: Iterable[str]) -> dict[str, Backend]:
     return kinds
 
 
-def _written_to(directory: Path) -> bool:
-    """Whether anything is in ``directory`` (or it is gone): one directory read."""
-    try:
-        with os.scandir(directory) as entries:
-            return next(entries, None) is not None
-    except OSError:
-        return True
-
-
 class Periodic(threading.Thread):
     """Run ``action`` every ``interval()`` seconds, or at once when woken, until ``stop`` is set.
 
@@ -195,7 +186,7 @@ class Worker:
         self._next_reclaim = 0.0
         self._next_housekeeping = 0.0
         self._failures = 0
-        self._scratch: Path | None = None  # the jobs' scratch directory, kept while jobs leave it empty
+        self._scratch: Path | None = None  # holds the jobs' scratch directories; removed when leaving
         self.monitor: Periodic | None = None
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -458,19 +449,17 @@ class Worker:
         return successor.delivery, recorded.claim
 
     def _workdir(self) -> Path:
-        """The job's private scratch directory (0700), empty: the last job's when it left it empty."""
+        """Where the job's scratch directory goes: a name of its own inside this worker's private (0700)
+        directory. The backend creates it by asking for it (JobContext.workdir): a job that does not, a
+        no-op for one, costs no directory at all."""
         if self._scratch is None:
             self._scratch = Path(tempfile.mkdtemp(prefix=f"han-worker-{os.getpid()}-"))
-        return self._scratch
+        return self._scratch / f"job-{self.jobs_done}"
 
     def _clear(self, workdir: Path) -> None:
-        """After a job: a directory left empty is kept for the next job (a no-op job then costs one
-        directory read, not a mkdir and an rmdir); one written to is removed and the next job gets a new
-        one, so no job sees another's files. Removed as well when stopping: an abandoned backend may
-        still be writing in it."""
-        if self.stopping.is_set() or _written_to(workdir):
+        """After a job: its scratch directory goes, if it made one; no job sees another's files."""
+        if os.path.lexists(workdir):
             shutil.rmtree(workdir, ignore_errors=True)
-            self._scratch = None
 
     def _successor(self, link: Link) -> Successor | None:
         """The next waiting delivery, to claim with this job's result; None when none waits or the loop has

@@ -33,10 +33,19 @@ class JobContext:
     kind: str
     params: Mapping[str, object]
     inputs: Mapping[str, Path]  # input name -> local file, downloaded and hash-checked
-    workdir: Path  # private scratch directory, empty at the start; removed after the attempt if used
+    scratch: Path  # where the job's scratch directory goes: see workdir
     log: logging.Logger
     # True once the worker's drain grace period is over, or a later attempt has taken the job over.
     should_stop: Callable[[], bool] = field(default=lambda: False)
+
+    @property
+    def workdir(self) -> Path:
+        """The job's private scratch directory, empty at the start and removed after the attempt.
+
+        Created when first asked for, inside the worker's own 0700 directory: a job that never asks
+        (a no-op, a job that only computes) costs no directory."""
+        self.scratch.mkdir(mode=0o700, exist_ok=True)
+        return self.scratch
 
 
 @dataclass(frozen=True)

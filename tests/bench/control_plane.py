@@ -10,8 +10,8 @@ job (``squeue %V``, whole seconds) to the supervisor's "published" log line (mil
 - cold start: a fresh state directory (initdb, the first S3 volume, new secrets);
 - warm start: the same directory again, after a clean stop;
 - stop: ``-e state=stopped`` (SIGTERM to the supervisor, wait until the job ended);
-- rollover (not in smoke mode: it costs the 3-minute walltime): a job with a 3-minute walltime, Slurm's
-  warning 60 s before its end, and a successor queued by the job itself (``--dependency=singleton``).
+- rollover (not in smoke mode: it costs the 2-minute walltime): a job with a 2-minute walltime, Slurm's
+  warning 30 s before its end (the role's least), and a successor queued by the job itself (``--dependency=singleton``).
   The gap is from the old epoch's stale mark to the new epoch's publication, both from the supervisors'
   logs; the new job's warm start is timed from its start (it was submitted minutes before).
 """
@@ -44,11 +44,13 @@ SETTINGS: dict[str, object] = {
 # inventory's 12-hour jobs often do), instead of queueing it behind that job for hours.
 NO_SUCCESSOR: dict[str, object] = {"control_plane_successor": False, "control_plane_slurm_time": "30"}
 ROLLOVER: dict[str, object] = {
-    "control_plane_slurm_time": "3",  # minutes
-    "control_plane_walltime_warning": 60,
+    # Slurm may signal up to a minute early, so the warning can come 30 s after the start at the soonest:
+    # long after the warm start has published (~5 s).
+    "control_plane_slurm_time": "2",  # minutes
+    "control_plane_walltime_warning": 30,
     "control_plane_successor": True,
 }
-ROLLOVER_TIMEOUT_S = 330.0  # the 3-minute walltime, the stop and the successor's start, with a margin
+ROLLOVER_TIMEOUT_S = 270.0  # the 2-minute walltime, the stop and the successor's start, with a margin
 
 
 def state_dir() -> Path:
@@ -142,7 +144,7 @@ def last_logged_at(text: str) -> float:
 def rollover(started: dict[str, object]) -> dict[str, float]:
     """Wait for the walltime to end the job ``started`` and its successor to publish the next epoch."""
     old_job, old_epoch = str(started["job_id"]), int(str(started["epoch"]))
-    print(f"  rollover: waiting for job {old_job}'s 3-minute walltime", flush=True)
+    print(f"  rollover: waiting for job {old_job}'s 2-minute walltime", flush=True)
     document = wait_until(
         lambda: successor_published(old_epoch), ROLLOVER_TIMEOUT_S, "the successor's epoch", 0.5
     )
@@ -175,7 +177,7 @@ def benchmark(context: Context) -> report.Section:
     try:
         measured["cold start"].append(start(NO_SUCCESSOR))
         measured["stop"].append(stop())
-        if not context.smoke:  # the warm start is the rollover's: its 3-minute walltime is the cost
+        if not context.smoke:  # the warm start is the rollover's: its 2-minute walltime is the cost
             measured["warm start"].append(start(ROLLOVER))
             rolled = rollover(measured["warm start"][0])
             measured["stop"].append(stop())
@@ -225,7 +227,7 @@ def section(measured: dict[str, list[dict[str, object]]], rolled: dict[str, floa
             "A cold start runs initdb and creates the first S3 volume and the secrets; a warm start reuses the "
             "state directory of the previous run.",
             "For the walltime rollover it is the gap without a usable control plane: from the old epoch's "
-            "stale mark (Slurm's warning, 60 s before the end) to the successor's publication of the next "
+            "stale mark (Slurm's warning, asked for 30 s before the end) to the successor's publication of the next "
             "epoch.",
         ],
         "columns": ["what", "play (s)", "to published (s)", "ssh commands", "new SSH connections"],
@@ -233,7 +235,7 @@ def section(measured: dict[str, list[dict[str, object]]], rolled: dict[str, floa
         "figures": figures,
         "notes": [
             *rollover_notes(rolled),
-            f"Job {JOB_NAME} in partition batch with 1 CPU, 1 GB and a 30-minute walltime (3 minutes for the "
+            f"Job {JOB_NAME} in partition batch with 1 CPU, 1 GB and a 30-minute walltime (2 minutes for the "
             f"rollover), state in {STATE_DIR} (removed at the end); the inventory's control planes are not "
             "touched.",
             "SSH commands are the ssh processes Ansible ran; new connections those that authenticated "
@@ -244,7 +246,7 @@ def section(measured: dict[str, list[dict[str, object]]], rolled: dict[str, floa
 
 def rollover_notes(rolled: dict[str, float] | None) -> list[str]:
     if rolled is None:
-        return ["Smoke mode: no rollover (it costs the 3-minute walltime)."]
+        return ["Smoke mode: no rollover (it costs the 2-minute walltime)."]
     return [
         f"Rollover gap {rolled['gap_s']:.1f} s = the old supervisor's clean stop {rolled['old_stop_s']:.1f} s "
         f"(SeaweedFS's filer waits out its gRPC graceful stop) + Slurm ending the job and starting the "

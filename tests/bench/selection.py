@@ -143,7 +143,7 @@ def documents(cp: RunningControlPlane, stack: ExitStack) -> dict[str, dict[str, 
 
 
 def benchmark(context: Context) -> report.Section:
-    timeout, samples = (0.5, 1) if context.smoke else (2.0, 5 * context.repeat)
+    timeout, samples = (0.5, 1) if context.smoke else (2.0, 3 * context.repeat)
     cp = context.control_plane()
     rows, figures = [], {"probe_timeout_ms": timeout * 1000, "samples": samples, "cases": {}}
     print(f"endpoint selection: probe timeout {timeout:g}s, {samples} sample(s) per figure", flush=True)

@@ -111,14 +111,12 @@ def run(
     job_log = logging.getLogger(f"test.isaaclab.{tmp_path.name}")
     job_log.addHandler(records)
     job_log.setLevel(logging.INFO)
-    workdir = tmp_path / "work"
-    workdir.mkdir(exist_ok=True)
     context = JobContext(
         job_id="job-7",
         kind="isaaclab_teacher_ppo",
         params=params,
         inputs={},
-        workdir=workdir,
+        scratch=tmp_path / "work",
         log=job_log,
         should_stop=should_stop,
     )

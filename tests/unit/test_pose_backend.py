@@ -38,14 +38,12 @@ FPS = 10.0
 def run(
     tmp_path: Path, inputs: Mapping[str, Path], should_stop: Callable[[], bool] = lambda: False
 ) -> JobResult:
-    workdir = tmp_path / "work"
-    workdir.mkdir(exist_ok=True)
     context = JobContext(
         job_id="job-1",
         kind="pose",
         params={},
         inputs=inputs,
-        workdir=workdir,
+        scratch=tmp_path / "work",
         log=logging.getLogger("test.pose"),
         should_stop=should_stop,
     )
