@@ -18,7 +18,7 @@ from typing import TypedDict
 
 # The libraries whose versions change the figures: the clients of Redis and PostgreSQL, the systems we
 # compare against, and ours.
-PACKAGES = ("han-worker", "redis", "psycopg", "psycopg-binary", "rq", "celery", "kombu")
+PACKAGES = ("han-worker", "redis", "hiredis", "psycopg", "psycopg-binary", "rq", "celery", "kombu")
 
 
 class Section(TypedDict):
