@@ -141,7 +141,7 @@ def log_result(
     claim: Claim, result: AttemptResult, report: FinishReport | None, *, successes: bool = True
 ) -> None:
     """One line per finished attempt: INFO for a success (none when ``successes`` is False), else WARNING."""
-    if successes is False and report is not None and report.recorded and result.outcome == "succeeded":
+    if not successes and report is not None and report.recorded and result.outcome == "succeeded":
         return
     what = f"job {claim.job_id} ({claim.kind}) attempt {claim.attempt}"
     if report is None:

@@ -363,8 +363,9 @@ class Ledger:
             log.warning("finish and claim in one statement failed (%s); recording the finish alone", exc)
             return Handover(self.finish(job_id, attempt, outcome), None, tried=False)
         self.commits += 1
-        report = self._finish_report(job_id, attempt, outcome, None if row is None else row[:2])
-        return Handover(report, _claim_of(None if row is None else row[2:]), tried=True)
+        finish_row, claim_row = (row[:2], row[2:]) if row is not None else (None, None)
+        report = self._finish_report(job_id, attempt, outcome, finish_row)
+        return Handover(report, _claim_of(claim_row), tried=True)
 
     def _finish_report(self, job_id: str, attempt: int, outcome: Outcome, row: Row | None) -> FinishReport:
         status, attempt_outcome = row if row is not None else (None, None)

@@ -11,7 +11,8 @@ job (``squeue %V``, whole seconds) to the supervisor's "published" log line (mil
 - warm start: the same directory again, after a clean stop;
 - stop: ``-e state=stopped`` (SIGTERM to the supervisor, wait until the job ended);
 - rollover (not in smoke mode: it costs the 2-minute walltime): a job with a 2-minute walltime, Slurm's
-  warning 30 s before its end (the role's least), and a successor queued by the job itself (``--dependency=singleton``).
+  warning 30 s before its end (the role's least), and a successor queued by the job itself
+  (``--dependency=singleton``).
   The gap is from the old epoch's stale mark to the new epoch's publication, both from the supervisors'
   logs; the new job's warm start is timed from its start (it was submitted minutes before).
 """
@@ -227,8 +228,8 @@ def section(measured: dict[str, list[dict[str, object]]], rolled: dict[str, floa
             "A cold start runs initdb and creates the first S3 volume and the secrets; a warm start reuses the "
             "state directory of the previous run.",
             "For the walltime rollover it is the gap without a usable control plane: from the old epoch's "
-            "stale mark (Slurm's warning, asked for 30 s before the end) to the successor's publication of the next "
-            "epoch.",
+            "stale mark (Slurm's warning, asked for 30 s before the end) to the successor's publication of the "
+            "next epoch.",
         ],
         "columns": ["what", "play (s)", "to published (s)", "ssh commands", "new SSH connections"],
         "rows": rows,

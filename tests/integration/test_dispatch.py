@@ -275,7 +275,8 @@ def test_a_drain_under_load_leaves_no_job_claimed_and_not_run(
 
 
 # -- the backend in the serving thread ------------------------------------------------------------------
-# run_attempt and Worker.run in this process, on jobs in the real ledger, with backends that say where they ran.
+# run_attempt and Worker.run in this process, on jobs in the real ledger, with backends that say where
+# they ran.
 
 
 def succeed(_context: JobContext) -> JobResult:
