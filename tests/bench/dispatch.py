@@ -1,13 +1,14 @@
 """No-op dispatch: our worker side by side with RQ and Celery, on the same Redis, in the same run.
 
-    python -m tests.bench.dispatch [--jobs N] [--workers 1,4] [--repeat 3]
+    python -m tests.bench.dispatch [--batch N] [--paced N] [--workers 1,4] [--repeat 3]
 
 Run as root from the repository, like the integration tests: it refreshes the cluster user's venv
 from this checkout, starts a control plane as that user (PostgreSQL, Valkey, SeaweedFS on
 127.0.0.10), and for each system starts its worker processes as that user and submits no-op jobs:
 
-- ours: ``han-worker run --quiet`` processes, ``noop`` jobs through :mod:`han_worker.client`; times come from
-  the ledger (created_at, started_at, finished_at: one clock).
+- ours: ``han-worker run --quiet`` processes, ``noop`` jobs through :mod:`han_worker.client`; throughput
+  from the ledger's started_at and finished_at, latency from the submitter's time.time() just before
+  ``client.submit`` to the no-op's own start (its summary's ``started``), as for the other two.
 - RQ: ``SimpleWorker`` (no fork per job: the worker RQ offers on Windows), see :mod:`tests.bench.rq_tasks`.
 - Celery: the solo pool with ``acks_late`` and a prefetch of one, see :mod:`tests.bench.celery_app`.
 
@@ -15,9 +16,10 @@ RQ and Celery use the control plane's own Valkey through a Redis ACL user the ad
 run, limited to their keys (ours stay under han:*). Their no-op task records time.time() at its start
 and end against the enqueue time passed as its argument (one clock: one machine).
 
-- throughput: N jobs enqueued at once, workers already idle; jobs/s = N / (last finish - first start).
-- latency: jobs enqueued one at a time at half the measured throughput (at most 200/s), so that they
-  rarely queue; enqueue-to-start = the job's start - its enqueue.
+- throughput: a batch of N jobs enqueued at once, workers already idle; jobs/s = N / (last finish - first
+  start). 2,000 by default: one worker takes ~2 s over them, long enough for a steady figure.
+- latency: M jobs enqueued one at a time at half the measured throughput (at most 200/s), so that they
+  rarely queue; enqueue-to-start = the task's own start - the submitter's clock before the enqueue call.
 
 Prints figures only; whatever they are, it exits 0 once it could measure.
 """
@@ -66,16 +68,23 @@ START_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
+class Sizes:
+    batch: int  # jobs enqueued at once: the jobs/s figure
+    paced: int  # jobs enqueued one at a time: the latency figures
+
+
+@dataclass(frozen=True)
 class Sample:
     """One system, one worker count, one repetition."""
 
     rate: float  # jobs/s
     p50: float  # enqueue-to-start, ms
     p99: float
+    stages: dict[str, float] = field(default_factory=dict)  # ours only: where the latency goes (medians, ms)
 
 
-def sample(rate: float, latencies: list[float]) -> Sample:
-    return Sample(rate, statistics.median(latencies), report.percentile(latencies, 0.99))
+def sample(rate: float, latencies: list[float], stages: dict[str, float] | None = None) -> Sample:
+    return Sample(rate, statistics.median(latencies), report.percentile(latencies, 0.99), stages or {})
 
 
 # -- ours ---------------------------------------------------------------------------------------------
@@ -134,19 +143,50 @@ def wait_done(link: Link, job_ids: list[str], timeout: float = 600) -> None:
     raise RuntimeError(f"{len(job_ids)} jobs not done within {timeout:g}s")
 
 
-def timings(link: Link, job_ids: list[str]) -> tuple[float, list[float]]:
-    """(seconds from the first start to the last finish, enqueue-to-start latencies in ms)."""
-    connection = link.ledger.connection()
-    row = connection.execute(
-        "SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM jobs WHERE id = ANY(%s::uuid[])",
-        (job_ids,),
-    ).fetchone()
-    rows = connection.execute(
-        "SELECT extract(epoch FROM started_at - created_at) * 1000 FROM jobs WHERE id = ANY(%s::uuid[])",
-        (job_ids,),
-    ).fetchall()
+def span(link: Link, job_ids: list[str]) -> float:
+    """Seconds from the first job's start to the last one's finish, on the ledger's clock."""
+    row = (
+        link.ledger.connection()
+        .execute(
+            "SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM jobs WHERE id = ANY(%s::uuid[])",
+            (job_ids,),
+        )
+        .fetchone()
+    )
     assert row is not None
-    return float(row[0]), [float(latency) for (latency,) in rows]
+    return float(row[0])
+
+
+# Where our latency goes, from the clocks on the way (one machine): the submitter's before client.submit, the
+# INSERT's start (created_at), the claim's start (started_at) and the no-op's own start.
+STAGES = (
+    "submitter, before its INSERT starts",
+    "INSERT and its commit, the Redis entry, the worker's wake-up",
+    "claim and its commit, the worker up to the no-op",
+)
+
+
+def latencies(link: Link, enqueued: dict[str, float]) -> tuple[list[float], dict[str, float]]:
+    """Submission-to-start latencies in ms, and the median of each of their STAGES.
+
+    From the submitter's clock just before ``client.submit`` to the no-op's own start (its summary's
+    ``started``), as RQ's and Celery's are taken (one machine, one clock). So it counts what a user waits
+    for: the job's durable insert, the Redis entry, the worker's wake-up and its durable claim."""
+    rows = (
+        link.ledger.connection()
+        .execute(
+            "SELECT id::text, extract(epoch FROM created_at)::float8, extract(epoch FROM started_at)::float8, "
+            "(result->>'started')::float8 FROM jobs WHERE id = ANY(%s::uuid[])",
+            (list(enqueued),),
+        )
+        .fetchall()
+    )
+    times = [(enqueued[job_id], created, claimed, started) for job_id, created, claimed, started in rows]
+    stages = {
+        stage: statistics.median((each[index + 1] - each[index]) * 1000 for each in times)
+        for index, stage in enumerate(STAGES)
+    }
+    return [(started - submitted) * 1000 for submitted, _c, _s, started in times], stages
 
 
 def pacing(rate: float) -> float:
@@ -154,16 +194,16 @@ def pacing(rate: float) -> float:
     return 1 / min(200.0, rate / 2)
 
 
-def measure_ours(link: Link, jobs: int) -> Sample:
-    batch = client.submit_many(link, "noop", [{}] * jobs, max_attempts=3)
+def measure_ours(link: Link, sizes: Sizes) -> Sample:
+    batch = client.submit_many(link, "noop", [{}] * sizes.batch, max_attempts=3)
     wait_done(link, batch)
-    span, _latencies = timings(link, batch)
-    rate, paced = jobs / span, []
-    for _index in range(jobs):
-        paced.append(client.submit(link, "noop", {}, {}, max_attempts=3))
+    rate, enqueued = sizes.batch / span(link, batch), {}
+    for _index in range(sizes.paced):
+        submitted = time.time()
+        enqueued[client.submit(link, "noop", {}, {}, max_attempts=3)] = submitted
         time.sleep(pacing(rate))
-    wait_done(link, paced)
-    return sample(rate, timings(link, paced)[1])
+    wait_done(link, list(enqueued))
+    return sample(rate, *latencies(link, enqueued))
 
 
 def commit_ms(link: Link, count: int = 100) -> float:
@@ -244,17 +284,18 @@ class Peer:
         parsed = [tuple(float(part) for part in entry.split()) for entry in entries]
         return [(row[0], row[1], row[2]) for row in parsed]
 
-    def measure(self, jobs: int) -> Sample:
+    def measure(self, sizes: Sizes) -> Sample:
         self.connection.delete(peers.times_key(self.system))
-        self.enqueue_many(jobs)
-        batch = self.times(jobs)
-        rate = jobs / (
+        self.enqueue_many(sizes.batch)
+        batch = self.times(sizes.batch)
+        rate = sizes.batch / (
             max(finished for _e, _s, finished in batch) - min(started for _e, started, _f in batch)
         )
-        for _index in range(jobs):
+        for _index in range(sizes.paced):
             self.enqueue_one()
             time.sleep(pacing(rate))
-        return sample(rate, [(started - enqueued) * 1000 for enqueued, started, _f in self.times(jobs)])
+        paced = self.times(sizes.paced)
+        return sample(rate, [(started - enqueued) * 1000 for enqueued, started, _f in paced])
 
 
 def rq_peer(env: UnprivilegedEnv, workdir: Path, settings_file: Path, connection: redis.Redis) -> Peer:
@@ -322,7 +363,7 @@ class System:
     name: str
     ledger: str  # does it write a durable ledger row per job?
     start: Callable[[int], list[WorkerProcess]]
-    measure: Callable[[int], Sample]
+    measure: Callable[[Sizes], Sample]
     samples: dict[int, list[Sample]] = field(default_factory=dict)
     commits: list[float] = field(default_factory=list)
 
@@ -340,7 +381,7 @@ def systems(context: Context) -> Iterator[tuple[list[System], Link]]:
     try:
         yield [
             System("ours (han-worker)", "yes: 1 row; 1 commit per job under load, 2 idle",
-                   lambda count: start_ours(env, workdir, cp, count), lambda jobs: measure_ours(link, jobs)),
+                   lambda count: start_ours(env, workdir, cp, count), lambda sizes: measure_ours(link, sizes)),
             System("RQ SimpleWorker", "no", rq.start, rq.measure),
             System("Celery solo, acks_late, prefetch 1", "no", celery.start, celery.measure),
         ], link  # fmt: skip
@@ -350,10 +391,10 @@ def systems(context: Context) -> Iterator[tuple[list[System], Link]]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def run_once(system: System, count: int, jobs: int) -> None:
+def run_once(system: System, count: int, sizes: Sizes) -> None:
     workers = system.start(count)
     try:
-        system.samples.setdefault(count, []).append(system.measure(jobs))
+        system.samples.setdefault(count, []).append(system.measure(sizes))
     finally:
         stop_all(workers)
     commits = commits_per_job(workers)
@@ -361,7 +402,7 @@ def run_once(system: System, count: int, jobs: int) -> None:
         system.commits.append(commits)
 
 
-def measure_all(context: Context, jobs: int, counts: list[int]) -> tuple[list[System], list[float]]:
+def measure_all(context: Context, sizes: Sizes, counts: list[int]) -> tuple[list[System], list[float]]:
     """Every system's samples, and the PostgreSQL commit time measured before each repetition."""
     commit_times: list[float] = []
     with systems(context) as (measured, link):
@@ -376,7 +417,7 @@ def measure_all(context: Context, jobs: int, counts: list[int]) -> tuple[list[Sy
             shift = repetition % len(measured)
             for count in counts:
                 for system in measured[shift:] + measured[:shift]:
-                    run_once(system, count, jobs)
+                    run_once(system, count, sizes)
                     latest = system.samples[count][-1]
                     print(f"  [{repetition + 1}/{context.repeat}] {system.name}, {count} worker(s): "
                           f"{latest.rate:,.0f} jobs/s, p50 {latest.p50:.2f} ms, p99 {latest.p99:.2f} ms",
@@ -392,10 +433,16 @@ def ratios(
 
 
 def section_of(
-    measured: list[System], jobs: int, counts: list[int], redis_version: str, commit: report.Spread
+    measured: list[System], sizes: Sizes, counts: list[int], redis_version: str, commit: report.Spread
 ) -> report.Section:
     ours = measured[0]
-    rows, figures = [], {"jobs_per_figure": jobs, "redis_server": redis_version, "systems": {}}
+    rows: list[list[str]] = []
+    figures = {
+        "batch_jobs": sizes.batch,
+        "paced_jobs": sizes.paced,
+        "redis_server": redis_version,
+        "systems": {},
+    }
     for system in measured:
         per_count: dict[str, object] = {}
         for count in counts:
@@ -418,10 +465,12 @@ def section_of(
     return {
         "title": "Dispatch: no-op jobs, ours vs RQ and Celery on the same Redis",
         "explanation": [
-            "jobs/s is N no-op jobs enqueued at once to idle workers, divided by the time from the first start "
-            "to the last finish.",
-            "p50 and p99 are enqueue-to-start latencies of jobs enqueued one at a time at half that rate (at "
-            "most 200/s), so that they rarely wait behind each other.",
+            f"jobs/s is a batch of {sizes.batch:,} no-op jobs enqueued at once to idle workers, divided by the "
+            "time from the first start to the last finish.",
+            f"p50 and p99 are enqueue-to-start latencies of {sizes.paced:,} jobs enqueued one at a time at half "
+            "that rate (at "
+            "most 200/s), so that they rarely wait behind each other: from the submitter's clock just before "
+            "the enqueue call to the no-op task's own start, the same way for all three.",
             "'ours / this' is our jobs/s divided by the other system's, and 'this p50 / ours' the other "
             "system's p50 divided by ours, each computed within one repetition: above 1 means ours is "
             "faster.",
@@ -465,8 +514,16 @@ def notes(
         )
     p50 = report.spread([s.p50 for s in ours.samples[counts[0]]])["median"]
     verdict.append(f"{'met' if p50 < 1 else 'not met'}: ours p50 {p50:.2f} ms (goal < 1 ms)")
+    stages = [
+        f"{statistics.median(s.stages[stage] for s in ours.samples[counts[0]]):.2f} ms {stage}"
+        for stage in STAGES
+    ]
     return [
         f"Goals with {one} worker (not asserted): " + "; ".join(verdict) + ".",
+        f"Where our p50 goes with {one} worker (medians of each stage): "
+        + "; ".join(stages)
+        + ". Two durable "
+        "commits are on the way (the submission's and the claim's), each a WAL flush.",
         f"Ledger commits per job counted by our workers: {report.spread_text(commits, 2) if commits else '?'}.",
         f"Same Valkey {redis_version} for all three (the control plane's, AOF everysec); RQ and Celery reach it "
         f"as the ACL user {BENCH_USER} (keys outside han:*), run as the cluster user like ours.",
@@ -481,34 +538,41 @@ def notes(
 
 
 def benchmark(context: Context) -> report.Section:
-    """The suite's entry: 500 jobs per figure (30 in smoke mode), 1 and 4 workers (1 in smoke mode)."""
-    jobs, counts = (30, [1]) if context.smoke else (500, [1, 4])
-    return run(context, jobs, counts)
+    """The suite's entry: batches of 2,000 jobs and 500 paced ones per figure (30 and 30 in smoke mode), 1 and
+    4 workers (1 in smoke mode)."""
+    sizes, counts = (Sizes(30, 30), [1]) if context.smoke else (Sizes(2000, 500), [1, 4])
+    return run(context, sizes, counts)
 
 
-def run(context: Context, jobs: int, counts: list[int]) -> report.Section:
+def run(context: Context, sizes: Sizes, counts: list[int]) -> report.Section:
     admin = context.control_plane().redis_admin()
     server = admin.info("server")
     admin.close()
     version = str(server.get("valkey_version") or server.get("redis_version"))
-    print(f"dispatch: {jobs} no-op jobs per figure, workers {counts}, {context.repeat} repetition(s), "
-          f"{os.cpu_count()} CPUs", flush=True)  # fmt: skip
-    measured, commit_times = measure_all(context, jobs, counts)
-    return section_of(measured, jobs, counts, version, report.spread(commit_times))
+    print(f"dispatch: batches of {sizes.batch} and {sizes.paced} paced no-op jobs per figure, workers {counts}, "
+          f"{context.repeat} repetition(s), {os.cpu_count()} CPUs", flush=True)  # fmt: skip
+    measured, commit_times = measure_all(context, sizes, counts)
+    return section_of(measured, sizes, counts, version, report.spread(commit_times))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tests.bench.dispatch", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--jobs", type=int, default=500, help="jobs per figure (default: 500)")
+    parser.add_argument(
+        "--batch", type=int, default=2000, help="jobs enqueued at once, for jobs/s (default: 2000)"
+    )
+    parser.add_argument(
+        "--paced", type=int, default=500, help="jobs enqueued one at a time, for latency (default: 500)"
+    )
     parser.add_argument(
         "--workers", default="1,4", help="worker process counts, comma-separated (default: 1,4)"
     )
     parser.add_argument("--repeat", type=int, default=1, help="repetitions (default: 1)")
     args = parser.parse_args(argv)
-    if args.jobs < 10:
-        parser.error("--jobs: at least 10")
+    for name in ("batch", "paced"):
+        if getattr(args, name) < 10:
+            parser.error(f"--{name}: at least 10, not {getattr(args, name)}")
     try:
         counts = [int(count) for count in args.workers.split(",")]
     except ValueError:
@@ -517,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("run as root: the control plane and the workers run as the cluster user")
     context = Context(smoke=False, repeat=max(1, args.repeat))
     try:
-        section = run(context, args.jobs, counts)
+        section = run(context, Sizes(args.batch, args.paced), counts)
     finally:
         context.close()
     print(report.table_text(section["columns"], section["rows"]))

@@ -79,6 +79,44 @@ def outcomes(ledger: Ledger, job_id: str) -> list[object]:
 # -- the ledger ---------------------------------------------------------------------------------------
 
 
+def test_new_jobs_go_in_with_one_commit_however_many(ledger: Ledger):
+    one = NewJob(str(uuid.uuid4()), "sleep", "noop", {"seconds": 2}, {}, 2)
+    batch = [
+        NewJob(str(uuid.uuid4()), "noop", "noop", {"n": index}, {"in": {"key": f"k{index}"}}, 1 + index)
+        for index in range(3)
+    ]
+    before = ledger.commits
+
+    ledger.insert_jobs([one])
+    ledger.insert_jobs(batch)
+    ledger.insert_jobs([])  # nothing to record: no statement at all
+
+    assert ledger.commits - before == 2
+    for job in [one, *batch]:
+        record = ledger.job(job.job_id)
+        assert record is not None
+        assert (record.kind, record.queue, record.status, record.attempts) == (
+            job.kind,
+            job.queue,
+            "queued",
+            0,
+        )
+        assert (record.params, record.inputs, record.max_attempts) == (
+            job.params,
+            job.inputs,
+            job.max_attempts,
+        )
+
+
+def test_a_batch_goes_in_whole_or_not_at_all(ledger: Ledger):
+    fresh, taken = str(uuid.uuid4()), new_jobs(ledger, 1)[0]
+
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        ledger.insert_jobs([NewJob(job_id, "noop", "noop", {}, {}, 3) for job_id in (fresh, taken)])
+
+    assert ledger.job(fresh) is None
+
+
 def test_a_result_and_the_next_claim_cost_one_commit(ledger: Ledger):
     first, second = new_jobs(ledger, 2)
     claim = claimed(ledger, first)
