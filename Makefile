@@ -17,18 +17,15 @@ help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 demo: testbed ## Set up, bring the testbed up and run the failover drill on it (the main job).
-	@echo "==> 1/6 Submitting a GPU job to Pegasus (the testbed) over SSH as the cluster account"
+	@echo "==> 1/4 Submitting a GPU job to Pegasus (the testbed) over SSH as the cluster account"
 	ansible-playbook playbooks/gpu_check.yml
-	@echo "==> 2/6 Bootstrapping the environment on Pegasus and on the Mac (runbook step 1)"
-	ansible-playbook playbooks/bootstrap.yml
-	@echo "==> 3/6 Starting the Pegasus control plane as a Slurm job, and the Mac's fallback (runbook step 2)"
-	ansible-playbook playbooks/control_plane.yml
-	ansible-playbook playbooks/control_plane.yml -e control_plane_hosts=mac
-	@echo "==> 4/6 Starting the Pegasus pose workers, a Slurm job array on RTXA6000 (runbook step 3)"
-	ansible-playbook playbooks/pegasus_worker.yml
-	@echo "==> 5/6 Starting the Windows worker's STAND-IN (no Windows host here; runbook step 4)"
+	@echo "==> 2/4 Deploying with site.yml (runbook steps 1-4): the environments on Pegasus and the Mac, the"
+	@echo "    Pegasus control plane as a Slurm job and the Mac's fallback, the Pegasus pose workers as a Slurm"
+	@echo "    job array on RTXA6000 (no Windows host here: its group is empty)"
+	ansible-playbook playbooks/site.yml
+	@echo "==> 3/4 Starting the Windows worker's STAND-IN (no Windows host here; runbook step 4)"
 	ansible-playbook playbooks/windows_standin.yml
-	@echo "==> 6/6 The failover drill, every scenario (runbook step 5); about 8 minutes"
+	@echo "==> 4/4 The failover drill, every scenario (runbook step 5); about 8 minutes"
 	ansible-playbook playbooks/failover_drill.yml
 	@echo "==> Done. Reports in reports/drill-*.{json,md,xml}. Stop everything with: make demo-down"
 

@@ -1,20 +1,25 @@
-"""Deploying: the plays a user runs to set up Pegasus, first run and idempotent re-run, timed, with the
-changes they report and the SSH commands and connections they open (see :mod:`tests.bench.playbooks`).
+"""Deploying: ``playbooks/site.yml`` as a user runs it, first run and idempotent re-run, then the plays that
+take it down, timed, with the changes they report and the SSH commands and connections they open (see
+:mod:`tests.bench.playbooks`).
 
-``site.yml`` does not exist yet (issue 8 asks for it); these are the plays it would chain:
+site.yml runs on Pegasus only (``--limit pegasus-login``; the Mac's parts are the same plays on another
+host), with paths and job names of this benchmark's own, so that it never touches the inventory's
+deployment:
 
-- ``playbooks/bootstrap.yml`` on Pegasus with a fresh ``pegasus_env_path`` (``~/.han/bench-env``), so
-  that the first run builds the env for real (a venv with PostgreSQL, Valkey and SeaweedFS from wheels,
-  the pose runtime and this checkout's han_worker) and the re-run finds it current;
-- ``playbooks/pegasus_worker.yml`` with a job and a state directory of this benchmark's own
-  (``han-bench-worker``, ``~/.han/bench-worker``, 1 CPU, 1 GB, one GPU, 20 minutes), running from that env: the
-  first run writes the config and submits the job array (without waiting for a GPU: see
-  ``pegasus_worker_wait_started``), the re-run finds it current; then ``-e state=stopped`` drains it.
+- its env in ``~/.han/bench-env`` (``pegasus_env_path``), so that the first run builds it for real (a venv
+  with PostgreSQL, Valkey and SeaweedFS from wheels, the pose runtime and this checkout's han_worker) and
+  the re-run finds it current;
+- its control plane as job ``han-bench-site-cp`` with its state in ``~/.han/bench-site-cp``, running from
+  that env;
+- its worker as job ``han-bench-worker`` (state ``~/.han/bench-worker``, 1 CPU, 1 GB, one GPU, 20
+  minutes), from that env, on that control plane in mode auto: the first run writes the config and submits
+  the job array (without waiting for a GPU: see ``pegasus_worker_wait_started``), the re-run finds it
+  current. Mode auto reads the Mac's address and its workers' credentials from the inventory, as a user's
+  run does.
 
-The worker's Pegasus is this run's own control plane (the context's), so that it never takes a job
-from the inventory's; mode auto reads the Mac's address and its workers' credentials from the inventory,
-as a user's run does. In smoke mode only a re-run in check mode of bootstrap.yml on the inventory's env
-runs: a real re-run would rebuild an env others use whenever this checkout's han_worker changed.
+Then ``pegasus_worker.yml`` and ``control_plane.yml`` with ``-e state=stopped`` take it down, workers first.
+In smoke mode only a re-run in check mode of bootstrap.yml on the inventory's env runs: a real re-run
+would rebuild an env others use whenever this checkout's han_worker changed.
 """
 
 from __future__ import annotations
@@ -30,11 +35,16 @@ from tests.bench.playbooks import Played, extra_vars, play, slurm_job_ids
 from tests.integration.conftest import CLUSTER_USER
 
 ENV_PATH = "~/.han/bench-env"
+CONTROL_PLANE_STATE_DIR = "~/.han/bench-site-cp"
+CONTROL_PLANE_JOB_NAME = "han-bench-site-cp"
 WORKER_STATE_DIR = "~/.han/bench-worker"
 WORKER_JOB_NAME = "han-bench-worker"
-LIMIT = ("--limit", "pegasus-login")  # the Mac's env is the same play on another host: not timed here
+LIMIT = ("--limit", "pegasus-login")  # the Mac's parts are the same plays on another host: not timed here
+SITE = "playbooks/site.yml"
 BOOTSTRAP = "playbooks/bootstrap.yml"
 WORKER = "playbooks/pegasus_worker.yml"
+CONTROL_PLANE = "playbooks/control_plane.yml"
+STOPPED = ("-e", "state=stopped")
 
 
 def home_path(path: str) -> Path:
@@ -42,40 +52,52 @@ def home_path(path: str) -> Path:
     return Path(pwd.getpwnam(CLUSTER_USER).pw_dir) / path.removeprefix("~/")
 
 
-def bootstrap(*args: str) -> Played:
-    return play(BOOTSTRAP, *LIMIT, *args)
-
-
-def worker_settings(context: Context) -> dict[str, object]:
-    endpoints_file = context.control_plane().state_dir / "endpoints.json"
+def settings() -> dict[str, object]:
+    """The extra vars that keep the benchmark's deployment apart from the inventory's."""
     return {
+        "pegasus_env_path": ENV_PATH,
+        "control_plane_env_bin_dir": f"{ENV_PATH}/bin",
+        "control_plane_slurm_job_name": CONTROL_PLANE_JOB_NAME,
+        "control_plane_state_dir": CONTROL_PLANE_STATE_DIR,
+        "control_plane_slurm_cpus": 1,
+        "control_plane_slurm_mem": "1G",
+        # Short, and no successor: Slurm's backfill then starts it beside a long job waiting for the node
+        # (the inventory's 12-hour jobs often do) instead of queueing it behind that job.
+        "control_plane_slurm_time": "30",
+        "control_plane_successor": False,
         "pegasus_worker_slurm_job_name": WORKER_JOB_NAME,
         "pegasus_worker_state_dir": WORKER_STATE_DIR,
         "pegasus_worker_slurm_cpus": 1,
         "pegasus_worker_slurm_mem": "1G",
-        # Short: Slurm's backfill then starts it beside a long job waiting for the node (the inventory's
-        # 12-hour workers often do) instead of queueing it behind that job.
         "pegasus_worker_slurm_time": "00:20:00",
         # Return once the job is queued: when it starts depends on whose jobs hold the node's two GPUs,
         # which is the cluster's business, not the deploy's.
         "pegasus_worker_wait_started": False,
         "pegasus_worker_env_bin_dir": f"{ENV_PATH}/bin",
-        "pegasus_worker_endpoints_file": str(endpoints_file),
+        "pegasus_worker_endpoints_file": f"{CONTROL_PLANE_STATE_DIR}/endpoints.json",
         "pegasus_worker_control_plane_mode": "auto",
         "pegasus_worker_launch_mode": "slurm",
         "pegasus_worker_queues": "pose",
     }
 
 
-def worker(context: Context, *extra: str) -> Played:
-    return play(WORKER, *LIMIT, *extra_vars(worker_settings(context)), *extra)
+def run(playbook: str, *args: str) -> Played:
+    return play(playbook, *LIMIT, *extra_vars(settings()), *args)
 
 
-def clean(context: Context) -> None:
-    """Stop the benchmark's worker if one runs; remove its state and the benchmark's env builds."""
+def clean() -> None:
+    """Stop the benchmark's worker and control plane if they run; remove their state and the env builds."""
     if slurm_job_ids(WORKER_JOB_NAME):
-        worker(context, "-e", "state=stopped")
-    for path in (WORKER_STATE_DIR, ENV_PATH, f"{ENV_PATH}.builds", f"{ENV_PATH}.previous"):
+        run(WORKER, *STOPPED)
+    if slurm_job_ids(CONTROL_PLANE_JOB_NAME):
+        run(CONTROL_PLANE, *STOPPED)
+    for path in (
+        WORKER_STATE_DIR,
+        CONTROL_PLANE_STATE_DIR,
+        ENV_PATH,
+        f"{ENV_PATH}.builds",
+        f"{ENV_PATH}.previous",
+    ):
         target = home_path(path)
         if target.is_symlink():
             target.unlink()
@@ -89,27 +111,25 @@ def measured(name: str, played: Played) -> Played:
     return played
 
 
-Step = Callable[[Context], Played]
-FRESH_ENV = extra_vars({"pegasus_env_path": ENV_PATH})
+Step = Callable[[], Played]
 # One deploy, in order: what a user runs to set up Pegasus, then takes down.
 STEPS: dict[str, Step] = {
-    "bootstrap.yml, first run (builds the env)": lambda _context: bootstrap(*FRESH_ENV),
-    "bootstrap.yml, re-run": lambda _context: bootstrap(*FRESH_ENV),
-    "pegasus_worker.yml, first run (submits the worker)": worker,
-    "pegasus_worker.yml, re-run": worker,
-    "pegasus_worker.yml -e state=stopped": lambda context: worker(context, "-e", "state=stopped"),
+    "site.yml, first run (env, control plane, worker)": lambda: run(SITE),
+    "site.yml, re-run": lambda: run(SITE),
+    "pegasus_worker.yml -e state=stopped": lambda: run(WORKER, *STOPPED),
+    "control_plane.yml -e state=stopped": lambda: run(CONTROL_PLANE, *STOPPED),
 }
 SMOKE_STEPS: dict[str, Step] = {
-    "bootstrap.yml, re-run in check mode (the inventory's env)": lambda _context: bootstrap("--check"),
+    "bootstrap.yml, re-run in check mode (the inventory's env)": lambda: play(BOOTSTRAP, *LIMIT, "--check"),
 }
 
 
-def deploy_once(context: Context, steps: dict[str, Step]) -> dict[str, Played]:
-    return {name: measured(name, step(context)) for name, step in steps.items()}
+def deploy_once(steps: dict[str, Step]) -> dict[str, Played]:
+    return {name: measured(name, step()) for name, step in steps.items()}
 
 
-# Deploys vary by about 1 % run to run (27.6 and 27.8 s for the env), so two of them tell the spread; a
-# third cost ~55 s of the 15-minute budget of make bench.
+# Deploys vary by a few % run to run (27.6 and 28.2 s for the env), so two of them tell the spread; a third
+# would cost ~95 s of the 15-minute budget of make bench.
 MAX_DEPLOYS = 2
 
 
@@ -118,17 +138,17 @@ def benchmark(context: Context) -> report.Section:
     bootstrap.yml."""
     if context.smoke:
         print("deploy: bootstrap.yml re-run in check mode", flush=True)
-        return section([deploy_once(context, SMOKE_STEPS)])
+        return section([deploy_once(SMOKE_STEPS)])
     count = min(context.repeat, MAX_DEPLOYS)
-    print(f"deploy: {count} time(s) bootstrap.yml into {ENV_PATH}, pegasus_worker.yml as "
-          f"{WORKER_JOB_NAME}", flush=True)  # fmt: skip
+    print(f"deploy: {count} time(s) site.yml with the env in {ENV_PATH}, control plane {CONTROL_PLANE_JOB_NAME}, "
+          f"worker {WORKER_JOB_NAME}", flush=True)  # fmt: skip
     deploys = []
     for _index in range(count):
-        clean(context)  # from nothing: no env at the path, no worker
+        clean()  # from nothing: no env at the path, no control plane, no worker
         try:
-            deploys.append(deploy_once(context, STEPS))
+            deploys.append(deploy_once(STEPS))
         finally:
-            clean(context)
+            clean()
     return section(deploys)
 
 
@@ -153,7 +173,7 @@ def section(deploys: list[dict[str, Played]]) -> report.Section:
         for name, step in spreads.items()
     }
     return {
-        "title": "Deploy: the plays that set up Pegasus, first run and re-run",
+        "title": "Deploy: site.yml on Pegasus, first run and re-run, and taking it down",
         "explanation": [
             "'play' is the wall time of ansible-playbook against Pegasus (127.0.0.10 over the testbed's sshd); "
             "'changed' the tasks it reported changed: 0 on a re-run means the play is idempotent.",
@@ -166,16 +186,17 @@ def section(deploys: list[dict[str, Played]]) -> report.Section:
         "rows": rows,
         "figures": {"deploys": len(deploys), "runs": figures},
         "notes": [
-            "site.yml does not exist yet: these are the plays it would chain (bootstrap, then the worker; the "
-            "control plane's start is in the control-plane section).",
+            "site.yml chains bootstrap.yml, control_plane.yml, pegasus_worker.yml and windows_worker.yml; run with "
+            "--limit pegasus-login, so the Mac's env and control plane (the same plays on another host) and "
+            "the Windows workers (none on the testbed) are not in the figures.",
             f"{len(deploys)} deploy(s), median (min-max) over them; each starts from nothing (no env at "
-            "~/.han/bench-env, no worker) and is removed after; the "
-            "env build downloads its wheels from the package index this machine is configured with, so its "
-            "time depends on that index's speed.",
-            "bootstrap.yml runs on Pegasus only (--limit pegasus-login); on the Mac it is the same play.",
-            "pegasus_worker.yml runs with pegasus_worker_wait_started=false: it returns once the job is queued, "
-            "since when it starts depends on who holds the testbed's two GPUs (other sessions' workers do).",
-            "pegasus_worker.yml also reads the Mac workers' credentials over SSH on the Mac (127.0.0.20): "
-            "its connections are in the count (by address in the JSON report).",
+            f"{ENV_PATH}, no control plane, no worker) and is removed after; the env build downloads its wheels "
+            "from the package index this machine is configured with, so its time depends on that index's speed.",
+            "The control plane's part waits until its endpoints are published and answer the workers' "
+            "credentials (the control-plane section times that alone).",
+            "The worker's part returns once its job is queued (pegasus_worker_wait_started=false), since when "
+            "it starts depends on who holds the testbed's two GPUs (other sessions' workers do). It also reads "
+            "the Mac workers' credentials over SSH on the Mac (127.0.0.20): those connections are in the count "
+            "(by address in the JSON report).",
         ],
     }
