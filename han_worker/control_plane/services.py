@@ -44,6 +44,9 @@ class Service:
     port: int
     log_file: Path
     stop_signal: int = signal.SIGTERM
+    # Seconds from the stop signal to SIGKILL when the server is known to wait for nothing useful after
+    # them (the kill is then routine, not a warning); None: the supervisor's stop timeout.
+    stop_grace: float | None = None
     cwd: Path | None = None
     argv: list[str] = field(default_factory=list)
     env: dict[str, str] | None = None  # None: the supervisor's own environment
@@ -219,8 +222,18 @@ class RedisService(Service):
         redis_check(self.secrets.redis_admin_user, self.secrets.redis_admin_password)(self.endpoint, timeout)
 
 
+# weed's first stop hook is its filer's gRPC graceful stop, which waits out a 15 s timeout for streams that
+# its own S3 gateway and metadata aggregator hold open, and only then stops the filer and the volume server
+# (~20 ms; seaweedfs PRs #9037, #11363). Meanwhile its HTTP servers still answer, so in-flight uploads get
+# these seconds to finish. Killing it then is a crash, which it recovers from at the next start (the failover
+# bench and the drill kill it every round): its writes are in the files already, and a cut upload is retried
+# by its worker from the spool.
+SEAWEED_STOP_GRACE_S = 3.0
+
+
 @dataclass
 class SeaweedS3Service(Service):
+    stop_grace: float | None = SEAWEED_STOP_GRACE_S
     server: Path = Path()
     data_dir: Path = Path()
     internal_ports: tuple[

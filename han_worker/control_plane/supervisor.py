@@ -93,11 +93,15 @@ class Child:
         if self.process is None:
             return
         if self.process.poll() is None:
+            grace = self.service.stop_grace
             self.process.send_signal(self.service.stop_signal)
             try:
-                self.process.wait(timeout)
+                self.process.wait(timeout if grace is None else min(grace, timeout))
             except subprocess.TimeoutExpired:
-                log.warning("%s did not stop within %.0fs; killing it", self.service.name, timeout)
+                if grace is None:
+                    log.warning("%s did not stop within %.0fs; killing it", self.service.name, timeout)
+                else:
+                    log.info("%s: killing it %gs after its stop signal, as planned", self.service.name, grace)
                 self.process.kill()
                 self.process.wait()
         log.info("%s stopped (exit code %s)", self.service.name, self.process.returncode)

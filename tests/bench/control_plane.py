@@ -26,6 +26,7 @@ import subprocess
 from datetime import datetime
 from pathlib import Path
 
+from han_worker.control_plane.services import SEAWEED_STOP_GRACE_S
 from tests.bench import report
 from tests.bench.context import Context
 from tests.bench.logs import logged_at, wait_until
@@ -249,8 +250,9 @@ def rollover_notes(rolled: dict[str, float] | None) -> list[str]:
     if rolled is None:
         return ["Smoke mode: no rollover (it costs the 2-minute walltime)."]
     return [
-        f"Rollover gap {rolled['gap_s']:.1f} s = the old supervisor's clean stop {rolled['old_stop_s']:.1f} s "
-        f"(SeaweedFS's filer waits out its gRPC graceful stop) + Slurm ending the job and starting the "
+        f"Rollover gap {rolled['gap_s']:.1f} s = the old supervisor's stop {rolled['old_stop_s']:.1f} s "
+        f"(SeaweedFS gets {SEAWEED_STOP_GRACE_S:g} s, then SIGKILL, instead of waiting out its filer's 15 s "
+        f"gRPC graceful stop) + Slurm ending the job and starting the "
         f"successor {rolled['successor_launch_s']:.1f} s + the successor's warm start "
         f"{rolled['successor_start_to_published_s']:.1f} s (its first log line to publication).",
     ]
