@@ -233,9 +233,7 @@ def test_a_second_supervisor_on_the_same_state_dir_refuses(
     assert control_plane.endpoints["stale"] is False, "the loser must not touch the winner's file"
 
 
-def test_sigterm_stops_it_and_the_next_start_keeps_the_data(
-    unprivileged_env: UnprivilegedEnv, workdir: Path
-):
+def test_sigterm_stops_it_and_the_next_start_keeps_the_data(unprivileged_env: UnprivilegedEnv, workdir: Path):
     first = start_control_plane(unprivileged_env, workdir / "restart")
     credentials = parse_credentials(first.credentials, "credentials.json")
     postgres, rd, s3 = first.service("postgres"), first.service("redis"), first.service("s3")
