@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from tests.conftest import run_ansible
 
 SITE = "playbooks/site.yml"
@@ -19,7 +21,7 @@ def test_site_runs_the_runbook_steps_in_order_on_the_inventorys_hosts() -> None:
     plays = re.findall(r"play #\d+ \(([^)]*)\): ([^\t]+)\t", listed.stdout)
 
     assert plays == [
-        ("localhost", "Check that site.yml is asked to deploy."),
+        ("all", "Check that site.yml is asked to deploy."),
         ("pegasus:mac", "Bootstrap the Pegasus environment."),
         (
             "pegasus:mac",
@@ -30,10 +32,12 @@ def test_site_runs_the_runbook_steps_in_order_on_the_inventorys_hosts() -> None:
     ]
 
 
-def test_site_refuses_to_stop_before_any_host_is_touched() -> None:
-    refused = run_ansible("ansible-playbook", SITE, "-e", "state=stopped")
+@pytest.mark.parametrize("limit", [[], ["--limit", "pegasus-login"], ["--limit", "windows-standin"]])
+def test_site_refuses_to_stop_before_any_host_is_touched(limit: list[str]) -> None:
+    # --check: were the refusal ever skipped, the stops that follow would only be simulated.
+    refused = run_ansible("ansible-playbook", SITE, "--check", *limit, "-e", "state=stopped")
 
-    assert refused.returncode != 0
+    assert refused.returncode != 0, refused.stdout
     assert "state=stopped: site.yml only deploys (state=started)" in refused.stdout
-    assert "workers first, then control" in refused.stdout
+    assert "Stopping goes workers first, then control planes" in refused.stdout
     assert "PLAY [Bootstrap" not in refused.stdout  # the run ended at the check: no later play started
