@@ -468,9 +468,8 @@ def section_of(
             f"jobs/s is a batch of {sizes.batch:,} no-op jobs enqueued at once to idle workers, divided by the "
             "time from the first start to the last finish.",
             f"p50 and p99 are enqueue-to-start latencies of {sizes.paced:,} jobs enqueued one at a time at half "
-            "that rate (at "
-            "most 200/s), so that they rarely wait behind each other: from the submitter's clock just before "
-            "the enqueue call to the no-op task's own start, the same way for all three.",
+            "that rate (at most 200/s), so that they rarely wait behind each other: from the submitter's clock "
+            "just before the enqueue call to the no-op task's own start, the same way for all three.",
             "'ours / this' is our jobs/s divided by the other system's, and 'this p50 / ours' the other "
             "system's p50 divided by ours, each computed within one repetition: above 1 means ours is "
             "faster.",
@@ -520,9 +519,7 @@ def notes(
     ]
     return [
         f"Goals with {one} worker (not asserted): " + "; ".join(verdict) + ".",
-        f"Where our p50 goes with {one} worker (medians of each stage): "
-        + "; ".join(stages)
-        + ". Two durable "
+        f"Where our p50 goes with {one} worker (medians of each stage): {'; '.join(stages)}. Two durable "
         "commits are on the way (the submission's and the claim's), each a WAL flush.",
         f"Ledger commits per job counted by our workers: {report.spread_text(commits, 2) if commits else '?'}.",
         f"Same Valkey {redis_version} for all three (the control plane's, AOF everysec); RQ and Celery reach it "
