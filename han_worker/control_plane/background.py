@@ -6,7 +6,6 @@ and it wrote its pid there. Nothing is inferred from process names.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import signal
@@ -16,7 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from han_worker.control_plane.layout import Layout
+from han_worker.control_plane.layout import Layout, running_pid
 from han_worker.endpoints import EndpointsError, parse_endpoints
 from han_worker.trusted_files import TrustedFileError, read_trusted_json
 
@@ -33,24 +32,6 @@ class Status:
     pid: int | None
     published: bool
     epoch: int | None
-
-
-def running_pid(layout: Layout) -> int | None:
-    """The pid of the supervisor holding the state directory's lock, or None when none does."""
-    try:
-        fd = os.open(layout.lock_file, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = layout.lock_file.read_text().strip()
-            return int(text) if text.isdigit() else None
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
 
 
 def status(layout: Layout) -> Status:

@@ -5,6 +5,8 @@ The next Slurm job (or the Mac's direct launch) finds the data where the last on
 
 from __future__ import annotations
 
+import fcntl
+import os
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -112,3 +114,24 @@ def _held_on(addresses: list[str], port: int) -> list[socket.socket] | None:
                 sock.close()
             return None
     return held
+
+
+def running_pid(layout: Layout) -> int | None:
+    """The pid of the supervisor holding the state directory's lock, or None when none does.
+
+    The lock is the one source of truth: the process that holds it is running and wrote its pid there.
+    """
+    try:
+        fd = os.open(layout.lock_file, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = layout.lock_file.read_text().strip()
+            return int(text) if text.isdigit() else None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
