@@ -16,20 +16,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from han_worker.artifacts import ArtifactError, check_name, input_key
 from han_worker.backends import UnknownKind, get_backend, load_backends
-from han_worker.connection import (
-    CONTROL_PLANE_ERRORS,
-    ConnectError,
-    Link,
-    Selector,
-    authentication_failures,
-    describe,
-    open_link,
-)
-from han_worker.endpoints import format_time
-from han_worker.ledger import JobRecord, NewJob
-from han_worker.worker_config import WorkerConfig
+from han_worker.config import WorkerConfig
+from han_worker.selection.endpoints import format_time
+from han_worker.selection.resolver import Selector, authentication_failures
+from han_worker.store.artifacts import ArtifactError, check_name, input_key
+from han_worker.store.ledger import JobRecord, NewJob
+from han_worker.store.link import CONTROL_PLANE_ERRORS, ConnectError, Link, describe, open_link
 
 log = logging.getLogger(__name__)
 

@@ -13,14 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from han_worker.credentials import Credentials, PostgresCredentials, RedisCredentials, S3Credentials
-from han_worker.trusted_files import (
-    FieldReader,
-    StrPath,
-    TrustedFileError,
-    read_trusted_json,
-    write_private_json,
-)
+from han_worker.fields import FieldReader
+from han_worker.private_files import StrPath, TrustedFileError, read_trusted_json, write_private_json
+from han_worker.selection.credentials import Credentials, PostgresCredentials, RedisCredentials, S3Credentials
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ service accept it beside the old one, then publishes the workers' new share:
 - S3 (SeaweedFS): a second key pair for each identity, in the identities file it re-reads on SIGHUP.
 
 Workers notice the new credentials file at their next health check and reconnect between two jobs
-(:meth:`han_worker.worker.Worker.monitor_tick`); each reports its generation in the registry.
+(:meth:`han_worker.worker.loop.Worker.monitor_tick`); each reports its generation in the registry.
 
 ``retire`` (``han-control-plane rotate --retire``) waits until every registered worker uses the new
 generation, removes the old Redis passwords and S3 keys, checks that every old credential is refused,
@@ -44,22 +44,16 @@ from redis.retry import Retry
 from han_worker.control_plane.admin_secrets import ControlPlaneSecrets, load_secrets
 from han_worker.control_plane.layout import Layout
 from han_worker.control_plane.services import identities_file, s3_identities, set_password
-from han_worker.credentials import CredentialsError, load_credentials_file
-from han_worker.endpoints import (
-    Check,
-    CheckFailed,
-    Endpoints,
-    EndpointsError,
-    ServiceEndpoint,
-    load_endpoints_file,
-)
-from han_worker.probes import postgres_check, redis_check, s3_check, worker_checks
-from han_worker.queues import WORKER_PREFIX
-from han_worker.trusted_files import write_private_json
+from han_worker.private_files import write_private_json
+from han_worker.selection.checks import postgres_check, redis_check, s3_check, worker_checks
+from han_worker.selection.credentials import CredentialsError, load_credentials_file
+from han_worker.selection.endpoints import Endpoints, EndpointsError, ServiceEndpoint, load_endpoints_file
+from han_worker.selection.probes import Check, CheckFailed
+from han_worker.store.queues import WORKER_PREFIX
 
 log = logging.getLogger(__name__)
 
-REGISTRY_FIELD = "credentials_generation"  # what each worker reports (han_worker.worker.registry_fields)
+REGISTRY_FIELD = "credentials_generation"  # what each worker reports (Worker.registry_fields)
 _AUTH_REFUSALS = ("WRONGPASS", "authentication failed", "InvalidAccessKeyId", "SignatureDoesNotMatch",
                   "AccessDenied", "invalid username-password")  # fmt: skip
 

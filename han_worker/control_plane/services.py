@@ -25,9 +25,9 @@ from psycopg import sql
 from han_worker.control_plane.admin_secrets import ControlPlaneSecrets
 from han_worker.control_plane.binaries import ServerBinaries
 from han_worker.control_plane.layout import Layout
-from han_worker.endpoints import ServiceEndpoint
-from han_worker.probes import redis_check, s3_client
-from han_worker.trusted_files import write_private_json
+from han_worker.private_files import write_private_json
+from han_worker.selection.checks import redis_check, s3_client
+from han_worker.selection.endpoints import ServiceEndpoint
 
 log = logging.getLogger(__name__)
 # Where SeaweedFS's master, volume and filer listen: they answer without credentials, so never on the

@@ -25,14 +25,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO
 
-from han_worker.control_plane import slurm_env
+from han_worker.control_plane import walltime
 from han_worker.control_plane.admin_secrets import ControlPlaneSecrets, ensure_secrets, load_secrets
 from han_worker.control_plane.binaries import BinaryNotFound, find_binaries
 from han_worker.control_plane.layout import Layout, pick_free_ports
 from han_worker.control_plane.services import SEAWEED_INTERNAL_ADDRESS, Placement, Service, build_services
-from han_worker.endpoints import SCHEMA, Endpoints, EndpointsError, parse_endpoints, write_endpoints_file
-from han_worker.probes import authenticated_probe, worker_checks
-from han_worker.trusted_files import read_trusted_json, write_private_json
+from han_worker.private_files import read_trusted_json, write_private_json
+from han_worker.selection.checks import authenticated_probe, worker_checks
+from han_worker.selection.endpoints import (
+    SCHEMA,
+    Endpoints,
+    EndpointsError,
+    parse_endpoints,
+    write_endpoints_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -273,15 +279,15 @@ class Supervisor:
             time.sleep(0.2)
 
     def _endpoints(self, epoch: int) -> Endpoints:
-        job_id = slurm_env.job_id() if self.config.launch_mode == "slurm" else None
+        job_id = walltime.job_id() if self.config.launch_mode == "slurm" else None
         return Endpoints(
             schema=SCHEMA,
             source=self.config.source,
             epoch=epoch,
             slurm_job_id=job_id,
-            node=slurm_env.node_name() or socket.gethostname(),
+            node=walltime.node_name() or socket.gethostname(),
             started_at=datetime.now(timezone.utc).replace(microsecond=0),
-            expires_at=slurm_env.job_end_time(job_id) if job_id else None,
+            expires_at=walltime.job_end_time(job_id) if job_id else None,
             stale=False,
             services={child.service.name: child.service.endpoint for child in self.children},
         )

@@ -9,8 +9,9 @@ name: control_plane
 author: han-infra developers (@han-infra)
 short_description: Choose the control plane (Pegasus or the Mac) exactly as a han worker does
 description:
-  - Applies the runbook's C(CONTROL_PLANE_MODE) to what the play knows, with the same code the worker runs
-    (C(han_worker.endpoints.select)), so that a play can fail before it submits a worker that cannot work.
+  - Applies the runbook's C(CONTROL_PLANE_MODE) to what the play knows, with the same code the worker
+    runs (C(han_worker.selection.policy.select)), so that a play can fail before it submits a worker that
+    cannot work.
   - V(pegasus) needs a valid Pegasus endpoints document (not stale, not expired, its Slurm job alive and, when
     probed, healthy) and fails with the reason otherwise; V(mac) always uses the Mac's LAN endpoints; V(auto)
     tries Pegasus first, then the Mac.
@@ -116,7 +117,9 @@ from ansible.errors import AnsibleError
 from ansible.plugins.lookup import LookupBase
 
 try:
-    from han_worker.endpoints import EndpointsError, mac_endpoints, parse_endpoints, select, tcp_probe
+    from han_worker.selection.endpoints import EndpointsError, mac_endpoints, parse_endpoints
+    from han_worker.selection.policy import select
+    from han_worker.selection.probes import tcp_probe
 except ImportError as import_error:
     HAN_WORKER_IMPORT_ERROR = import_error
 else:

@@ -44,8 +44,9 @@ from pathlib import Path
 import redis
 
 from han_worker import client
-from han_worker.connection import Choice, Link, open_link
-from han_worker.endpoints import parse_endpoints
+from han_worker.selection.endpoints import parse_endpoints
+from han_worker.selection.resolver import Choice
+from han_worker.store.link import Link, open_link
 from tests.bench import peers, report
 from tests.bench.context import Context
 from tests.conftest import REPO

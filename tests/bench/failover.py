@@ -37,9 +37,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from han_worker import client
-from han_worker.connection import Choice, Link, open_link
 from han_worker.control_plane.layout import pick_free_ports
-from han_worker.endpoints import parse_endpoints
+from han_worker.selection.endpoints import parse_endpoints
+from han_worker.selection.resolver import Choice
+from han_worker.store.link import Link, open_link
 from tests.bench import report
 from tests.bench.context import Context
 from tests.bench.logs import logged_at, wait_until
@@ -53,7 +54,7 @@ from tests.integration.control_planes import (
     write_private_file,
 )
 
-# The worker's defaults (han_worker.worker_config): the benchmark measures them, it does not tune them.
+# The worker's defaults (han_worker.config): the benchmark measures them, it does not tune them.
 PROBE_INTERVAL_S = 5.0
 FLAP_THRESHOLD = 3
 PROBE_TIMEOUT_S = 2.0

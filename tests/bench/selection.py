@@ -2,8 +2,8 @@
 its ports are closed, and when its address is black-holed (no answer at all).
 
 Timed two ways: the CLI ``han-worker endpoints --mode auto --json`` as the cluster user (a whole process:
-Python start-up, reading the files, probes), and the function :func:`han_worker.endpoints.select` in this
-process with the real authenticated probes (:func:`han_worker.probes.worker_checks`). The Mac is the
+Python start-up, reading the files, probes), and the function :func:`han_worker.selection.policy.select` in this
+process with the real authenticated probes (:func:`han_worker.selection.checks.worker_checks`). The Mac is the
 run's control plane itself (as a Mac on 127.0.0.10), so that the fallback is always healthy and only
 Pegasus's state changes. Pegasus's probes run in parallel under one deadline, so an unreachable Pegasus
 should cost about one probe timeout, not one per service.
@@ -27,8 +27,10 @@ from contextlib import ExitStack, contextmanager
 from functools import partial
 from pathlib import Path
 
-from han_worker.endpoints import Endpoints, mac_endpoints, parse_endpoints, probe_all, select
-from han_worker.probes import worker_checks
+from han_worker.selection.checks import worker_checks
+from han_worker.selection.endpoints import Endpoints, mac_endpoints, parse_endpoints
+from han_worker.selection.policy import select
+from han_worker.selection.probes import probe_all
 from tests.bench import report
 from tests.bench.context import Context
 from tests.integration.control_planes import RunningControlPlane, write_private_file

@@ -21,11 +21,11 @@ import psycopg
 import pytest
 import redis
 
-from han_worker.connection import redis_client
-from han_worker.credentials import Credentials, parse_credentials
-from han_worker.endpoints import ServiceEndpoint, parse_endpoints
-from han_worker.ledger import Ledger
-from han_worker.probes import s3_client
+from han_worker.selection.checks import s3_client
+from han_worker.selection.credentials import Credentials, parse_credentials
+from han_worker.selection.endpoints import ServiceEndpoint, parse_endpoints
+from han_worker.store.ledger import Ledger
+from han_worker.store.link import redis_client
 from tests.integration.conftest import UnprivilegedEnv
 
 ADDRESS = "127.0.0.10"  # the Pegasus node's private address in the testbed

@@ -20,9 +20,9 @@ import pytest
 import redis
 from minio.error import S3Error
 
-from han_worker.credentials import parse_credentials
-from han_worker.endpoints import parse_endpoints
-from han_worker.probes import ProbeFailure, postgres_check, redis_check, s3_check, s3_client
+from han_worker.selection.checks import ProbeFailure, postgres_check, redis_check, s3_check, s3_client
+from han_worker.selection.credentials import parse_credentials
+from han_worker.selection.endpoints import parse_endpoints
 from tests.integration.conftest import UnprivilegedEnv
 from tests.integration.control_planes import ADDRESS, RunningControlPlane, start_control_plane
 

@@ -18,16 +18,18 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from han_worker import attempt, client
-from han_worker.attempt import AttemptResult, DrainClock, InFlight, run_attempt
+from han_worker import client
 from han_worker.backends.base import JobContext, JobFailed, JobResult
-from han_worker.connection import Choice, Link, Selector, open_link
-from han_worker.credentials import Credentials
-from han_worker.endpoints import parse_endpoints
-from han_worker.ledger import AttemptOwner, Claim, FinishReport, Ledger, NewJob, Outcome
-from han_worker.queues import Delivery, stream_key
-from han_worker.worker import Worker
-from han_worker.worker_config import Overrides, WorkerConfig, load_worker_config
+from han_worker.config import Overrides, WorkerConfig, load_worker_config
+from han_worker.selection.credentials import Credentials
+from han_worker.selection.endpoints import parse_endpoints
+from han_worker.selection.resolver import Choice, Selector
+from han_worker.store.ledger import AttemptOwner, Claim, FinishReport, Ledger, NewJob, Outcome
+from han_worker.store.link import Link, open_link
+from han_worker.store.queues import Delivery, stream_key
+from han_worker.worker import attempt
+from han_worker.worker.attempt import AttemptResult, DrainClock, InFlight, run_attempt
+from han_worker.worker.loop import Worker
 from tests.integration.conftest import UnprivilegedEnv
 from tests.integration.control_planes import (
     RunningControlPlane,

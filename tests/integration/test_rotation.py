@@ -21,14 +21,16 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from han_worker.connection import Selector
+from han_worker.config import parse_worker_config
 from han_worker.control_plane.admin_secrets import parse_secrets
 from han_worker.control_plane.layout import pick_free_ports
-from han_worker.credentials import Credentials, parse_credentials
-from han_worker.endpoints import CheckFailed, SelectionError, ServiceEndpoint
-from han_worker.probes import postgres_check, redis_check, s3_check, worker_checks
-from han_worker.trusted_files import write_private_json
-from han_worker.worker_config import parse_worker_config
+from han_worker.private_files import write_private_json
+from han_worker.selection.checks import postgres_check, redis_check, s3_check, worker_checks
+from han_worker.selection.credentials import Credentials, parse_credentials
+from han_worker.selection.endpoints import ServiceEndpoint
+from han_worker.selection.policy import SelectionError
+from han_worker.selection.probes import CheckFailed
+from han_worker.selection.resolver import Selector
 from tests.integration.conftest import UnprivilegedEnv
 from tests.integration.control_planes import (
     RunningControlPlane,

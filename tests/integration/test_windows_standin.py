@@ -25,9 +25,9 @@ import matplotlib.cbook
 import psycopg
 import pytest
 
-from han_worker.endpoints import ServiceEndpoint
-from han_worker.ledger import JobRecord, Ledger
-from han_worker.probes import s3_client
+from han_worker.selection.checks import s3_client
+from han_worker.selection.endpoints import ServiceEndpoint
+from han_worker.store.ledger import JobRecord, Ledger
 from tests.conftest import run_ansible
 from tests.integration.conftest import UnprivilegedEnv, recap
 from tests.unit.test_standin_platform import expected_standin_files, standin_role_variables
@@ -148,7 +148,7 @@ def test_windows_standin_starts_and_a_second_run_changes_nothing(
     assert second.returncode == 0, second.stdout[-5000:]
     assert recap(second, HOST)["changed"] == 0, second.stdout[-5000:]
     log = (STANDIN_DIR / "logs" / "worker.log").read_text()
-    assert "WARNING han_worker.worker: this worker is a STAND-IN for windows" in log
+    assert "WARNING han_worker.worker.loop: this worker is a STAND-IN for windows" in log
     assert "serving gpu, pose on mac" in log
     # One supervisor, running the env's han-worker with the stand-in's config, as winworker.
     pid = supervisor_pid()

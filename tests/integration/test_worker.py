@@ -21,7 +21,7 @@ from pathlib import Path
 import matplotlib.cbook
 import pytest
 
-from han_worker.ledger import JobRecord
+from han_worker.store.ledger import JobRecord
 from tests.integration.conftest import UnprivilegedEnv
 from tests.integration.control_planes import (
     RunningControlPlane,

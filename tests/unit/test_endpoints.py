@@ -1,4 +1,4 @@
-"""han_worker.endpoints: the endpoints file, selection, probes over real loopback sockets, hysteresis."""
+"""han_worker.selection: the endpoints file, the policy, probes over real loopback sockets, hysteresis."""
 
 from __future__ import annotations
 
@@ -13,24 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from han_worker.endpoints import (
+from han_worker.private_files import TrustedFileError
+from han_worker.selection.endpoints import (
     Endpoints,
     EndpointsError,
     EndpointsGone,
-    FailoverGate,
-    ProbeReport,
-    ProbeResult,
-    SelectionError,
     ServiceEndpoint,
     load_endpoints_file,
     mac_endpoints,
     parse_endpoints,
-    probe_all,
-    select,
-    tcp_probe,
     write_endpoints_file,
 )
-from han_worker.trusted_files import TrustedFileError
+from han_worker.selection.policy import FailoverGate, SelectionError, select
+from han_worker.selection.probes import ProbeReport, ProbeResult, probe_all, tcp_probe
 
 ORIGIN = "/home/p/.han/control-plane/endpoints.json"
 

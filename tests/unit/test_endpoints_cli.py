@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from han_worker.cli import worker_main
-from han_worker.endpoints import parse_endpoints, write_endpoints_file
+from han_worker.selection.endpoints import parse_endpoints, write_endpoints_file
 
 ENV = ("CONTROL_PLANE_MODE", "HAN_ENDPOINTS_FILE", "MAC_LAN_IP")
 

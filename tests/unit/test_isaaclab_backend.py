@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from han_worker.artifacts import check_name
 from han_worker.backends import UnsupportedQueue, backends_for_queues, isaaclab
 from han_worker.backends.base import JobContext, JobFailed, JobResult
 from han_worker.backends.isaaclab import IsaacLabTeacherPPO
+from han_worker.store.artifacts import check_name
 
 FAKE_TRAINER = '''\
 """Stand-in for Isaac Lab's train.py (rsl_rl): same flags, prints like it, writes checkpoints like it."""

@@ -6,9 +6,9 @@ import logging
 
 import pytest
 
-from han_worker.attempt import AttemptResult, log_result
 from han_worker.cli import build_worker_parser
-from han_worker.ledger import Claim, FinishReport
+from han_worker.store.ledger import Claim, FinishReport
+from han_worker.worker.attempt import AttemptResult, log_result
 
 CLAIM = Claim("0b0e2a4e-6f1c-4a57-9d1e-3f1d2b8c9a10", 1, "noop", "noop", {}, {})
 SUCCEEDED, CRASHED = AttemptResult("succeeded", {"ok": True}), AttemptResult("crashed", error="boom")
@@ -17,7 +17,7 @@ SUCCEEDED, CRASHED = AttemptResult("succeeded", {"ok": True}), AttemptResult("cr
 def lines(caplog: pytest.LogCaptureFixture, result: AttemptResult, report: FinishReport | None,
           successes: bool) -> list[tuple[int, str]]:  # fmt: skip
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="han_worker.attempt"):
+    with caplog.at_level(logging.INFO, logger="han_worker.worker.attempt"):
         log_result(CLAIM, result, report, successes=successes)
     return [(record.levelno, record.getMessage()) for record in caplog.records]
 

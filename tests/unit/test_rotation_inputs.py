@@ -13,8 +13,8 @@ import pytest
 
 from han_worker.control_plane.admin_secrets import SecretsError, generate_secrets, parse_secrets
 from han_worker.control_plane.services import s3_identities
-from han_worker.credentials import CredentialsError, parse_credentials
-from han_worker.trusted_files import write_private_json
+from han_worker.private_files import write_private_json
+from han_worker.selection.credentials import CredentialsError, parse_credentials
 from tests.unit.test_worker_monitor import make_worker
 
 SECRET_FIELDS = ("postgres_superuser_password", "postgres_password", "redis_admin_password", "redis_password",

@@ -31,9 +31,9 @@ from han_worker.backends import (
     backends_for_queues,
     worker_platform,
 )
-from han_worker.connection import Selector
-from han_worker.worker import Identity, StartError, Worker, backends_to_serve
-from han_worker.worker_config import Overrides, load_worker_config
+from han_worker.config import Overrides, load_worker_config
+from han_worker.selection.resolver import Selector
+from han_worker.worker.loop import Identity, StartError, Worker, backends_to_serve
 from tests.conftest import REPO
 from tests.unit import role_templates
 
@@ -158,7 +158,7 @@ def test_the_standin_warns_at_start(
     monkeypatch.setenv(STANDIN_VAR, "windows")
     worker = make_worker(tmp_path)
     worker.stopping.set()  # asked to stop before it connects: run() returns at once
-    with caplog.at_level(logging.WARNING, logger="han_worker.worker"):
+    with caplog.at_level(logging.WARNING, logger="han_worker.worker.loop"):
         assert worker.run() == 0
     [warning] = [record for record in caplog.records if record.levelno == logging.WARNING]
     assert warning.getMessage().startswith(
@@ -173,7 +173,7 @@ def test_a_real_worker_does_not_warn(
     monkeypatch.delenv(STANDIN_VAR, raising=False)
     worker = make_worker(tmp_path)
     worker.stopping.set()
-    with caplog.at_level(logging.WARNING, logger="han_worker.worker"):
+    with caplog.at_level(logging.WARNING, logger="han_worker.worker.loop"):
         assert worker.run() == 0
     assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
 

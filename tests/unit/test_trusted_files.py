@@ -1,4 +1,4 @@
-"""han_worker.trusted_files and han_worker.credentials, on real files with real modes and owners."""
+"""han_worker.private_files, han_worker.fields and han_worker.selection.credentials, on real files with real modes and owners."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from han_worker.credentials import CredentialsError, load_credentials_file, parse_credentials
-from han_worker.trusted_files import (
+from han_worker.private_files import (
     TrustedFileError,
     UntrustedFileError,
     check_trusted,
     read_trusted_json,
     write_private_json,
 )
+from han_worker.selection.credentials import CredentialsError, load_credentials_file, parse_credentials
 
 NOBODY = 65534
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root")

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from han_worker.backends import isaaclab
-from han_worker.worker_config import parse_worker_config
+from han_worker.config import parse_worker_config
 from tests.conftest import REPO, ansible_env, run_ansible
 from tests.fake_windows import FAKE_MAC_CREDENTIALS as FAKE_CREDENTIALS
 from tests.unit import role_templates
@@ -123,7 +123,7 @@ def test_no_secret_is_rendered_outside_the_credentials_file() -> None:
 
 
 def test_the_credentials_file_holds_what_the_worker_reads() -> None:
-    from han_worker.credentials import parse_credentials  # noqa: PLC0415
+    from han_worker.selection.credentials import parse_credentials  # noqa: PLC0415
 
     written = json.loads(str(evaluate("_windows_worker_credentials | to_nice_json")))
     credentials = parse_credentials(written, "mac-credentials.json")

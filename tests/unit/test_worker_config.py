@@ -8,13 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from han_worker.worker_config import (
-    Overrides,
-    WorkerConfig,
-    WorkerConfigError,
-    load_worker_config,
-    parse_queues,
-)
+from han_worker.config import Overrides, WorkerConfig, WorkerConfigError, load_worker_config, parse_queues
 
 FULL = {
     "mode": "pegasus",

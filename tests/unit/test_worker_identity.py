@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from han_worker.worker import Identity, slurm_job_label
+from han_worker.worker.loop import Identity, slurm_job_label
 
 
 @pytest.mark.parametrize(

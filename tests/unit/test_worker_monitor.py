@@ -14,10 +14,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from han_worker.connection import Selector
-from han_worker.endpoints import parse_endpoints, write_endpoints_file
-from han_worker.worker import CONFIRM_SPEEDUP, Periodic, Worker, backends_to_serve
-from han_worker.worker_config import Overrides, load_worker_config
+from han_worker.config import Overrides, load_worker_config
+from han_worker.selection.endpoints import parse_endpoints, write_endpoints_file
+from han_worker.selection.resolver import Selector
+from han_worker.worker.loop import CONFIRM_SPEEDUP, Periodic, Worker, backends_to_serve
 
 
 def make_worker(tmp_path: Path, mode: str = "pegasus", **settings: object) -> Worker:

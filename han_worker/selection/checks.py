@@ -1,6 +1,6 @@
 """Authenticated health checks: Redis PING, PostgreSQL ``SELECT 1`` and an S3 bucket probe.
 
-They plug into :func:`han_worker.endpoints.probe_all` (which runs them in parallel under one deadline)
+They plug into :func:`han_worker.selection.probes.probe_all` (which runs them in parallel under one deadline)
 after the TCP layer: an open port only says something listens; these say that *our* service answers
 to *our* credentials. Every failure is a :class:`ProbeFailure` whose message names the service, the
 address and what went wrong, never a password and never a traceback.
@@ -19,8 +19,9 @@ from minio.error import S3Error
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from han_worker.credentials import Credentials
-from han_worker.endpoints import Check, CheckFailed, Endpoints, ProbeReport, ServiceEndpoint, probe_all
+from han_worker.selection.credentials import Credentials
+from han_worker.selection.endpoints import Endpoints, ServiceEndpoint
+from han_worker.selection.probes import Check, CheckFailed, ProbeReport, probe_all
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def worker_checks(credentials: Credentials) -> dict[str, Check]:
 
 
 def authenticated_probe(checks: Mapping[str, Check], timeout: float) -> Callable[[Endpoints], ProbeReport]:
-    """A probe for :func:`han_worker.endpoints.select`: every check in parallel, one deadline."""
+    """A probe for :func:`han_worker.selection.policy.select`: every check in parallel, one deadline."""
 
     def probe(endpoints: Endpoints) -> ProbeReport:
         return probe_all(endpoints, checks, timeout)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from han_worker.connection import Link
+from han_worker.store.link import Link
 
 log = logging.getLogger(__name__)
 

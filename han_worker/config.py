@@ -28,8 +28,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from han_worker.endpoints import DEFAULT_MAC_PORTS, MODES, REQUIRED_SERVICES
-from han_worker.trusted_files import FieldReader, TrustedFileError, json_type_name, read_trusted_json
+from han_worker.fields import FieldReader, json_type_name
+from han_worker.private_files import TrustedFileError, read_trusted_json
+from han_worker.selection.endpoints import DEFAULT_MAC_PORTS, REQUIRED_SERVICES
+from han_worker.selection.policy import MODES
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from han_worker import __version__, endpoints_cli, hardening, jobs_cli, queues_cli
-from han_worker.control_plane import cli as control_plane_cli
+from han_worker import __version__, hardening
+from han_worker.cli import control_plane as control_plane_cli
+from han_worker.cli import endpoints as endpoints_cli
+from han_worker.cli import jobs as jobs_cli
+from han_worker.cli import queues as queues_cli
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from han_worker.trusted_files import FieldReader
+from han_worker.fields import FieldReader
 
 log = logging.getLogger(__name__)
 

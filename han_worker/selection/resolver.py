@@ -1,81 +1,35 @@
-"""From a worker configuration to a chosen, connected control plane.
+"""From a worker configuration to a chosen control plane with its credentials: the one resolver.
 
-:class:`Selector` wraps :func:`han_worker.endpoints.select` with the configured files and each control
-plane's own credentials (the authenticated probes of :mod:`han_worker.probes`); :func:`open_link`
-connects the ledger, the queues and the object store of the choice. ``run``, ``submit``, ``wait`` and
-``status`` all go through here, so they agree on which control plane is meant.
+:class:`Selector` applies :func:`han_worker.selection.policy.select` to the configured Pegasus files and
+Mac address, probing each with that control plane's own credentials. ``run``, ``submit``, ``wait``,
+``status`` and ``endpoints`` all go through here, so they agree on which control plane is meant.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-import psycopg
-import redis
-import urllib3
-from minio.error import S3Error
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-
-from han_worker.artifacts import ArtifactStore
-from han_worker.credentials import Credentials, CredentialsError, load_credentials_file
-from han_worker.endpoints import (
+from han_worker.config import WorkerConfig, WorkerConfigError
+from han_worker.selection.checks import worker_checks
+from han_worker.selection.credentials import Credentials, CredentialsError, load_credentials_file
+from han_worker.selection.endpoints import (
     Endpoints,
     EndpointsError,
-    ProbeReport,
-    ProbeResult,
-    SelectionError,
-    ServiceEndpoint,
     load_endpoints_file,
     mac_endpoints,
-    probe_all,
-    select,
 )
-from han_worker.ledger import Connection, Ledger
-from han_worker.probes import s3_client, worker_checks
-from han_worker.queues import Queues
-from han_worker.worker_config import WorkerConfig, WorkerConfigError
+from han_worker.selection.policy import SelectionError, select
+from han_worker.selection.probes import ProbeReport, ProbeResult, probe_all
 
 log = logging.getLogger(__name__)
 
-# What a control plane that went away raises: the job is not at fault, the result is kept for later.
-CONTROL_PLANE_ERRORS: tuple[type[Exception], ...] = (
-    psycopg.OperationalError,
-    psycopg.InterfaceError,
-    redis.ConnectionError,
-    redis.TimeoutError,
-    urllib3.exceptions.HTTPError,
-    ConnectionError,
-    TimeoutError,
-)
-_CONNECT_ERRORS: tuple[type[Exception], ...] = (
-    *CONTROL_PLANE_ERRORS,
-    redis.RedisError,
-    psycopg.Error,
-    S3Error,
-)
 _SOURCES = ("pegasus", "mac")
 _SETTLE_POLL_SECONDS = 0.05
 # Probe details that mean "these credentials are wrong": retrying with them will not help.
 _AUTH_FAILURES = ("authentication failed", "SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied")
-
-
-class ConnectError(RuntimeError):
-    """A control plane cannot be used; the message names the service. ``permanent``: wrong credentials."""
-
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
-        super().__init__(message)
-        self.permanent = permanent
-
-
-def describe(exc: BaseException) -> str:
-    """One line for a log or an error message: client libraries' messages can span many."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def refused_credentials(text: str) -> bool:
@@ -208,83 +162,3 @@ class Selector:
             return str(exc)
         report = self.probe(endpoints, credentials)
         return None if report.healthy else "; ".join(str(result) for result in report.failures)
-
-
-@dataclass
-class Link:
-    """Open clients to one control plane. The heartbeat thread has its own ledger connection."""
-
-    choice: Choice
-    ledger: Ledger
-    beat_ledger: Ledger
-    queues: Queues
-    artifacts: ArtifactStore
-
-    @property
-    def source(self) -> str:
-        return self.choice.source
-
-    def close(self) -> None:
-        for closer in (self.ledger.close, self.beat_ledger.close, self.queues.close):
-            try:
-                closer()
-            except Exception as exc:  # closing a dead connection must not stop a failover
-                log.debug("closing %s: %s", self.choice.source, describe(exc))
-
-
-def _postgres_connector(
-    endpoint: ServiceEndpoint, credentials: Credentials, timeout: float, name: str
-) -> Callable[[], Connection]:
-    def connect() -> Connection:
-        return psycopg.connect(
-            host=endpoint.host,
-            port=endpoint.port,
-            user=credentials.postgres.user,
-            password=credentials.postgres.password,
-            dbname=credentials.postgres.database,
-            connect_timeout=max(2, math.ceil(timeout)),
-            autocommit=True,
-            application_name=name[:63],
-            # A control plane that vanishes without closing its sockets must not hang a worker forever.
-            keepalives=1,
-            keepalives_idle=5,
-            keepalives_interval=2,
-            keepalives_count=3,
-            tcp_user_timeout=max(10_000, round(timeout * 5000)),
-        )
-
-    return connect
-
-
-def redis_client(endpoint: ServiceEndpoint, credentials: Credentials, timeout: float) -> redis.Redis:
-    return redis.Redis(
-        host=endpoint.host,
-        port=endpoint.port,
-        username=credentials.redis.user,
-        password=credentials.redis.password,
-        decode_responses=True,
-        socket_connect_timeout=timeout,
-        socket_timeout=timeout,
-        retry=Retry(NoBackoff(), 1),  # once, at once: a pooled connection may predate a Redis restart
-    )
-
-
-def open_link(choice: Choice, *, timeout: float, name: str, block_seconds: float = 0.0) -> Link:
-    """Connect to ``choice``: the ledger (migrated), Redis (PING) and the object store (lazily)."""
-    services, credentials = choice.endpoints.services, choice.credentials
-    connect = _postgres_connector(services["postgres"], credentials, timeout, name)
-    ledger, beat_ledger = Ledger(connect), Ledger(connect)
-    queues = Queues(redis_client(services["redis"], credentials, timeout + block_seconds))
-    s3 = s3_client(services["s3"], credentials.s3.access_key, credentials.s3.secret_key, timeout=timeout)
-    link = Link(choice, ledger, beat_ledger, queues, ArtifactStore(s3, credentials.s3.bucket))
-    for service, check in (("postgres", ledger.migrate), ("redis", queues.client.ping)):
-        try:
-            check()
-        except _CONNECT_ERRORS as exc:
-            link.close()
-            detail = describe(exc)
-            permanent = isinstance(exc, redis.AuthenticationError) or "authentication failed" in detail
-            raise ConnectError(
-                f"{service} {services[service].address} of {choice.source}: {detail}", permanent=permanent
-            ) from exc
-    return link

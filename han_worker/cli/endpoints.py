@@ -18,21 +18,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from han_worker.credentials import Credentials, CredentialsError, load_credentials_file
-from han_worker.endpoints import (
-    MODES,
-    Endpoints,
-    EndpointsError,
-    Probe,
-    ProbeReport,
-    Selection,
-    load_endpoints_file,
-    mac_endpoints,
-    probe_all,
-    select,
-    tcp_probe,
-)
-from han_worker.probes import worker_checks
+from han_worker.selection.checks import worker_checks
+from han_worker.selection.credentials import Credentials, CredentialsError, load_credentials_file
+from han_worker.selection.endpoints import Endpoints, EndpointsError, load_endpoints_file, mac_endpoints
+from han_worker.selection.policy import MODES, Probe, Selection, select
+from han_worker.selection.probes import ProbeReport, probe_all, tcp_probe
 
 log = logging.getLogger(__name__)
 

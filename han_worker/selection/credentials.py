@@ -3,7 +3,7 @@
 The endpoints file says where to connect and may be read by anything of ours; this file holds the
 passwords, so it must be 0600 and its repr never shows a secret (it ends up in logs and tracebacks).
 
-Standard library only, like :mod:`han_worker.endpoints`.
+Standard library only, like :mod:`han_worker.selection.endpoints`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from han_worker.trusted_files import FieldReader, StrPath, TrustedFileError, read_trusted_json
+from han_worker.fields import FieldReader
+from han_worker.private_files import StrPath, TrustedFileError, read_trusted_json
 
 log = logging.getLogger(__name__)
 

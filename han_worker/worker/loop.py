@@ -9,7 +9,7 @@ serving thread itself: a job costs no hand-over between threads.
 
 The main thread only supervises, so that it is always free for signals however long a backend computes:
 on SIGTERM it asks the loop to drain, and should a backend not stop within the grace period and
-:data:`han_worker.attempt.ABANDON_AFTER_SECONDS` more, it gives that job back and leaves the process
+:data:`han_worker.worker.attempt.ABANDON_AFTER_SECONDS` more, it gives that job back and leaves the process
 without it. Two helper threads only watch: the heartbeat (lease, ledger heartbeat, registry) and the
 monitor (probes that decide a failover). Switching happens only between jobs, in the serving thread; a
 job's result always goes to the control plane it came from. No fork() and no SIGALRM anywhere: the same
@@ -31,8 +31,25 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from han_worker import attempt
-from han_worker.attempt import (
+from han_worker.backends import (
+    StandinPlatformError,
+    UnsupportedQueue,
+    WorkerPlatform,
+    backends_for_queues,
+    current_platform,
+    worker_platform,
+)
+from han_worker.backends.base import Backend, unavailable_reason
+from han_worker.config import WorkerConfig
+from han_worker.selection.endpoints import EndpointsError, EndpointsGone, format_time, load_endpoints_file
+from han_worker.selection.policy import FailoverGate
+from han_worker.selection.resolver import Choice, Selector, authentication_failures
+from han_worker.store.ledger import AttemptOwner, Claim
+from han_worker.store.link import CONTROL_PLANE_ERRORS, ConnectError, Link, describe, open_link
+from han_worker.store.queues import Delivery
+from han_worker.store.spool import Spool
+from han_worker.worker import attempt
+from han_worker.worker.attempt import (
     RECORDING_ERRORS,
     AttemptResult,
     DrainClock,
@@ -43,31 +60,7 @@ from han_worker.attempt import (
     record,
     run_attempt,
 )
-from han_worker.backends import (
-    StandinPlatformError,
-    UnsupportedQueue,
-    WorkerPlatform,
-    backends_for_queues,
-    current_platform,
-    worker_platform,
-)
-from han_worker.backends.base import Backend, unavailable_reason
-from han_worker.connection import (
-    CONTROL_PLANE_ERRORS,
-    Choice,
-    ConnectError,
-    Link,
-    Selector,
-    authentication_failures,
-    describe,
-    open_link,
-)
-from han_worker.endpoints import EndpointsError, EndpointsGone, FailoverGate, format_time, load_endpoints_file
-from han_worker.ledger import AttemptOwner, Claim
-from han_worker.queues import Delivery
-from han_worker.reconciler import reconcile
-from han_worker.spool import Spool
-from han_worker.worker_config import WorkerConfig
+from han_worker.worker.reconciler import reconcile
 
 log = logging.getLogger(__name__)
 

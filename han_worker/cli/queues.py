@@ -14,8 +14,8 @@ import logging
 import sys
 
 from han_worker.backends import UnsupportedQueue, load_backends, worker_platform
-from han_worker.worker import backends_to_serve
-from han_worker.worker_config import WorkerConfigError, parse_queues
+from han_worker.config import WorkerConfigError, parse_queues
+from han_worker.worker.loop import backends_to_serve
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import logging
 import os
 from pathlib import Path
 
-from han_worker.control_plane import background, rotation
+from han_worker.control_plane import launch, rotation
 from han_worker.control_plane.addresses import local_address_in
 from han_worker.control_plane.admin_secrets import SecretsError, ensure_secrets
 from han_worker.control_plane.layout import DEFAULT_STATE_DIR, Layout
@@ -220,8 +220,8 @@ def _run_argv(config: SupervisorConfig) -> list[str]:
 def _start(args: argparse.Namespace) -> int:
     try:
         config = _config(args)
-        started = background.start(Layout(config.state_dir), _run_argv(config), timeout=args.wait)
-    except (UsageError, background.BackgroundError) as exc:
+        started = launch.start(Layout(config.state_dir), _run_argv(config), timeout=args.wait)
+    except (UsageError, launch.BackgroundError) as exc:
         log.error("%s", exc)
         return EXIT_USAGE if isinstance(exc, UsageError) else 1
     print("started" if started else "already running")
@@ -230,8 +230,8 @@ def _start(args: argparse.Namespace) -> int:
 
 def _stop(args: argparse.Namespace) -> int:
     try:
-        stopped = background.stop(Layout(args.state_dir.expanduser()), timeout=args.wait)
-    except background.BackgroundError as exc:
+        stopped = launch.stop(Layout(args.state_dir.expanduser()), timeout=args.wait)
+    except launch.BackgroundError as exc:
         log.error("%s", exc)
         return 1
     print("stopped" if stopped else "not running")
@@ -239,7 +239,7 @@ def _stop(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    current = background.status(Layout(args.state_dir.expanduser()))
+    current = launch.status(Layout(args.state_dir.expanduser()))
     if args.json:
         print(json.dumps(dataclasses.asdict(current)))
     else:

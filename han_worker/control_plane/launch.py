@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from han_worker.control_plane.layout import Layout, running_pid
-from han_worker.endpoints import EndpointsError, parse_endpoints
-from han_worker.trusted_files import TrustedFileError, read_trusted_json
+from han_worker.private_files import TrustedFileError, read_trusted_json
+from han_worker.selection.endpoints import EndpointsError, parse_endpoints
 
 log = logging.getLogger(__name__)
 

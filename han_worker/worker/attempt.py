@@ -3,12 +3,12 @@
 The backend runs in the calling thread, the worker's serving thread (never a forked process: the worker
 runs on Windows too), while the worker's main thread stays free to keep its promises should a backend be
 stuck: on SIGTERM the grace period runs, then the backend is asked to stop (``should_stop``), then the
-main thread gives the job back and leaves without it (:meth:`han_worker.worker.Worker._abandon`).
+main thread gives the job back and leaves without it (:meth:`han_worker.worker.loop.Worker._abandon`).
 
 Recording is upload, then the fenced ledger commit, then the Redis acknowledgement (under load owed
-to the next read: :meth:`han_worker.queues.Queues.owe`). Under load the
+to the next read: :meth:`han_worker.store.queues.Queues.owe`). Under load the
 worker hands :func:`record` the next waiting delivery, taken after the upload and just before the
-commit, and the same transaction claims it (:meth:`han_worker.ledger.Ledger.finish_then_claim`): one
+commit, and the same transaction claims it (:meth:`han_worker.store.ledger.Ledger.finish_then_claim`): one
 commit per job instead of two, the result still committed before its entry is acknowledged. If the control
 plane went away before the commit, the result goes to the spool and is delivered to that control
 plane when it returns; once the commit is in, a Redis failure is only logged (the reconciler and
@@ -26,12 +26,12 @@ from pathlib import Path
 
 from minio.error import S3Error
 
-from han_worker.artifacts import ArtifactError, check_name
 from han_worker.backends.base import Backend, JobContext, JobFailed, JobResult
-from han_worker.connection import CONTROL_PLANE_ERRORS, Link, describe
-from han_worker.ledger import AttemptOwner, Claim, FinishReport, Outcome
-from han_worker.queues import Delivery
-from han_worker.spool import Spool, SpooledResult
+from han_worker.store.artifacts import ArtifactError, check_name
+from han_worker.store.ledger import AttemptOwner, Claim, FinishReport, Outcome
+from han_worker.store.link import CONTROL_PLANE_ERRORS, Link, describe
+from han_worker.store.queues import Delivery
+from han_worker.store.spool import Spool, SpooledResult
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,13 @@ from pathlib import Path
 
 from han_worker import client
 from han_worker.backends import UnsupportedQueue
-from han_worker.connection import CONTROL_PLANE_ERRORS, ConnectError, Link, Selector, describe
-from han_worker.endpoints import MODES, EndpointsError
-from han_worker.endpoints_cli import positive_seconds
-from han_worker.worker import StartError, Worker, backends_to_serve
-from han_worker.worker_config import Overrides, WorkerConfig, WorkerConfigError, load_worker_config
+from han_worker.cli.endpoints import positive_seconds
+from han_worker.config import Overrides, WorkerConfig, WorkerConfigError, load_worker_config
+from han_worker.selection.endpoints import EndpointsError
+from han_worker.selection.policy import MODES
+from han_worker.selection.resolver import Selector
+from han_worker.store.link import CONTROL_PLANE_ERRORS, ConnectError, Link, describe
+from han_worker.worker.loop import StartError, Worker, backends_to_serve
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The worker: its loop, one attempt of a job, and the reconciler."""
