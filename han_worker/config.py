@@ -1,37 +1,40 @@
 """The worker's configuration: a JSON file the Ansible roles render, overridden by flags and environment.
 
-Precedence, highest first: command-line flags, environment variables (the runbook's names:
-``CONTROL_PLANE_MODE``, ``HAN_WORKER_QUEUES``, ``HAN_ENDPOINTS_FILE``, ``MAC_LAN_IP``), the file, defaults.
-Every error names where the bad value came from: the file and its field, the flag or the variable.
+This is the one place where precedence is decided, for every command (``run``, ``submit``, ``wait``,
+``status``, ``endpoints``): command-line flags, then environment variables (the runbook's names:
+``CONTROL_PLANE_MODE``, ``HAN_WORKER_QUEUES``, ``HAN_ENDPOINTS_FILE``, ``MAC_LAN_IP``), then the file,
+then defaults. Every error names where the bad value came from: the file and its field, the flag or the
+variable.
 
 The file (every key optional; unknown keys are refused, they are typos)::
 
     {"mode": "auto", "queues": ["pose"],
      "pegasus": {"endpoints_file": "~/.han/control-plane/endpoints.json",
-                 "credentials_file": "~/.han/control-plane/credentials.json"},
+                 "credentials_file": "~/.han/control-plane/credentials.json", "check_slurm_job": true},
      "mac": {"host": "192.0.2.10", "ports": {"postgres": 15432, "redis": 16379, "s3": 19000},
              "credentials_file": "~/.han/mac-credentials.json"},
      "spool_dir": "~/.han/spool", "lease_seconds": 30, "heartbeat_seconds": 10,
      "probe_interval_seconds": 5, "probe_timeout_seconds": 2, "flap_threshold": 3, "max_attempts": 3,
-     "drain_grace_seconds": 30, "reconcile_seconds": 30,
-     "deployed_selection": {"source": "pegasus", "reason": "Pegasus endpoints (epoch 3, ...) are valid"}}
+     "drain_grace_seconds": 30, "reconcile_seconds": 30}
 
-``deployed_selection`` records what the play that deployed the worker chose, and why; it is logged at
-start and nothing else: the worker selects its control plane again, with the same code, when it runs.
+``pegasus.check_slurm_job``: before choosing Pegasus, ask Slurm (``squeue``) whether the endpoints
+file's job still runs; for workers on the cluster, where Slurm answers (elsewhere Slurm is not asked).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TextIO
 
 from han_worker.fields import FieldReader, json_type_name
-from han_worker.private_files import TrustedFileError, read_trusted_json
-from han_worker.selection.endpoints import DEFAULT_MAC_PORTS, REQUIRED_SERVICES
-from han_worker.selection.policy import MODES
+from han_worker.private_files import TrustedFileError, parse_json_object, read_trusted_json
+from han_worker.selection.endpoints import DEFAULT_MAC_PORTS, REQUIRED_SERVICES, EndpointsError, check_host
+from han_worker.selection.policy import MODES, mac_required
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +50,10 @@ SECONDS: Mapping[str, tuple[float, float]] = {
     "reconcile_seconds": (30.0, 0.5),
 }
 COUNTS: Mapping[str, tuple[int, int]] = {"flap_threshold": (3, 1), "max_attempts": (3, 1)}
-_TOP_KEYS = frozenset(
-    {"mode", "queues", "pegasus", "mac", "spool_dir", "deployed_selection", *SECONDS, *COUNTS}
-)
-SOURCES = ("pegasus", "mac")
+_TOP_KEYS = frozenset({"mode", "queues", "pegasus", "mac", "spool_dir", *SECONDS, *COUNTS})
+STDIN = Path(
+    "-"
+)  # --config -: the configuration comes on standard input (a role checks it before writing it)
 
 
 class WorkerConfigError(ValueError):
@@ -65,19 +68,17 @@ class MacSettings:
 
 
 @dataclass(frozen=True)
-class DeployedSelection:
-    """What the deploying play chose (informational: the worker selects again at run time)."""
-
-    source: str
-    reason: str
-
-
-@dataclass(frozen=True)
 class Overrides:
     """What the command line says; None means "not given"."""
 
     mode: str | None = None
     queues: str | None = None
+    endpoints_file: Path | None = None
+    credentials_file: Path | None = None
+    mac_host: str | None = None
+    mac_ports: Mapping[str, int] | None = None
+    mac_credentials_file: Path | None = None
+    probe_timeout_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class WorkerConfig:
     queues: tuple[str, ...]
     endpoints_file: Path
     pegasus_credentials_file: Path | None  # None: credentials.json beside the endpoints file
+    check_slurm_job: bool
     mac: MacSettings | None
     spool_dir: Path
     lease_seconds: float
@@ -97,7 +99,6 @@ class WorkerConfig:
     flap_threshold: int
     max_attempts: int
     origin: str = field(compare=False)  # the file, or "defaults"
-    deployed_selection: DeployedSelection | None = None
 
     @property
     def credentials_file(self) -> Path:
@@ -160,22 +161,20 @@ def _mac(fields: FieldReader) -> MacSettings | None:
         given = mac.child("ports")
         _refuse_unknown(given, frozenset(REQUIRED_SERVICES), "")
         ports.update({name: given.integer(name, 1, 65535) for name in given.data})
-    return MacSettings(mac.string("host"), ports, _path(mac, "credentials_file", None))
-
-
-def _deployed_selection(fields: FieldReader) -> DeployedSelection | None:
-    if "deployed_selection" not in fields.data:
-        return None
-    record = fields.child("deployed_selection")
-    _refuse_unknown(record, frozenset({"source", "reason"}), "")
-    source = record.string("source")
-    if source not in SOURCES:
-        record.fail("source", f": {source!r} is not one of {', '.join(SOURCES)}")
-    return DeployedSelection(source, record.string("reason"))
-
-
-def _from_file(path: Path) -> WorkerConfig:
+    host = mac.string("host")
     try:
+        check_host(host)
+    except EndpointsError as exc:
+        mac.fail("host", f": {exc}")
+    return MacSettings(host, ports, _path(mac, "credentials_file", None))
+
+
+def _from_file(path: Path, stdin: TextIO) -> WorkerConfig:
+    try:
+        if path == STDIN:
+            return parse_worker_config(
+                parse_json_object(stdin.read(), "--config - (standard input)"), "--config -"
+            )
         data = read_trusted_json(path)
     except TrustedFileError as exc:
         raise WorkerConfigError(f"--config: {exc}") from exc
@@ -190,7 +189,7 @@ def parse_worker_config(data: Mapping[str, object], origin: str) -> WorkerConfig
         pegasus = fields.child("pegasus")
     else:
         pegasus = FieldReader({}, origin, WorkerConfigError, prefix="pegasus.")
-    _refuse_unknown(pegasus, frozenset({"endpoints_file", "credentials_file"}), "")
+    _refuse_unknown(pegasus, frozenset({"endpoints_file", "credentials_file", "check_slurm_job"}), "")
     mode = fields.string("mode") if "mode" in data else "auto"
     if mode not in MODES:
         fields.fail("mode", f": {mode!r} is not one of {', '.join(MODES)}")
@@ -199,6 +198,7 @@ def parse_worker_config(data: Mapping[str, object], origin: str) -> WorkerConfig
         queues=_file_queues(fields),
         endpoints_file=_path(pegasus, "endpoints_file", DEFAULT_ENDPOINTS_FILE) or Path(),
         pegasus_credentials_file=_path(pegasus, "credentials_file", None),
+        check_slurm_job=pegasus.boolean("check_slurm_job", default=False),
         mac=_mac(fields),
         spool_dir=_path(fields, "spool_dir", DEFAULT_SPOOL_DIR) or Path(),
         lease_seconds=_seconds(fields, "lease_seconds"),
@@ -210,7 +210,6 @@ def parse_worker_config(data: Mapping[str, object], origin: str) -> WorkerConfig
         flap_threshold=_count(fields, "flap_threshold"),
         max_attempts=_count(fields, "max_attempts"),
         origin=origin,
-        deployed_selection=_deployed_selection(fields),
     )
 
 
@@ -231,13 +230,50 @@ def _queues(config: WorkerConfig, overrides: Overrides, env: Mapping[str, str]) 
     return config.queues
 
 
-def _mac_override(config: WorkerConfig, env: Mapping[str, str]) -> MacSettings | None:
-    host = env.get("MAC_LAN_IP", "").strip()
-    if not host:
-        return config.mac
-    if config.mac is None:
-        return MacSettings(host, dict(DEFAULT_MAC_PORTS), None)
-    return replace(config.mac, host=host)
+def _path_override(flag: Path | None, env: Mapping[str, str], variable: str) -> Path | None:
+    if flag is not None:
+        return flag.expanduser()
+    value = env.get(variable, "").strip() if variable else ""
+    return Path(value).expanduser() if value else None
+
+
+def _mac_host(overrides: Overrides, env: Mapping[str, str]) -> tuple[str, str] | None:
+    """The Mac's address from ``--mac-host`` or ``MAC_LAN_IP``, with where it came from."""
+    for origin, value in (("--mac-host", overrides.mac_host), ("MAC_LAN_IP", env.get("MAC_LAN_IP"))):
+        if value is not None and value.strip():
+            try:
+                return check_host(value.strip()), origin
+            except EndpointsError as exc:
+                raise WorkerConfigError(f"{origin}: {exc}") from exc
+    return None
+
+
+def _mac_override(config: WorkerConfig, overrides: Overrides, env: Mapping[str, str]) -> MacSettings | None:
+    given = _mac_host(overrides, env)
+    mac = config.mac
+    if given is not None:
+        mac = (
+            MacSettings(given[0], dict(DEFAULT_MAC_PORTS), None)
+            if mac is None
+            else replace(mac, host=given[0])
+        )
+    if mac is None:
+        if overrides.mac_ports or overrides.mac_credentials_file:
+            raise WorkerConfigError(
+                "--mac-port and --mac-credentials-file need the Mac's address: pass --mac-host, set "
+                "MAC_LAN_IP or put mac.host in the --config file"
+            )
+        return None
+    ports = {**mac.ports, **(overrides.mac_ports or {})}
+    unknown = sorted(set(ports) - set(REQUIRED_SERVICES))
+    if unknown:
+        raise WorkerConfigError(
+            f"--mac-port: unknown service {', '.join(unknown)} (known: {', '.join(REQUIRED_SERVICES)})"
+        )
+    credentials = overrides.mac_credentials_file
+    return replace(
+        mac, ports=ports, credentials_file=credentials.expanduser() if credentials else mac.credentials_file
+    )
 
 
 def _check_complete(config: WorkerConfig, *, need_queues: bool) -> None:
@@ -246,36 +282,51 @@ def _check_complete(config: WorkerConfig, *, need_queues: bool) -> None:
         raise WorkerConfigError(
             f"no queues to serve: pass --queues, set HAN_WORKER_QUEUES or put 'queues' in {in_file}"
         )
-    if config.mode == "mac" and config.mac is None:
-        raise WorkerConfigError(f"mode mac needs the Mac's address: set MAC_LAN_IP or mac.host in {in_file}")
+    if mac_required(config.mode) and config.mac is None:
+        raise WorkerConfigError(
+            f"mode {config.mode} needs the Mac's address: pass --mac-host, set MAC_LAN_IP or put mac.host in "
+            f"{in_file}"
+        )
     if config.mode != "pegasus" and config.mac is not None and config.mac.credentials_file is None:
         raise WorkerConfigError(
             f"mode {config.mode} may use the Mac at {config.mac.host}, but its control plane's credentials "
-            f"are unknown: field 'mac.credentials_file' is missing in {in_file}"
+            f"are unknown: pass --mac-credentials-file or put mac.credentials_file in {in_file}"
         )
 
 
-def load_worker_config(
-    path: Path | None, overrides: Overrides, env: Mapping[str, str], *, need_queues: bool = False
-) -> WorkerConfig:
-    """The file at ``path`` (if any) with the command line and the environment applied on top."""
-    config = parse_worker_config({}, "defaults") if path is None else _from_file(path.expanduser())
-    env_endpoints = env.get("HAN_ENDPOINTS_FILE", "").strip()
-    config = replace(
+def _apply(config: WorkerConfig, overrides: Overrides, env: Mapping[str, str]) -> WorkerConfig:
+    """Flags, then the environment, over what the file (or the defaults) said."""
+    endpoints_file = _path_override(overrides.endpoints_file, env, "HAN_ENDPOINTS_FILE")
+    credentials_file = _path_override(overrides.credentials_file, env, "")
+    timeout = overrides.probe_timeout_seconds
+    return replace(
         config,
         mode=_mode(config, overrides, env),
         queues=_queues(config, overrides, env),
-        endpoints_file=Path(env_endpoints).expanduser() if env_endpoints else config.endpoints_file,
-        mac=_mac_override(config, env),
+        endpoints_file=endpoints_file or config.endpoints_file,
+        pegasus_credentials_file=credentials_file or config.pegasus_credentials_file,
+        mac=_mac_override(config, overrides, env),
+        probe_timeout_seconds=config.probe_timeout_seconds if timeout is None else timeout,
     )
+
+
+def load_worker_config(
+    path: Path | None,
+    overrides: Overrides,
+    env: Mapping[str, str],
+    *,
+    need_queues: bool = False,
+    stdin: TextIO | None = None,
+) -> WorkerConfig:
+    """The file at ``path`` (if any; ``-`` is standard input) with the command line and the environment
+    applied on top, checked for completeness."""
+    config = (
+        parse_worker_config({}, "defaults")
+        if path is None
+        else _from_file(path.expanduser(), stdin or sys.stdin)
+    )
+    config = _apply(config, overrides, env)
     _check_complete(config, need_queues=need_queues)
-    if config.deployed_selection is not None:
-        log.info(
-            "deployed for the %s control plane (%s); selecting again now in %s mode",
-            config.deployed_selection.source,
-            config.deployed_selection.reason,
-            config.mode,
-        )
     if config.heartbeat_seconds >= config.lease_seconds:
         log.warning(
             "heartbeat_seconds %g >= lease_seconds %g: other workers will reclaim jobs while they run",

@@ -103,12 +103,17 @@ def read_trusted_json(path: StrPath, *, secret: bool = False) -> dict[str, objec
         raise TrustedFileError(f"{file_path}: not valid UTF-8: {exc.reason} at byte {exc.start}") from exc
     except OSError as exc:
         raise TrustedFileError(f"{file_path}: cannot be read: {exc.strerror}") from exc
+    return parse_json_object(text, str(file_path))
+
+
+def parse_json_object(text: str, origin: str) -> dict[str, object]:
+    """Decode ``text`` as one JSON object; TrustedFileError names ``origin`` and the problem."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise TrustedFileError(f"{file_path}: not valid JSON: {exc}") from exc
+        raise TrustedFileError(f"{origin}: not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
-        raise TrustedFileError(f"{file_path}: must hold a JSON object, not {json_type_name(data)}")
+        raise TrustedFileError(f"{origin}: must hold a JSON object, not {json_type_name(data)}")
     return data
 
 

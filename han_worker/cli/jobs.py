@@ -10,24 +10,29 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from han_worker import client
 from han_worker.backends import UnsupportedQueue
-from han_worker.cli.endpoints import positive_seconds
-from han_worker.config import Overrides, WorkerConfig, WorkerConfigError, load_worker_config
+from han_worker.cli.options import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_TIMEOUT,
+    EXIT_USAGE,
+    Commands,
+    add_command,
+    fail,
+    load_config,
+    positive_seconds,
+)
+from han_worker.config import WorkerConfig, WorkerConfigError
 from han_worker.selection.endpoints import EndpointsError
-from han_worker.selection.policy import MODES
 from han_worker.selection.resolver import Selector
 from han_worker.store.link import CONTROL_PLANE_ERRORS, ConnectError, Link, describe
 from han_worker.worker.loop import StartError, Worker, backends_to_serve
 
 log = logging.getLogger(__name__)
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
 
 RUN_HELP = """\
 On SIGTERM (Slurm's walltime signal), SIGINT or Ctrl-Break: stop taking jobs, let the job in flight
@@ -56,15 +61,6 @@ Exit 0 if the job succeeded (its result is printed), 1 if it failed or is dead (
 3 if it has not finished within --timeout.
 
 """
-SELECTION_HELP = """\
-control plane selection (the same for run, submit, wait and status):
-  --mode, else $CONTROL_PLANE_MODE, else the config file's "mode", else auto
-  pegasus  the Pegasus endpoints file must be valid and healthy, else exit 2 with the reason
-  mac      always the Mac's control plane ("mac" in the config file, or $MAC_LAN_IP)
-  auto     Pegasus when it is valid and healthy, else the Mac
-The Pegasus endpoints file: $HAN_ENDPOINTS_FILE, else the config file's pegasus.endpoints_file,
-else ~/.han/control-plane/endpoints.json (its credentials.json beside it).
-"""
 
 
 def _positive_int(text: str) -> int:
@@ -73,36 +69,13 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
-Commands = argparse._SubParsersAction  # argparse's own name; not subscriptable at run time
-
-
-def _add(
-    commands: Commands[argparse.ArgumentParser], name: str, summary: str, epilog: str = ""
-) -> argparse.ArgumentParser:
-    """A sub-command; the RawDescription formatter keeps the epilog's columns."""
-    parser = commands.add_parser(
-        name,
-        help=summary,
-        description=summary[0].upper() + summary[1:] + ".",
-        epilog=epilog + SELECTION_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--config", type=Path, metavar="PATH",
-        help="worker configuration file (JSON, as the Ansible roles render it); flags and environment "
-        "variables override it",
-    )  # fmt: skip
-    parser.add_argument("--mode", choices=MODES, help="control plane selection mode (see below)")
-    return parser
-
-
 def add_parsers(commands: Commands[argparse.ArgumentParser]) -> None:
     for add in (_add_run, _add_submit, _add_wait, _add_status):
         add(commands)
 
 
 def _add_run(commands: Commands[argparse.ArgumentParser]) -> None:
-    run = _add(commands, "run", "take jobs from the queues and run them until SIGTERM", RUN_HELP)
+    run = add_command(commands, "run", "take jobs from the queues and run them until SIGTERM", RUN_HELP)
     run.add_argument(
         "--queues",
         metavar="LIST",
@@ -119,7 +92,7 @@ def _add_run(commands: Commands[argparse.ArgumentParser]) -> None:
 
 
 def _add_submit(commands: Commands[argparse.ArgumentParser]) -> None:
-    submit = _add(commands, "submit", "submit a job and print its id")
+    submit = add_command(commands, "submit", "submit a job and print its id")
     submit.add_argument("--kind", required=True, help="job kind (a registered backend, e.g. pose, sleep)")
     submit.add_argument(
         "--input",
@@ -148,7 +121,7 @@ def _add_submit(commands: Commands[argparse.ArgumentParser]) -> None:
 
 
 def _add_wait(commands: Commands[argparse.ArgumentParser]) -> None:
-    wait = _add(commands, "wait", "wait until a job has finished", WAIT_HELP)
+    wait = add_command(commands, "wait", "wait until a job has finished", WAIT_HELP)
     wait.add_argument("job", metavar="JOB", help="the job id that submit printed")
     wait.add_argument(
         "--timeout",
@@ -162,7 +135,9 @@ def _add_wait(commands: Commands[argparse.ArgumentParser]) -> None:
 
 
 def _add_status(commands: Commands[argparse.ArgumentParser]) -> None:
-    status = _add(commands, "status", "show the control plane, workers, queue depths, pending and dead jobs")
+    status = add_command(
+        commands, "status", "show the control plane, workers, queue depths, pending and dead jobs"
+    )
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     status.add_argument(
         "--limit",
@@ -174,41 +149,31 @@ def _add_status(commands: Commands[argparse.ArgumentParser]) -> None:
     status.set_defaults(handler=_status)
 
 
-def _fail(command: str, message: object, code: int = EXIT_USAGE) -> int:
-    print(f"han-worker {command}: {message}", file=sys.stderr)
-    return code
-
-
-def _config(args: argparse.Namespace, *, need_queues: bool = False) -> WorkerConfig:
-    overrides = Overrides(mode=args.mode, queues=getattr(args, "queues", None))
-    return load_worker_config(args.config, overrides, os.environ, need_queues=need_queues)
-
-
 def _run(args: argparse.Namespace) -> int:
     try:
-        config = _config(args, need_queues=True)
+        config = load_config(args, need_queues=True)
         backends = backends_to_serve(config.queues)
         worker = Worker(config, backends, Selector(config), log_successes=not args.quiet)
         return int(worker.run())
     except (WorkerConfigError, UnsupportedQueue, EndpointsError, StartError) as exc:
-        return _fail("run", exc)
+        return fail("run", exc)
 
 
 def _connected(args: argparse.Namespace, work: Callable[[Link, WorkerConfig], int]) -> int:
     """Select and connect as ``run`` would, run ``work``, map the errors to exit codes."""
     try:
-        config = _config(args)
+        config = load_config(args)
         link = client.connect(config, name=f"han-worker {args.command}")
     except (WorkerConfigError, EndpointsError) as exc:
-        return _fail(args.command, exc)
+        return fail(args.command, exc)
     except ConnectError as exc:
-        return _fail(args.command, exc, EXIT_USAGE if exc.permanent else EXIT_FAILED)
+        return fail(args.command, exc, EXIT_USAGE if exc.permanent else EXIT_FAILED)
     try:
         return work(link, config)
     except client.RequestError as exc:
-        return _fail(args.command, exc)
+        return fail(args.command, exc)
     except CONTROL_PLANE_ERRORS as exc:
-        return _fail(args.command, f"{link.source}: {describe(exc)}", EXIT_FAILED)
+        return fail(args.command, f"{link.source}: {describe(exc)}", EXIT_FAILED)
     finally:
         link.close()
 
@@ -219,7 +184,7 @@ def _submit(args: argparse.Namespace) -> int:
         params = client.parse_params(args.param, args.params_json)
         inputs = client.check_inputs(args.input)
     except client.RequestError as exc:
-        return _fail("submit", exc)
+        return fail("submit", exc)
 
     def work(link: Link, config: WorkerConfig) -> int:
         max_attempts = args.max_attempts or config.max_attempts
@@ -233,12 +198,12 @@ def _wait(args: argparse.Namespace) -> int:
     try:
         job_id = client.check_job_id(args.job)
     except client.RequestError as exc:
-        return _fail("wait", exc)
+        return fail("wait", exc)
 
     def work(link: Link, _config: WorkerConfig) -> int:
         record = client.wait(link, job_id, args.timeout)
         if record is None:
-            return _fail("wait", f"job {job_id} has not finished after {args.timeout:g}s", EXIT_TIMEOUT)
+            return fail("wait", f"job {job_id} has not finished after {args.timeout:g}s", EXIT_TIMEOUT)
         if args.json:
             print(json.dumps(record.to_dict(), indent=2, default=str))
         else:

@@ -6,6 +6,7 @@ that another user owns or could write. Standard library only: the Ansible lookup
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ REQUIRED_SERVICES = ("postgres", "redis", "s3")
 OPTIONAL_SERVICES = ("api",)
 DEFAULT_MAC_PORTS: Mapping[str, int] = MappingProxyType({"postgres": 5432, "redis": 6379, "s3": 9000})
 _SLURM_JOB_ID = re.compile(r"[0-9]+")
+_HOSTNAME_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
 class EndpointsError(ValueError):
@@ -77,6 +79,17 @@ class Endpoints:
         }
 
 
+def check_host(host: str) -> str:
+    """``host`` if it is an IP address or a host name; EndpointsError says why not."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        labels = host.rstrip(".").split(".")
+        if len(host) > 253 or not all(_HOSTNAME_LABEL.fullmatch(label) for label in labels):
+            raise EndpointsError(f"{host!r} is neither an IP address nor a host name") from None
+    return host
+
+
 def format_time(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
@@ -103,7 +116,12 @@ def _parse_services(fields: FieldReader) -> dict[str, ServiceEndpoint]:
     for name in known:
         if name in REQUIRED_SERVICES or name in services.data:
             service = services.child(name)
-            parsed[name] = ServiceEndpoint(service.string("host"), service.integer("port", 1, 65535))
+            host = service.string("host")
+            try:
+                check_host(host)
+            except EndpointsError as exc:
+                service.fail("host", f": {exc}")
+            parsed[name] = ServiceEndpoint(host, service.integer("port", 1, 65535))
     return parsed
 
 

@@ -20,6 +20,11 @@ log = logging.getLogger(__name__)
 MODES = ("auto", "pegasus", "mac")
 
 
+def mac_required(mode: str) -> bool:
+    """The Mac rule: mode mac cannot choose without the Mac's address (auto falls back to it when known)."""
+    return mode == "mac"
+
+
 class SelectionError(EndpointsError):
     """Mode ``pegasus`` was asked for and the Pegasus control plane is not usable."""
 
@@ -71,7 +76,7 @@ def _usable_pegasus(
 
 def _use_mac(macs: Sequence[Endpoints], probe: Probe | None, why: str) -> Selection:
     if not macs:
-        raise SelectionError(f"{why}, but no Mac address was given (set MAC_LAN_IP or pass --mac-host)")
+        raise SelectionError(f"{why}, and no Mac is configured to fall back to")
     if probe is None:
         return Selection("mac", macs[0], f"{why}; using the Mac at {macs[0].node} (not probed)")
     reports = [(mac, probe(mac)) for mac in macs]

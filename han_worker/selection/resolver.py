@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from han_worker.config import WorkerConfig, WorkerConfigError
@@ -23,6 +23,7 @@ from han_worker.selection.endpoints import (
 )
 from han_worker.selection.policy import SelectionError, select
 from han_worker.selection.probes import ProbeReport, ProbeResult, probe_all
+from han_worker.selection.slurm_job import slurm_job_alive
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,22 @@ class Choice:
         return f"{self.source} (epoch {self.epoch}: {services})"
 
 
-class Selector:
-    """The runbook's modes over the configured Pegasus files and Mac address."""
+JobAlive = Callable[[str], "bool | None"]
 
-    def __init__(self, config: WorkerConfig) -> None:
+
+class Selector:
+    """The runbook's modes over the configured Pegasus files and Mac address.
+
+    ``probe=False`` chooses without connecting (what a play does where the services cannot be reached);
+    ``job_alive`` asks Slurm about the Pegasus job when the configuration says to (``check_slurm_job``).
+    """
+
+    def __init__(
+        self, config: WorkerConfig, *, probe: bool = True, job_alive: JobAlive = slurm_job_alive
+    ) -> None:
         self.config = config
+        self.probing = probe
+        self.job_alive = job_alive
         self.mac: Endpoints | None = None
         self.mac_credentials: Credentials | None = None
         if config.mode != "pegasus" and config.mac is not None and config.mac.credentials_file is not None:
@@ -104,6 +116,15 @@ class Selector:
             raise EndpointsError(str(exc)) from exc
         return endpoints, credentials
 
+    def _pegasus_job_alive(self, pegasus: Endpoints | EndpointsError | None) -> bool | None:
+        if (
+            not self.config.check_slurm_job
+            or not isinstance(pegasus, Endpoints)
+            or pegasus.slurm_job_id is None
+        ):
+            return None
+        return self.job_alive(pegasus.slurm_job_id)
+
     def choose(self) -> Choice:
         """Select as the mode says; raises SelectionError (mode pegasus) with the reason."""
         self._refresh_mac_credentials()
@@ -121,7 +142,13 @@ class Selector:
             return self.probe(endpoints, credentials)
 
         macs = [] if self.mac is None else [self.mac]
-        selection = select(self.config.mode, pegasus=pegasus, mac=macs, probe=probe)
+        selection = select(
+            self.config.mode,
+            pegasus=pegasus,
+            mac=macs,
+            probe=probe if self.probing else None,
+            job_alive=self._pegasus_job_alive(pegasus),
+        )
         credentials = pegasus_credentials if selection.endpoints is pegasus else self.mac_credentials
         assert credentials is not None
         return Choice(selection.source, selection.endpoints, credentials, selection.reason, selection.probes)

@@ -392,7 +392,7 @@ def test_first_healthy_mac_wins() -> None:
 
 
 def test_mac_needed_but_not_given() -> None:
-    with pytest.raises(SelectionError, match="no Mac address was given"):
+    with pytest.raises(SelectionError, match="no Mac is configured to fall back to"):
         select("auto", pegasus=None, mac=[])
 
 

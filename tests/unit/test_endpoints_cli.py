@@ -1,19 +1,25 @@
-"""``han-worker endpoints`` through han_worker.cli.worker_main, probing real loopback sockets."""
+"""``han-worker endpoints`` through han_worker.cli.worker_main: the worker's own choice, from its flags,
+variables and ``--config`` file (the authenticated probes against real services are in
+tests/integration/test_endpoints_choice.py)."""
 
 from __future__ import annotations
 
+import io
 import json
 import socket
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from han_worker.cli import worker_main
+from han_worker.private_files import write_private_json
 from han_worker.selection.endpoints import parse_endpoints, write_endpoints_file
+from tests.fake_windows import FAKE_MAC_CREDENTIALS as CREDENTIALS
 
-ENV = ("CONTROL_PLANE_MODE", "HAN_ENDPOINTS_FILE", "MAC_LAN_IP")
+ENV = ("CONTROL_PLANE_MODE", "HAN_ENDPOINTS_FILE", "MAC_LAN_IP", "HAN_WORKER_QUEUES")
+PORTS = {"postgres": 15432, "redis": 16379, "s3": 19000}
+WHERE = "Pegasus endpoints (epoch 3, node c0042)"
 
 
 @pytest.fixture(autouse=True)
@@ -21,20 +27,6 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in ENV:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-
-
-@pytest.fixture
-def ports() -> Iterator[dict[str, int]]:
-    """postgres, redis and s3 listening on 127.0.0.1 (never accepted: the backlog answers the probe)."""
-    servers = []
-    for _attempt in range(3):
-        server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        server.bind(("127.0.0.1", 0))
-        server.listen(8)
-        servers.append(server)
-    yield {name: s.getsockname()[1] for name, s in zip(("postgres", "redis", "s3"), servers, strict=True)}
-    for server in servers:
-        server.close()
 
 
 def closed_port() -> int:
@@ -45,7 +37,8 @@ def closed_port() -> int:
     return port
 
 
-def write_pegasus(path: Path, ports: dict[str, int], **overrides: object) -> Path:
+def write_pegasus(directory: Path, ports: dict[str, int], **overrides: object) -> Path:
+    """An endpoints file with the workers' credentials.json beside it, as a control plane publishes them."""
     now = datetime.now(timezone.utc).replace(microsecond=0)
     doc: dict[str, object] = {
         "schema": 1,
@@ -58,17 +51,22 @@ def write_pegasus(path: Path, ports: dict[str, int], **overrides: object) -> Pat
         "services": {name: {"host": "127.0.0.1", "port": port} for name, port in ports.items()},
     }
     doc.update(overrides)
+    path = directory / "endpoints.json"
     write_endpoints_file(path, parse_endpoints(doc, str(path)))
+    write_private_json(directory / "credentials.json", CREDENTIALS)
     return path
 
 
-def mac_port_args(ports: dict[str, int]) -> list[str]:
-    return [arg for name, port in ports.items() for arg in ("--mac-port", f"{name}={port}")]
+@pytest.fixture
+def pegasus_file(tmp_path: Path) -> Path:
+    return write_pegasus(tmp_path / "cp", PORTS)
 
 
 @pytest.fixture
-def pegasus_file(tmp_path: Path, ports: dict[str, int]) -> Path:
-    return write_pegasus(tmp_path / "cp" / "endpoints.json", ports)
+def mac_credentials(tmp_path: Path) -> Path:
+    path = tmp_path / "mac" / "credentials.json"
+    write_private_json(path, CREDENTIALS)
+    return path
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -78,38 +76,43 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_pegasus_mode_with_a_healthy_pegasus(
-    capsys: pytest.CaptureFixture[str], pegasus_file: Path, ports: dict[str, int]
-) -> None:
-    code, out, err = run(capsys, "--mode", "pegasus", "--endpoints-file", str(pegasus_file))
+def test_pegasus_mode_with_a_valid_pegasus(capsys: pytest.CaptureFixture[str], pegasus_file: Path) -> None:
+    code, out, err = run(capsys, "--mode", "pegasus", "--endpoints-file", str(pegasus_file), "--no-probe")
     assert (code, err) == (0, "")
-    lines = out.splitlines()
-    assert lines[:4] == [
+    assert out.splitlines() == [
         "source: pegasus",
-        f"postgres: 127.0.0.1:{ports['postgres']}",
-        f"redis: 127.0.0.1:{ports['redis']}",
-        f"s3: 127.0.0.1:{ports['s3']}",
+        "postgres: 127.0.0.1:15432",
+        "redis: 127.0.0.1:16379",
+        "s3: 127.0.0.1:19000",
+        f"reason: {WHERE} are valid (not probed)",
     ]
-    assert lines[4] == "reason: Pegasus endpoints (epoch 3, node c0042) are valid and healthy"
-    assert lines[5] == f"probe: postgres 127.0.0.1:{ports['postgres']}: ok (TCP connect ok)"
 
 
 def test_pegasus_mode_without_a_file_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     missing = tmp_path / "home" / ".han" / "control-plane" / "endpoints.json"
-    code, out, err = run(capsys, "--mode", "pegasus")  # the default path, under $HOME
+    code, out, err = run(capsys, "--mode", "pegasus")  # the worker's default path, under $HOME
     assert (code, out) == (2, "")
     assert err == f"han-worker endpoints: {missing}: does not exist\n"
 
 
+def test_pegasus_mode_without_the_workers_credentials_exits_2(
+    capsys: pytest.CaptureFixture[str], pegasus_file: Path
+) -> None:
+    (pegasus_file.parent / "credentials.json").unlink()
+    code, _out, err = run(capsys, "--mode", "pegasus", "--endpoints-file", str(pegasus_file), "--no-probe")
+    assert code == 2
+    assert err == f"han-worker endpoints: {pegasus_file.parent / 'credentials.json'}: does not exist\n"
+
+
 def test_pegasus_mode_with_dead_services_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     dead = {"postgres": closed_port(), "redis": closed_port(), "s3": closed_port()}
-    path = write_pegasus(tmp_path / "cp" / "endpoints.json", dead)
+    path = write_pegasus(tmp_path / "cp", dead)
     code, _out, err = run(capsys, "--mode", "pegasus", "--endpoints-file", str(path))
     assert code == 2
     assert err.startswith(
-        "han-worker endpoints: Pegasus endpoints (epoch 3, node c0042): unhealthy: "
-        f"postgres 127.0.0.1:{dead['postgres']}: FAILED (connection refused); "
+        f"han-worker endpoints: {WHERE}: unhealthy: postgres 127.0.0.1:{dead['postgres']}: FAILED"
     )
+    assert f"redis 127.0.0.1:{dead['redis']}: FAILED" in err
 
 
 def test_pegasus_mode_refuses_a_writable_file(capsys: pytest.CaptureFixture[str], pegasus_file: Path) -> None:
@@ -123,50 +126,49 @@ def test_pegasus_mode_refuses_a_writable_file(capsys: pytest.CaptureFixture[str]
 
 
 def test_auto_falls_back_to_the_mac_when_pegasus_is_expired(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, ports: dict[str, int]
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, mac_credentials: Path
 ) -> None:
     path = write_pegasus(
-        tmp_path / "cp" / "endpoints.json",
-        ports,
-        started_at="2020-01-01T00:00:00Z",
-        expires_at="2020-01-01T12:00:00Z",
+        tmp_path / "cp", PORTS, started_at="2020-01-01T00:00:00Z", expires_at="2020-01-01T12:00:00Z"
     )
     code, out, err = run(
-        capsys, "--endpoints-file", str(path), "--mac-host", "127.0.0.1", *mac_port_args(ports)
-    )
+        capsys, "--endpoints-file", str(path), "--mac-host", "192.0.2.7", "--mac-port", "redis=16380",
+        "--mac-credentials-file", str(mac_credentials), "--no-probe",
+    )  # fmt: skip
     assert (code, err) == (0, "")
-    assert out.splitlines()[0] == "source: mac"
-    reason = next(line for line in out.splitlines() if line.startswith("reason: "))
-    assert reason.startswith(f"reason: Pegasus skipped: {path}: expired at 2020-01-01T12:00:00Z (now ")
-    assert reason.endswith("; the Mac at 127.0.0.1 is healthy")
-
-
-def test_auto_json_uses_the_first_healthy_mac(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, ports: dict[str, int]
-) -> None:
-    monkeypatch.setenv("CONTROL_PLANE_MODE", "auto")
-    # 127.0.0.2 is loopback too, but nothing listens there: the probe is refused.
-    hosts = ["--mac-host", "127.0.0.2", "--mac-host", "127.0.0.1"]
-    code, out, _err = run(capsys, "--json", *hosts, *mac_port_args(ports))
-    assert code == 0
-    selection = json.loads(out)
-    assert selection["source"] == "mac"
-    assert selection["endpoints"]["node"] == "127.0.0.1"
-    assert selection["endpoints"]["services"]["redis"] == {"host": "127.0.0.1", "port": ports["redis"]}
-    assert [(p["service"], p["ok"]) for p in selection["probes"]] == [
-        ("postgres", True),
-        ("redis", True),
-        ("s3", True),
+    lines = out.splitlines()
+    assert lines[:4] == [
+        "source: mac",
+        "postgres: 192.0.2.7:5432",
+        "redis: 192.0.2.7:16380",
+        "s3: 192.0.2.7:9000",
     ]
-    assert "does not exist" in selection["reason"]
+    assert lines[4].startswith(f"reason: Pegasus skipped: {path}: expired at 2020-01-01T12:00:00Z (now ")
+    assert lines[4].endswith("; using the Mac at 192.0.2.7 (not probed)")
+
+
+def test_json_says_the_choice_or_why_there_is_none(
+    capsys: pytest.CaptureFixture[str], pegasus_file: Path, tmp_path: Path
+) -> None:
+    code, out, _err = run(
+        capsys, "--json", "--mode", "pegasus", "--endpoints-file", str(pegasus_file), "--no-probe"
+    )
+    chosen = json.loads(out)
+    assert (code, chosen["ok"], chosen["mode"], chosen["source"]) == (0, True, "pegasus", "pegasus")
+    assert chosen["endpoints"]["services"]["redis"] == {"host": "127.0.0.1", "port": 16379}
+    assert chosen["reason"] == f"{WHERE} are valid (not probed)"
+    missing = tmp_path / "none" / "endpoints.json"
+    code, out, err = run(capsys, "--json", "--mode", "pegasus", "--endpoints-file", str(missing))
+    assert (code, json.loads(out)) == (2, {"ok": False, "error": f"{missing}: does not exist"})
+    assert err == f"han-worker endpoints: {missing}: does not exist\n"
 
 
 def test_mac_mode_from_the_environment_without_probe(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, mac_credentials: Path
 ) -> None:
     monkeypatch.setenv("CONTROL_PLANE_MODE", "mac")
     monkeypatch.setenv("MAC_LAN_IP", "192.168.1.20")
-    code, out, _err = run(capsys, "--no-probe")
+    code, out, _err = run(capsys, "--no-probe", "--mac-credentials-file", str(mac_credentials))
     assert code == 0
     assert out.splitlines() == [
         "source: mac",
@@ -183,7 +185,48 @@ def test_endpoints_file_from_the_environment(
     monkeypatch.setenv("HAN_ENDPOINTS_FILE", str(pegasus_file))
     code, out, _err = run(capsys, "--mode", "pegasus", "--no-probe")
     assert code == 0
-    assert "reason: Pegasus endpoints (epoch 3, node c0042) are valid (not probed)" in out.splitlines()
+    assert f"reason: {WHERE} are valid (not probed)" in out.splitlines()
+
+
+def worker_config(pegasus_file: Path, mac_credentials: Path, mode: str) -> dict[str, object]:
+    return {
+        "mode": mode,
+        "queues": ["pose"],
+        "pegasus": {"endpoints_file": str(pegasus_file)},
+        "mac": {"host": "192.0.2.9", "ports": {"redis": 16390}, "credentials_file": str(mac_credentials)},
+    }
+
+
+def test_the_config_file_is_the_workers_and_flags_beat_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, pegasus_file: Path, mac_credentials: Path
+) -> None:
+    config = tmp_path / "worker" / "worker.json"
+    write_private_json(config, worker_config(pegasus_file, mac_credentials, "mac"))
+    code, out, _err = run(capsys, "--config", str(config), "--no-probe")
+    assert (code, out.splitlines()[:3]) == (
+        0,
+        ["source: mac", "postgres: 192.0.2.9:5432", "redis: 192.0.2.9:16390"],
+    )
+    code, out, _err = run(capsys, "--config", str(config), "--no-probe", "--mode", "auto")
+    assert (code, out.splitlines()[0]) == (0, "source: pegasus")
+
+
+def test_the_config_can_come_on_standard_input(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    pegasus_file: Path,
+    mac_credentials: Path,
+) -> None:
+    document = json.dumps(worker_config(pegasus_file, mac_credentials, "pegasus"))
+    monkeypatch.setattr("sys.stdin", io.StringIO(document))
+    code, out, _err = run(capsys, "--config", "-", "--no-probe", "--json")
+    assert (code, json.loads(out)["source"]) == (0, "pegasus")
+    monkeypatch.setattr("sys.stdin", io.StringIO("[1, 2]"))
+    code, _out, err = run(capsys, "--config", "-", "--no-probe")
+    assert (code, err) == (
+        2,
+        "han-worker endpoints: --config: --config - (standard input): must hold a JSON object, not array\n",
+    )
 
 
 @pytest.mark.parametrize(
@@ -194,28 +237,35 @@ def test_endpoints_file_from_the_environment(
             [],
             "CONTROL_PLANE_MODE: 'primary' is not one of auto, pegasus, mac",
         ),
-        ({}, ["--mode", "auto"], "mode auto needs the Mac's LAN address: set MAC_LAN_IP or pass --mac-host"),
-        ({}, ["--mode", "mac"], "mode mac needs the Mac's LAN address: set MAC_LAN_IP or pass --mac-host"),
+        (
+            {},
+            ["--mode", "mac"],
+            "mode mac needs the Mac's address: pass --mac-host, set MAC_LAN_IP or put mac.host in --config FILE",
+        ),
+        (
+            {},
+            ["--mac-host", "10.0.0.2"],
+            "mode auto may use the Mac at 10.0.0.2, but its control plane's credentials are unknown: pass --mac-credentials-file or put mac.credentials_file in --config FILE",
+        ),
         (
             {},
             ["--mac-host", "not a host!"],
             "--mac-host: 'not a host!' is neither an IP address nor a host name",
         ),
-        (
-            {"MAC_LAN_IP": "mac-.lan"},
-            [],
-            "MAC_LAN_IP: 'mac-.lan' is neither an IP address nor a host name",
-        ),
+        ({"MAC_LAN_IP": "mac-.lan"}, [], "MAC_LAN_IP: 'mac-.lan' is neither an IP address nor a host name"),
         (
             {},
-            ["--mac-host", "10.0.0.2", "--mac-port", "redis"],
-            "--mac-port: 'redis' is not SERVICE=PORT (e.g. redis=6380)",
+            ["--mac-port", "redis=6380"],
+            "--mac-port and --mac-credentials-file need the Mac's address: pass --mac-host, set MAC_LAN_IP or put mac.host in the --config file",
         ),
-        (
-            {},
-            ["--mac-host", "10.0.0.2", "--mac-port", "redis=99999"],
-            "Mac endpoints for 10.0.0.2: field 'ports.redis': 99999 is out of range 1-65535",
-        ),
+    ],
+    ids=[
+        "mode-variable",
+        "mac-without-address",
+        "mac-without-credentials",
+        "bad-mac-host",
+        "bad-mac-variable",
+        "port-without-mac",
     ],
 )
 def test_invalid_inputs_exit_2_with_the_reason(
@@ -242,6 +292,15 @@ def test_invalid_inputs_exit_2_with_the_reason(
         ),
         (["--probe-timeout", "soon"], "argument --probe-timeout: 'soon' is not a number of seconds"),
         (["--mode", "primary"], "argument --mode: invalid choice: 'primary'"),
+        (
+            ["--mac-port", "redis"],
+            "argument --mac-port: 'redis' is not SERVICE=PORT, port 1-65535 (e.g. redis=6380)",
+        ),
+        (
+            ["--mac-port", "redis=99999"],
+            "argument --mac-port: 'redis=99999' is not SERVICE=PORT, port 1-65535",
+        ),
+        (["--mac-port", "ftp=21"], "argument --mac-port: 'ftp=21': 'ftp' is not one of postgres, redis, s3"),
     ],
 )
 def test_argparse_errors_exit_2(capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
@@ -251,7 +310,7 @@ def test_argparse_errors_exit_2(capsys: pytest.CaptureFixture[str], args: list[s
     assert message in capsys.readouterr().err
 
 
-def test_help_explains_each_mode(capsys: pytest.CaptureFixture[str]) -> None:
+def test_help_explains_each_mode_and_the_precedence(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as caught:
         worker_main(["endpoints", "--help"])
     assert caught.value.code == 0
@@ -261,7 +320,4 @@ def test_help_explains_each_mode(capsys: pytest.CaptureFixture[str]) -> None:
         "mac",
         "auto",
     ]
-    assert (
-        "  pegasus  use the Pegasus endpoints file; exit 2 with the reason when it is missing or unusable"
-        in out
-    )
+    assert '  --mode, else $CONTROL_PLANE_MODE, else the config file\'s "mode", else auto' in out

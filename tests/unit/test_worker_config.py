@@ -83,7 +83,12 @@ def test_flags_beat_the_environment_which_beats_the_file(tmp_path: Path):
     ("change", "message"),
     [
         ({"lease": 3}, "field(s) lease (known: "),
-        ({"pegasus": {"endpoint_file": "x"}}, "field(s) pegasus.endpoint_file (known: credentials_file"),
+        ({"pegasus": {"endpoint_file": "x"}}, "field(s) pegasus.endpoint_file (known: check_slurm_job, "),
+        (
+            {"pegasus": {"check_slurm_job": "yes"}},
+            "field 'pegasus.check_slurm_job' must be true or false, not str",
+        ),
+        ({"mac": {"host": "my mac", "credentials_file": "x"}}, "field 'mac.host': 'my mac' is neither an IP"),
         ({"mode": "cloud"}, "field 'mode': 'cloud' is not one of auto, pegasus, mac"),
         ({"queues": "pose"}, "field 'queues' must be a list of queue names"),
         ({"queues": ["pose", ""]}, "field 'queues' must be a list of queue names"),
@@ -149,12 +154,31 @@ def test_a_worker_needs_queues():
 def test_the_mac_needs_its_credentials_unless_mode_is_pegasus(tmp_path: Path):
     without = {**FULL, "mac": {"host": "192.0.2.10"}}
     assert load(write(tmp_path, without)).mode == "pegasus"
-    with pytest.raises(WorkerConfigError, match=r"field 'mac.credentials_file' is missing in .*worker.json"):
+    with pytest.raises(
+        WorkerConfigError, match=r"credentials are unknown: .* mac.credentials_file in .*worker.json"
+    ):
         load(write(tmp_path, without), mode="auto")
     with pytest.raises(
-        WorkerConfigError, match=r"mode mac needs the Mac's address: set MAC_LAN_IP or mac\.host"
+        WorkerConfigError,
+        match=r"mode mac needs the Mac's address: pass --mac-host, set MAC_LAN_IP or put mac\.host",
     ):
         load(None, mode="mac")
+
+
+def test_every_selection_flag_beats_its_variable_and_the_file(tmp_path: Path, home: Path):
+    path = write(tmp_path, {**FULL, "pegasus": {**FULL["pegasus"], "check_slurm_job": True}})  # type: ignore[dict-item]
+    env = {"HAN_ENDPOINTS_FILE": "/x/e.json", "MAC_LAN_IP": "192.0.2.99"}
+    flags = Overrides(
+        endpoints_file=Path("~/flag/e.json"), credentials_file=Path("/flag/c.json"), mac_host="mac.lan",
+        mac_ports={"s3": 19001}, mac_credentials_file=Path("/flag/mac.json"), probe_timeout_seconds=0.7,
+    )  # fmt: skip
+    config = load_worker_config(path, flags, env)
+    assert (config.endpoints_file, config.credentials_file) == (home / "flag/e.json", Path("/flag/c.json"))
+    assert config.check_slurm_job is True
+    assert config.mac is not None
+    assert (config.mac.host, config.mac.credentials_file) == ("mac.lan", Path("/flag/mac.json"))
+    assert config.mac.ports == {"postgres": 5432, "redis": 16379, "s3": 19001}  # the file's redis port kept
+    assert config.probe_timeout_seconds == 0.7
 
 
 def test_a_heartbeat_slower_than_the_lease_is_allowed_with_a_warning(
