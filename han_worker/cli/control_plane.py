@@ -1,15 +1,24 @@
-"""``han-control-plane`` sub-commands: argument parsing, validation and exit codes."""
+"""``han-control-plane`` sub-commands: argument parsing, validation and exit codes.
+
+Exit codes: 0 done; 1 the control plane did not start, stop or rotate as asked (the message says why);
+2 bad input (the message names the flag and the problem). Errors are one line on stderr,
+``han-control-plane <command>: <message>``, as ``han-worker`` prints its own; never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import ipaddress
 import json
 import logging
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
+from han_worker.cli.options import non_negative_seconds, positive_seconds
 from han_worker.control_plane import launch, rotation
 from han_worker.control_plane.addresses import local_address_in
 from han_worker.control_plane.admin_secrets import SecretsError, ensure_secrets
@@ -19,7 +28,8 @@ from han_worker.control_plane.supervisor import SupervisorConfig, run
 log = logging.getLogger(__name__)
 
 SERVICES = ("postgres", "redis", "s3")
-EXIT_USAGE = 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+Handler = Callable[[argparse.Namespace], int]
 
 
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -37,25 +47,41 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         description="Start `run` as a background process unless one runs on this state directory.",
     )
     _add_run_arguments(start_parser)
-    start_parser.add_argument("--wait", type=float, default=120.0, metavar="SECONDS", help="(default: 120)")
+    start_parser.add_argument(
+        "--wait", type=positive_seconds, default=120.0, metavar="SECONDS",
+        help="how long to wait for the endpoints to be published before giving up (default: 120)",
+    )  # fmt: skip
     start_parser.set_defaults(handler=_start)
 
     stop_parser = commands.add_parser(
-        "stop", help="SIGTERM the background supervisor and wait until it is down"
+        "stop",
+        help="SIGTERM the background supervisor and wait until it is down",
+        description="Stop the supervisor that `start` left running on this state directory: SIGTERM (the "
+        "services stop cleanly, the endpoints are marked stale), then wait until it has released its lock. "
+        "Prints `stopped`, or `not running` when none runs there.",
     )
     _add_state_dir(stop_parser)
-    stop_parser.add_argument("--wait", type=float, default=120.0, metavar="SECONDS", help="(default: 120)")
+    stop_parser.add_argument(
+        "--wait", type=non_negative_seconds, default=120.0, metavar="SECONDS",
+        help="how long to wait for it to be down before exit 1 (default: 120)",
+    )  # fmt: skip
     stop_parser.set_defaults(handler=_stop)
 
     status_parser = commands.add_parser(
-        "status", help="is a supervisor running here, and are its endpoints published"
+        "status",
+        help="is a supervisor running here, and are its endpoints published",
+        description="Say whether a supervisor holds this state directory's lock (and its pid), and whether "
+        "its endpoints are published (and their epoch). Read-only.",
     )
     _add_state_dir(status_parser)
     status_parser.add_argument("--json", action="store_true", help="print the status as JSON")
     status_parser.set_defaults(handler=_status)
 
     init_parser = commands.add_parser(
-        "init-secrets", help="create secrets.json with fresh random credentials unless it exists"
+        "init-secrets",
+        help="create secrets.json with fresh random credentials unless it exists",
+        description="Generate the control plane's secrets (0600, in the 0700 state directory) unless they "
+        "exist; existing ones are checked and kept. `run` does the same at its start.",
     )
     _add_state_dir(init_parser)
     init_parser.set_defaults(handler=_init_secrets)
@@ -75,11 +101,11 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     _add_state_dir(rotate_parser)
     rotate_parser.add_argument("--retire", action="store_true", help="phase 2: retire the old credentials")
     rotate_parser.add_argument(
-        "--timeout", type=float, default=10.0, metavar="SECONDS",
+        "--timeout", type=positive_seconds, default=10.0, metavar="SECONDS",
         help="deadline of each connection to a service (default: 10)",
     )  # fmt: skip
     rotate_parser.add_argument(
-        "--wait-workers", type=float, default=300.0, metavar="SECONDS",
+        "--wait-workers", type=non_negative_seconds, default=300.0, metavar="SECONDS",
         help="--retire: how long to wait for every worker to use the new credentials (default: 300)",
     )  # fmt: skip
     rotate_parser.set_defaults(handler=_rotate)
@@ -110,7 +136,10 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--client-network", action="append", default=[], metavar="CIDR",
         help="network that may log in to PostgreSQL (default: 127.0.0.0/8 for loopback --bind, else ADDR/32)",
     )  # fmt: skip
-    parser.add_argument("--start-timeout", type=float, default=90.0, metavar="SECONDS")
+    parser.add_argument(
+        "--start-timeout", type=positive_seconds, default=90.0, metavar="SECONDS",
+        help="how long each service may take to answer before the start is given up (default: 90)",
+    )  # fmt: skip
 
 
 def _add_state_dir(parser: argparse.ArgumentParser) -> None:
@@ -122,6 +151,44 @@ def _add_state_dir(parser: argparse.ArgumentParser) -> None:
 
 class UsageError(ValueError):
     """A flag's value is wrong; the message names the flag."""
+
+
+def _command(name: str) -> Callable[[Handler], Handler]:
+    """Map a sub-command's errors to exit codes and one line on stderr."""
+
+    def wrap(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        def handle(args: argparse.Namespace) -> int:
+            try:
+                return handler(args)
+            except (UsageError, SecretsError) as exc:
+                return _fail(name, exc, EXIT_USAGE)
+            except (launch.BackgroundError, rotation.RotationError) as exc:
+                return _fail(name, exc, EXIT_FAILED)
+            except OSError as exc:  # the state directory or a file in it cannot be used
+                where = f"{exc.filename}: " if exc.filename else ""
+                return _fail(name, f"{where}{exc.strerror or exc}", EXIT_USAGE)
+
+        return handle
+
+    return wrap
+
+
+def _fail(command: str, message: object, code: int) -> int:
+    print(f"han-control-plane {command}: {message}", file=sys.stderr)
+    return code
+
+
+def _state_layout(args: argparse.Namespace, *, must_exist: bool) -> Layout:
+    """The --state-dir's layout, refused when it cannot be one: under a file, or missing where needed."""
+    path = Path(args.state_dir).expanduser()
+    existing = next((candidate for candidate in (path, *path.parents) if candidate.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "is a file" if existing == path else f"is under {existing}, which is a file"
+        raise UsageError(f"--state-dir {path}: {where}, not a directory")
+    if must_exist and not path.is_dir():
+        raise UsageError(f"--state-dir {path}: does not exist (no control plane was started there)")
+    return Layout(path)
 
 
 def _bind_address(args: argparse.Namespace) -> str:
@@ -179,10 +246,9 @@ def _networks(items: list[str], address: str) -> tuple[str, ...]:
 
 def _config(args: argparse.Namespace) -> SupervisorConfig:
     address = _bind_address(args)
-    if args.start_timeout <= 0:
-        raise UsageError("--start-timeout: must be more than 0 seconds")
+    layout = _state_layout(args, must_exist=False)
     return SupervisorConfig(
-        state_dir=args.state_dir.expanduser(),
+        state_dir=layout.root,
         address=address,
         source=args.source,
         launch_mode=args.launch_mode,
@@ -192,20 +258,12 @@ def _config(args: argparse.Namespace) -> SupervisorConfig:
     )
 
 
+@_command("run")
 def _run(args: argparse.Namespace) -> int:
-    try:
-        config = _config(args)
-    except UsageError as exc:
-        log.error("%s", exc)
-        return EXIT_USAGE
+    config = _config(args)
     if config.launch_mode == "slurm" and not os.environ.get("SLURM_JOB_ID"):
-        log.error("--launch-mode slurm: SLURM_JOB_ID is not set; run it inside a Slurm batch job")
-        return EXIT_USAGE
-    try:
-        return run(config)
-    except SecretsError as exc:
-        log.error("%s", exc)
-        return EXIT_USAGE
+        raise UsageError("--launch-mode slurm: SLURM_JOB_ID is not set; run it inside a Slurm batch job")
+    return run(config)
 
 
 def _run_argv(config: SupervisorConfig) -> list[str]:
@@ -217,65 +275,48 @@ def _run_argv(config: SupervisorConfig) -> list[str]:
     return argv
 
 
+@_command("start")
 def _start(args: argparse.Namespace) -> int:
-    try:
-        config = _config(args)
-        started = launch.start(Layout(config.state_dir), _run_argv(config), timeout=args.wait)
-    except (UsageError, launch.BackgroundError) as exc:
-        log.error("%s", exc)
-        return EXIT_USAGE if isinstance(exc, UsageError) else 1
+    config = _config(args)
+    started = launch.start(Layout(config.state_dir), _run_argv(config), timeout=args.wait)
     print("started" if started else "already running")
-    return 0
+    return EXIT_OK
 
 
+@_command("stop")
 def _stop(args: argparse.Namespace) -> int:
-    try:
-        stopped = launch.stop(Layout(args.state_dir.expanduser()), timeout=args.wait)
-    except launch.BackgroundError as exc:
-        log.error("%s", exc)
-        return 1
+    stopped = launch.stop(_state_layout(args, must_exist=False), timeout=args.wait)
     print("stopped" if stopped else "not running")
-    return 0
+    return EXIT_OK
 
 
+@_command("status")
 def _status(args: argparse.Namespace) -> int:
-    current = launch.status(Layout(args.state_dir.expanduser()))
+    current = launch.status(_state_layout(args, must_exist=False))
     if args.json:
         print(json.dumps(dataclasses.asdict(current)))
     else:
         state = "running" if current.running else "not running"
         published = f", endpoints published (epoch {current.epoch})" if current.published else ""
         print(f"{state}{f' (pid {current.pid})' if current.pid else ''}{published}")
-    return 0
+    return EXIT_OK
 
 
+@_command("init-secrets")
 def _init_secrets(args: argparse.Namespace) -> int:
-    layout = Layout(args.state_dir.expanduser())
+    layout = _state_layout(args, must_exist=False)
     layout.make_dirs()
-    try:
-        _secrets, created = ensure_secrets(layout.secrets_file)
-    except SecretsError as exc:
-        log.error("%s", exc)
-        return EXIT_USAGE
+    _secrets, created = ensure_secrets(layout.secrets_file)
     print(f"{'created' if created else 'kept existing'} {layout.secrets_file}")
-    return 0
+    return EXIT_OK
 
 
+@_command("rotate")
 def _rotate(args: argparse.Namespace) -> int:
-    if not args.timeout > 0:
-        log.error("--timeout: must be more than 0 seconds, not %s", args.timeout)
-        return EXIT_USAGE
-    if not args.wait_workers >= 0:
-        log.error("--wait-workers: must be 0 seconds or more, not %s", args.wait_workers)
-        return EXIT_USAGE
-    layout = Layout(args.state_dir.expanduser())
-    try:
-        if args.retire:
-            report = rotation.retire(layout, args.timeout, args.wait_workers)
-        else:
-            report = rotation.begin(layout, args.timeout)
-    except (rotation.RotationError, SecretsError) as exc:
-        log.error("rotation: %s", exc)
-        return 1
+    layout = _state_layout(args, must_exist=True)
+    if args.retire:
+        report = rotation.retire(layout, args.timeout, args.wait_workers)
+    else:
+        report = rotation.begin(layout, args.timeout)
     print(json.dumps(report.to_dict()))
-    return 0
+    return EXIT_OK

@@ -48,6 +48,17 @@ def positive_seconds(text: str) -> float:
     return seconds
 
 
+def non_negative_seconds(text: str) -> float:
+    """argparse type: a finite number of seconds, 0 or more."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (seconds >= 0 and math.isfinite(seconds)):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds >= 0")
+    return seconds
+
+
 def service_port(text: str) -> tuple[str, int]:
     """argparse type: ``SERVICE=PORT`` for one of the control plane's services."""
     service, sep, port = text.partition("=")

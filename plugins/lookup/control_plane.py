@@ -17,7 +17,9 @@ description:
     tries Pegasus first, then the Mac.
   - The Pegasus document is read on Pegasus in the same play, for example with
     C(han-worker endpoints --mode pegasus --no-probe --json), which also checks who owns the file and who can
-    write it. Pass what it printed, or why it failed.
+    write it. Pass its C(endpoints) field, or its C(error) field when it exited 2.
+  - The collection's own roles do not need it (C(han.infra.pegasus_worker) runs the worker's whole choice on
+    Pegasus instead); it is for plays that decide on the controller.
   - Needs the C(han_worker) package on the controller (C(pip install han-worker), or C(pip install -e .) in
     a checkout of han-infra).
 options:
@@ -39,12 +41,6 @@ options:
   pegasus_job_alive:
     description: Whether the document's Slurm job is pending or running; omit when not known.
     type: bool
-  pegasus_probed_on:
-    description:
-      - The host that read O(pegasus_endpoints) and found its services healthy with the worker's
-        credentials (C(han-worker endpoints --mode pegasus) without C(--no-probe) exits 0 only then).
-      - Only the reason says so; the controller still probes only with O(probe).
-    type: str
   mac_host:
     description: The Mac's LAN address (the inventory's C(mac_lan_ip), the runbook's C(MAC_LAN_IP)).
     type: str
@@ -79,7 +75,7 @@ EXAMPLES = r"""
                 mode=lookup('ansible.builtin.env', 'CONTROL_PLANE_MODE', default='auto'),
                 pegasus_endpoints=(pegasus_endpoints.stdout | from_json).endpoints
                   if pegasus_endpoints.rc == 0 else none,
-                pegasus_endpoints_error=pegasus_endpoints.stderr,
+                pegasus_endpoints_error=(pegasus_endpoints.stdout | from_json).error | default(''),
                 mac_host=hostvars['mac-laptop'].mac_lan_ip,
                 mac_ports={'postgres': 15432, 'redis': 16379, 's3': 19000}) }}
 
@@ -139,10 +135,6 @@ class LookupModule(LookupBase):
             selection = self._select().to_dict()
         except (EndpointsError, ValueError) as error:
             raise AnsibleError(f"control plane ({self.get_option('mode')} mode): {error}") from error
-        probed_on = self.get_option("pegasus_probed_on")
-        if probed_on and selection["source"] == "pegasus":
-            checked = f"(healthy when probed on {probed_on})"
-            selection["reason"] = selection["reason"].replace("(not probed)", checked)
         return [selection]
 
     def _select(self):

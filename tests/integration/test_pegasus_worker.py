@@ -118,8 +118,8 @@ def private_copy_of_endpoints(directory: str, **changes: object) -> str:
 @pytest.mark.parametrize(
     ("mode", "source", "because"),
     [
-        ("auto", "pegasus", "healthy when probed on pegasus-login"),
-        ("pegasus", "pegasus", "healthy when probed on pegasus-login"),
+        ("auto", "pegasus", "are valid and healthy"),
+        ("pegasus", "pegasus", "are valid and healthy"),
         ("mac", "mac", "mode mac always uses the Mac"),
     ],
 )
@@ -244,7 +244,7 @@ def test_a_pose_job_is_done_by_a_slurm_worker_on_rtxa6000_and_stop_leaves_nothin
     config = json.loads(ssh(PEGASUS, f"cat {WORKER_DIR}/config/worker.json").stdout)
     assert config["mode"] == "pegasus"
     assert config["queues"] == ["pose"]
-    assert config["deployed_selection"]["source"] == "pegasus"
+    assert config["pegasus"]["check_slurm_job"] is True
     modes = ssh(PEGASUS, f"stat -c '%a %n' {WORKER_DIR} {WORKER_DIR}/config {WORKER_DIR}/config/worker.json")
     assert [line.split()[0] for line in modes.stdout.splitlines()] == ["700", "700", "600"]
 

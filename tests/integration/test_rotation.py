@@ -209,8 +209,11 @@ def test_rotation_of_a_stopped_control_plane_is_refused_and_changes_nothing(
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (("--timeout", "0"), "--timeout: must be more than 0 seconds"),
-        (("--retire", "--wait-workers", "-1"), "--wait-workers: must be 0 seconds or more"),
+        (("--timeout", "0"), "argument --timeout: '0' must be a finite number of seconds > 0"),
+        (
+            ("--retire", "--wait-workers", "-1"),
+            "argument --wait-workers: '-1' must be a finite number of seconds >= 0",
+        ),
     ],
 )
 def test_bad_rotate_flags_exit_2_naming_the_flag(

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -93,6 +95,72 @@ def worker(unprivileged_env: UnprivilegedEnv, worker_config: Path) -> Iterator[W
 def client(env: UnprivilegedEnv, config: Path, mode: str, *args: str) -> tuple[int, str, str]:
     result = han_worker(env, args[0], "--config", str(config), "--mode", mode, *args[1:])
     return result.returncode, result.stdout.strip(), result.stderr
+
+
+# The worker's "serving <queues> on <source> (epoch N: <services>): <reason>" line.
+SERVING = re.compile(r"serving \S+ on (pegasus|mac) \(epoch \d+: [^)]*\): (.*)$", re.MULTILINE)
+
+
+def pegasus_copy(env: UnprivilegedEnv, planes: Planes, directory: Path, **changes: object) -> Path:
+    """Pegasus's endpoints file with some fields changed, its credentials beside it, as the user wrote them."""
+    directory.mkdir(exist_ok=True)
+    shutil.chown(directory, env.user, env.user)
+    document = {**planes.pegasus.endpoints, **changes}
+    write_private_file(env, directory / "credentials.json", json.dumps(planes.pegasus.credentials))
+    return write_private_file(env, directory / "endpoints.json", json.dumps(document))
+
+
+def workers_choice(env: UnprivilegedEnv, config: Path) -> tuple[str, str]:
+    """What ``han-worker run`` chose with ``config``: (source, reason), or ("none", why it exited 2)."""
+    worker = start_worker(env, config)
+    try:
+        found = wait_for(
+            lambda: SERVING.search(worker.output()) or worker.process.poll() is not None,
+            30,
+            "the worker's choice",
+        )
+    finally:
+        worker.stop(timeout=20)
+    if isinstance(found, re.Match):
+        return found.group(1), found.group(2).strip()
+    assert worker.process.returncode == 2, worker.output()
+    message = worker.output().strip().splitlines()[-1]
+    assert message.startswith("han-worker run: "), worker.output()
+    return "none", message.removeprefix("han-worker run: ")
+
+
+def endpoints_choice(env: UnprivilegedEnv, config: Path) -> tuple[str, str]:
+    """What ``han-worker endpoints --config`` says of the same configuration."""
+    result = han_worker(env, "endpoints", "--config", str(config), "--json", timeout=60)
+    answer = json.loads(result.stdout)
+    assert result.returncode == (0 if answer["ok"] else 2), result.stderr
+    return (answer["source"], answer["reason"]) if answer["ok"] else ("none", answer["error"])
+
+
+@pytest.mark.parametrize("mode", ["pegasus", "auto"])
+@pytest.mark.parametrize("pegasus", ["up", "stale", "gone"])
+def test_endpoints_chooses_what_the_worker_chooses_with_the_same_config(
+    unprivileged_env: UnprivilegedEnv, workdir: Path, planes: Planes, mode: str, pegasus: str
+):
+    env = unprivileged_env
+    endpoints_file = planes.pegasus.state_dir / "endpoints.json"
+    if pegasus == "stale":
+        endpoints_file = pegasus_copy(env, planes, workdir / "stale", stale=True)
+    elif pegasus == "gone":  # killed without a word: the file still says it serves, Slurm knows better
+        endpoints_file = pegasus_copy(env, planes, workdir / "gone", slurm_job_id="1")
+    settings = worker_settings(
+        None, workdir / "spool-choice", mode=mode, probe_timeout_seconds=1,
+        pegasus={"endpoints_file": str(endpoints_file), "check_slurm_job": True},
+        mac={"host": MAC_ADDRESS, "ports": planes.mac_ports,
+             "credentials_file": str(planes.mac.state_dir / "credentials.json")},
+    )  # fmt: skip
+    config = write_private_file(env, workdir / f"choice-{mode}-{pegasus}.json", json.dumps(settings))
+    by_endpoints, by_worker = endpoints_choice(env, config), workers_choice(env, config)
+    assert by_endpoints == by_worker
+    fallback = "mac" if mode == "auto" else "none"
+    assert by_endpoints[0] == ("pegasus" if pegasus == "up" else fallback)
+    if pegasus == "gone":
+        assert "Slurm job 1 is no longer running" in by_endpoints[1]
 
 
 def test_mac_mode_with_wrong_credentials_exits_2_naming_the_service(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import json
 import socket
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from han_worker.cli import control_plane_main
+from han_worker.cli import build_control_plane_parser, control_plane_main
 from han_worker.control_plane.addresses import local_address_in
 from han_worker.control_plane.admin_secrets import (
     SecretsError,
@@ -100,7 +101,6 @@ def test_a_readable_secrets_file_is_refused(tmp_path: Path) -> None:
             ["--bind", "127.0.0.10", "--client-network", "10.0.0.0/33"],
             "--client-network: '10.0.0.0/33' is not",
         ),
-        (["--bind", "127.0.0.10", "--start-timeout", "0"], "--start-timeout: must be more than 0 seconds"),
         (["--bind", "127.0.0.10", "--launch-mode", "slurm"], "--launch-mode slurm: SLURM_JOB_ID is not set"),
     ],
 )
@@ -108,13 +108,87 @@ def test_bad_flags_exit_2_naming_the_flag(
     argv: list[str],
     message: str,
     tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     assert control_plane_main(["run", "--state-dir", str(tmp_path / "cp"), *argv]) == 2
-    assert message in caplog.text
+    err = capsys.readouterr().err
+    assert err.startswith("han-control-plane run: ")
+    assert message in err
     assert not (tmp_path / "cp").exists(), "nothing may be created for a refused command"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["run", "--bind", "127.0.0.10", "--start-timeout", "0"],
+            "argument --start-timeout: '0' must be a finite",
+        ),
+        (
+            ["start", "--bind", "127.0.0.10", "--wait", "inf"],
+            "argument --wait: 'inf' must be a finite number",
+        ),
+        (["stop", "--wait", "-1"], "argument --wait: '-1' must be a finite number of seconds >= 0"),
+        (["rotate", "--timeout", "0"], "argument --timeout: '0' must be a finite number of seconds > 0"),
+        (
+            ["rotate", "--wait-workers", "-1"],
+            "argument --wait-workers: '-1' must be a finite number of seconds",
+        ),
+    ],
+)
+def test_bad_numbers_exit_2_before_anything_runs(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        control_plane_main([*argv, "--state-dir", str(tmp_path / "typo")])
+    assert caught.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "typo").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "problem"),
+    [
+        (["status"], "is under {file}, which is a file, not a directory"),
+        (["stop"], "is under {file}, which is a file, not a directory"),
+        (["start", "--bind", "127.0.0.10"], "is under {file}, which is a file, not a directory"),
+        (["init-secrets"], "is under {file}, which is a file, not a directory"),
+        (["run", "--bind", "127.0.0.10"], "is under {file}, which is a file, not a directory"),
+        (["rotate"], "is under {file}, which is a file, not a directory"),
+    ],
+)
+def test_a_state_dir_under_a_file_exits_2_naming_it(
+    command: list[str], problem: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = tmp_path / "notes.txt"
+    file.write_text("not a directory")
+    assert control_plane_main([*command, "--state-dir", str(file / "cp")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"han-control-plane {command[0]}: --state-dir {file / 'cp'}: {problem.format(file=file)}\n"
+
+
+def test_rotate_without_a_state_dir_exits_2_and_stop_says_not_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nonexistent"
+    assert control_plane_main(["rotate", "--state-dir", str(missing)]) == 2
+    assert capsys.readouterr().err == (
+        f"han-control-plane rotate: --state-dir {missing}: does not exist (no control plane was started there)\n"
+    )
+    assert control_plane_main(["stop", "--state-dir", str(missing), "--wait", "0"]) == 0
+    assert capsys.readouterr().out == "not running\n"
+    assert not missing.exists()
+
+
+def test_every_sub_command_and_flag_explains_itself() -> None:
+    parser = build_control_plane_parser()
+    commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    for name, sub in commands.choices.items():
+        assert sub.description, f"{name} has no description"
+        for action in sub._actions:
+            assert action.help, f"{name} {action.option_strings} has no help"
 
 
 def test_init_secrets_prints_what_it_did(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -187,11 +261,11 @@ def test_bind_network_picks_the_first_local_address_inside(
 
 
 def test_bind_network_without_a_local_address_is_refused(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["run", "--state-dir", str(tmp_path / "cp"), "--bind-network", "198.18.0.0/24"]
     assert control_plane_main(argv) == 2
-    assert "--bind-network 198.18.0.0/24: this machine has no address in it" in caplog.text
+    assert "--bind-network 198.18.0.0/24: this machine has no address in it" in capsys.readouterr().err
 
 
 def test_missing_server_programs_exit_1_with_what_to_install(
