@@ -23,7 +23,7 @@ PACKAGES = ("han-worker", "redis", "hiredis", "psycopg", "psycopg-binary", "rq",
 
 class Section(TypedDict):
     """What a benchmark returns: a table for people, figures for programs, and sentences saying what
-    each figure means (the README quotes them)."""
+    each figure means (docs/benchmarks.md quotes them: tests/bench/docs_page.py)."""
 
     title: str
     explanation: list[str]  # one sentence per figure
@@ -112,9 +112,13 @@ def machine() -> dict[str, object]:
 # -- writing ------------------------------------------------------------------------------------------
 
 
+def _cells(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"  # a | would end the cell
+
+
 def table_markdown(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines = [_cells(columns), "|" + "---|" * len(columns)]
+    lines += [_cells(row) for row in rows]
     return "\n".join(lines)
 
 
@@ -127,7 +131,7 @@ def table_text(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     )
 
 
-def _machine_markdown(description: dict[str, object]) -> str:
+def machine_markdown(description: dict[str, object]) -> str:
     packages = description["packages"]
     assert isinstance(packages, dict)
     versions = ", ".join(f"{name} {version}" for name, version in packages.items() if version)
@@ -159,7 +163,7 @@ def render_markdown(document: dict[str, object]) -> str:
         "",
         "## Machine",
         "",
-        _machine_markdown(description),
+        machine_markdown(description),
     ]
     for section in sections.values():
         parts += ["", f"## {section['title']}", "", " ".join(section["explanation"]), ""]

@@ -6,7 +6,8 @@ Each benchmark is a function of the run's :class:`~tests.bench.context.Context` 
 section (:class:`~tests.bench.report.Section`), registered in ``BENCHMARKS``. Figures are printed and
 written, never asserted: the exit status says only whether everything could be measured. ``--smoke`` (what
 CI runs) measures each once, small: about two minutes (one failover round, a cold start and stop of the
-control plane, bootstrap.yml in check mode); the full run about 13 minutes.
+control plane, bootstrap.yml in check mode); the full run about 13 minutes, and it rewrites
+docs/benchmarks.md from its report (:mod:`tests.bench.docs_page`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tests.bench import control_plane, deploy, dispatch, failover, report, selection
+from tests.bench import control_plane, deploy, dispatch, docs_page, failover, report, selection
 from tests.bench.context import Context
 from tests.conftest import REPO
 
@@ -78,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     options: dict[str, object] = {"smoke": args.smoke, "repeat": repeat, "benchmarks": list(sections)}
     paths = report.write(args.reports_dir, created, options, described, sections)
     print("report: " + ", ".join(str(path) for path in paths))
+    if docs_page.due(args.smoke, args.only):  # a full run's figures are the documentation's
+        print(f"docs: {docs_page.write(paths[0])}")
     return 0
 
 
