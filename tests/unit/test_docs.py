@@ -39,9 +39,9 @@ HEADING = re.compile(r"^#{1,6} +(.+?) *$", re.MULTILINE)
 COMMAND = re.compile(r"\b(han-worker|han-control-plane) ([a-z][a-z-]*(?:/[a-z][a-z-]*)*)(.*)")
 COMMAND_END = re.compile(r"\s#|;|\||&&")
 MAKE = re.compile(r"\bmake ([a-z][a-z-]*)")
-# Repository paths a page may name; han_worker/ is left out while its wings are being moved (issue 16):
-# docs/architecture.md describes the layout they move to.
+# Repository paths a page may name.
 PATH_ROOTS = (
+    "han_worker/",
     "playbooks/",
     "roles/",
     "inventories/",
@@ -223,6 +223,8 @@ def test_the_readme_snippet_parses_and_calls_the_client_as_it_is() -> None:
     }
     assert calls >= {"connect", "submit", "wait"}
     assert all(callable(getattr(client, name, None)) for name in calls), calls
+    imports = [node for node in ast.parse(snippet).body if isinstance(node, ast.Import | ast.ImportFrom)]
+    exec(compile(ast.Module(body=imports, type_ignores=[]), "README.md", "exec"), {})  # noqa: S102 - our own README
 
 
 @pytest.mark.parametrize("page", pages(), ids=page_id)
