@@ -78,7 +78,7 @@ sanity: venv ## ansible-test sanity on a built copy of the collection.
 	rm -rf $(SANITY_DIR) && mkdir -p $(SANITY_DIR) ~/.ansible/test/cache
 	install -m 0644 tests/sanity/get_pip_offline.py ~/.ansible/test/cache/get_pip_24_2.py
 	ansible-galaxy collection build --force --output-path $(SANITY_DIR) .
-	ansible-galaxy collection install --force -p $(SANITY_DIR)/tree $(SANITY_DIR)/han-infra-*.tar.gz
+	ansible-galaxy collection install --force --no-deps -p $(SANITY_DIR)/tree $(SANITY_DIR)/han-infra-*.tar.gz
 	cd $(SANITY_DIR)/tree/ansible_collections/han/infra && ansible-test sanity --venv --python 3.11 --color no
 
 molecule: venv ## Molecule scenarios (default driver, on this machine; the SSH ones need the testbed).
