@@ -27,9 +27,10 @@ options:
     description: Not used.
     required: false
   mode:
-    description: The runbook's C(CONTROL_PLANE_MODE).
+    description:
+      - The runbook's C(CONTROL_PLANE_MODE), V(auto), V(pegasus) or V(mac).
+      - C(han_worker.selection.policy.MODES) checks it; the names live there only.
     type: str
-    choices: [auto, pegasus, mac]
     default: auto
   pegasus_endpoints:
     description:

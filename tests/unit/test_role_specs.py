@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from han_worker.selection.policy import MODES
 from tests.conftest import REPO
 
 ROLES = sorted(path.name for path in (REPO / "roles").iterdir() if (path / "tasks").is_dir())
@@ -64,3 +65,16 @@ def test_every_option_has_a_default_or_is_required(role: str) -> None:
         assert option.get("description"), f"{role}: option {name} has no description"
         assert name.startswith(f"{role}_"), f"{role}: option {name} lacks the role's prefix"
         assert name in defaults or option.get("required"), f"{role}: option {name} has no default"
+
+
+def test_a_role_offering_the_control_plane_modes_offers_the_workers_own() -> None:
+    """The mode names live in han_worker.selection.policy.MODES; a role's spec repeats them to refuse a typo
+    before anything runs, and this holds the copy to the original."""
+    offered = {
+        (role, name): option.get("choices")
+        for role in ROLES
+        for name, option in entry_point_options(role).items()
+        if name.endswith("_control_plane_mode")
+    }
+    assert offered, "no role offers a control-plane mode"
+    assert all(choices == list(MODES) for choices in offered.values()), offered
