@@ -10,8 +10,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from han_worker import __version__, endpoints_cli, hardening, jobs_cli, queues_cli
+from han_worker import __version__, endpoints_cli, jobs_cli, queues_cli
 from han_worker.control_plane import cli as control_plane_cli
+from han_worker.control_plane import hardening
 
 log = logging.getLogger(__name__)
 
