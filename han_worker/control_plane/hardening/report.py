@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 PASS, FAIL, WARN = "pass", "fail", "warn"
@@ -22,10 +22,6 @@ class Row:
 
     def to_dict(self) -> dict[str, str]:
         return {"check": self.check, "target": self.target, "result": self.result, "detail": self.detail}
-
-
-def has_failures(rows: Iterable[Row]) -> bool:
-    return any(row.result == FAIL for row in rows)
 
 
 def format_table(rows: Sequence[Row]) -> str:
