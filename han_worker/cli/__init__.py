@@ -10,9 +10,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from han_worker import __version__, hardening
+from han_worker import __version__
 from han_worker.cli import control_plane as control_plane_cli
 from han_worker.cli import endpoints as endpoints_cli
+from han_worker.cli import harden_check
 from han_worker.cli import jobs as jobs_cli
 from han_worker.cli import queues as queues_cli
 
@@ -43,7 +44,7 @@ def build_worker_parser() -> argparse.ArgumentParser:
     endpoints_cli.add_parser(commands)
     jobs_cli.add_parsers(commands)
     queues_cli.add_parser(commands)
-    hardening.add_parser(commands)
+    harden_check.add_parser(commands)
     return parser
 
 

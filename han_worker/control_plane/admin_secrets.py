@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 SCHEMA = 1
 MIN_PASSWORD_LENGTH = 16
+MINIO_DEFAULT_USER = "minioadmin"  # MinIO's default user (and password), which the runbook names
+ARTIFACTS_BUCKET = "han-artifacts"
 KNOWN_DEFAULTS = frozenset({"minioadmin", "postgres", "password", "admin", "redis", "changeme", "secret"})
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 
@@ -114,7 +116,7 @@ def _name(fields: FieldReader, key: str) -> str:
     # Names end up in SQL identifiers, Redis ACL rules and S3 policies: keep them plain.
     if not set(value) <= _NAME_CHARS or not value[0].isalpha():
         fields.fail(key, f": {value!r} must start with a letter and use only a-z, 0-9, '_' and '-'")
-    if value.lower() == "minioadmin":
+    if value.lower() == MINIO_DEFAULT_USER:
         fields.fail(key, " is MinIO's default user name; choose another")
     return value
 
@@ -183,7 +185,7 @@ def generate_secrets() -> ControlPlaneSecrets:
         s3_root_secret_key=token(),
         s3_access_key=_s3_key("han-worker"),
         s3_secret_key=token(),
-        s3_bucket="han-artifacts",
+        s3_bucket=ARTIFACTS_BUCKET,
     )
 
 

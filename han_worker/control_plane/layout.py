@@ -48,17 +48,31 @@ class Layout:
     def epoch_file(self) -> Path:
         return self.root / "epoch"
 
+    @property
+    def job_script_file(self) -> Path:
+        """The batch script of the Slurm launch mode (rendered by the control_plane role, not by Python)."""
+        return self.root / "control-plane.sbatch"
+
+    @property
+    def data_root(self) -> Path:
+        """The parent of every service's data directory."""
+        return self.root / "data"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
     def data_dir(self, service: str) -> Path:
-        return self.root / "data" / service
+        return self.data_root / service
 
     def log_file(self, name: str) -> Path:
-        return self.root / "logs" / f"{name}.log"
+        return self.logs_dir / f"{name}.log"
 
     def run_dir(self) -> Path:
         return self.root / "run"
 
     def make_dirs(self) -> None:
-        for directory in (self.root, self.root / "data", self.root / "logs", self.run_dir()):
+        for directory in (self.root, self.data_root, self.logs_dir, self.run_dir()):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             directory.chmod(0o700)
 

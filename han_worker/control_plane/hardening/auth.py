@@ -1,0 +1,232 @@
+"""Connections that must be refused: no credentials and MinIO's default ``minioadmin`` against Redis,
+PostgreSQL and S3, for the default users, ``minioadmin`` and our own user names.
+
+Each attempt speaks the service's protocol with exactly the credentials named, nothing more (no password
+file, no GSS or SSL detours), and is classified refused, accepted or unreachable.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import psycopg
+import urllib3
+from minio import Minio
+from minio.error import S3Error
+from psycopg.conninfo import make_conninfo
+
+from han_worker.control_plane.admin_secrets import ARTIFACTS_BUCKET, MINIO_DEFAULT_USER
+from han_worker.control_plane.hardening.report import FAIL, PASS, Row
+from han_worker.control_plane.hardening.state import StateDocuments, field
+
+MINIO_DEFAULT_PASSWORD = MINIO_DEFAULT_USER  # MinIO's default password is its user name
+DEFAULT_BUCKET = ARTIFACTS_BUCKET  # for when the credentials file cannot be read
+
+REFUSED, ACCEPTED, UNREACHABLE = "refused", "accepted", "unreachable"
+Outcome = tuple[str, str]  # (REFUSED | ACCEPTED | UNREACHABLE, what the service said)
+
+_PG_REFUSED = (
+    "password authentication failed",
+    "no password supplied",
+    "no pg_hba.conf entry",
+    "authentication failed",
+    "is not permitted to log in",
+)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    service: str
+    endpoint: str
+    credentials: str  # e.g. "no credentials", "minioadmin/minioadmin"
+    outcome: str
+    detail: str
+
+    def row(self) -> Row:
+        target = f"{self.service} {self.endpoint} {self.credentials}"
+        if self.outcome == REFUSED:
+            return Row("auth", target, PASS, f"refused: {self.detail}")
+        if self.outcome == ACCEPTED:
+            return Row("auth", target, FAIL, f"ACCEPTED: {self.detail}")
+        return Row("auth", target, FAIL, f"cannot verify, no answer: {self.detail}")
+
+
+def _names(*names: str | None) -> set[str]:
+    """The user names that are set (a document may lack one)."""
+    return {name for name in names if name}
+
+
+# -- Redis --------------------------------------------------------------------------------------------
+
+
+def _resp(*parts: str) -> bytes:
+    encoded = [part.encode() for part in parts]
+    return f"*{len(encoded)}\r\n".encode() + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in encoded)
+
+
+def classify_redis_reply(reply: bytes) -> Outcome:
+    text = reply.decode(errors="replace").strip()
+    first = text.splitlines()[0] if text else "(no reply)"
+    if first.startswith("+"):
+        return ACCEPTED, first[1:]
+    if first.startswith("-"):
+        return REFUSED, first[1:]  # NOAUTH, WRONGPASS, NOPERM or any error before authentication
+    return UNREACHABLE, f"unexpected reply {first[:60]!r}"
+
+
+def redis_attempt(host: str, port: int, user: str | None, password: str | None, timeout: float) -> Outcome:
+    """Speak RESP directly: ``PING`` without credentials, else ``AUTH [user] password`` then ``PING``."""
+    command = _resp("PING") if password is None else _resp("AUTH", *([user] if user else []), password)
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(command)
+            reply = sock.recv(4096)
+    except OSError as exc:
+        return UNREACHABLE, str(exc)
+    return classify_redis_reply(reply)
+
+
+def _redis_attempts(state: StateDocuments, timeout: float) -> Iterator[Attempt]:
+    host, port = state.services["redis"]
+    endpoint = f"{host}:{port}"
+    known = _names(
+        field(state.secrets_doc, "redis", "admin_user"), field(state.credentials_doc, "redis", "user")
+    )
+    users: set[str | None] = {None, "default", MINIO_DEFAULT_USER, *known}
+    yield Attempt("redis", endpoint, "no credentials", *redis_attempt(host, port, None, None, timeout))
+    for user in sorted(users, key=lambda name: name or ""):
+        label = f"{user or '(AUTH password only)'}/{MINIO_DEFAULT_PASSWORD}"
+        yield Attempt(
+            "redis", endpoint, label, *redis_attempt(host, port, user, MINIO_DEFAULT_PASSWORD, timeout)
+        )
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------------
+
+
+def classify_postgres_error(message: str) -> Outcome:
+    first = message.strip().splitlines()[0] if message.strip() else "error"
+    first = first.rpartition(" failed: ")[2].replace("FATAL:  ", "")  # libpq's "connection to ... failed: "
+    lowered = message.lower()
+    if any(marker in lowered for marker in _PG_REFUSED):
+        return REFUSED, first
+    if "database" in lowered and "does not exist" in lowered:
+        return ACCEPTED, f"authenticated, then: {first}"
+    return UNREACHABLE, first
+
+
+def postgres_attempt(host: str, port: int, user: str, password: str | None, timeout: float) -> Outcome:
+    # No password file and no GSS/SSL detours: the attempt is exactly "this user, this password or none".
+    options = {"passfile": "/dev/null/none", "sslmode": "disable", "gssencmode": "disable"}
+    if password is not None:
+        options["password"] = password
+    conninfo = make_conninfo(
+        host=host, port=port, user=user, dbname="postgres", connect_timeout=max(1, round(timeout)), **options
+    )
+    try:
+        with psycopg.connect(conninfo):
+            return ACCEPTED, f"logged in as {user}"
+    except psycopg.Error as exc:
+        return classify_postgres_error(str(exc))
+
+
+def _postgres_attempts(state: StateDocuments, timeout: float) -> Iterator[Attempt]:
+    host, port = state.services["postgres"]
+    endpoint = f"{host}:{port}"
+    users = {"postgres", MINIO_DEFAULT_USER} | _names(
+        field(state.secrets_doc, "postgres", "superuser"), field(state.credentials_doc, "postgres", "user")
+    )
+    for user in sorted(users):
+        for password in (None, MINIO_DEFAULT_PASSWORD):
+            label = f"{user}/{'no password' if password is None else password}"
+            yield Attempt("postgres", endpoint, label, *postgres_attempt(host, port, user, password, timeout))
+
+
+# -- S3 -----------------------------------------------------------------------------------------------
+
+
+def classify_http_status(status: int) -> Outcome:
+    if 200 <= status < 300:
+        return ACCEPTED, f"HTTP {status}"
+    if status in (401, 403):
+        return REFUSED, f"HTTP {status}"
+    return REFUSED, f"HTTP {status} (no access granted)"
+
+
+def s3_anonymous_attempt(host: str, port: int, path: str, timeout: float) -> Outcome:
+    url = f"http://{host}:{port}{path}" if ":" not in host else f"http://[{host}]:{port}{path}"
+    request = urllib.request.Request(url, method="GET")  # noqa: S310 (http to our own endpoint)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            return classify_http_status(int(response.status))
+    except urllib.error.HTTPError as exc:
+        body = exc.read(2000).decode(errors="replace")
+        code = re.search(r"<Code>([^<]+)</Code>", body)
+        outcome, detail = classify_http_status(exc.code)
+        return outcome, f"{detail} {code.group(1)}" if code else detail
+    except (urllib.error.URLError, OSError) as exc:
+        return UNREACHABLE, str(exc)
+
+
+def s3_signed_attempt(
+    endpoint: tuple[str, int], keys: tuple[str, str], bucket: str, timeout: float
+) -> Outcome:
+    """List ``bucket`` signed with ``keys`` (access key, secret key)."""
+    (host, port), (access_key, secret_key) = endpoint, keys
+    http = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=timeout, read=timeout), retries=urllib3.Retry(0)
+    )
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    client = Minio(address, access_key=access_key, secret_key=secret_key, secure=False, http_client=http)
+    try:
+        next(iter(client.list_objects(bucket)), None)
+    except S3Error as exc:
+        return REFUSED, str(exc.code)
+    except urllib3.exceptions.HTTPError as exc:
+        return UNREACHABLE, type(exc).__name__
+    return ACCEPTED, f"listed bucket {bucket}"
+
+
+def _s3_attempts(state: StateDocuments, timeout: float) -> Iterator[Attempt]:
+    host, port = state.services["s3"]
+    endpoint = f"{host}:{port}"
+    bucket = field(state.credentials_doc, "s3", "bucket") or DEFAULT_BUCKET
+    for path, label in (
+        ("/", "anonymous list buckets"),
+        (f"/{bucket}?list-type=2", f"anonymous list {bucket}"),
+        (f"/{bucket}/.han-ready-probe", f"anonymous GET {bucket}/object"),
+    ):
+        yield Attempt("s3", endpoint, label, *s3_anonymous_attempt(host, port, path, timeout))
+    keys = (MINIO_DEFAULT_USER, MINIO_DEFAULT_PASSWORD)
+    label = f"signed {MINIO_DEFAULT_USER}/{MINIO_DEFAULT_PASSWORD} list {bucket}"
+    yield Attempt("s3", endpoint, label, *s3_signed_attempt((host, port), keys, bucket, timeout))
+
+
+# -- the section ----------------------------------------------------------------------------------------
+
+
+_ATTEMPTS: tuple[tuple[str, Callable[[StateDocuments, float], Iterator[Attempt]]], ...] = (
+    ("redis", _redis_attempts),
+    ("postgres", _postgres_attempts),
+    ("s3", _s3_attempts),
+)
+
+
+def authentication_rows(state: StateDocuments, timeout: float) -> list[Row]:
+    """Every attempt's row, Redis, PostgreSQL then S3, and a failure for a service with no endpoint."""
+    rows = [
+        attempt.row()
+        for service, attempts_of in _ATTEMPTS
+        if service in state.services
+        for attempt in attempts_of(state, timeout)
+    ]
+    missing = sorted({service for service, _attempts in _ATTEMPTS} - state.services.keys())
+    if missing:
+        detail = f"no endpoint to test for {', '.join(missing)}"
+        rows.append(Row("auth", str(state.layout.root), FAIL, detail))
+    return rows
