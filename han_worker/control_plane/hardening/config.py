@@ -8,8 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import redis
 
-from han_worker.control_plane.admin_secrets import KNOWN_DEFAULTS, MIN_PASSWORD_LENGTH
-from han_worker.control_plane.hardening.auth import MINIO_DEFAULT_USER
+from han_worker.control_plane.admin_secrets import KNOWN_DEFAULTS, MIN_PASSWORD_LENGTH, MINIO_DEFAULT_USER
 from han_worker.control_plane.hardening.report import FAIL, PASS, WARN, Row
 from han_worker.control_plane.hardening.state import StateDocuments, field, read_json
 from han_worker.control_plane.services import identities_file
