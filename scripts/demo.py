@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,10 @@ from typing import Any, TextIO
 
 REPO = Path(__file__).resolve().parents[1]
 TAIL_LINES = 40
+FAILED_TASK_LINES = 30
+FAILURE_MARK = re.compile(
+    r"^(fatal|failed): \["
+)  # how Ansible's default output reports a failed host or item
 POLL_SECONDS = 0.5
 PROGRESS_CALLBACK = "han.infra.drill_progress"
 EXIT_INTERRUPTED = 130
@@ -224,11 +229,27 @@ def run_step(step: Step, log_path: Path, terminal: Terminal) -> int:
             raise
 
 
-def log_tail(log_path: Path, offset: int, count: int = TAIL_LINES) -> list[str]:
-    """The last lines the log got from `offset` on (one step's output)."""
+def log_lines(log_path: Path, offset: int) -> list[str]:
+    """The lines the log got from `offset` on (one step's output)."""
     with log_path.open("rb") as log:
         log.seek(offset)
-        return log.read().decode("utf-8", errors="replace").splitlines()[-count:]
+        return log.read().decode("utf-8", errors="replace").splitlines()
+
+
+def failed_task(lines: list[str]) -> list[str]:
+    """The last task Ansible reported as failed and did not ignore, from its TASK line to the message."""
+    for marker in range(len(lines) - 1, -1, -1):
+        if not FAILURE_MARK.match(lines[marker]):
+            continue
+        end = next((index for index in range(marker, len(lines)) if not lines[index].strip()), len(lines))
+        if any(text.strip() == "...ignoring" for text in lines[marker:end]):
+            continue
+        start = next((index for index in range(marker, -1, -1) if lines[index].startswith("TASK [")), marker)
+        block = lines[start:end]
+        return (
+            block if len(block) <= FAILED_TASK_LINES else [block[0], "...", *block[1 - FAILED_TASK_LINES :]]
+        )
+    return []
 
 
 class Run:
@@ -279,14 +300,24 @@ class Run:
         self.terminal.line(f"step {where}", "ok" if status == 0 else "FAILED", seconds, step.label)
         if status == 0:
             return 0
-        lines = log_tail(self.log_path, offset)
         self.terminal.say(
             f"\n{self.plan.name}: step {where} failed: {step.label} ({command_line(step)} exited {status})."
         )
-        self.terminal.say(f"Its last {len(lines)} lines of output:")
-        for text in lines:
-            self.terminal.say(f"  | {text}")
+        self.show_output_end(log_lines(self.log_path, offset))
         return status if 0 < status < 256 else 1  # a signal (negative) still fails the run
+
+    def show_output_end(self, lines: list[str]) -> None:
+        """The end of a failed step's output; first its failed task, when that scrolled out of the end (other
+        hosts went on after it)."""
+        tail = lines[-TAIL_LINES:]
+        earlier = lines[: len(lines) - len(tail)]
+        if not any(FAILURE_MARK.match(text) for text in tail) and (task := failed_task(earlier)):
+            self.terminal.say("The last task that failed:")
+            for text in task:
+                self.terminal.say(f"  | {text}")
+        self.terminal.say(f"Its last {len(tail)} lines of output:")
+        for text in tail:
+            self.terminal.say(f"  | {text}")
 
 
 def command_line(step: Step) -> str:

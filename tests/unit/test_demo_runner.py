@@ -168,8 +168,47 @@ def test_a_step_that_fails_stops_the_run_and_shows_which_with_the_end_of_its_out
     assert "Never reached" not in log.read_text()
 
 
+def test_a_failure_that_scrolled_out_of_the_end_is_shown_first(stand_ins: Path) -> None:
+    """One host fails early, another goes on for 60 tasks (as site.yml's hosts do): the failure is shown."""
+    local = f"ansible_connection=local ansible_python_interpreter={sys.executable}"
+    (stand_ins / "inventory.ini").write_text(f"[pegasus]\nlocalhost {local}\n[mac]\nother-host {local}\n")
+    fail = {
+        "name": "Fail on Pegasus.",
+        "ansible.builtin.fail": {"msg": "the Pegasus stand-in failed"},
+        "when": "'pegasus' in group_names",
+    }
+    ignored = {
+        "name": "Fail on the Mac, ignored.",
+        "ansible.builtin.fail": {"msg": "ignored"},
+        "ignore_errors": True,
+        "when": "'mac' in group_names",
+    }
+    say = {"name": "Go on.", "ansible.builtin.debug": {"msg": "on"}}
+    write_yaml(
+        stand_ins / "early.yml",
+        [
+            {
+                "name": "Two hosts.",
+                "hosts": "all",
+                "gather_facts": False,
+                "tasks": [fail, ignored] + [say] * 60,
+            }
+        ],
+    )
+    status, lines, _log = run_plan([step("Two hosts", stand_ins / "early.yml")], stand_ins / "logs")
+    print("\n".join(lines))
+    assert status == 2
+    shown_from = lines.index("The last task that failed:")
+    tail_from = lines.index("Its last 40 lines of output:")
+    task = lines[shown_from + 1 : tail_from]
+    assert task[0].startswith("  | TASK [Fail on Pegasus.]")
+    assert "  |     msg: the Pegasus stand-in failed" in task
+    assert not any("ignored" in text for text in task)
+    assert len(lines[tail_from + 1 : -1]) == demo.TAIL_LINES
+
+
 def test_a_failed_scenario_says_why_then_the_table_then_the_drill_step_fails(stand_ins: Path) -> None:
-    status, lines, _ = run_plan([drill_step(stand_ins, "all")], stand_ins / "logs")
+    status, lines, _log = run_plan([drill_step(stand_ins, "all")], stand_ins / "logs")
     print("\n".join(lines))
     assert status == 2
     failed = next(index for index, text in enumerate(lines) if "scenario 2 FAILED" in text)
