@@ -7,18 +7,16 @@ three stand-in scenarios: one passes, one fails, one needs a Windows worker the 
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import re
 import shutil
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import yaml
 
-from tests.conftest import REPO, run_ansible
+from tests.conftest import REPO, load_script, run_ansible
 
 TIME = r"\d\d:\d\d:\d\d"
 STAND_IN_CATALOG = [
@@ -32,17 +30,7 @@ STAND_IN_SCENARIOS = {
 }
 
 
-def load_demo() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("demo", REPO / "scripts" / "demo.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("demo", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-demo = load_demo()
+demo = load_script(REPO / "scripts" / "demo.py")
 
 
 @pytest.fixture
