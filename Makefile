@@ -8,6 +8,7 @@ VENV ?= .venv
 BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+# Colour for a person at a terminal, none in CI; scripts/demo.py (make demo) turns it off: its output goes to a log.
 export ANSIBLE_FORCE_COLOR := $(if $(CI),0,1)
 SANITY_DIR ?= /tmp/han-infra-sanity
 
@@ -16,24 +17,13 @@ SANITY_DIR ?= /tmp/han-infra-sanity
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-demo: testbed ## Set up, bring the testbed up and run the failover drill on it (the main job).
-	@echo "==> 1/4 Submitting a GPU job to Pegasus (the testbed) over SSH as the cluster account"
-	ansible-playbook playbooks/gpu_check.yml
-	@echo "==> 2/4 Deploying with site.yml (runbook steps 1-4): the environments on Pegasus and the Mac, the"
-	@echo "    Pegasus control plane as a Slurm job and the Mac's fallback, the Pegasus pose workers as a Slurm"
-	@echo "    job array on RTXA6000 (no Windows host here: its group is empty)"
-	ansible-playbook playbooks/site.yml
-	@echo "==> 3/4 Starting the Windows worker's STAND-IN (no Windows host here; runbook step 4)"
-	ansible-playbook playbooks/windows_standin.yml
-	@echo "==> 4/4 The failover drill, every scenario (runbook step 5); about 8 minutes"
-	ansible-playbook playbooks/failover_drill.yml
-	@echo "==> Done. Reports in reports/drill-*.{json,md,xml}. Stop everything with: make demo-down"
+# scripts/demo.py runs each step's ansible-playbook with its output (without colour) in reports/demo-<time>.log and
+# prints a line per step and per drill scenario; on a failure, the step, the end of its output and the log's path.
+demo: venv ## Set up, bring the testbed up and run the failover drill on it (the main job); a line per step.
+	$(BIN)/python scripts/demo.py up
 
 demo-down: venv ## Stop the workers and the control planes the demo started.
-	ansible-playbook playbooks/windows_standin.yml -e state=stopped
-	ansible-playbook playbooks/pegasus_worker.yml -e state=stopped
-	ansible-playbook playbooks/control_plane.yml -e state=stopped
-	ansible-playbook playbooks/control_plane.yml -e control_plane_hosts=mac -e state=stopped
+	$(BIN)/python scripts/demo.py down
 
 test: testbed lint syntax pytest sanity molecule ## Set up and run every check and test.
 	@echo "==> make test: all checks passed"
@@ -88,4 +78,4 @@ bench: testbed ## Benchmarks (dispatch vs RQ/Celery, endpoint selection): prints
 	python -m tests.bench
 
 clean: ## Remove .venv and generated files (the testbed keeps running; see testbed-down).
-	rm -rf $(VENV) reports/bench-* reports/drill-* .pytest_cache .mypy_cache .ruff_cache $(SANITY_DIR)
+	rm -rf $(VENV) reports/bench-* reports/drill-* reports/demo-* .pytest_cache .mypy_cache .ruff_cache $(SANITY_DIR)

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from types import ModuleType
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 
 
 def load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("run_drill", REPO / "scripts" / "ci" / "run_drill.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("run_drill", module)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "scripts" / "ci" / "run_drill.py")
 
 
 @pytest.mark.parametrize("bad", ["0", "-5", "ten", "1.5", ""])
