@@ -245,7 +245,8 @@ def test_the_config_can_come_on_standard_input(
         (
             {},
             ["--mac-host", "10.0.0.2"],
-            "mode auto may use the Mac at 10.0.0.2, but its control plane's credentials are unknown: pass --mac-credentials-file or put mac.credentials_file in --config FILE",
+            "mode auto may use the Mac at 10.0.0.2, but its control plane's credentials are unknown: "
+            "pass --mac-credentials-file or put mac.credentials_file in --config FILE",
         ),
         (
             {},
