@@ -21,7 +21,6 @@ from han_worker.control_plane.admin_secrets import (
 )
 from han_worker.control_plane.layout import _held_on, pick_free_ports
 from han_worker.control_plane.supervisor import log_tail
-from han_worker.control_plane.walltime import parse_end_time
 
 
 def secrets_document(**changes: str) -> dict[str, object]:
