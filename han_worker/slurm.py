@@ -93,6 +93,8 @@ FINAL_STATES = frozenset(
     )
 )
 JOB_STATES = WAITING_STATES | ACTIVE_STATES | ENDING_STATES | FINAL_STATES
+# What squeue prints (exit 1) when asked for one job id that slurmctld no longer (or never) knew: no such job.
+UNKNOWN_JOB_ERROR = "Invalid job id specified"
 
 
 class QueuedJob(NamedTuple):
@@ -335,6 +337,12 @@ def has_started(job: QueuedJob) -> bool:
 def is_finished(job: QueuedJob) -> bool:
     """Ended, and Slurm has its final state (COMPLETING is neither alive nor finished)."""
     return job.state in FINAL_STATES
+
+
+def may_be_running(job: QueuedJob) -> bool:
+    """Started and without a final state yet (running, suspended, completing, or a state this list does not
+    know): its processes may still be there, such as the services of a control plane."""
+    return has_started(job) and not is_finished(job)
 
 
 def job_facts(job: QueuedJob) -> dict[str, object]:

@@ -13,6 +13,7 @@ import time
 
 from ansible_collections.han.infra.plugins.module_utils.slurm import (
     SACCT_FIELDS,
+    UNKNOWN_JOB_ERROR,
     format_gres,
     has_started,
     is_alive,
@@ -36,7 +37,7 @@ from ansible_collections.han.infra.plugins.module_utils.slurm_request import (
 )
 
 # What squeue says when asked for one job id that slurmctld no longer (or never) knew: no job, not an error.
-_UNKNOWN_JOB = ("Invalid job id specified",)
+_UNKNOWN_JOB = (UNKNOWN_JOB_ERROR,)
 # scancel's one harmless failure: the job ended between squeue and scancel.
 _ALREADY_GONE = (*_UNKNOWN_JOB, "already completing or completed")
 NO_JOB = {

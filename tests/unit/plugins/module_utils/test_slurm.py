@@ -26,6 +26,7 @@ from ansible_collections.han.infra.plugins.module_utils.slurm import (
     job_facts,
     job_record_argv,
     job_sort_key,
+    may_be_running,
     parse_gres,
     parse_key_values,
     parse_partitions,
@@ -234,6 +235,25 @@ def test_alive_started_and_finished() -> None:
     assert (is_alive(completing), has_started(completing), is_finished(completing)) == (False, True, False)
     held = pending._replace(state="RESV_DEL_HOLD")
     assert (is_alive(held), has_started(held)) == (True, False)
+
+
+@pytest.mark.parametrize(
+    ("state", "running"),
+    [
+        ("PENDING", False),
+        ("CONFIGURING", True),
+        ("RUNNING", True),
+        ("SUSPENDED", True),
+        ("COMPLETING", True),  # its processes are being killed: they may still answer
+        ("COMPLETED", False),
+        ("CANCELLED", False),
+        ("TIMEOUT", False),
+        ("A_STATE_OF_A_NEWER_SLURM", True),
+    ],
+)
+def test_may_be_running(state: str, running: bool) -> None:
+    [job] = parse_squeue(fixture("squeue_timeout.txt"))
+    assert may_be_running(job._replace(state=state)) is running
 
 
 def test_the_state_classes_do_not_overlap() -> None:
