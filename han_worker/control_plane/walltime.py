@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-from datetime import datetime, timezone
+from datetime import datetime
+
+from han_worker.slurm import COMMAND_ENVIRONMENT, parse_local_time, parse_squeue, squeue_argv
 
 log = logging.getLogger(__name__)
 
@@ -18,27 +20,15 @@ def node_name() -> str | None:
     return os.environ.get("SLURMD_NODENAME") or None
 
 
-def parse_end_time(text: str) -> datetime | None:
-    """squeue prints the end time in the node's local time without a zone (``2026-11-29T09:00:00``)."""
-    text = text.strip()
-    if not text or text in {"N/A", "Unknown", "NONE"}:
-        return None
-    try:
-        naive = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    # astimezone() reads a naive time as local time, which is what squeue printed.
-    return naive.astimezone(timezone.utc)
-
-
 def job_end_time(slurm_job_id: str) -> datetime | None:
     """The job's walltime end, or None when Slurm cannot tell (then the endpoints do not expire)."""
     try:
         result = subprocess.run(
-            ["squeue", "--noheader", "--jobs", slurm_job_id, "--format=%e"],
-            capture_output=True, text=True, timeout=10, check=True,
+            squeue_argv("squeue", job_ids=[slurm_job_id]),
+            capture_output=True, text=True, timeout=10, check=True, env={**os.environ, **COMMAND_ENVIRONMENT},
         )  # fmt: skip
-    except (OSError, subprocess.SubprocessError) as exc:
+        jobs = parse_squeue(result.stdout)
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
         log.warning("cannot read the end time of Slurm job %s: %s", slurm_job_id, exc)
         return None
-    return parse_end_time(result.stdout)
+    return parse_local_time(jobs[0].end_time) if jobs else None

@@ -2,19 +2,19 @@
 
 A control plane killed with SIGKILL (or its node lost) never marks its endpoints file stale; Slurm
 knows. Only a definite answer counts: no ``squeue`` here, or no answer in time, is "not known".
+Slurm is asked and read as the collection's modules do (han_worker.slurm).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 
-log = logging.getLogger(__name__)
+from han_worker.slurm import COMMAND_ENVIRONMENT, UNKNOWN_JOB_ERROR, may_be_running, parse_squeue, squeue_argv
 
-# States in which a job's processes may still serve (the same list as plugins/module_utils/slurm.py).
-SERVING_STATES = frozenset({"RUNNING", "COMPLETING", "SUSPENDED"})
-_UNKNOWN_JOB = "Invalid job id specified"
+log = logging.getLogger(__name__)
 
 
 def slurm_job_alive(job_id: str, timeout: float = 10.0) -> bool | None:
@@ -22,13 +22,20 @@ def slurm_job_alive(job_id: str, timeout: float = 10.0) -> bool | None:
     squeue = shutil.which("squeue")
     if squeue is None:
         return None
-    argv = [squeue, "--noheader", f"--jobs={job_id}", "--format=%T"]
     try:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        result = subprocess.run(
+            squeue_argv(squeue, job_ids=[job_id]), env={**os.environ, **COMMAND_ENVIRONMENT},
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
     except (OSError, subprocess.TimeoutExpired) as exc:
         log.debug("squeue for job %s: %s", job_id, exc)
         return None
     if result.returncode != 0:
         # A job Slurm has forgotten (past MinJobAge) is gone; any other error says nothing about it.
-        return False if _UNKNOWN_JOB in result.stderr else None
-    return any(state in SERVING_STATES for state in result.stdout.split())
+        return False if UNKNOWN_JOB_ERROR in result.stderr else None
+    try:
+        jobs = parse_squeue(result.stdout)
+    except ValueError as exc:
+        log.debug("squeue for job %s: %s", job_id, exc)
+        return None
+    return any(may_be_running(job) for job in jobs)

@@ -13,10 +13,12 @@ import time
 
 from ansible_collections.han.infra.plugins.module_utils.slurm import (
     SACCT_FIELDS,
-    SQUEUE_FORMAT,
+    UNKNOWN_JOB_ERROR,
     format_gres,
     has_started,
     is_alive,
+    is_finished,
+    job_record_argv,
     job_sort_key,
     parse_gres,
     parse_partitions,
@@ -26,6 +28,7 @@ from ansible_collections.han.infra.plugins.module_utils.slurm import (
     parse_squeue,
     parse_walltime,
     sacct_user,
+    squeue_argv,
 )
 from ansible_collections.han.infra.plugins.module_utils.slurm_request import (
     check_gres,
@@ -33,10 +36,10 @@ from ansible_collections.han.infra.plugins.module_utils.slurm_request import (
     sbatch_argv,
 )
 
-# Slurm prints times as the caller's SLURM_TIME_FORMAT says; the parsers read the standard form.
-COMMAND_ENVIRONMENT = {"SLURM_TIME_FORMAT": "standard"}
+# What squeue says when asked for one job id that slurmctld no longer (or never) knew: no job, not an error.
+_UNKNOWN_JOB = (UNKNOWN_JOB_ERROR,)
 # scancel's one harmless failure: the job ended between squeue and scancel.
-_ALREADY_GONE = ("Invalid job id specified", "already completing or completed")
+_ALREADY_GONE = (*_UNKNOWN_JOB, "already completing or completed")
 NO_JOB = {
     "job_id": "",
     "job_ids": [],
@@ -80,11 +83,15 @@ class Slurm:
             raise SlurmError(f"{' '.join(argv)} failed (exit {rc}): {detail}", detail=detail)
         return out
 
-    def jobs(self, name, user):
-        """Every job of that name and user that slurmctld knows, those finished within MinJobAge included."""
-        argv = [self.commands["squeue"], "--noheader", "--array", "--states=all", f"--user={user}"]
-        argv += [f"--name={name}", f"--format={SQUEUE_FORMAT}"]
-        jobs = [job for job in parse_squeue(self.read(argv)) if job.name == name and job.user == user]
+    def jobs(self, name, user, job_ids=()):
+        """Every job of that user (and name, and ids, when given) that slurmctld knows, those finished within
+        MinJobAge included, array tasks one by one, oldest first."""
+        argv = squeue_argv(self.commands["squeue"], user=user, name=name, job_ids=job_ids)
+        try:
+            found = parse_squeue(self.read(argv, tolerated=_UNKNOWN_JOB))
+        except ValueError as error:
+            raise SlurmError(str(error)) from None
+        jobs = [job for job in found if job.user == user and (not name or job.name == name)]
         return sorted(jobs, key=lambda job: job_sort_key(job.job_id))
 
     def partitions(self):
@@ -96,7 +103,7 @@ class Slurm:
 
     def job_record(self, job_id):
         """`scontrol show job` of one job or array task; {} once slurmctld has forgotten it."""
-        rc, out, _err = self._run([self.commands["scontrol"], "--oneliner", "show", "job", job_id])
+        rc, out, _err = self._run(job_record_argv(self.commands["scontrol"], job_id))
         records = parse_scontrol(out) if rc == 0 else []
         return records[0] if records else {}
 
@@ -125,7 +132,8 @@ def plan_commands(request, alive, commands):
     started = [job.job_id for job in alive if has_started(job)]
     planned = [[scancel, *waiting]] if waiting else []
     if started:
-        planned.append([scancel, f"--signal={request.signal}", *(["--batch"] * request.batch_only), *started])
+        which = ["--batch"] * request.batch_only + ["--full"] * request.full
+        planned.append([scancel, f"--signal={request.signal}", *which, *started])
     return planned
 
 
@@ -222,13 +230,13 @@ class JobControl:
         self._clock = clock
 
     def jobs(self):
-        return self.slurm.jobs(self.request.name, self.user)
+        return self.slurm.jobs(self.request.name, self.user, self.request.job_ids)
 
     def run(self, check_mode):
         """Returns (result, warnings); raises OptionError before any change, SlurmError when Slurm fails."""
         request = self.request
         jobs = self.jobs()
-        alive = [job for job in jobs if is_alive(job)]
+        alive = [job for job in jobs if is_alive(job) and request.selects(job)]
         result = {"differs": [], "last_finished": {}}
         warnings = []
         if request.state == "present":
@@ -263,7 +271,9 @@ class JobControl:
 
     def _present(self, alive, commands):
         job_id = _submitted_id(self.slurm.read(commands[0])) if commands else main_job(alive).array_job_id
-        if self.request.wait_started:
+        if self.request.wait_ended:
+            self._wait_finished(job_id)
+        elif self.request.wait_started:
             self._wait_started(job_id)
         after = [job for job in self.jobs() if is_alive(job) or job.array_job_id == job_id]
         return describe(self.slurm, after) if after else dict(NO_JOB, job_id=job_id, job_ids=[job_id])
@@ -284,7 +294,11 @@ class JobControl:
         on has ended, whatever of that name is alive is such a successor, stopped the same way."""
         late = []
         for _round in range(_LATE_SUCCESSOR_ROUNDS):
-            alive = [job for job in self.jobs() if is_alive(job) and job.job_id not in acted + late]
+            alive = [
+                job
+                for job in self.jobs()
+                if is_alive(job) and self.request.selects(job) and job.job_id not in acted + late
+            ]
             if not alive:
                 break
             for argv in plan_commands(self.request, alive, self.slurm.commands):
@@ -303,6 +317,22 @@ class JobControl:
                 raise SlurmError(
                     f"timeout: job {job_id} is still {mine[0].state} (reason: {mine[0].reason}) after "
                     f"{self.request.timeout} s of wait_started; it stays queued",
+                    dict(describe(self.slurm, mine), changed=True),
+                )
+            self._sleep(1)
+
+    def _wait_finished(self, job_id):
+        """Until every job (array task) of that id has its final state, or slurmctld forgot it."""
+        deadline = self._clock() + self.request.timeout
+        while True:
+            mine = [job for job in self.jobs() if job.array_job_id == job_id]
+            if all(is_finished(job) for job in mine):
+                return
+            if self._clock() >= deadline:
+                still = [job for job in mine if not is_finished(job)]
+                raise SlurmError(
+                    f"timeout: job {still[0].job_id} is still {still[0].state} after "
+                    f"{self.request.timeout} s of wait_ended; it is left as it is",
                     dict(describe(self.slurm, mine), changed=True),
                 )
             self._sleep(1)

@@ -11,6 +11,8 @@ import os
 import re
 
 from ansible_collections.han.infra.plugins.module_utils.slurm import (
+    JOB_ID,
+    JOB_STATES,
     format_gres,
     format_walltime,
     parse_gres,
@@ -74,6 +76,7 @@ class OptionError(ValueError):
     def __init__(self, option, problem):
         super().__init__(f"{option}: {problem}")
         self.option = option
+        self.problem = problem
 
 
 class JobRequest:
@@ -81,9 +84,12 @@ class JobRequest:
 
     def __init__(self, params):
         self.state = params.get("state") or "present"
-        self.name = _matching(params, "name", _NAME, "letters, digits and . _ : + @ - (at most 128)")
+        self.name = checked_name(params)
         self.batch_only = bool(params.get("batch_only"))
-        self.signal = _checked_signal(params.get("signal"), self.state, self.batch_only)
+        self.full = bool(params.get("full"))
+        self.signal = _checked_signal(params.get("signal"), self.state, self.batch_only, self.full)
+        self.job_ids = checked_job_ids(params.get("job_ids"))
+        self.states = checked_states(params.get("states"))
         self.options = {option: params.get(option) for option, _flag in SBATCH_FLAGS}
         self.options["signal"] = self.signal if self.state == "present" else None
         self.script = params.get("script")
@@ -99,7 +105,14 @@ class JobRequest:
         if self.state == "present":
             self._check_submission()
 
+    def selects(self, job):
+        """Whether a job found by name (and job_ids) is one this task acts on: states narrows state=absent."""
+        return not self.states or job.state in self.states
+
     def _check_submission(self):
+        for option in ("job_ids", "states"):
+            if getattr(self, option):
+                raise OptionError(option, "is for state=absent, to choose which jobs of that name to stop")
         if bool(self.script) == bool(self.wrap):
             raise OptionError(
                 "script", "give either script (a batch script on the target) or wrap (a command)"
@@ -127,6 +140,32 @@ class JobRequest:
             _check_extra_arg(arg)
 
 
+def checked_name(params):
+    return _matching(params, "name", _NAME, "letters, digits and . _ : + @ - (at most 128)")
+
+
+def checked_job_ids(job_ids):
+    """Job ids as squeue --jobs and scancel take them: 4211, an array task 4211_3, or an array's id."""
+    job_ids = [str(job_id).strip() for job_id in job_ids or []]
+    for job_id in job_ids:
+        if not JOB_ID.match(job_id):
+            raise OptionError(
+                "job_ids", f"'{job_id}' is not a job id; use digits such as 4211, or 4211_3 for an array task"
+            )
+    return job_ids
+
+
+def checked_states(states):
+    """Job states, in any case, as Slurm spells them (the one list is JOB_STATES)."""
+    states = [str(state).strip().upper() for state in states or []]
+    for state in states:
+        if state not in JOB_STATES:
+            raise OptionError(
+                "states", f"'{state}' is not a Slurm job state; use one of {', '.join(sorted(JOB_STATES))}"
+            )
+    return states
+
+
 def _matching(params, option, pattern, expected):
     value = params.get(option)
     if value is not None and not pattern.match(str(value)):
@@ -134,9 +173,17 @@ def _matching(params, option, pattern, expected):
     return value
 
 
-def _checked_signal(signal, state, batch_only):
+def _checked_signal(signal, state, batch_only, full):
     if state == "absent" and batch_only and not signal:
         raise OptionError("batch_only", "needs signal: it sends that signal to the batch shell only")
+    if full and (state != "absent" or not signal):
+        raise OptionError(
+            "full", "needs state=absent and signal: it sends that signal to every step of a job"
+        )
+    if full and batch_only:
+        raise OptionError(
+            "full", "and batch_only exclude each other: signal the batch shell only, or everything"
+        )
     if signal is None:
         return None
     if state == "present" and not _SUBMIT_SIGNAL.match(signal):
@@ -197,17 +244,17 @@ def check_gres(requested, partition, configurations):
     offered = ", ".join(sorted({format_gres(items) for items in configurations if items})) or "none"
     for item in requested:
         per_configuration = [
-            sum(have.count for have in items if have.name == item.name and item.type in (None, have.type))
+            sum(have.amount for have in items if have.name == item.name and item.type in (None, have.type))
             for items in configurations
         ]
         if not any(have.name == item.name for items in configurations for have in items):
             problem = f"partition {partition} has no GRES named '{item.name}' (it offers: {offered})"
         elif not any(per_configuration):
             problem = f"partition {partition} has no {item.name} of type '{item.type}' (it offers: {offered})"
-        elif max(per_configuration) < item.count:
+        elif max(per_configuration) < item.amount:
             problem = (
-                f"'{format_gres([item])}' asks for {item.count} per node, but nodes of partition {partition} "
-                f"have at most {max(per_configuration)} (it offers: {offered})"
+                f"'{format_gres([item])}' asks for {item.amount} per node, but nodes of partition "
+                f"{partition} have at most {max(per_configuration)} (it offers: {offered})"
             )
         else:
             continue

@@ -105,6 +105,28 @@ options:
         in order.
     type: bool
     default: false
+  full:
+    description:
+      - With O(state=absent) and O(signal), signal every step of each running job, its batch shell and the
+        processes it started included (C(scancel --full)), such as V(KILL) to kill a job without notice.
+      - Not with O(batch_only).
+    type: bool
+    default: false
+  job_ids:
+    description:
+      - With O(state=absent), act only on the jobs of that name with these ids (C(squeue --jobs)), each a job
+        id, an array task such as V(4211_3), or an array's id for all its tasks.
+    type: list
+    elements: str
+    default: []
+  states:
+    description:
+      - With O(state=absent), act only on the jobs of that name in one of these states, such as V(PENDING) to
+        cancel a queued successor and leave the running job alone, or V(RUNNING).
+      - Slurm's state names (squeue C(%T)), in any case; others are refused.
+    type: list
+    elements: str
+    default: []
   array:
     description:
       - Submit a job array (C(--array)) with these indexes, such as V(0-3), V(1,3,5), V(0-15:4) or V(0-15%4).
@@ -142,6 +164,9 @@ options:
         Useful with O(signal), where a job ends only once its script exits.
       - Then a job of that name that is still alive is a successor queued by one of them at its start
         (C(--dependency=singleton)) after the jobs were listed; it is stopped the same way, and waited for.
+      - With O(state=present), wait until the job (for an array, every task) has ended and Slurm reports its
+        final state (COMPLETED, FAILED, TIMEOUT, ...) in RV(state), as for a short probe job. When O(timeout)
+        passes first the module fails, and the job is left as it is.
     type: bool
     default: false
   timeout:
@@ -243,6 +268,31 @@ EXAMPLES = r"""
   han.infra.slurm_job:
     name: han-pose-array
     state: absent
+
+- name: Run a short GPU probe job and wait for its final state.
+  han.infra.slurm_job:
+    name: han-gpu-check
+    wrap: nvidia-smi -L
+    partition: RTXA6000
+    gres: gpu:1
+    time: "2"
+    wait_ended: true
+    timeout: 180
+  register: gpu_probe
+
+- name: Cancel the queued successor of the control plane, and leave its running job alone.
+  han.infra.slurm_job:
+    name: han-control-plane
+    state: absent
+    states: [PENDING]
+
+- name: Kill one task of the worker array without notice.
+  han.infra.slurm_job:
+    name: han-pose-worker
+    state: absent
+    job_ids: ["4230_1"]
+    signal: KILL
+    full: true
 """
 
 RETURN = r"""
@@ -347,6 +397,16 @@ last_finished:
       description: V(squeue) (slurmctld still remembers the job) or V(sacct) (job completion records).
       type: str
       sample: squeue
+option:
+  description: The option at fault, when the module failed because of one (RV(problem) says why).
+  returned: when an option is wrong
+  type: str
+  sample: partition
+problem:
+  description: What is wrong with RV(option), for a caller that names it in its own words.
+  returned: when an option is wrong
+  type: str
+  sample: "partition 'RTXA600' does not exist on this cluster (partitions: batch, RTXA6000)"
 """
 
 import contextlib
@@ -354,8 +414,8 @@ import os
 import pwd
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.han.infra.plugins.module_utils.slurm import COMMAND_ENVIRONMENT
 from ansible_collections.han.infra.plugins.module_utils.slurm_ensure import (
-    COMMAND_ENVIRONMENT,
     JobControl,
     Slurm,
     SlurmError,
@@ -382,6 +442,9 @@ ARGUMENT_SPEC = {
     "dependency": {"type": "str"},
     "signal": {"type": "str"},
     "batch_only": {"type": "bool", "default": False},
+    "full": {"type": "bool", "default": False},
+    "job_ids": {"type": "list", "elements": "str", "default": []},
+    "states": {"type": "list", "elements": "str", "default": []},
     "array": {"type": "str"},
     "export": {"type": "str", "choices": ["ALL", "NONE"]},
     "extra_args": {"type": "list", "elements": "str", "default": []},
@@ -416,7 +479,7 @@ def main():
         user = pwd.getpwuid(os.geteuid()).pw_name
         result, warnings = JobControl(slurm, request, user).run(module.check_mode)
     except OptionError as error:
-        module.fail_json(msg=str(error), changed=False)
+        module.fail_json(msg=str(error), changed=False, option=error.option, problem=error.problem)
     except SlurmError as error:
         module.fail_json(msg=str(error), **error.result)
     for warning in warnings:

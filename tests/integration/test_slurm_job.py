@@ -251,3 +251,43 @@ def test_wrong_options_fail_before_anything_is_submitted(
     assert result["msg"].startswith(message), result["msg"]
     assert result["changed"] is False
     assert queue(name) == {}
+
+
+def test_states_cancel_the_queued_successor_then_kill_the_running_job(name: str) -> None:
+    first = slurm_job(name=name, wrap="sleep 120", wait_started=True, timeout=30, **SMALL)
+    successor = submit_successor(name)
+
+    queued = slurm_job(name=name, state="absent", states=["PENDING"])
+    assert (queued["changed"], queued["cmd"][0][1:]) == (True, [successor])
+    assert alive(name) == {first["job_id"]: "RUNNING"}
+
+    killed = slurm_job(
+        name=name, state="absent", states=["RUNNING"], signal="KILL", full=True, wait_ended=True, timeout=60
+    )
+    assert killed["cmd"][0][1:] == ["--signal=KILL", "--full", first["job_id"]]
+    assert alive(name) == {}
+    assert queue(name)[first["job_id"]] in {"CANCELLED", "FAILED"}
+    assert slurm_job(name=name, state="absent", states=["RUNNING"])["changed"] is False
+
+
+def test_job_ids_kill_one_task_of_an_array(name: str) -> None:
+    array = slurm_job(name=name, wrap="sleep 120", array="0-1", wait_started=True, timeout=30, **SMALL)
+    for task in array["job_ids"]:
+        wait_for(name, task, {"RUNNING"})
+    task = f"{array['job_id']}_1"
+    killed = slurm_job(name=name, state="absent", job_ids=[task], signal="KILL", full=True, wait_ended=True)
+    assert (killed["changed"], killed["job_ids"]) == (True, [task])
+    assert alive(name) == {f"{array['job_id']}_0": "RUNNING"}
+
+
+def test_wait_ended_with_present_returns_the_final_state(name: str) -> None:
+    failed = slurm_job(name=name, wrap="exit 3", wait_ended=True, timeout=60, **SMALL)
+    assert (failed["changed"], failed["state"], failed["job_ids"]) == (True, "FAILED", [failed["job_id"]])
+    assert queue(name) == {failed["job_id"]: "FAILED"}
+
+
+def test_wrong_choices_of_jobs_fail_naming_the_option(name: str) -> None:
+    result = slurm_job(name=name, state="absent", signal="KILL", full=True, batch_only=True)
+    assert result.get("failed") is True
+    assert result["msg"].startswith("full: and batch_only exclude each other")
+    assert (result["option"], result["changed"]) == ("full", False)

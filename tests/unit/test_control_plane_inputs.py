@@ -1,4 +1,4 @@
-"""Inputs of han-control-plane: the secrets file, the flags, Slurm's end time, port picking."""
+"""Inputs of han-control-plane: the secrets file, the flags, port picking (Slurm's end time: test_slurm_shared)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import argparse
 import ipaddress
 import json
 import socket
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -23,7 +21,6 @@ from han_worker.control_plane.admin_secrets import (
 )
 from han_worker.control_plane.layout import _held_on, pick_free_ports
 from han_worker.control_plane.supervisor import log_tail
-from han_worker.control_plane.walltime import parse_end_time
 
 
 def secrets_document(**changes: str) -> dict[str, object]:
@@ -198,18 +195,6 @@ def test_init_secrets_prints_what_it_did(tmp_path: Path, capsys: pytest.CaptureF
         f"created {tmp_path / 'cp' / 'secrets.json'}",
         f"kept existing {tmp_path / 'cp' / 'secrets.json'}",
     ]
-
-
-def test_squeue_end_time_is_read_as_local_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TZ", "Europe/Berlin")
-    time.tzset()
-    try:
-        assert parse_end_time("2026-07-01T14:00:00\n") == datetime(2026, 7, 1, 12, 0, tzinfo=timezone.utc)
-    finally:
-        monkeypatch.delenv("TZ")
-        time.tzset()
-    assert parse_end_time("N/A") is None
-    assert parse_end_time("garbage") is None
 
 
 def test_free_ports_are_distinct_and_bindable() -> None:

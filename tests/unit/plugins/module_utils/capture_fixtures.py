@@ -18,10 +18,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[4]
 sys.path.insert(0, str(REPO / "collections"))
 
-from ansible_collections.han.infra.plugins.module_utils.slurm_ensure import (  # noqa: E402
+from ansible_collections.han.infra.plugins.module_utils.slurm import (  # noqa: E402
     COMMAND_ENVIRONMENT,
-    Slurm,
+    job_record_argv,
 )
+from ansible_collections.han.infra.plugins.module_utils.slurm_ensure import Slurm  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 USER = "pegasus"
@@ -129,6 +130,21 @@ def capture_queue(slurm: Slurm, recorder: Recorder, ids: dict[str, str]) -> None
         save(f"sinfo_gres_{partition}.txt", recorder.last[1])
 
 
+def capture_by_ids(slurm: Slurm, recorder: Recorder, ids: dict[str, str]) -> None:
+    """What slurm_job_info reads for job_ids: an array task and a plain job; an id slurmctld does not know."""
+    slurm.jobs(None, USER, [f"{ids['array']}_0", ids["chain"]])
+    save("squeue_by_job_ids.txt", recorder.last[1])
+    slurm.jobs(None, USER, ["999999"])
+    print(f"squeue --jobs=999999: rc={recorder.last[0]}")
+    save("squeue_unknown_job_stderr.txt", recorder.last[2])
+    save(
+        "scontrol_job_running_details.txt",
+        run_as(USER, job_record_argv(COMMANDS["scontrol"], ids["chain"], True))[1],
+    )
+    # Evidence for reading text, not JSON: Slurm 22.05's squeue --json ignores --name (and every other filter).
+    save("squeue_json_name_fx-none.json", run_as(USER, [COMMANDS["squeue"], "--json", "--name=fx-none"])[1])
+
+
 def capture_cancellations(slurm: Slurm, recorder: Recorder, ids: dict[str, str]) -> None:
     signal_finished = [COMMANDS["scancel"], "--signal=TERM", "--batch", ids["completed"], ids["failed"]]
     save("scancel_signal_finished_stderr.txt", run_as(USER, signal_finished)[2])
@@ -161,6 +177,7 @@ def main() -> None:
         run_as(USER, [COMMANDS["scancel"], ids["cancelled"]])
         time.sleep(2)
         capture_queue(slurm, recorder, ids)
+        capture_by_ids(slurm, recorder, ids)
         capture_cancellations(slurm, recorder, ids)
         wait_for_state(slurm, "fx-timeout", "TIMEOUT", 180)
         squeue(slurm, recorder, "fx-timeout", "squeue_timeout.txt")

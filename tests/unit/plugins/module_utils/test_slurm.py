@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 from ansible_collections.han.infra.plugins.module_utils.slurm import (
+    ACTIVE_STATES,
+    ENDING_STATES,
+    FINAL_STATES,
+    JOB_STATES,
+    SQUEUE_FORMAT,
+    WAITING_STATES,
     GresItem,
     Partition,
     QueuedJob,
+    batch_script_argv,
     format_gres,
     format_walltime,
     has_started,
     is_alive,
+    is_finished,
+    job_facts,
+    job_record_argv,
     job_sort_key,
+    may_be_running,
     parse_gres,
     parse_key_values,
     parse_partitions,
@@ -24,6 +36,7 @@ from ansible_collections.han.infra.plugins.module_utils.slurm import (
     parse_squeue,
     parse_walltime,
     sacct_user,
+    squeue_argv,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -120,32 +133,40 @@ def test_gres_are_spelled_back() -> None:
 def test_squeue_a_running_job_and_its_singleton_successor() -> None:
     assert parse_squeue(fixture("squeue_running_and_singleton_successor.txt")) == [
         QueuedJob(
-            "115",
-            "115",
-            "N/A",
-            "PENDING",
-            "Dependency",
-            "batch",
-            "",
-            "5:00",
-            "5:00",
-            "N/A",
-            "pegasus",
-            "fx-chain",
+            job_id="65",
+            array_job_id="65",
+            array_task_id="N/A",
+            state="PENDING",
+            reason="Dependency",
+            partition="batch",
+            node="",
+            time_used="0:00",
+            time_left="5:00",
+            time_limit="5:00",
+            submit_time="2026-12-06T00:54:04",
+            start_time="N/A",
+            end_time="N/A",
+            tres_per_node="N/A",
+            user="pegasus",
+            name="fx-chain",
         ),
         QueuedJob(
-            "114",
-            "114",
-            "N/A",
-            "RUNNING",
-            "None",
-            "batch",
-            "localhost",
-            "4:53",
-            "5:00",
-            "N/A",
-            "pegasus",
-            "fx-chain",
+            job_id="64",
+            array_job_id="64",
+            array_task_id="N/A",
+            state="RUNNING",
+            reason="None",
+            partition="batch",
+            node="localhost",
+            time_used="0:07",
+            time_left="4:53",
+            time_limit="5:00",
+            submit_time="2026-12-06T00:54:04",
+            start_time="2026-12-06T00:54:05",
+            end_time="2026-12-06T00:59:05",  # the walltime end while it runs
+            tres_per_node="N/A",
+            user="pegasus",
+            name="fx-chain",
         ),
     ]
 
@@ -153,31 +174,35 @@ def test_squeue_a_running_job_and_its_singleton_successor() -> None:
 def test_squeue_an_array_lists_each_task() -> None:
     tasks = parse_squeue(fixture("squeue_array.txt"))
     assert [(task.job_id, task.array_job_id, task.array_task_id, task.state) for task in tasks] == [
-        ("116_2", "116", "2", "PENDING"),
-        ("116_3", "116", "3", "PENDING"),
-        ("116_0", "116", "0", "RUNNING"),
-        ("116_1", "116", "1", "RUNNING"),
+        ("66_2", "66", "2", "PENDING"),
+        ("66_3", "66", "3", "PENDING"),
+        ("66_0", "66", "0", "RUNNING"),
+        ("66_1", "66", "1", "RUNNING"),
     ]
     assert {task.tres_per_node for task in tasks} == {"gres:gpu:1"}
+    # Pending tasks: the start Slurm expects (when the running ones reach their walltime).
+    assert (tasks[0].start_time, tasks[0].end_time) == ("2026-12-06T01:04:00", "2026-12-06T01:09:00")
 
 
 def test_squeue_finished_jobs_within_min_job_age() -> None:
     jobs = parse_squeue(fixture("squeue_finished.txt"))
-    assert [(job.job_id, job.state, job.reason, job.node) for job in jobs] == [
-        ("119", "CANCELLED", "BeginTime", ""),  # cancelled while pending
-        ("122", "CANCELLED", "None", "localhost"),  # cancelled while running
-        ("117", "COMPLETED", "None", "localhost"),
-        ("118", "FAILED", "NonZeroExitCode", "localhost"),
+    assert [(job.job_id, job.state, job.reason, job.node, job.end_time) for job in jobs] == [
+        ("69", "CANCELLED", "BeginTime", "", "2026-12-06T00:54:08"),  # cancelled while pending
+        ("72", "CANCELLED", "None", "localhost", "2026-12-06T00:54:10"),  # cancelled while running
+        ("67", "COMPLETED", "None", "localhost", "2026-12-06T00:54:05"),
+        ("68", "FAILED", "NonZeroExitCode", "localhost", "2026-12-06T00:54:05"),
     ]
     assert not any(is_alive(job) for job in jobs)
+    assert all(is_finished(job) and has_started(job) for job in jobs)
 
 
 def test_squeue_a_timed_out_job_has_no_time_left() -> None:
     [job] = parse_squeue(fixture("squeue_timeout.txt"))
-    assert (job.state, job.reason, job.time_left, job.time_limit) == (
+    assert (job.state, job.reason, job.time_used, job.time_left, job.time_limit) == (
         "TIMEOUT",
         "TimeLimit",
-        "INVALID",
+        "1:00",
+        "0:00",
         "1:00",
     )
     assert not is_alive(job)
@@ -198,20 +223,97 @@ def test_squeue_output_in_another_format_is_refused() -> None:
         parse_squeue("             JOBID PARTITION     NAME     USER ST       TIME  NODES NODELIST(REASON)\n")
 
 
-def test_alive_and_started() -> None:
+def test_alive_started_and_finished() -> None:
     pending, running = parse_squeue(fixture("squeue_running_and_singleton_successor.txt"))
-    assert (is_alive(pending), has_started(pending)) == (True, False)
-    assert (is_alive(running), has_started(running)) == (True, True)
-    # A state this module does not know counts as alive: better no duplicate than a tidy answer.
-    assert is_alive(running._replace(state="RESV_DEL_HOLD"))
-    # A cancelled job completes its processes for up to KillWait; it is no longer the job the task is about.
-    assert not is_alive(running._replace(state="COMPLETING"))
+    assert (is_alive(pending), has_started(pending), is_finished(pending)) == (True, False, False)
+    assert (is_alive(running), has_started(running), is_finished(running)) == (True, True, False)
+    # A state this list does not know counts as alive: better no duplicate than a tidy answer.
+    assert is_alive(running._replace(state="A_STATE_OF_A_NEWER_SLURM"))
+    # A cancelled job completes its processes for up to KillWait: no longer the job a task is about, and not
+    # finished either (its final state is not known yet).
+    completing = running._replace(state="COMPLETING")
+    assert (is_alive(completing), has_started(completing), is_finished(completing)) == (False, True, False)
+    held = pending._replace(state="RESV_DEL_HOLD")
+    assert (is_alive(held), has_started(held)) == (True, False)
+
+
+@pytest.mark.parametrize(
+    ("state", "running"),
+    [
+        ("PENDING", False),
+        ("CONFIGURING", True),
+        ("RUNNING", True),
+        ("SUSPENDED", True),
+        ("COMPLETING", True),  # its processes are being killed: they may still answer
+        ("COMPLETED", False),
+        ("CANCELLED", False),
+        ("TIMEOUT", False),
+        ("A_STATE_OF_A_NEWER_SLURM", True),
+    ],
+)
+def test_may_be_running(state: str, running: bool) -> None:
+    [job] = parse_squeue(fixture("squeue_timeout.txt"))
+    assert may_be_running(job._replace(state=state)) is running
+
+
+def test_the_state_classes_do_not_overlap() -> None:
+    classes = [WAITING_STATES, ACTIVE_STATES, ENDING_STATES, FINAL_STATES]
+    assert sum(len(states) for states in classes) == len(JOB_STATES)
+
+
+def test_job_facts_are_what_a_module_returns() -> None:
+    pending, running = parse_squeue(fixture("squeue_running_and_singleton_successor.txt"))
+    facts = job_facts(pending)
+    assert (facts["array_task_id"], facts["start_time"], facts["end_time"], facts["tres_per_node"]) == (
+        "",
+        "",
+        "",
+        "",
+    )
+    assert (facts["alive"], facts["started"], facts["finished"]) == (True, False, False)
+    assert job_facts(running)["time_left"] == "4:53"
+    [timed_out] = parse_squeue(fixture("squeue_timeout.txt"))
+    assert (job_facts(timed_out)["time_left"], job_facts(timed_out)["finished"]) == ("", True)
+
+
+def test_the_argv_of_the_queries() -> None:
+    assert squeue_argv("/usr/bin/squeue", user="pegasus", name="fx-chain") == [
+        "/usr/bin/squeue",
+        "--noheader",
+        "--array",
+        "--states=all",
+        "--user=pegasus",
+        "--name=fx-chain",
+        f"--format={SQUEUE_FORMAT}",
+    ]
+    assert squeue_argv("squeue", job_ids=["66_0", "64"])[-2:] == [
+        "--jobs=66_0,64",
+        f"--format={SQUEUE_FORMAT}",
+    ]
+    assert job_record_argv("scontrol", "64") == ["scontrol", "--oneliner", "show", "job", "64"]
+    assert job_record_argv("scontrol", "64", details=True) == [
+        "scontrol",
+        "--oneliner",
+        "--details",
+        "--details",
+        "show",
+        "job",
+        "64",
+    ]
+    assert batch_script_argv("scontrol", "64") == ["scontrol", "write", "batch_script", "64", "-"]
+
+
+def test_squeue_json_of_slurm_22_05_ignores_the_filters() -> None:
+    """Why the parsers read text: `squeue --json --name=fx-none` printed every job of the queue."""
+    document = json.loads(fixture("squeue_json_name_fx-none.json"))
+    assert document["meta"]["Slurm"]["release"] == "22.05.8"
+    assert {job["name"] for job in document["jobs"]} == {"fx-chain", "fx-array", "fx-history", "fx-timeout"}
 
 
 def test_scontrol_records_of_jobs() -> None:
     running = parse_scontrol(fixture("scontrol_job_running.txt"))[0]
-    assert (running["JobId"], running["JobState"], running["NodeList"]) == ("114", "RUNNING", "localhost")
-    assert running["StdOut"] == "/tmp/han-slurm-fixtures/fx-chain-114.out"
+    assert (running["JobId"], running["JobState"], running["NodeList"]) == ("64", "RUNNING", "localhost")
+    assert running["StdOut"] == "/tmp/han-slurm-fixtures/fx-chain-64.out"
     assert running["TRES"] == "cpu=1,mem=16M,node=1,billing=1"
     assert running["ReqB:S:C:T"] == "0:0:*:*"
     assert running["Power"] == ""
@@ -227,18 +329,25 @@ def test_scontrol_records_of_jobs() -> None:
     assert (cancelled["JobState"], cancelled["ExitCode"]) == ("CANCELLED", "0:15")
 
 
+def test_scontrol_details_stay_one_record() -> None:
+    """`scontrol --oneliner -dd show job` (what the hardening check scans): the allocation joins the line."""
+    [record] = parse_scontrol(fixture("scontrol_job_running_details.txt"))
+    assert (record["JobId"], record["JobName"], record["WorkDir"]) == ("64", "fx-chain", "/work/slurm")
+    assert (record["Nodes"], record["CPU_IDs"]) == ("localhost", "1")
+
+
 def test_scontrol_records_of_array_tasks() -> None:
     task = parse_scontrol(fixture("scontrol_job_array_task.txt"))[0]
     assert (task["JobId"], task["ArrayJobId"], task["ArrayTaskId"], task["TresPerNode"]) == (
-        "120",
-        "116",
+        "70",
+        "66",
         "0",
         "gres:gpu:1",
     )
     pending = parse_scontrol(fixture("scontrol_job_array_pending.txt"))[0]
     assert (pending["JobState"], pending["StdOut"]) == (
         "PENDING",
-        "/tmp/han-slurm-fixtures/fx-array-116_3.out",
+        "/tmp/han-slurm-fixtures/fx-array-66_3.out",
     )
 
 
@@ -266,12 +375,12 @@ def test_sacct_completion_records() -> None:
     assert len(records) == len(fixture("sacct_completion.txt").splitlines())
     history = [record for record in records if record["JobName"] == "fx-history"][-4:]
     assert [(r["JobID"], r["State"], r["ExitCode"], r["NodeList"]) for r in history] == [
-        ("117", "COMPLETED", "0:0", "localhost"),
-        ("118", "FAILED", "3:0", "localhost"),
-        ("119", "CANCELLED", "0:0", "(null)"),
-        ("122", "CANCELLED", "0:0", "localhost"),
+        ("68", "FAILED", "3:0", "localhost"),
+        ("67", "COMPLETED", "0:0", "localhost"),
+        ("69", "CANCELLED", "0:0", "(null)"),
+        ("72", "CANCELLED", "0:0", "localhost"),
     ]
-    assert history[1]["End"] == "2026-11-28T21:32:15"
+    assert history[0]["End"] == "2026-12-06T00:54:05"
     assert sacct_user(history[0]["User"]) == "pegasus"
 
 

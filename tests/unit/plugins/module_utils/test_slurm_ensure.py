@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ansible_collections.han.infra.plugins.module_utils.slurm import parse_squeue
+from ansible_collections.han.infra.plugins.module_utils.slurm import FINAL_STATES, parse_squeue
 from ansible_collections.han.infra.plugins.module_utils.slurm_ensure import (
     JobControl,
     Slurm,
@@ -394,3 +394,84 @@ def test_unreadable_job_completion_records_are_a_warning() -> None:
         "sacct --completion cannot read job completion records (sacct: fatal: open /var/log/slurm/jobcomp.log: "
         "Permission denied), so last_finished covers only jobs that ended within Slurm's MinJobAge"
     ]
+
+
+# -- choosing which jobs of a name to stop, and how -----------------------------------------------------------
+
+
+def test_states_cancels_the_queued_successor_and_leaves_the_running_job() -> None:
+    replay = Replay(fixture("squeue_running_and_singleton_successor.txt"))
+    result, _warnings = run(replay, state="absent", states=["pending"])
+    assert replay.ran("scancel") == [[SUCCESSOR]]
+    assert (result["changed"], result["job_ids"]) == (True, [SUCCESSOR])
+
+
+def test_a_kill_of_running_jobs_only_signals_every_step() -> None:
+    replay = Replay(fixture("squeue_running_and_singleton_successor.txt"))
+    result, _warnings = run(replay, state="absent", states=["RUNNING"], signal="KILL", full=True)
+    assert replay.ran("scancel") == [["--signal=KILL", "--full", RUNNING]]
+    assert result["job_ids"] == [RUNNING]
+
+
+def test_job_ids_ask_squeue_for_those_jobs_only() -> None:
+    task = f"{ARRAY_ID}_0"
+    replay = Replay(lines("squeue_array.txt", task))
+    result, _warnings = run(replay, state="absent", name="fx-array", job_ids=[task], signal="KILL", full=True)
+    assert replay.ran("squeue")[0][-2] == f"--jobs={task}"
+    assert replay.ran("scancel") == [["--signal=KILL", "--full", task]]
+    assert result["job_ids"] == [task]
+
+
+def test_a_job_id_slurm_no_longer_knows_is_no_job() -> None:
+    replay = Replay("")
+    replay._squeue = lambda _argv: (1, "", fixture("squeue_unknown_job_stderr.txt"))  # type: ignore[method-assign]
+    result, _warnings = run(replay, state="absent", job_ids=["999999"], commands=NO_SACCT)
+    assert (result["changed"], result["job_ids"], replay.ran("scancel")) == (False, [], [])
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"state": "absent", "full": True}, "full: needs state=absent and signal"),
+        ({"full": True}, "full: needs state=absent and signal"),
+        (
+            {"state": "absent", "signal": "KILL", "full": True, "batch_only": True},
+            "full: and batch_only exclude each other",
+        ),
+        ({"job_ids": ["12"]}, "job_ids: is for state=absent"),
+        ({"states": ["PENDING"]}, "states: is for state=absent"),
+        ({"state": "absent", "job_ids": ["12;"]}, "job_ids: '12;' is not a job id"),
+        ({"state": "absent", "job_ids": ["12_[1-3]"]}, "job_ids: '12_[1-3]' is not a job id"),
+        ({"state": "absent", "states": ["RUNING"]}, "states: 'RUNING' is not a Slurm job state; use one of"),
+    ],
+)
+def test_wrong_choices_of_jobs_are_refused_naming_the_option(params: dict[str, Any], message: str) -> None:
+    with pytest.raises(OptionError, match=f"^{re.escape(message)}"):
+        request(**params)
+
+
+# -- present, waiting for the final state ---------------------------------------------------------------------
+
+
+def test_wait_ended_with_present_waits_for_the_final_state() -> None:
+    running = lines("squeue_running_and_singleton_successor.txt", RUNNING)
+    ended = lines("squeue_after_batch_signal.txt", RUNNING)
+    replay = Replay("", running, running, ended, sbatch=f"{RUNNING}\n")
+    result, _warnings = run(replay, wait_ended=True, commands=NO_SACCT)
+    [final] = parse_squeue(ended)
+    assert (result["changed"], result["job_id"], result["state"]) == (True, RUNNING, final.state)
+    assert final.state in FINAL_STATES
+    assert result["output_path"] == f"/tmp/han-slurm-fixtures/fx-chain-{RUNNING}.out"
+    assert len(replay.ran("squeue")) == 5  # the query, three polls, the description
+
+
+def test_wait_ended_with_present_gives_up_after_the_timeout_and_leaves_the_job() -> None:
+    running = lines("squeue_running_and_singleton_successor.txt", RUNNING)
+    replay = Replay("", running, sbatch=f"{RUNNING}\n")
+    with pytest.raises(SlurmError) as raised:
+        run(replay, wait_ended=True, timeout=20, commands=NO_SACCT)
+    assert str(raised.value) == (
+        f"timeout: job {RUNNING} is still RUNNING after 20 s of wait_ended; it is left as it is"
+    )
+    assert (raised.value.result["job_id"], raised.value.result["state"]) == (RUNNING, "RUNNING")
+    assert replay.ran("scancel") == []
