@@ -6,7 +6,7 @@ Values are compared here and never printed: a row names the secret's field, not 
 
 from __future__ import annotations
 
-import re
+import os
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -14,8 +14,7 @@ from pathlib import Path
 from han_worker.control_plane.hardening.processes import Supervisor, read_environ
 from han_worker.control_plane.hardening.report import FAIL, PASS, Row
 from han_worker.control_plane.layout import Layout
-
-_JOB_NAME = re.compile(r"JobName=(\S*)")
+from han_worker.slurm import COMMAND_ENVIRONMENT, batch_script_argv, job_record_argv, parse_scontrol
 
 
 def find_leaks(data: bytes | str, secrets: Mapping[str, str]) -> list[str]:
@@ -113,8 +112,9 @@ def slurm_rows(job: str, secrets: Mapping[str, str], supervisor: Supervisor) -> 
     target = f"Slurm job {job}"
     rows = [batch_script_row(job, target, secrets)]
     show = subprocess.run(
-        ["scontrol", "show", "job", "-dd", job], capture_output=True, text=True, timeout=30, check=False
-    )
+        job_record_argv("scontrol", job, details=True), env={**os.environ, **COMMAND_ENVIRONMENT},
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
     if show.returncode != 0:
         detail = f"cannot verify: scontrol show job exited {show.returncode}"
         return [*rows, Row("leak", f"{target} record", FAIL, detail)]
@@ -126,16 +126,17 @@ def slurm_rows(job: str, secrets: Mapping[str, str], supervisor: Supervisor) -> 
 
 
 def _job_name_row(target: str, record: str, secrets: Mapping[str, str]) -> Row:
-    name = _JOB_NAME.search(record)
+    name = next((job["JobName"] for job in parse_scontrol(record) if "JobName" in job), None)
     if name is None:
         return leak_row(f"{target} name", [], "job name ?")
-    return leak_row(f"{target} name", find_leaks(name.group(1), secrets), f"job name {name.group(1)}")
+    return leak_row(f"{target} name", find_leaks(name, secrets), f"job name {name}")
 
 
 def batch_script_row(job: str, target: str, secrets: Mapping[str, str]) -> Row:
     script = subprocess.run(
-        ["scontrol", "write", "batch_script", job, "-"], capture_output=True, timeout=30, check=False
-    )
+        batch_script_argv("scontrol", job), env={**os.environ, **COMMAND_ENVIRONMENT},
+        capture_output=True, timeout=30, check=False,
+    )  # fmt: skip
     if script.returncode != 0:
         detail = f"cannot verify: scontrol write batch_script exited {script.returncode}"
         return Row("leak", f"{target} batch script", FAIL, detail)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from han_worker.control_plane.hardening.leaks import find_leaks, scan_file_for_leaks
+from han_worker.control_plane.hardening.leaks import _job_name_row, find_leaks, scan_file_for_leaks
+from han_worker.control_plane.hardening.report import FAIL, PASS
 from han_worker.control_plane.hardening.state import secret_values
 
 # -- secrets -------------------------------------------------------------------------------------------
@@ -15,6 +16,8 @@ SECRETS = {
     "redis": {"admin_user": "han_admin", "admin_password": "redis-admin-secret-02"},
     "s3": {"root_access_key": "han-root-1", "root_secret_key": "s3-root-secret-00003", "bucket": "b"},
 }
+
+FIXTURES = Path(__file__).parents[1] / "plugins" / "module_utils" / "fixtures"
 
 
 def test_secret_values_takes_passwords_and_secret_keys_only() -> None:
@@ -41,3 +44,13 @@ def test_scan_file_finds_a_secret_split_across_chunks(tmp_path: Path) -> None:
     assert scan_file_for_leaks(log, secrets, chunk_size=16) == ["x"]
     log.write_bytes(b"a" * 100)
     assert scan_file_for_leaks(log, secrets, chunk_size=16) == []
+
+
+def test_the_job_name_is_read_from_slurms_detailed_record_and_checked() -> None:
+    record = (FIXTURES / "scontrol_job_running_details.txt").read_text()
+    name = next(part.removeprefix("JobName=") for part in record.split() if part.startswith("JobName="))
+    clean = _job_name_row("Slurm job 1", record, {"redis.password": "not-in-the-record-1234"})
+    assert (clean.result, clean.detail) == (PASS, f"job name {name}")
+    leaked = _job_name_row("Slurm job 1", record, {"s3.secret_key": name})
+    assert leaked.result == FAIL
+    assert name not in leaked.detail, "a row names the secret's field, never its value"
