@@ -103,11 +103,13 @@ def control_planes() -> Iterator[None]:
 
 
 def private_copy_of_endpoints(directory: str, **changes: object) -> str:
-    """A copy of our control plane's endpoints file with some fields changed, as the cluster user wrote it."""
+    """A copy of our control plane's endpoints file with some fields changed, and the workers' credentials
+    beside it, as the cluster user wrote them (a worker needs both to use a control plane)."""
     document = json.loads(ssh(PEGASUS, f"cat {CP_DIR}/endpoints.json").stdout)
     document.update(changes)
     text = shlex.quote(json.dumps(document))
-    script = f"umask 077 && mkdir -p {directory} && printf %s {text} > {directory}/endpoints.json"
+    script = (f"umask 077 && mkdir -p {directory} && printf %s {text} > {directory}/endpoints.json"
+              f" && cp {CP_DIR}/credentials.json {directory}/credentials.json")  # fmt: skip
     assert ssh(PEGASUS, script).returncode == 0
     return f"{directory}/endpoints.json"
 
