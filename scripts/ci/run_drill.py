@@ -1,6 +1,7 @@
 """Run the failover drill from CI with ansible-runner's Python API, follow its events, read its report.
 
     python scripts/ci/run_drill.py [--inventory inventories/local] [--scenarios 1,3] [--reports-dir DIR]
+                                   [--walltime-minutes N --walltime-warning SECONDS]
 
 It runs playbooks/failover_drill.yml as `ansible-playbook` would (the repository's ansible.cfg applies),
 prints each scenario as it starts and every task that fails, then reads the JSON report the play wrote and
@@ -15,6 +16,7 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reports-dir", help="where the reports go (default: the repository's reports/)")
     parser.add_argument("--timeout", type=positive_seconds, default=None,
                         help="stop the drill after this many seconds (default: no limit)")  # fmt: skip
+    parser.add_argument(
+        "--walltime-minutes", type=whole_number("--walltime-minutes"),
+        help="scenario 7's control-plane walltime in minutes (drill_walltime_minutes; default 3)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--walltime-warning", type=whole_number("--walltime-warning"),
+        help="seconds before it that Slurm signals the control plane (drill_walltime_warning; default 60)",
+    )  # fmt: skip
     return parser.parse_args(argv)
+
+
+def whole_number(flag: str) -> Callable[[str], int]:
+    """An argparse type: a whole number above zero; the message names ``flag``."""
+
+    def parse(text: str) -> int:
+        if not text.isdigit() or int(text) == 0:
+            raise argparse.ArgumentTypeError(f"{flag} must be a whole number above 0, not {text!r}")
+        return int(text)
+
+    return parse
 
 
 def positive_seconds(text: str) -> int:
@@ -64,6 +85,10 @@ def run_drill(args: argparse.Namespace) -> tuple[Any, Progress]:
     extravars: dict[str, Any] = {"drill_scenarios": args.scenarios}
     if args.reports_dir:
         extravars["drill_reports_dir"] = str(Path(args.reports_dir).resolve())
+    if args.walltime_minutes is not None:
+        extravars["drill_walltime_minutes"] = args.walltime_minutes
+    if args.walltime_warning is not None:
+        extravars["drill_walltime_warning"] = args.walltime_warning
     progress = Progress()
     # ansible-runner starts ansible-playbook from PATH: the one installed beside this Python.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"

@@ -147,9 +147,9 @@ def test_scancel_stops_cleanly_and_the_next_start_keeps_the_data(
 def test_walltime_rollover_publishes_the_next_epoch_on_the_same_data(
     slurm_control_plane: SlurmControlPlane,
 ) -> None:
-    # Slurm sends B:TERM 30-60 s earlier than asked (it checks limits every ~30 s): with 4 minutes and a
-    # 120 s warning the first job stops after about 60-90 s and its successor takes over.
-    short = ("-e", "control_plane_slurm_time=00:04:00", "-e", "control_plane_walltime_warning=120")
+    # Slurm sends B:TERM 30-60 s earlier than asked (it checks limits every ~30 s): with 3 minutes and a
+    # 90 s warning the first job stops after about 30-60 s (it published in ~10 s) and its successor takes over.
+    short = ("-e", "control_plane_slurm_time=00:03:00", "-e", "control_plane_walltime_warning=90")
     assert slurm_control_plane.start(*short).returncode == 0
     first = slurm_control_plane.endpoints()
     with slurm_control_plane.connect_postgres() as connection:
