@@ -20,19 +20,20 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tests.bench import control_plane, deploy, dispatch, docs_page, failover, report, selection
+from tests.bench import control_plane, deploy, dispatch, docs_page, failover, pose, report, selection
 from tests.bench.context import Context
 from tests.conftest import REPO
 
 Benchmark = Callable[[Context], report.Section]
 
-# name in the report -> benchmark, in the order they run (issue 8 parts 3, 2, 1, 4 and 5).
+# name in the report -> benchmark, in the order they run (issue 8 parts 3, 2, 1, 4 and 5, then issue 19).
 BENCHMARKS: dict[str, Benchmark] = {
     "dispatch": dispatch.benchmark,
     "endpoint_selection": selection.benchmark,
     "failover": failover.benchmark,
     "control_plane": control_plane.benchmark,
     "deploy": deploy.benchmark,
+    "pose": pose.benchmark,
 }
 
 
