@@ -205,14 +205,14 @@ class PoseBackend:
         return None
 
     def warm(self) -> None:
-        """Build this thread's two graphs and run a frame through each, so that the first job pays none
-        of it. A grey frame is enough: mediapipe initialises a graph's models at its first frame,
-        person or not. The video graph is reset before its first video like before any other."""
-        _cv2, pose_solution = _libraries()
-        grey = _grey_frame()
+        """Build this thread's two graphs and run a photo through each, so that the first job pays none of
+        it: mediapipe initialises a graph's models at its first frame, and a photo of a person runs the
+        landmark model too. The video graph is reset before its first video like before any other."""
+        cv2, pose_solution = _libraries()
+        photo = _warm_up_photo(cv2)
         for graph in (self._graphs.image, self._graphs.video):
             started = time.perf_counter()
-            graph.start(pose_solution).process(grey)
+            graph.start(pose_solution).process(photo)
             log.debug("pose graph (static_image_mode=%s) built and run once in %.3f s",
                       graph.static_image_mode, time.perf_counter() - started)  # fmt: skip
 
@@ -245,10 +245,20 @@ def _libraries() -> tuple[ModuleType, Any]:
         raise RuntimeError(f"pose backend unavailable: {INSTALL_HINT}: {exc}") from exc
 
 
-def _grey_frame() -> MatLike:
+def _warm_up_photo(cv2: ModuleType) -> MatLike:
+    """A photo of a person, decoded as a job's input is: matplotlib's public-domain ``grace_hopper.jpg``
+    (mediapipe needs matplotlib, whose wheel ships it); a grey frame where it is missing, which warms all
+    but the landmark model up."""
+    import matplotlib.cbook  # noqa: PLC0415  (imported by mediapipe already)
     import numpy  # noqa: PLC0415  (installed with OpenCV)
 
-    return numpy.full((64, 64, 3), 128, dtype=numpy.uint8)
+    try:
+        path = Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+        photo = _decode_rgb(cv2, numpy.fromfile(path, dtype=numpy.uint8))
+    except (OSError, ValueError) as exc:
+        log.debug("no sample photo to warm the pose model up with (%s); a grey frame instead", exc)
+        photo = None
+    return photo if photo is not None else numpy.full((64, 64, 3), 128, dtype=numpy.uint8)
 
 
 def _import_libraries() -> tuple[ModuleType, Any]:

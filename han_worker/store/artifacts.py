@@ -76,6 +76,11 @@ class ArtifactStore:
         self.client = client
         self.bucket = bucket
 
+    def ready(self) -> None:
+        """Make the first transfer as fast as the next ones: the S3 client asks where the bucket is before
+        its first request to it, and opens its connection then. A worker does this before its first job."""
+        self.client.bucket_exists(self.bucket)
+
     def upload(self, key: str, path: Path) -> Artifact:
         sha256, size = file_digest(path)
         self.client.fput_object(self.bucket, key, str(path), metadata={"x-amz-meta-sha256": sha256})

@@ -354,6 +354,10 @@ class Worker:
         # attempt (three gaps and a long job is dead).
         self._next_reclaim = time.monotonic() + self.config.lease_seconds
         self._housekeeping(link)
+        try:
+            link.artifacts.ready()
+        except RECORDING_ERRORS as exc:  # the first job will meet it too, and deal with it
+            log.warning("%s's object store: %s", link.source, describe(exc))
         link.queues.register(self.identity.worker_id, self.registry_fields(), self._registry_ttl)
 
     def _leave(self) -> None:
@@ -486,6 +490,8 @@ class Worker:
             self._clear(workdir)
             inflight.timings.seconds["total"] = time.perf_counter() - started
             self.timings.add(inflight.timings)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("job %s took %s", claim.job_id, inflight.timings.per_job(1))
         successor = recorded.successor
         if successor is None:
             return delivery, None
