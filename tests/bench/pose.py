@@ -64,6 +64,8 @@ WARMED = re.compile(r"backend pose warmed up in ([\d.]+) s")
 PHASES = ("download", "backend", "upload", "ledger", "queue", "other")
 RSS_EARLY = 10  # jobs after which the first memory reading is taken
 GOALS = {"images": 0.85, "video": 0.95}
+# A job's parts: the worker's phases (its log), with the backend's split in decode, model and the rest.
+PARTS = ("download", "decode", "inference", "rest of the backend", "upload", "ledger", "queue", "other")
 
 
 @dataclass(frozen=True)
@@ -283,7 +285,7 @@ def watch(
             )
         if worker is not None and done >= RSS_EARLY and "early_mib" not in memory:
             memory.update(early_mib=resident_mib(worker.pid), early_jobs=done)
-        time.sleep(0.05)
+        time.sleep(0.2)  # the ledger is asked a few times a second only: the bare loop has no such guest
     if worker is not None:
         memory.update(end_mib=resident_mib(worker.pid), end_jobs=len(job_ids))
     return memory
@@ -515,25 +517,11 @@ def _breakdown_text(parts: dict[str, report.Spread], what: str) -> str:
     def ms(name: str) -> str:
         return f"{parts[name]['median']:.1f}"
 
-    system = ", ".join(
-        f"{name} {ms(name)}"
-        for name in (
-            "download",
-            "decode",
-            "inference",
-            "rest of the backend",
-            "upload",
-            "ledger",
-            "queue",
-            "other",
-        )
-    )
+    system = ", ".join(f"{name} {ms(name)}" for name in PARTS)
     return (
         f"Where a {what} job's time goes, ms per job (1 worker; medians over the repetitions of per-job "
         f"means): {system}; in all {ms('total')}. The bare loop: decode {ms('bare decode')}, inference "
-        f"{ms('bare inference')}; in all {ms('bare total')}. 'Rest of the backend' is writing "
-        "landmarks.json and the input checks; 'queue' is Redis (the next entry, the acknowledgement); "
-        "'other' the worker loop around them (scratch directory, bookkeeping)."
+        f"{ms('bare inference')}; in all {ms('bare total')}."
     )
 
 
@@ -594,10 +582,11 @@ def section_of(
     breakdown = {"images": _breakdown(pairs["images, 1"]), "video": _breakdown(pairs["video, 1"])}
     bare = pairs["images, 1"].bare[0].details
     warm_up = [seconds for run in pairs["images, 1"].system for seconds in run.details["warm_up_s"]]
+    memory = _memory(pairs, endurance)
     figures.update(
         first_job=first,
         breakdown_ms=breakdown,
-        memory=_memory(pairs, endurance),
+        memory=memory,
         warm_up_s=report.spread(warm_up),
         new_graph_ms=bare["new_graph_ms"],
     )
@@ -614,6 +603,9 @@ def section_of(
             f"Images are the four kinds in turn: {', '.join(each.kind for each in inputs[:-1])}; the video is "
             f"{inputs[-1].kind} of the person moving, its tracking state fresh for each video in both loops.",
             "'ratio' is the system's rate divided by the bare loop's, within one repetition.",
+            "In the notes' breakdowns, 'rest of the backend' is writing landmarks.json and checking the input, "
+            "'queue' is Redis (taking the next entry, acknowledging this one) and 'other' the worker's loop "
+            "around them (scratch directory, bookkeeping).",
         ],
         "columns": ["run", "inputs", "rate", "ratio", "p50 ms per input", "p99 ms per input"],
         "rows": rows,
@@ -621,14 +613,14 @@ def section_of(
         "notes": [
             _goals(figures, first),
             _breakdown_text(breakdown["images"], "single-image"),
-            _breakdown_text(breakdown["video"], "video") + " (per video job)",
+            _breakdown_text(breakdown["video"], "video"),
             f"p50 ms per input kind (1 process / 1 worker, last repetition): {_per_kind(pairs['images, 1'])}.",
             f"A fresh worker warms its model up before it registers ({report.spread_text(figures['warm_up_s'], 2)} s, "
             f"from its log): its first job took {report.spread_text(first['first_ms'], 1)} ms, the same input later "
             f"{report.spread_text(first['steady_p50_ms'], 1)} ms. Before, every job built a graph: building one and "
             f"running it on the drill's photo took {new_graph[0]:.0f} ms the first time in a process, then "
             f"{statistics.median(new_graph[1:]):.0f} ms (the bare loop measures it before it starts).",
-            _memory_text(_memory(pairs, endurance)),
+            _memory_text(memory),
             "Frames go to the model one at a time: mediapipe's legacy pose solution takes one image per call "
             "and tracking makes each video frame depend on the one before, so there is no batch to form.",
             "2-core machine shared with other sessions' tests; the control plane's PostgreSQL, Valkey and "
