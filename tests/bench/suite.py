@@ -5,8 +5,9 @@
 Each benchmark is a function of the run's :class:`~tests.bench.context.Context` returning one report
 section (:class:`~tests.bench.report.Section`), registered in ``BENCHMARKS``. Figures are printed and
 written, never asserted: the exit status says only whether everything could be measured. ``--smoke`` (what
-CI runs) measures each once, small: about two minutes (one failover round, a cold start and stop of the
-control plane, bootstrap.yml in check mode); the full run about 13 minutes, and it rewrites
+CI runs) measures each once, small: about two and a half minutes (one failover round, a cold start and stop
+of the control plane, bootstrap.yml in check mode, a dozen pose jobs); the full run about 20 minutes (the pose
+section about 7 of them), and it rewrites
 docs/benchmarks.md from its report (:mod:`tests.bench.docs_page`).
 """
 
