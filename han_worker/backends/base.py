@@ -9,6 +9,7 @@ backend returns: the small ``summary`` in the ledger, every file in ``outputs`` 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,3 +75,19 @@ def unavailable_reason(backend: Backend) -> str | None:
     """
     check = getattr(backend, "unavailable", None)
     return check() if callable(check) else None
+
+
+def warm_up(backend: Backend) -> float | None:
+    """Let ``backend`` load what its jobs need (a model) now; the seconds it took, or None without a hook.
+
+    A backend may define ``warm() -> None``. The worker calls it in its serving thread, the thread that
+    will run the jobs, before it registers and takes its first job, so that no job pays for the load; it
+    calls it only for the backends of the queues it serves. An exception means the backend cannot run
+    here: the worker does not start.
+    """
+    warm = getattr(backend, "warm", None)
+    if not callable(warm):
+        return None
+    started = time.monotonic()
+    warm()
+    return time.monotonic() - started

@@ -6,6 +6,14 @@ and newer mediapipe releases ship no model at all, hence the pin. mediapipe and 
 only when a job runs, so a worker without the extra still loads the backend registry; it then refuses
 the ``pose`` queue with the reason from :meth:`PoseBackend.unavailable`.
 
+The model is kept warm: each thread that runs pose jobs (the worker's serving thread) keeps two graphs
+for as long as it lives, one for images (``static_image_mode``: every image a full detection, no state
+between calls) and one for videos (tracking between frames), and the worker has
+:meth:`PoseBackend.warm` build and run them once before it registers. No job sees another's state: the
+video graph is reset (a new run of the same graph: fresh tracking and smoothing) before each video, and a
+graph that raised is discarded and built again for the next job. Frames go through the graph one by one:
+the legacy solution has no batch input, and tracking makes each video frame depend on the one before.
+
 Input: exactly one input file, of any name (``image`` or ``video`` by convention). What it is comes
 from its first bytes, never from its name or extension:
 
@@ -33,7 +41,8 @@ hips, smaller is nearer the camera; ``visibility`` is in [0, 1]. ``landmarks`` i
 which no person was found. One person per frame: the model finds only one.
 
 Summary (the ledger): ``media``, ``format``, ``frames``, ``frames_with_person``, ``mean_visibility``
-(over every landmark of every frame with a person), ``width``, ``height``, ``ms_per_frame``, ``model``.
+(over every landmark of every frame with a person), ``width``, ``height``, ``ms_per_frame`` (the model's
+time), ``decode_ms_per_frame`` (reading and decoding the input), ``model``.
 
 Bad input raises :class:`JobFailed` with the reason (the job fails, the worker goes on): no input or
 more than one, an empty file, content that is neither a supported image nor a video, a file that cannot
@@ -47,7 +56,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,7 +124,7 @@ _EXACT_FRAME_COUNT = frozenset({"AVI", "MP4", "MOV"})
 class _Frame:
     index: int
     time_s: float | None
-    bgr: MatLike
+    rgb: MatLike  # mediapipe wants RGB
 
 
 @dataclass
@@ -123,8 +134,58 @@ class _Tally:
     visibility_sum: float = 0.0
     visibility_count: int = 0
     inference_s: float = 0.0
+    decode_s: float = 0.0
     width: int = 0
     height: int = 0
+
+
+class _Graph:
+    """One mediapipe pose graph, built on first use and kept; discarded when it raises.
+
+    A graph is closed when it is discarded or its holder goes (the thread ends, the backend is dropped):
+    never collected on its own, since mediapipe's graph holds a callback that holds the graph."""
+
+    def __init__(self, static_image_mode: bool) -> None:
+        self.static_image_mode = static_image_mode
+        self._pose: Any = None
+        self._close: weakref.finalize[[], _Graph] | None = None
+        self._used = False  # a frame went through since the graph was built or reset
+
+    def start(self, solution: Any) -> _Graph:
+        """Ready for a new input, in the state of a graph just built: a video's tracking starts over."""
+        if self._pose is None:
+            self._pose = solution.Pose(static_image_mode=self.static_image_mode, model_complexity=1)
+            self._close = weakref.finalize(self, self._pose.close)
+        elif self._used and not self.static_image_mode:
+            # Closes the graph's run and starts a new one: tracking and smoothing begin again (a static
+            # graph keeps no state between calls, so it needs none).
+            self._pose.reset()
+            self._used = False
+        return self
+
+    def process(self, rgb: MatLike) -> Any:
+        self._used = True
+        try:
+            return self._pose.process(rgb)
+        except Exception:  # its state is unknown now: the next job builds a new one
+            self.discard()
+            raise
+
+    def discard(self) -> None:
+        close, self._close, self._pose, self._used = self._close, None, None, False
+        if close is not None:
+            try:
+                close()
+            except Exception as exc:  # already broken; it goes either way
+                log.debug("closing a discarded pose graph: %s", exc)
+
+
+class _Graphs(threading.local):
+    """The graphs of the thread that runs the jobs: built once per thread, gone with it."""
+
+    def __init__(self) -> None:
+        self.image = _Graph(static_image_mode=True)
+        self.video = _Graph(static_image_mode=False)
 
 
 @dataclass(frozen=True)
@@ -134,6 +195,7 @@ class PoseBackend:
     name: str = "pose"
     queue: str = "pose"
     platforms: frozenset[str] = field(default_factory=lambda: frozenset({LINUX, WINDOWS}))
+    _graphs: _Graphs = field(default_factory=_Graphs, init=False, repr=False, compare=False)
 
     def unavailable(self) -> str | None:
         try:
@@ -142,32 +204,61 @@ class PoseBackend:
             return f"{INSTALL_HINT}: {exc}"
         return None
 
+    def warm(self) -> None:
+        """Build this thread's two graphs and run a photo through each, so that the first job pays none of
+        it: mediapipe initialises a graph's models at its first frame, and a photo of a person runs the
+        landmark model too. The video graph is reset before its first video like before any other."""
+        cv2, pose_solution = _libraries()
+        photo = _warm_up_photo(cv2)
+        for graph in (self._graphs.image, self._graphs.video):
+            started = time.perf_counter()
+            graph.start(pose_solution).process(photo)
+            log.debug("pose graph (static_image_mode=%s) built and run once in %.3f s",
+                      graph.static_image_mode, time.perf_counter() - started)  # fmt: skip
+
     def run(self, context: JobContext) -> JobResult:
         name, path = _single_input(context)
         media = _identify(name, path)
-        try:
-            cv2, pose_solution = _import_libraries()
-        except ImportError as exc:  # the worker checks at start; this is a worker fault, not the job's
-            raise RuntimeError(f"pose backend unavailable: {INSTALL_HINT}: {exc}") from exc
+        cv2, pose_solution = _libraries()
         output = context.workdir / OUTPUT_NAME
         header = {"schema": SCHEMA, "model": MODEL, "media": media.media, "format": media.name}
         if media.media == "image":
-            frames: Iterator[_Frame] = iter([_Frame(0, None, _read_image(cv2, name, path, media))])
-            header["fps"] = None
+            frames, header["fps"] = _image_frames(cv2, name, path, media), None
+            graph = self._graphs.image
         else:
             frames, header["fps"] = _read_video(cv2, name, path, media)
+            graph = self._graphs.video  # tracking between frames is faster and steadier
         header["landmark_names"] = [landmark.name.lower() for landmark in pose_solution.PoseLandmark]
-        # Tracking between video frames is faster and steadier; a lone image needs a full detection.
-        with (
-            pose_solution.Pose(static_image_mode=media.media == "image", model_complexity=1) as pose,
-            _LandmarksWriter(output, header) as writer,
-        ):
-            tally = _estimate(cv2, frames, pose, writer, context.should_stop)
+        with _LandmarksWriter(output, header) as writer:
+            tally = _estimate(frames, graph.start(pose_solution), writer, context.should_stop)
         if tally.with_person == 0:
             raise JobFailed(f"no person found in input {name!r} ({_frames_text(tally.frames)} examined)")
         summary = _summary(media, tally)
         context.log.info("pose: %s", summary)
         return JobResult(summary=summary, outputs={OUTPUT_NAME: output})
+
+
+def _libraries() -> tuple[ModuleType, Any]:
+    try:
+        return _import_libraries()
+    except ImportError as exc:  # the worker checks at start; this is a worker fault, not the job's
+        raise RuntimeError(f"pose backend unavailable: {INSTALL_HINT}: {exc}") from exc
+
+
+def _warm_up_photo(cv2: ModuleType) -> MatLike:
+    """A photo of a person, decoded as a job's input is: matplotlib's public-domain ``grace_hopper.jpg``
+    (mediapipe needs matplotlib, whose wheel ships it); a grey frame where it is missing, which warms all
+    but the landmark model up."""
+    import matplotlib.cbook  # noqa: PLC0415  (imported by mediapipe already)
+    import numpy  # noqa: PLC0415  (installed with OpenCV)
+
+    try:
+        path = Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+        photo = _decode_rgb(cv2, numpy.fromfile(path, dtype=numpy.uint8))
+    except (OSError, ValueError) as exc:
+        log.debug("no sample photo to warm the pose model up with (%s); a grey frame instead", exc)
+        photo = None
+    return photo if photo is not None else numpy.full((64, 64, 3), 128, dtype=numpy.uint8)
 
 
 def _import_libraries() -> tuple[ModuleType, Any]:
@@ -231,7 +322,8 @@ def _check_pixels(name: str, width: int, height: int) -> None:
         )
 
 
-def _read_image(cv2: ModuleType, name: str, path: Path, media: _Format) -> MatLike:
+def _image_frames(cv2: ModuleType, name: str, path: Path, media: _Format) -> Iterator[_Frame]:
+    """The image as the one frame of its input, decoded once, straight to RGB."""
     size = path.stat().st_size
     if size > MAX_IMAGE_BYTES:
         raise JobFailed(
@@ -242,16 +334,28 @@ def _read_image(cv2: ModuleType, name: str, path: Path, media: _Format) -> MatLi
     # Decoding from memory, not cv2.imread: imread cannot open a path with non-ASCII characters on Windows.
     data = numpy.fromfile(path, dtype=numpy.uint8)
     try:
-        image: MatLike | None = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        image: MatLike | None = _decode_rgb(cv2, data)
     except cv2.error as exc:
         if "MAX_IMAGE_PIXELS" in str(exc):
             raise JobFailed(f"input {name!r} is too large: over {MAX_PIXELS:,} pixels") from exc
         raise JobFailed(f"input {name!r} cannot be decoded as a {media.name} image: {exc}") from exc
+    del data
     if image is None:
         raise JobFailed(f"input {name!r} cannot be decoded as a {media.name} image: truncated or corrupt")
     height, width = image.shape[:2]
     _check_pixels(name, width, height)
-    return image
+    yield _Frame(0, None, image)
+
+
+def _decode_rgb(cv2: ModuleType, data: Any) -> MatLike | None:
+    """RGB pixels, the same as decoding to OpenCV's BGR and converting, without a second pass over them
+    (OpenCV 4.10 and later decode to RGB directly)."""
+    rgb_flag = getattr(cv2, "IMREAD_COLOR_RGB", None)
+    if rgb_flag is not None:
+        decoded: MatLike | None = cv2.imdecode(data, rgb_flag)
+        return decoded
+    bgr: MatLike | None = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def _read_video(
@@ -272,11 +376,13 @@ def _read_video(
     except JobFailed:
         capture.release()
         raise
-    return _video_frames(capture, name, media, declared, fps), (fps if fps > 0 else None)
+    return _video_frames(cv2, capture, (name, media), declared, fps), (fps if fps > 0 else None)
 
 
-def _video_frames(capture: Any, name: str, media: _Format, declared: int, fps: float) -> Iterator[_Frame]:
-    index = 0
+def _video_frames(
+    cv2: ModuleType, capture: Any, what: tuple[str, _Format], declared: int, fps: float
+) -> Iterator[_Frame]:
+    (name, media), index = what, 0
     try:
         while True:
             ok, bgr = capture.read()
@@ -284,7 +390,8 @@ def _video_frames(capture: Any, name: str, media: _Format, declared: int, fps: f
                 break
             if index >= MAX_FRAMES:  # a stream may declare no frame count at all
                 raise JobFailed(f"input {name!r} is too long: over {MAX_FRAMES:,} frames")
-            yield _Frame(index, round(index / fps, 6) if fps > 0 else None, bgr)
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # OpenCV decodes video to BGR
+            yield _Frame(index, round(index / fps, 6) if fps > 0 else None, rgb)
             index += 1
     finally:
         capture.release()
@@ -298,34 +405,37 @@ def _video_frames(capture: Any, name: str, media: _Format, declared: int, fps: f
 
 
 def _estimate(
-    cv2: ModuleType,
-    frames: Iterator[_Frame],
-    pose: Any,
-    writer: _LandmarksWriter,
-    should_stop: Callable[[], bool],
+    frames: Iterator[_Frame], graph: _Graph, writer: _LandmarksWriter, should_stop: Callable[[], bool]
 ) -> _Tally:
     tally = _Tally()
+    decoding = time.perf_counter()
     for frame in frames:
+        started = time.perf_counter()
+        tally.decode_s += started - decoding
         if should_stop():
             raise InterruptedError(f"the worker is draining; stopped after {_frames_text(tally.frames)}")
-        tally.height, tally.width = frame.bgr.shape[:2]
-        rgb = cv2.cvtColor(frame.bgr, cv2.COLOR_BGR2RGB)  # mediapipe wants RGB; OpenCV decodes to BGR
-        started = time.perf_counter()
-        result = pose.process(rgb)
+        tally.height, tally.width = frame.rgb.shape[:2]
+        result = graph.process(frame.rgb)
         tally.inference_s += time.perf_counter() - started
-        landmarks = _landmarks(result.pose_landmarks)
-        tally.frames += 1
-        if landmarks is not None:
-            tally.with_person += 1
-            tally.visibility_sum += sum(landmark["visibility"] for landmark in landmarks)
-            tally.visibility_count += len(landmarks)
-        writer.add({"index": frame.index, "time_s": frame.time_s, "landmarks": landmarks})
+        _count(tally, writer, frame, _landmarks(result.pose_landmarks))
+        decoding = time.perf_counter()
     writer.tail = {
         "image": {"width": tally.width, "height": tally.height},
         "frame_count": tally.frames,
         "frames_with_person": tally.with_person,
     }
     return tally
+
+
+def _count(
+    tally: _Tally, writer: _LandmarksWriter, frame: _Frame, landmarks: list[dict[str, float]] | None
+) -> None:
+    tally.frames += 1
+    if landmarks is not None:
+        tally.with_person += 1
+        tally.visibility_sum += sum(landmark["visibility"] for landmark in landmarks)
+        tally.visibility_count += len(landmarks)
+    writer.add({"index": frame.index, "time_s": frame.time_s, "landmarks": landmarks})
 
 
 def _landmarks(found: Any) -> list[dict[str, float]] | None:
@@ -353,6 +463,7 @@ def _summary(media: _Format, tally: _Tally) -> dict[str, object]:
         "width": tally.width,
         "height": tally.height,
         "ms_per_frame": round(1000 * tally.inference_s / max(tally.frames, 1), 1),
+        "decode_ms_per_frame": round(1000 * tally.decode_s / max(tally.frames, 1), 1),
         "model": f"{MODEL['name']} ({MODEL['variant']}, mediapipe {MEDIAPIPE_VERSION})",
     }
 

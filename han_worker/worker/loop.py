@@ -5,7 +5,9 @@ next delivery (a reclaimed entry or a new one), claim, run, record. While more d
 maintenance is due, the next one is taken just before a job's result is committed and claimed in the
 same transaction (one commit per job), then run, and so on; the loop goes back to maintenance as soon
 as the queue is empty, a stop or a switch is requested or housekeeping is due. Backends run in the
-serving thread itself: a job costs no hand-over between threads.
+serving thread itself: a job costs no hand-over between threads. Before the worker registers, that thread
+warms the backends it serves up (:func:`han_worker.backends.base.warm_up`: a model loaded there is used by
+every job of the worker's life), while the main thread connects.
 
 The main thread only supervises, so that it is always free for signals however long a backend computes:
 on SIGTERM it asks the loop to drain, and should a backend not stop within the grace period and
@@ -39,7 +41,7 @@ from han_worker.backends import (
     current_platform,
     worker_platform,
 )
-from han_worker.backends.base import Backend, unavailable_reason
+from han_worker.backends.base import Backend, unavailable_reason, warm_up
 from han_worker.config import WorkerConfig
 from han_worker.selection.endpoints import EndpointsError, EndpointsGone, format_time, load_endpoints_file
 from han_worker.selection.policy import FailoverGate
@@ -55,6 +57,7 @@ from han_worker.worker.attempt import (
     DrainClock,
     InFlight,
     Successor,
+    Timings,
     deliver_spooled,
     log_result,
     record,
@@ -181,6 +184,10 @@ class Worker:
         self._failures = 0
         self._scratch: Path | None = None  # holds the jobs' scratch directories; removed when leaving
         self.monitor: Periodic | None = None
+        self._warmed = threading.Event()  # the serving thread has warmed the backends up (or failed to)
+        self._warm_failure: str | None = None
+        self._go = threading.Event()  # the serving thread may serve (registered) or must end (not started)
+        self.timings = Timings()  # where the jobs' time went, summed over the worker's life
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -193,9 +200,18 @@ class Worker:
                 self.platform.recorded,
             )  # fmt: skip
         self._install_signal_handlers()
-        link = self._connect_first()
-        if link is None:
-            return EXIT_OK
+        serving = threading.Thread(target=self._serve_until_stopped, name="serving", daemon=True)
+        serving.start()  # it warms the backends up while this thread connects, and serves once registered
+        try:
+            link = self._connect_first()
+            if link is not None and self._warmed_up(link):
+                self._serve_on(link, serving)
+        finally:
+            self._go.set()  # whatever happened, the serving thread does not wait for ever
+        return EXIT_OK
+
+    def _serve_on(self, link: Link, serving: threading.Thread) -> None:
+        """Register on ``link``, let the serving thread take jobs and supervise it until it ends."""
         try:
             self._use(link, link.choice.reason)
         except CONTROL_PLANE_ERRORS as exc:  # gone again already: the loop and the monitor take over
@@ -206,9 +222,9 @@ class Worker:
             Periodic("heartbeat", lambda: self.config.heartbeat_seconds, self.heartbeat_tick, threads_stop),
             self.monitor,
         ]
-        serving = threading.Thread(target=self._serve_until_stopped, name="serving", daemon=True)
-        for thread in (*threads, serving):
+        for thread in threads:
             thread.start()
+        self._go.set()
         try:
             self._supervise(serving)
         finally:
@@ -216,11 +232,44 @@ class Worker:
             for thread in threads:
                 thread.wake()
             self._leave()
-        return EXIT_OK
 
     def _serve_until_stopped(self) -> None:
+        self._warm_up()
+        self._go.wait()
+        if self.link is None:  # run() ended before registering: a stop, or a refusal at start
+            return
         while not self.stopping.is_set():
             self._step()
+
+    def _warm_up(self) -> None:
+        """Warm every served backend up in this thread, the one that runs its jobs; log what it took."""
+        try:
+            for backend in self.backends.values():
+                try:
+                    seconds = warm_up(backend)
+                except Exception as exc:  # a model that does not load: this worker cannot serve the queue
+                    self._warm_failure = (
+                        f"queue {backend.queue!r}: backend {backend.name} cannot load its model: "
+                        f"{type(exc).__name__}: {describe(exc)}"
+                    )
+                    return
+                if seconds is not None:
+                    log.info("backend %s warmed up in %.2f s, before the first job", backend.name, seconds)
+        finally:
+            self._warmed.set()
+
+    def _warmed_up(self, link: Link) -> bool:
+        """Wait until the serving thread has warmed the backends up; False when asked to stop meanwhile.
+        A backend that cannot warm up is a :class:`StartError`."""
+        while not self._warmed.wait(SUPERVISE_SECONDS):
+            if self.stopping.is_set():
+                break
+        if self._warmed.is_set() and self._warm_failure is None and not self.stopping.is_set():
+            return True
+        link.close()
+        if self._warm_failure is not None:
+            raise StartError(self._warm_failure)
+        return False
 
     def _supervise(self, serving: threading.Thread) -> None:
         """Wait for the serving thread to end, leaving behind a backend that does not stop when asked."""
@@ -305,6 +354,10 @@ class Worker:
         # attempt (three gaps and a long job is dead).
         self._next_reclaim = time.monotonic() + self.config.lease_seconds
         self._housekeeping(link)
+        try:
+            link.artifacts.ready()
+        except RECORDING_ERRORS as exc:  # the first job will meet it too, and deal with it
+            log.warning("%s's object store: %s", link.source, describe(exc))
         link.queues.register(self.identity.worker_id, self.registry_fields(), self._registry_ttl)
 
     def _leave(self) -> None:
@@ -323,6 +376,8 @@ class Worker:
         link.close()
         per_job = f" ({commits / self.jobs_done:.2f} per job)" if self.jobs_done else ""
         log.info("stopped after %d job(s); %d ledger commits%s", self.jobs_done, commits, per_job)
+        if self.jobs_done:
+            log.info("time per job: %s", self.timings.per_job(self.jobs_done))
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -418,6 +473,7 @@ class Worker:
 
     def _process(self, link: Link, delivery: Delivery, claim: Claim) -> tuple[Delivery, Claim | None]:
         """Run and record the claimed job; returns the successor taken meanwhile and its claim, if any."""
+        started = time.perf_counter()
         self.inflight = inflight = InFlight(delivery, claim, link)
         workdir = self._workdir()
         try:
@@ -432,6 +488,10 @@ class Worker:
             self.inflight = None
             self.jobs_done += 1
             self._clear(workdir)
+            inflight.timings.seconds["total"] = time.perf_counter() - started
+            self.timings.add(inflight.timings)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("job %s took %s", claim.job_id, inflight.timings.per_job(1))
         successor = recorded.successor
         if successor is None:
             return delivery, None

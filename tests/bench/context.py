@@ -17,15 +17,16 @@ from tests.integration.control_planes import RunningControlPlane, start_control_
 
 
 def prepare_env() -> UnprivilegedEnv:
-    """The cluster user's venv with this checkout's han_worker (as the test session fixture builds it),
-    plus RQ and Celery (the `bench` extra) for the comparison's workers."""
+    """The cluster user's venv with this checkout's han_worker (as the test session fixture builds it, with
+    the pose runtime the slim way), plus RQ and Celery (the `bench` extra) for the comparison's workers."""
     python = UNPRIVILEGED_VENV / "bin" / "python"
     if not python.exists():
         subprocess.run(["/usr/bin/python3", "-m", "venv", str(UNPRIVILEGED_VENV)], check=True)
     # -qq: pip warns about every missing index directory of this machine's pip.conf otherwise.
     pip = [str(python), "-m", "pip", "install", "-qq", "--disable-pip-version-check"]
     constraints = ["--constraint", str(REPO / ".ci" / "constraints.txt")]
-    subprocess.run([*pip, *constraints, f"{REPO}[server,bench]"], check=True)
+    subprocess.run([*pip, *constraints, "--no-deps", "mediapipe==0.10.21"], check=True)
+    subprocess.run([*pip, *constraints, f"{REPO}[server,bench,pose-runtime]"], check=True)
     subprocess.run([*pip, "--force-reinstall", "--no-deps", str(REPO)], check=True)
     subprocess.run(["chmod", "-R", "a+rX", str(UNPRIVILEGED_VENV)], check=True)
     return UnprivilegedEnv(UNPRIVILEGED_VENV / "bin", CLUSTER_USER)

@@ -32,8 +32,8 @@ INTRO = """\
 # Benchmarks
 
 `make bench` (`python -m tests.bench`) measures, on the local testbed ([testbed.md](testbed.md)), how fast
-jobs are dispatched, how long choosing a control plane and failing over take, and what starting, stopping and
-deploying cost. It writes `reports/bench-<UTC time>.{json,md}` ([reports/README.md](../reports/README.md)).
+jobs are dispatched, how long choosing a control plane and failing over take, what starting, stopping and
+deploying cost, and how close pose jobs come to the bare model's speed. It writes `reports/bench-<UTC time>.{json,md}` ([reports/README.md](../reports/README.md)).
 Figures are medians over the repetitions with (min-max) after them; every comparison is a ratio measured in
 the same run, on the same machine. The machine is shared and has two cores: compare the ratios rather than
 absolute figures across runs. Figures are never asserted; CI runs `--smoke` and checks only the report's shape.
@@ -83,6 +83,18 @@ SECTIONS: Mapping[str, str] = {
         "What a deployment costs: `playbooks/site.yml` on Pegasus from nothing, its re-run (which must change "
         "nothing), and taking it down, with the tasks changed and the SSH commands and connections each play "
         "uses."
+    ),
+    "pose": (
+        "How close pose jobs come to the model's own speed. The bare loop is mediapipe alone: one process, one "
+        "warm graph, reading, decoding and running the model on each input with no job system. The same inputs "
+        "then go through the whole system as jobs (input in S3, a worker downloads it, runs the `pose` backend, "
+        "uploads the landmarks and commits the result to the ledger), with one and two workers against one "
+        "and two bare processes, for single images (JPEG and PNG, up to a 12-megapixel phone photo) and for "
+        "a short video. Each worker keeps its model warm between jobs and loads it before it registers. The "
+        "notes say where a job's time goes (download, decode, model, upload, ledger), how the first job of a "
+        "fresh worker compares with the later ones, and the worker's memory after many jobs. The goals: one "
+        "worker at least 0.85x the bare loop on single images and 0.95x on video frames, and a first job no "
+        "slower than the steady state."
     ),
 }
 

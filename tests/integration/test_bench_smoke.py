@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import REPO
 
-SECTIONS = ("dispatch", "endpoint_selection", "failover", "control_plane", "deploy")
+SECTIONS = ("dispatch", "endpoint_selection", "failover", "control_plane", "deploy", "pose")
 MACHINE = ("cpu_model", "cores", "memory_gib", "kernel", "python", "load_average_at_start", "packages")
 
 
@@ -126,3 +126,18 @@ def test_deploy_counts_time_changes_and_ssh(bench_report: dict[str, object]) -> 
     for figures in runs.values():
         for name in ("seconds", "changed", "ssh_commands", "ssh_connections"):
             assert is_spread(figures[name]), name
+
+
+def test_pose_compares_the_system_with_the_bare_model(bench_report: dict[str, object]) -> None:
+    figures = section_figures(bench_report, "pose")
+    for run in ("images, 1", "images, 2", "video, 1"):
+        entry = figures[run]
+        assert isinstance(entry, dict)
+        assert is_spread(entry["ratio"]), run
+        for side in ("bare", "system"):
+            assert all(is_spread(entry[side][name]) for name in ("rate", "p50_ms", "p99_ms")), (run, side)
+    breakdown = figures["breakdown_ms"]["images"]  # type: ignore[index]
+    for part in ("download", "decode", "inference", "upload", "ledger", "bare decode", "bare inference"):
+        assert is_spread(breakdown[part]), part
+    assert is_spread(figures["first_job"]["first_ms"])  # type: ignore[index]
+    assert is_spread(figures["memory"]["end_mib"])  # type: ignore[index]

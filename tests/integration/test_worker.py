@@ -2,7 +2,8 @@
 
 One control plane (PostgreSQL, Valkey, SeaweedFS S3 on the Pegasus address) serves the whole module;
 each test starts its own workers and stops them, even when it fails. Jobs use the built-in backends
-(queue `noop`): `noop`, `sleep` and `fail`, and one real `pose` job (queue `pose`) on a photo of a person.
+(queue `noop`): `noop`, `sleep` and `fail`, and real `pose` jobs (queue `pose`) on a photo of a person
+and on a short video made from it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import signal
@@ -17,10 +19,15 @@ import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
+import cv2
 import matplotlib.cbook
+import numpy
 import pytest
 
+from han_worker.backends.base import JobContext
+from han_worker.backends.pose import PoseBackend
 from han_worker.store.ledger import JobRecord
 from tests.integration.conftest import UnprivilegedEnv
 from tests.integration.control_planes import (
@@ -158,6 +165,88 @@ def test_a_pose_job_on_a_photo_of_a_person_yields_33_landmarks(system: System):
     assert code == 1
     assert out.startswith("failed: ")
     assert outcomes(system, bad_job) == ["failed"], "bad input fails the job once, not the worker"
+
+
+def cluster_file(system: System, name: str, data: bytes) -> Path:
+    """A file the cluster user's ``han-worker submit`` can read."""
+    path = system.workdir / name
+    path.write_bytes(data)
+    shutil.chown(path, system.env.user, system.env.user)
+    return path
+
+
+def encoded(image: Any, extension: str) -> bytes:
+    ok, data = cv2.imencode(extension, image)
+    assert ok
+    return bytes(data.tobytes())
+
+
+def moving_clip(system: System, name: str, image: Any, step: tuple[int, int]) -> Path:
+    """Twelve frames of the person moving across the picture (tracking carries state between them)."""
+    path, (height, width) = system.workdir / name, image.shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 10.0, (width, height))
+    for index in range(12):
+        shift = numpy.float32([[1, 0, step[0] * index], [0, 1, step[1] * index]])
+        writer.write(cv2.warpAffine(image, shift, (width, height), borderValue=(90, 90, 90)))
+    writer.release()
+    shutil.chown(path, system.env.user, system.env.user)
+    return path
+
+
+def landmarks_of(system: System, job_id: str) -> dict[str, Any]:
+    record = system.wait_status(job_id, {"succeeded", "failed", "dead"}, 120)
+    assert record.status == "succeeded", record.error
+    assert record.outputs is not None
+    _ledger, _redis, s3 = system.cp.link_parts()
+    key = record.outputs["landmarks.json"]["key"]
+    document: dict[str, Any] = json.loads(s3.get_object(system.cp.worker_credentials().s3.bucket, key).read())
+    return document
+
+
+def cold_landmarks(tmp_path: Path, name: str, path: Path) -> dict[str, Any]:
+    """The landmarks a new backend (new graphs) finds in this process, the bare model's answer."""
+    context = JobContext("cold", "pose", {}, {name: path}, tmp_path / name, logging.getLogger("test.pose"))
+    result = PoseBackend().run(context)
+    document: dict[str, Any] = json.loads(result.outputs["landmarks.json"].read_text(encoding="utf-8"))
+    return document
+
+
+def proc_maps(worker: WorkerProcess) -> str:
+    return Path(f"/proc/{worker.pid}/maps").read_text()
+
+
+def test_a_pose_worker_warms_its_model_up_before_it_registers_and_a_noop_worker_loads_none(system: System):
+    pose_worker = system.start_worker("pose", queues=["noop", "pose"])
+    noop_worker = system.start_worker("noop")
+
+    output = pose_worker.output()
+    assert "backend pose warmed up in " in output, output
+    assert output.index("backend pose warmed up in ") < output.index("serving noop, pose on ")
+    assert "mediapipe" in proc_maps(pose_worker)
+    assert "warmed up" not in noop_worker.output()
+    assert "mediapipe" not in proc_maps(noop_worker), "a worker without the pose queue loads no model"
+
+
+def test_a_warm_worker_finds_the_landmarks_a_cold_model_finds(system: System, tmp_path: Path):
+    grace = cv2.imread(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    mirrored = cv2.flip(grace, 1)
+    photo = cluster_file(system, "grace.jpg", encoded(grace, ".jpg"))
+    clip = moving_clip(system, "walk.avi", grace, (-4, 3))
+    others = [moving_clip(system, "other.avi", mirrored, (5, 2)),
+              cluster_file(system, "mirrored.png", encoded(mirrored, ".png")), clip]  # fmt: skip
+    system.start_worker("w1", queues=["noop", "pose"])
+
+    for path in others:  # the worker's graphs have run these before the jobs compared
+        landmarks_of(system, system.submit("pose", "--input", str(path)))
+    warm = {name: landmarks_of(system, system.submit("pose", "--input", str(path)))
+            for name, path in (("photo", photo), ("video", clip))}  # fmt: skip
+
+    cold = {
+        "photo": cold_landmarks(tmp_path, "image", photo),
+        "video": cold_landmarks(tmp_path, "video", clip),
+    }
+    assert [frame["landmarks"] is not None for frame in cold["video"]["frames"]] == [True] * 12
+    assert warm == cold
 
 
 def test_a_failing_job_fails_with_its_message_and_is_not_retried(system: System):

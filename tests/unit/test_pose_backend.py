@@ -4,14 +4,20 @@ The photo of a person is matplotlib's sample ``grace_hopper.jpg`` (a public-doma
 matplotlib is already needed to import mediapipe, so the tests need nothing beyond the ``pose`` extra.
 Videos are built from it with OpenCV's VideoWriter. Tests that need mediapipe are skipped, with the
 reason, where the extra is not installed; the input checks that come before any decoding run anyway.
+
+The module's backend is warm: every test runs on the graphs the tests before it used, as a worker's jobs do.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import shutil
 import subprocess
 import sys
+import threading
 import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -36,18 +42,24 @@ FPS = 10.0
 
 
 def run(
-    tmp_path: Path, inputs: Mapping[str, Path], should_stop: Callable[[], bool] = lambda: False
+    tmp_path: Path,
+    inputs: Mapping[str, Path],
+    should_stop: Callable[[], bool] = lambda: False,
+    backend: PoseBackend = BACKEND,
 ) -> JobResult:
+    scratch = tmp_path / "work"
+    shutil.rmtree(scratch, ignore_errors=True)  # a new job's scratch directory, as the worker makes it
+    tmp_path.mkdir(parents=True, exist_ok=True)
     context = JobContext(
         job_id="job-1",
         kind="pose",
         params={},
         inputs=inputs,
-        scratch=tmp_path / "work",
+        scratch=scratch,
         log=logging.getLogger("test.pose"),
         should_stop=should_stop,
     )
-    return BACKEND.run(context)
+    return backend.run(context)
 
 
 def landmarks_document(result: JobResult) -> dict[str, Any]:
@@ -87,6 +99,23 @@ def encode(image: Any, extension: str) -> bytes:
 def write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+def moving_clip(path: Path, image: Any, step: tuple[int, int], count: int = 12) -> Path:
+    """The person moving across the picture, ``step`` pixels a frame: tracking and smoothing carry state
+    from frame to frame, so state left over from an earlier video would change the landmarks."""
+    height, width = image.shape[:2]
+    shifts = [numpy.float32([[1, 0, step[0] * index], [0, 1, step[1] * index]]) for index in range(count)]
+    grey = (90, 90, 90)
+    return write_video(
+        path, [cv2.warpAffine(image, shift, (width, height), borderValue=grey) for shift in shifts]
+    )
+
+
+def resident_mib() -> float:
+    """This process's resident memory (Linux)."""
+    pages = int(Path("/proc/self/statm").read_text(encoding="ascii").split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 # --- a person is found ------------------------------------------------------------------------------------
@@ -168,6 +197,96 @@ def test_a_draining_worker_stops_a_video_between_frames(tmp_path: Path, frames: 
     with pytest.raises(InterruptedError, match="stopped after 2 frames"):
         run(tmp_path, {"video": video}, should_stop)
     assert len(asked) == 3
+
+
+# --- a warm model -----------------------------------------------------------------------------------------
+
+
+@needs_pose
+def test_a_job_run_warm_after_other_jobs_gives_the_landmarks_of_a_cold_run(
+    tmp_path: Path, photo: Path, frames: dict[str, Any]
+) -> None:
+    person, mirrored = frames["person"], cv2.flip(frames["person"], 1)
+    jobs = {"image": photo, "video": moving_clip(tmp_path / "walk.avi", person, (-4, 3))}
+    others = [
+        moving_clip(tmp_path / "other.avi", mirrored, (5, 2)),
+        write(tmp_path / "mirrored.png", encode(mirrored, ".png")),
+        write_video(tmp_path / "empty-room.avi", [frames["gray"]] * 2),  # fails: no person
+        jobs["video"],
+    ]
+    cold = {media: landmarks_document(run(tmp_path / f"cold-{media}", {media: path}, backend=PoseBackend()))
+            for media, path in jobs.items()}  # fmt: skip
+
+    warm = PoseBackend()
+    warm.warm()
+    for index, path in enumerate(others):
+        with contextlib.suppress(JobFailed):  # the empty room
+            run(tmp_path / f"before-{index}", {"input": path}, backend=warm)
+    stopped_after_5: list[int] = []  # a video interrupted mid-way leaves its tracking where it was
+    with pytest.raises(InterruptedError):
+        run(tmp_path / "interrupted", {"video": others[0]}, lambda: len(stopped_after_5) > 5 or
+            bool(stopped_after_5.append(1)), backend=warm)  # fmt: skip
+    image_graph = warm._graphs.image._pose  # private: that the same graph runs every job is the point
+    warm_documents = {media: landmarks_document(run(tmp_path / f"warm-{media}", {media: path}, backend=warm))
+                      for media, path in jobs.items()}  # fmt: skip
+
+    assert warm._graphs.image._pose is image_graph, "the image graph is kept between jobs"
+    assert [frame["landmarks"] is not None for frame in cold["video"]["frames"]] == [True] * 12
+    assert warm_documents == cold  # exactly: same floats, same JSON
+
+
+@needs_pose
+def test_a_graph_that_raised_is_discarded_and_built_again(tmp_path: Path, photo: Path) -> None:
+    cold = landmarks_document(run(tmp_path / "cold", {"image": photo}, backend=PoseBackend()))
+    backend = PoseBackend()
+    backend.warm()
+    graph = backend._graphs.image
+    with pytest.raises(ValueError, match="three channel rgb"):
+        graph.process(numpy.zeros((8, 8, 4), dtype=numpy.uint8))  # mediapipe refuses it
+    assert graph._pose is None
+
+    assert landmarks_document(run(tmp_path / "again", {"image": photo}, backend=backend)) == cold
+    assert graph._pose is not None
+
+
+@needs_pose
+def test_each_thread_has_its_own_graphs(tmp_path: Path, photo: Path) -> None:
+    backend = PoseBackend()
+    here = landmarks_document(run(tmp_path / "here", {"image": photo}, backend=backend))
+    graphs: list[object] = []
+    documents: list[dict[str, Any]] = []
+
+    def elsewhere() -> None:
+        documents.append(landmarks_document(run(tmp_path / "there", {"image": photo}, backend=backend)))
+        graphs.append(backend._graphs.image._pose)
+
+    thread = threading.Thread(target=elsewhere)
+    thread.start()
+    thread.join(60)
+    assert len(graphs) == 1
+    assert graphs[0] is not backend._graphs.image._pose
+    assert documents == [here]
+
+
+@needs_pose
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads /proc/self/statm (Linux)")
+def test_memory_stays_bounded_over_many_jobs(tmp_path: Path, photo: Path, frames: dict[str, Any]) -> None:
+    png = write(tmp_path / "photo.png", encode(frames["person"], ".png"))
+    clip = moving_clip(tmp_path / "walk.avi", frames["person"], (3, 0), count=4)
+    inputs = [photo, png, photo, png, clip]
+    backend = PoseBackend()
+    backend.warm()
+
+    def jobs(count: int) -> float:
+        for index in range(count):
+            run(tmp_path / "job", {"input": inputs[index % len(inputs)]}, backend=backend)
+        return resident_mib()
+
+    after_10, after_70 = jobs(10), jobs(60)
+    print(f"pose: resident memory {after_10:.0f} MiB after 10 jobs, {after_70:.0f} MiB after 70")
+    # A leak of a graph or a decoded photo per job would add several MiB a job; the allocator's own
+    # swings stay within some tens of MiB.
+    assert after_70 - after_10 < 128
 
 
 # --- bad input fails the job, with the reason -------------------------------------------------------------
