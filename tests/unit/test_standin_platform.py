@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -105,15 +103,6 @@ def test_the_worker_serves_gpu_as_the_standin(
 
 
 # -- the worker: what it records, what it says -----------------------------------------------------------
-
-
-@pytest.fixture
-def restored_signals() -> Iterator[None]:
-    """Worker.run installs its SIGTERM/SIGINT handlers in this process: put pytest's back afterwards."""
-    saved = {name: signal.getsignal(getattr(signal, name)) for name in ("SIGTERM", "SIGINT")}
-    yield
-    for name, handler in saved.items():
-        signal.signal(getattr(signal, name), handler)
 
 
 def make_worker(tmp_path: Path) -> Worker:

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,15 +57,6 @@ class FakeLink:
 
     def close(self) -> None:
         self.closed = True
-
-
-@pytest.fixture
-def restored_signals() -> Iterator[None]:
-    """Worker.run installs its SIGTERM/SIGINT handlers in this process: put pytest's back afterwards."""
-    saved = {name: signal.getsignal(getattr(signal, name)) for name in ("SIGTERM", "SIGINT")}
-    yield
-    for name, handler in saved.items():
-        signal.signal(getattr(signal, name), handler)
 
 
 def warm_in_a_thread(worker: Worker) -> threading.Thread:
