@@ -33,7 +33,8 @@ INTRO = """\
 
 `make bench` (`python -m tests.bench`) measures, on the local testbed ([testbed.md](testbed.md)), how fast
 jobs are dispatched, how long choosing a control plane and failing over take, what starting, stopping and
-deploying cost, and how close pose jobs come to the bare model's speed. It writes `reports/bench-<UTC time>.{json,md}` ([reports/README.md](../reports/README.md)).
+deploying cost, and how close pose jobs come to the bare model's speed. It writes
+`reports/bench-<UTC time>.{json,md}` ([reports/README.md](../reports/README.md)).
 Figures are medians over the repetitions with (min-max) after them; every comparison is a ratio measured in
 the same run, on the same machine. The machine is shared and has two cores: compare the ratios rather than
 absolute figures across runs. Figures are never asserted; CI runs `--smoke` and checks only the report's shape.

@@ -563,7 +563,7 @@ def _goals(figures: dict[str, object], first: dict[str, report.Spread]) -> str:
         assert isinstance(entry, dict)
         ratio = entry["ratio"]["median"]
         verdicts.append(
-            f"{'met' if ratio >= goal else 'not met'}: {name.split(',')[0]} with 1 worker "
+            f"{'met' if ratio >= goal else 'not met'}: {name.split(',', maxsplit=1)[0]} with 1 worker "
             f"{ratio:.2f}x the bare loop (goal >= {goal:g}x)"
         )
     first_ms, steady_ms = first["first_ms"]["median"], first["steady_p50_ms"]["median"]
