@@ -43,6 +43,7 @@ from redis.retry import Retry
 
 from han_worker.control_plane.admin_secrets import ControlPlaneSecrets, load_secrets
 from han_worker.control_plane.layout import Layout
+from han_worker.control_plane.seaweed_security import SECURITY_DIR, renew_jwt_keys
 from han_worker.control_plane.services import identities_file, s3_identities, set_password
 from han_worker.private_files import write_private_json
 from han_worker.selection.checks import postgres_check, redis_check, s3_check, worker_checks
@@ -306,6 +307,7 @@ def _s3_apply(
     if unchanged and settled():
         return None
     write_private_json(path, wanted)
+    renew_jwt_keys(layout.data_dir("s3") / SECURITY_DIR)  # reloaded with the identities
     pid = _seaweed_pid(path)
     os.kill(pid, signal.SIGHUP)
     _wait_until(

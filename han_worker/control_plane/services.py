@@ -25,6 +25,7 @@ from psycopg import sql
 from han_worker.control_plane.admin_secrets import ControlPlaneSecrets
 from han_worker.control_plane.binaries import ServerBinaries
 from han_worker.control_plane.layout import Layout
+from han_worker.control_plane.seaweed_security import SECURITY_DIR, write_security_config
 from han_worker.private_files import write_private_json
 from han_worker.selection.checks import redis_check, s3_client
 from han_worker.selection.endpoints import ServiceEndpoint
@@ -247,13 +248,17 @@ class SeaweedS3Service(Service):
         identities = identities_file(self.data_dir)
         write_private_json(identities, self._identities())
         master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_grpc = self.internal_ports
-        self.cwd = self.data_dir  # weed reads security.toml and writes some state relative to it
+        self.cwd = self.data_dir  # weed writes some state relative to it
         self._private_tmp()
+        # Mutual TLS on every internal port and fresh JWT keys, made again at each start (see the module).
+        security = write_security_config(
+            self.data_dir / SECURITY_DIR, [SEAWEED_INTERNAL_ADDRESS, self.address]
+        )
         self.argv = [
-            str(self.server), "server",
+            str(self.server), f"-config_dir={security}", "server",
             f"-dir={self.data_dir}",
             # Only the S3 gateway (authenticated) listens on the private address: SeaweedFS's master,
-            # volume and filer ports answer without credentials, so they stay on the node's loopback.
+            # volume and filer stay on the node's loopback, where they answer only weed's own components.
             f"-ip={SEAWEED_INTERNAL_ADDRESS}", f"-ip.bind={SEAWEED_INTERNAL_ADDRESS}",
             f"-s3.ip.bind={self.address}",
             "-master.telemetry=false",
@@ -269,12 +274,13 @@ class SeaweedS3Service(Service):
         ]  # fmt: skip
 
     def _private_tmp(self) -> None:
-        """Give weed a temporary directory of its own (TMPDIR), emptied at each start.
+        """Give weed a temporary directory of its own (TMPDIR), emptied at each start, for its logs.
 
-        weed creates unix sockets named only by port (seaweedfs-filer-grpc-<port>.sock) and its logs in
-        the temporary directory, and leaves sockets behind even after a clean stop. In the shared /tmp, a
-        stale socket of another user (or another control plane) on a port picked again made the filer
-        exit at start (glog.Fatalf in startFiler, exit 255)."""
+        weed 4.48 still puts the unix sockets of its gRPC servers at fixed paths in the shared /tmp
+        (seaweedfs-<component>-grpc-<port>.sock) and its components dial them: with mutual TLS on every
+        gRPC server, a socket another user put there first carries nothing readable, but it would keep the
+        S3 gateway from starting, so ports that such a socket names are never picked
+        (:func:`han_worker.control_plane.supervisor.stale_seaweed_socket_ports`)."""
         tmp = self.data_dir / "tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(mode=0o700)

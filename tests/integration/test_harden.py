@@ -69,11 +69,11 @@ def test_harden_passes_on_the_testbed() -> None:
         assert recap(result, host)["changed"] == 0
         assert re.search(rf"All \d+ hardening checks passed or warned on {host}\.", result.stdout)
     table = result.stdout
-    # The table: one row per check and host; SeaweedFS's loopback ports are the known open problem.
-    assert re.search(
-        r"listen +\| pegasus-login +\| WARN +\| tcp 127\.0\.0\.1 \(internal\): internal, unauthenticated",
-        table,
-    )
+    # The table: one row per check and host; SeaweedFS's loopback ports each refuse a caller without
+    # credentials (no HTTP, no TLS without the control plane's certificate, no gRPC in clear).
+    assert re.search(r"listen +\| pegasus-login +\| PASS +\| tcp 127\.0\.0\.1 \(internal\): internal", table)
+    knocked = re.findall(r"open +\| pegasus-login +\| PASS +\| tcp 127\.0\.0\.1:\d+ \(weed\): refused", table)
+    assert len(knocked) >= 6, table  # master, volume and filer, each HTTP and gRPC
     assert re.search(
         r"auth +\| mac-laptop +\| PASS +\| redis 127\.0\.0\.20:16379 no credentials: refused: NOAUTH", table
     )

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from han_worker.control_plane.hardening import auth, config, files, leaks, listen
-from han_worker.control_plane.hardening.listen import AddressPolicy
+from han_worker.control_plane.hardening import auth, config, files, leaks, listen, open_ports
+from han_worker.control_plane.hardening.listen import AddressPolicy, Listener, ListenersUnknown
 from han_worker.control_plane.hardening.processes import NO_SUPERVISOR, Supervisor, list_processes
 from han_worker.control_plane.hardening.report import FAIL, PASS, Row
 from han_worker.control_plane.hardening.state import StateDocuments
@@ -69,6 +69,7 @@ class Checker:
         self.config = check_config
         self.state = StateDocuments.read(Layout(check_config.state_dir))
         self.supervisor = NO_SUPERVISOR  # found by the first section; the later ones read it
+        self.listeners: list[Listener] = []  # what the supervisor's processes listen on (listening)
 
     def sections(self) -> list[tuple[str, Callable[[], list[Row]]]]:
         """Each section's name (the check of its row if it breaks) and what it runs, in order."""
@@ -77,6 +78,7 @@ class Checker:
             ("control_plane", self.control_plane),
             ("files", self.files),
             ("listening", self.listening),
+            ("open_ports", lambda: open_ports.open_port_rows(self.listeners, timeout)),
             ("authentication", lambda: auth.authentication_rows(state, timeout)),
             ("redis_config", lambda: config.redis_config_rows(state, timeout)),
             ("postgres_config", lambda: config.pg_hba_rows(state)),
@@ -109,7 +111,13 @@ class Checker:
 
     def listening(self) -> list[Row]:
         tree, target = self.supervisor.tree(), str(self.state.layout.root)
-        return listen.listening_rows(tree, self.state.services, self.config.policy, target)
+        if not tree:
+            return [Row("listen", target, FAIL, "cannot verify: the supervisor is not running here")]
+        try:
+            self.listeners = listen.tree_listeners(tree)
+        except ListenersUnknown as exc:
+            return [Row("listen", "ss", FAIL, f"cannot verify: {exc}")]
+        return listen.listening_rows(self.listeners, self.state.services, self.config.policy, target)
 
     def leaks(self) -> list[Row]:
         rows = config.secret_strength_rows(self.state)

@@ -1,8 +1,9 @@
 """Where the control plane listens: ``ss`` output parsed, and each address judged against the policy.
 
-Every port of the supervisor's process tree must bind the configured private address. SeaweedFS's internal
-ports on 127.0.0.1 are one warning (unauthenticated, reachable by other users of the node: known open
-work); 0.0.0.0 or ``::`` fails unless the operator allowed it.
+Every port of the supervisor's process tree must bind the configured private address, or the node's
+loopback for SeaweedFS's internal ports (every user of the node reaches those: the ``open`` check knocks on
+each, :mod:`~han_worker.control_plane.hardening.open_ports`); 0.0.0.0 or ``::`` fails unless the operator
+allowed it.
 """
 
 from __future__ import annotations
@@ -129,8 +130,8 @@ def listener_rows(
             rows.append(_listener_row(listener, published.get(listener.port), policy))
     if internal:
         ports = ", ".join(f"{item.port} ({item.who})" for item in internal)
-        detail = f"internal, unauthenticated, reachable by other users of the node: {ports}"
-        rows.append(Row("listen", "tcp 127.0.0.1 (internal)", WARN, detail))
+        detail = f"internal, on the node's loopback (each must refuse without credentials: 'open'): {ports}"
+        rows.append(Row("listen", "tcp 127.0.0.1 (internal)", PASS, detail))
     return rows
 
 
@@ -180,17 +181,22 @@ def published_address_rows(services: Mapping[str, tuple[str, int]], policy: Addr
     return rows
 
 
-def listening_rows(
-    tree: set[int], services: Mapping[str, tuple[str, int]], policy: AddressPolicy, target: str
-) -> list[Row]:
-    """The listeners of the supervisor's process ``tree`` (from ``ss``) judged; published ports unheard."""
-    if not tree:
-        return [Row("listen", target, FAIL, "cannot verify: the supervisor is not running here")]
+class ListenersUnknown(RuntimeError):
+    """``ss`` could not tell what listens; the message says why."""
+
+
+def tree_listeners(tree: set[int]) -> list[Listener]:
+    """The listeners of the supervisor's process ``tree``, from ``ss``."""
     result = subprocess.run(SS_ARGV, capture_output=True, text=True, timeout=30, check=False)
     if result.returncode != 0:
-        detail = f"cannot verify: ss exited {result.returncode}: {result.stderr.strip()}"
-        return [Row("listen", "ss", FAIL, detail)]
-    ours = [item for item in parse_ss(result.stdout) if set(item.pids) & tree]
+        raise ListenersUnknown(f"ss exited {result.returncode}: {result.stderr.strip()}")
+    return [item for item in parse_ss(result.stdout) if set(item.pids) & tree]
+
+
+def listening_rows(
+    ours: Sequence[Listener], services: Mapping[str, tuple[str, int]], policy: AddressPolicy, target: str
+) -> list[Row]:
+    """The listeners of the supervisor's process tree judged; published ports nobody listens on."""
     published = {port: name for name, (_host, port) in services.items()}
     rows = listener_rows(ours, published, policy)
     missing = sorted(set(published) - {item.port for item in ours})

@@ -52,13 +52,15 @@ def _rows_for(address: str, port: int, policy: AddressPolicy = POLICY) -> list[R
     return listener_rows([Listener("tcp", address, port, (1,), ("weed",))], PUBLISHED, policy)
 
 
-def test_listeners_on_the_private_address_pass_and_loopback_is_one_warning() -> None:
+def test_listeners_on_the_private_address_pass_and_loopback_is_one_row_for_the_open_check() -> None:
     ours = [item for item in parse_ss(SS_OUTPUT) if item.pids == (7929,) or item.port in PUBLISHED]
     rows = listener_rows(ours, PUBLISHED, POLICY)
-    assert [row.result for row in rows] == [PASS, PASS, PASS, WARN]
+    assert [row.result for row in rows] == [PASS, PASS, PASS, PASS]
     assert rows[0].target == "tcp 127.0.0.10:33955"
     assert "postgres" in rows[0].detail
-    assert "internal, unauthenticated, reachable by other users of the node" in rows[-1].detail
+    assert (
+        "internal, on the node's loopback (each must refuse without credentials: 'open')" in rows[-1].detail
+    )
     assert "37433 (weed)" in rows[-1].detail
     assert "48355 (weed)" in rows[-1].detail
 
