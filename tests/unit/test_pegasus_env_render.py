@@ -67,7 +67,13 @@ def build_dir(**overrides: Any) -> str:
     return str(evaluate("_pegasus_env_build_dir", **overrides))
 
 
-API_PACKAGES = ["redis==8.1.0", "hiredis==3.5.0", "psycopg[binary]==3.3.9", "minio==7.2.20"]
+API_PACKAGES = [
+    "redis==8.1.0",
+    "hiredis==3.5.0",
+    "psycopg[binary]==3.3.9",
+    "cryptography==50.0.2",
+    "minio==7.2.20",
+]
 # What `import mediapipe.solutions.pose` needs once mediapipe is installed without its dependencies.
 POSE_RUNTIME = [
     "numpy==1.26.4",
