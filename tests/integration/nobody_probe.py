@@ -28,13 +28,13 @@ HTTP_REQUESTS = (
     ("GET", "/status"),  # volume server
     ("GET", "/buckets/"),  # filer: the buckets
     ("POST", "/buckets/{bucket}/nobody-was-here.txt"),  # filer: write into the lab's bucket
-    ("DELETE", "/buckets/{bucket}/.han-ready-probe"),  # filer: delete the control plane's own object
+    ("DELETE", "/buckets/{bucket}/isolation/kept.txt"),  # filer: delete a lab object (the test puts it there)
     ("GET", "/1,01637037d6"),  # volume: read by file id
     ("POST", "/1,01637037d6"),  # volume: write by file id
 )
 
 
-def http(host: str, port: int, method: str, path: str, *, tls: bool) -> tuple[bool, str]:
+def http_request(host: str, port: int, method: str, path: str, *, tls: bool) -> tuple[bool, str]:
     try:
         if tls:
             context = ssl.create_default_context()
@@ -93,8 +93,8 @@ def main() -> int:
         target = f"{host}:{port}"
         for method, template in HTTP_REQUESTS:
             path = template.format(bucket=targets["bucket"])
-            note(target, f"{method} {path}", http(host, port, method, path, tls=False))
-            note(target, f"{method} {path} over TLS", http(host, port, method, path, tls=True))
+            note(target, f"{method} {path}", http_request(host, port, method, path, tls=False))
+            note(target, f"{method} {path} over TLS", http_request(host, port, method, path, tls=True))
         knock = h2c_preface(host, port, TIMEOUT)
         note(target, knock.request, (knock.answered, knock.detail))
     redis_host, redis_port = targets["redis"]
