@@ -21,7 +21,7 @@ decade. So the parsers read text: the --format codes named here, and ``scontrol 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from typing import NamedTuple
 
@@ -321,6 +321,42 @@ def job_sort_key(job_id: str) -> tuple[int, int]:
     base, _sep, task = str(job_id).partition("_")
     task_number = re.match(r"\[?(\d+)", task)
     return (int(base) if base.isdigit() else -1, int(task_number.group(1)) if task_number else -1)
+
+
+# More indexes than any array Slurm accepts (MaxArraySize is at most 4,000,001): a bound, so that a typo such
+# as 0-99999999999 is an error rather than a set that fills the memory.
+MAX_ARRAY_INDEXES = 4_000_001
+_ARRAY_PART = re.compile(r"^(\d+)(?:-(\d+)(?::(\d+))?)?$")
+
+
+def parse_array_indexes(text: str) -> set[int]:
+    """The task indexes of an --array value (0-3, 1,3,5, 0-15:4, 0-15%4) or of squeue's %K ([2-3%2], 7)."""
+    spec = text.strip().strip("[]").partition("%")[0]
+    indexes: set[int] = set()
+    for part in spec.split(","):
+        match = _ARRAY_PART.match(part.strip())
+        if not match:
+            raise ValueError(f"{text!r} is not a list of array indexes such as 0-3, 1,3,5 or 0-15:4")
+        first = int(match.group(1))
+        last = int(match.group(2) or first)
+        step = int(match.group(3) or 1)
+        if last < first or step < 1 or (last - first) // step + len(indexes) >= MAX_ARRAY_INDEXES:
+            raise ValueError(f"{text!r}: {part!r} is not a range of at most {MAX_ARRAY_INDEXES} indexes")
+        indexes.update(range(first, last + 1, step))
+    return indexes
+
+
+def format_array_indexes(indexes: Iterable[int]) -> str:
+    """The shortest --array value for these indexes: [0, 1, 2, 5] -> 0-2,5."""
+    parts: list[str] = []
+    ordered = sorted(set(indexes))
+    start = 0
+    for position in range(1, len(ordered) + 1):
+        if position == len(ordered) or ordered[position] != ordered[position - 1] + 1:
+            first, last = ordered[start], ordered[position - 1]
+            parts.append(str(first) if first == last else f"{first}-{last}")
+            start = position
+    return ",".join(parts)
 
 
 def is_alive(job: QueuedJob) -> bool:

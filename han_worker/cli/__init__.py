@@ -61,6 +61,7 @@ def build_control_plane_parser() -> argparse.ArgumentParser:
 
 def worker_main(argv: Sequence[str] | None = None) -> int:
     args = build_worker_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `run --restart-crashed` runs again
     _configure_logging(args.verbose)
     return int(args.handler(args))
 

@@ -30,6 +30,7 @@ from han_worker.config import WorkerConfig, WorkerConfigError
 from han_worker.selection.endpoints import EndpointsError
 from han_worker.selection.resolver import Selector
 from han_worker.store.link import CONTROL_PLANE_ERRORS, ConnectError, Link, describe
+from han_worker.worker import keeper
 from han_worker.worker.loop import StartError, Worker, backends_to_serve
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,13 @@ def _add_run(commands: Commands[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="log no line per succeeded job (failures, retries and the rest still go out; the ledger "
         "records every job): for queues of many short jobs",
+    )
+    run.add_argument(
+        "--restart-crashed",
+        action="store_true",
+        help="run the worker as a child process and start it again when it is killed or crashes (not when "
+        "it exits 0 or 2), up to 5 times in 10 minutes; SIGTERM and SIGINT are passed on to it: for a "
+        "Slurm task, whose allocation should not end with its worker",
     )
     run.set_defaults(handler=_run)
 
@@ -150,6 +158,8 @@ def _add_status(commands: Commands[argparse.ArgumentParser]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.restart_crashed:
+        return keeper.keep(args.argv)
     try:
         config = load_config(args, need_queues=True)
         backends = backends_to_serve(config.queues)

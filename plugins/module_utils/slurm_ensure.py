@@ -14,12 +14,15 @@ import time
 from ansible_collections.han.infra.plugins.module_utils.slurm import (
     SACCT_FIELDS,
     UNKNOWN_JOB_ERROR,
+    format_array_indexes,
     format_gres,
+    format_walltime,
     has_started,
     is_alive,
     is_finished,
     job_record_argv,
     job_sort_key,
+    parse_array_indexes,
     parse_gres,
     parse_partitions,
     parse_sacct,
@@ -117,10 +120,17 @@ class Slurm:
         ]
 
 
+# fill_array leaves alone an array with less walltime than this left: a task started now would barely serve.
+FILL_MIN_SECONDS = 300
+
+
 def plan_commands(request, alive, commands):
     """The argv lists that bring the jobs of that name to request.state; [] when nothing would change."""
     if request.state == "present":
-        return [] if alive else [sbatch_argv(commands["sbatch"], request)]
+        if not alive:
+            return [sbatch_argv(commands["sbatch"], request)]
+        fill = plan_fill(request, alive) if request.fill_array else None
+        return [sbatch_argv(commands["sbatch"], request, **fill)] if fill else []
     if not alive:
         return []
     scancel = commands["scancel"]
@@ -135,6 +145,40 @@ def plan_commands(request, alive, commands):
         which = ["--batch"] * request.batch_only + ["--full"] * request.full
         planned.append([scancel, f"--signal={request.signal}", *which, *started])
     return planned
+
+
+def plan_fill(request, alive):
+    """The options (array, time) of the job that gives back the tasks the running array lost, or None.
+
+    A task is there when it runs or waits for resources; one held by a dependency (a --dependency=singleton
+    successor) is not. The filler gets the walltime the running tasks have left, so that they all end together
+    and the successor, which waits for every job of the name, starts on time."""
+    running = [job for job in alive if has_started(job)]
+    if not running:
+        return None
+    there = set()
+    for job in alive:
+        if (has_started(job) or job.reason != "Dependency") and job.array_task_id not in ("", "N/A"):
+            there |= parse_array_indexes(job.array_task_id)
+    missing = parse_array_indexes(request.options["array"]) - there
+    left = _walltime_left(running)
+    if not missing or (left is not None and left < FILL_MIN_SECONDS):
+        return None
+    if left is not None and request.time is not None:
+        left = min(left, request.time)
+    time = format_walltime(left) if left is not None else request.options["time"]
+    return {"array": format_array_indexes(missing), "time": time}
+
+
+def _walltime_left(running):
+    """The most walltime a running task has left, in seconds; None when unlimited or not known."""
+    lefts = []
+    for job in running:
+        try:
+            lefts.append(parse_walltime(job.time_left))
+        except ValueError:  # N/A, INVALID: no figure to fill with
+            return None
+    return None if not lefts or None in lefts else max(lefts)
 
 
 def main_job(jobs):

@@ -15,6 +15,7 @@ from ansible_collections.han.infra.plugins.module_utils.slurm import (
     JOB_STATES,
     format_gres,
     format_walltime,
+    parse_array_indexes,
     parse_gres,
     parse_walltime,
 )
@@ -95,6 +96,7 @@ class JobRequest:
         self.script = params.get("script")
         self.wrap = params.get("wrap")
         self.extra_args = list(params.get("extra_args") or [])
+        self.fill_array = bool(params.get("fill_array"))
         self.wait_started = bool(params.get("wait_started"))
         self.wait_ended = bool(params.get("wait_ended"))
         self.timeout = params.get("timeout") or 120
@@ -130,7 +132,7 @@ class JobRequest:
             except ValueError as error:
                 raise OptionError("gres", str(error)) from None
         _matching(self.options, "mem", _MEM, "megabytes, or a number with a unit K, M, G or T such as 4G")
-        _matching(self.options, "array", _ARRAY, "indexes such as 0-3, 1,3,5, 0-15:4 or 0-15%4")
+        self._check_array()
         if self.options["dependency"] is not None and not self.options["dependency"].strip():
             raise OptionError("dependency", "is empty; leave it out or give e.g. singleton or afterok:123")
         cpus = self.options["cpus_per_task"]
@@ -138,6 +140,16 @@ class JobRequest:
             raise OptionError("cpus_per_task", f"must be 1 or more (got {cpus})")
         for arg in self.extra_args:
             _check_extra_arg(arg)
+
+    def _check_array(self):
+        _matching(self.options, "array", _ARRAY, "indexes such as 0-3, 1,3,5, 0-15:4 or 0-15%4")
+        if self.options["array"] is not None:
+            try:
+                parse_array_indexes(self.options["array"])
+            except ValueError as error:
+                raise OptionError("array", str(error)) from None
+        if self.fill_array and self.options["array"] is None:
+            raise OptionError("fill_array", "needs array: it submits the indexes of the array that are gone")
 
 
 def checked_name(params):
@@ -261,13 +273,11 @@ def check_gres(requested, partition, configurations):
         raise OptionError("gres", problem)
 
 
-def sbatch_argv(sbatch, request):
+def sbatch_argv(sbatch, request, **replaced):
+    """sbatch's argv for the request; ``replaced`` overrides options (array and time, to fill an array)."""
+    options = dict(request.options, **replaced)
     argv = [sbatch, "--parsable", f"--job-name={request.name}"]
-    argv += [
-        f"{flag}={request.options[option]}"
-        for option, flag in SBATCH_FLAGS
-        if request.options[option] is not None
-    ]
+    argv += [f"{flag}={options[option]}" for option, flag in SBATCH_FLAGS if options[option] is not None]
     argv += request.extra_args
     argv.append(f"--wrap={request.wrap}" if request.wrap else request.script)
     return argv

@@ -132,6 +132,17 @@ options:
       - Submit a job array (C(--array)) with these indexes, such as V(0-3), V(1,3,5), V(0-15:4) or V(0-15%4).
         Its tasks are returned in RV(job_ids).
     type: str
+  fill_array:
+    description:
+      - With O(state=present) and O(array), when the array that runs has lost tasks (they ended while the
+        others run, such as a task killed with its node or by C(scancel --full)), submit those indexes again
+        as a new job of the same name, with the walltime the running tasks have left (so that all end
+        together, and a C(--dependency=singleton) successor starts on time), and report C(changed).
+      - Tasks count as there when they run, or wait for resources; a job that waits on a dependency (such as
+        that successor) does not stand in for a running task. Nothing is filled while no task has started,
+        nor when less than 5 minutes of walltime are left.
+    type: bool
+    default: false
   export:
     description:
       - Which environment variables of the module's environment on the target the job receives
@@ -446,6 +457,7 @@ ARGUMENT_SPEC = {
     "job_ids": {"type": "list", "elements": "str", "default": []},
     "states": {"type": "list", "elements": "str", "default": []},
     "array": {"type": "str"},
+    "fill_array": {"type": "bool", "default": False},
     "export": {"type": "str", "choices": ["ALL", "NONE"]},
     "extra_args": {"type": "list", "elements": "str", "default": []},
     "wait_started": {"type": "bool", "default": False},

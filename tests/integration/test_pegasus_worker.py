@@ -319,6 +319,54 @@ def test_at_its_walltime_the_array_drains_and_its_successor_serves_on():
     assert jobs(WORKER_JOB) == []
 
 
+def worker_children(config_dir: str) -> list[str]:
+    """The pids of the workers the keepers run (`python -m han_worker run`; a keeper is `han-worker run`).
+    [h]: the pattern does not match the shell that runs pgrep."""
+    result = ssh(PEGASUS, f"pgrep -u pegasus -f -- '[h]an_worker run --config=.*{config_dir}' || true")
+    return result.stdout.split()
+
+
+def test_a_killed_worker_comes_back_and_a_rerun_gives_the_array_its_lost_task_back():
+    two = ("-e", "pegasus_worker_control_plane_mode=pegasus", "-e", "pegasus_worker_count=2")
+    started = worker_play(*two)
+    assert started.returncode == 0, started.stdout[-3000:]
+    wait_for(lambda: len(running(WORKER_JOB)) == 2, 60, "both tasks to run", interval=1)
+    tasks = sorted(line.split()[0] for line in running(WORKER_JOB))
+    config_dir = f"{WORKER_DIR.removeprefix('~')}/config"
+    children = wait_for(lambda: worker_children(config_dir) if len(worker_children(config_dir)) == 2 else None,
+                        60, "a worker under each keeper", interval=1)  # fmt: skip
+
+    # A worker killed alone is started again by its keeper, in the same Slurm task.
+    assert ssh(PEGASUS, f"kill -KILL {children[0]}").returncode == 0
+    wait_for(lambda: children[0] not in worker_children(config_dir) and len(worker_children(config_dir)) == 2,
+             60, "the keeper to start the worker again", interval=1)  # fmt: skip
+    assert sorted(line.split()[0] for line in running(WORKER_JOB)) == tasks
+    record = wait_for_job(submit_pose_job())
+    assert record["status"] == "succeeded", record
+
+    # A task killed whole (its keeper too) is gone; the play submits that index again.
+    assert ssh(PEGASUS, f"scancel --signal=KILL --full {tasks[1]}").returncode == 0
+    wait_for(lambda: [line.split()[0] for line in running(WORKER_JOB)] == [tasks[0]], 60,
+             "the killed task to end", interval=1)  # fmt: skip
+    repaired = worker_play(*two)
+    assert repaired.returncode == 0, repaired.stdout[-3000:]
+    assert recap(repaired, PEGASUS_HOST)["changed"] > 0
+    refilled = wait_for(lambda: running(WORKER_JOB) if len(running(WORKER_JOB)) == 2 else None, 60,
+                        "the lost task to run again", interval=1)  # fmt: skip
+    filler = next(line.split()[0] for line in refilled if line.split()[0] != tasks[0])
+    assert filler.endswith("_1"), refilled
+    assert not filler.startswith(tasks[0].split("_")[0] + "_"), refilled  # a new job, not the old array
+    shown = ssh(PEGASUS, f"scontrol show job {filler}").stdout
+    assert "Partition=RTXA6000" in shown, shown
+    assert f"JobName={WORKER_JOB}" in shown, shown
+    again = worker_play(*two)
+    assert recap(again, PEGASUS_HOST)["changed"] == 0, again.stdout[-3000:]
+    stopped = worker_play("-e", "state=stopped")
+    assert stopped.returncode == 0, stopped.stdout[-3000:]
+    assert jobs(WORKER_JOB) == []
+    assert worker_children(config_dir) == []
+
+
 def test_direct_launch_mode_runs_background_workers_and_stops_them():
     direct = ("-e", "pegasus_worker_launch_mode=direct", "-e", "pegasus_worker_count=2",
               "-e", f"pegasus_worker_state_dir={WORKER_DIR}-direct")  # fmt: skip
