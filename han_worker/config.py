@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
-from han_worker.fields import INT4_MAX, MAX_JSON_BYTES, FieldReader
+from han_worker.fields import INT4_MAX, MAX_JSON_BYTES, FieldReader, shown
 from han_worker.private_files import TrustedFileError, parse_json_object, read_trusted_json
 from han_worker.selection.endpoints import DEFAULT_MAC_PORTS, REQUIRED_SERVICES, EndpointsError, check_host
 from han_worker.selection.policy import MODES, mac_required
@@ -109,7 +109,7 @@ def parse_queues(text: str, origin: str) -> tuple[str, ...]:
     """``"pose, noop"`` -> ``("pose", "noop")``; refuses empty names and an empty list."""
     names = [name.strip() for name in text.split(",")]
     if not text.strip() or not all(names):
-        raise WorkerConfigError(f"{origin}: {text!r} is not a comma-separated list of queue names")
+        raise WorkerConfigError(f"{origin}: {shown(text)} is not a comma-separated list of queue names")
     return tuple(dict.fromkeys(names))
 
 
@@ -221,7 +221,7 @@ def _mode(config: WorkerConfig, overrides: Overrides, env: Mapping[str, str]) ->
     for origin, value in (("--mode", overrides.mode), ("CONTROL_PLANE_MODE", env.get("CONTROL_PLANE_MODE"))):
         if value is not None and value.strip():
             if value.strip() not in MODES:
-                raise WorkerConfigError(f"{origin}: {value!r} is not one of {', '.join(MODES)}")
+                raise WorkerConfigError(f"{origin}: {shown(value)} is not one of {', '.join(MODES)}")
             return value.strip()
     return config.mode
 

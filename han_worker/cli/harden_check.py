@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from han_worker.cli.options import path_argument
 from han_worker.control_plane.hardening.checker import CheckConfig, run_checks
 from han_worker.control_plane.hardening.listen import AddressPolicy, make_policy
 from han_worker.control_plane.hardening.report import (
@@ -19,6 +20,7 @@ from han_worker.control_plane.hardening.report import (
     format_table,
 )
 from han_worker.control_plane.layout import DEFAULT_STATE_DIR
+from han_worker.fields import MAX_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +66,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def _add_location_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state-dir",
-        type=Path,
+        type=path_argument,
         default=Path(DEFAULT_STATE_DIR),
         metavar="DIR",
         help=f"the control plane's state directory (default {DEFAULT_STATE_DIR})",
     )
     parser.add_argument(
         "--env-dir",
-        type=Path,
+        type=path_argument,
         default=Path(DEFAULT_ENV_DIR),
         metavar="DIR",
         help=f"the env its programs run from (default {DEFAULT_ENV_DIR})",
@@ -102,8 +104,10 @@ def _add_policy_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _checked_inputs(args: argparse.Namespace) -> tuple[AddressPolicy, Path]:
     """The address policy and the state directory, or HardeningInputError naming the flag."""
-    if not args.timeout > 0:
-        raise HardeningInputError(f"--timeout: {args.timeout} is not a positive number of seconds")
+    if not 0 < args.timeout <= MAX_SECONDS:  # NaN fails both comparisons, Infinity the second
+        raise HardeningInputError(
+            f"--timeout: {args.timeout} is not a positive number of seconds up to {MAX_SECONDS:g}"
+        )
     policy = make_policy(args.bind_address, args.bind_network, args.allow_any_address)
     state_dir = Path(args.state_dir).expanduser()
     if not state_dir.is_dir():
