@@ -120,12 +120,12 @@ def _input_name(name: str) -> str:
 
 
 def _check_readable(path: Path) -> None:
-    """Open ``path`` for reading: existence alone does not tell (permissions, a directory, a FIFO)."""
+    """Open ``path`` and read a byte: existence alone does not tell (permissions, /proc/self/mem)."""
     try:
         if not path.is_file():
             raise RequestError(f"--input: {path} {'is not a file' if path.exists() else 'does not exist'}")
-        with path.open("rb"):
-            pass
+        with path.open("rb") as handle:
+            handle.read(1)
     except OSError as exc:
         raise RequestError(f"--input: {path}: cannot be read: {exc.strerror or exc}") from None
 

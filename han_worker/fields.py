@@ -33,6 +33,8 @@ INT8_MIN, INT8_MAX = -(2**63), 2**63 - 1
 _COLUMN_LIMITS = frozenset({INT4_MAX, INT8_MAX})  # a bound of storage, not of meaning
 MAX_JSON_DEPTH = 64
 MAX_JSON_BYTES = 1 << 20
+# A file system's limit on one name (ext4, XFS, APFS: 255 bytes; NTFS: 255 UTF-16 units, never more).
+MAX_NAME_BYTES = 255
 # Durations past a month are typos, and larger ones overflow a socket's timeout or PostgreSQL's interval.
 MAX_SECONDS = 30 * 86400.0
 # A JSON string (escapes included), possessive so that a long one costs no backtracking.

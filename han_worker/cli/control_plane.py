@@ -223,6 +223,8 @@ def _address(text: str, allow_any: bool) -> str:
         address = ipaddress.ip_address(text)
     except ValueError:
         raise UsageError(f"--bind: {shown(text)} is not an IP address without zone id") from None
+    if address.is_multicast:
+        raise UsageError(f"--bind: {text} is a multicast address; a service binds a unicast one")
     if address.is_unspecified and not allow_any:
         raise UsageError(
             f"--bind: {text} would listen on every interface; pass --allow-any-address to mean it"
@@ -236,7 +238,7 @@ def _ports(items: list[str]) -> dict[str, int]:
         name, _equals, value = item.partition("=")
         if name not in SERVICES:
             raise UsageError(f"--port {shown(item)}: service must be one of {', '.join(SERVICES)}")
-        if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= 65535:
+        if not (value.isascii() and value.isdigit() and len(value) <= 5) or not 1 <= int(value) <= 65535:
             raise UsageError(f"--port {shown(item)}: port must be a number from 1 to 65535")
         ports[name] = int(value)
     if len(set(ports.values())) != len(ports):
@@ -252,14 +254,15 @@ def _networks(items: list[str], address: str) -> tuple[str, ...]:
 
 def _config(args: argparse.Namespace) -> SupervisorConfig:
     address = _bind_address(args)
-    layout = _state_layout(args, must_exist=False)
+    ports, networks = _ports(args.port), _networks(args.client_network, address)
+    layout = _state_layout(args, must_exist=False)  # after every flag: a refusal touches no file
     return SupervisorConfig(
         state_dir=layout.root,
         address=address,
         source=args.source,
         launch_mode=args.launch_mode,
-        ports=_ports(args.port),
-        client_networks=_networks(args.client_network, address),
+        ports=ports,
+        client_networks=networks,
         start_timeout=args.start_timeout,
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import sys
@@ -20,7 +21,7 @@ from han_worker.control_plane.hardening.report import (
     format_table,
 )
 from han_worker.control_plane.layout import DEFAULT_STATE_DIR
-from han_worker.fields import MAX_SECONDS
+from han_worker.fields import MAX_SECONDS, shown
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +109,31 @@ def _checked_inputs(args: argparse.Namespace) -> tuple[AddressPolicy, Path]:
         raise HardeningInputError(
             f"--timeout: {args.timeout} is not a positive number of seconds up to {MAX_SECONDS:g}"
         )
+    _refuse_odd_addresses(args)
     policy = make_policy(args.bind_address, args.bind_network, args.allow_any_address)
     state_dir = Path(args.state_dir).expanduser()
     if not state_dir.is_dir():
         raise HardeningInputError(f"--state-dir: {state_dir} is not a directory")
     return policy, state_dir
+
+
+def _refuse_odd_addresses(args: argparse.Namespace) -> None:
+    """What make_policy would take but no service binds: zone ids (free text after %) and multicast."""
+    for flag, values in (("--bind-address", args.bind_address), ("--bind-network", args.bind_network)):
+        for value in values:
+            if "%" in value:
+                raise HardeningInputError(
+                    f"{flag}: {shown(value)} has a zone id (%...); give a plain address"
+                )
+            if _is_multicast(value):
+                raise HardeningInputError(f"{flag}: {value} is multicast, not a service's address")
+
+
+def _is_multicast(text: str) -> bool:
+    try:
+        return ipaddress.ip_network(text, strict=False).is_multicast
+    except ValueError:  # not an address at all: make_policy says so
+        return False
 
 
 def handle(args: argparse.Namespace) -> int:

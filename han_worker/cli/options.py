@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from han_worker.config import DEFAULT_ENDPOINTS_FILE, Overrides, WorkerConfig, load_worker_config
-from han_worker.fields import INT4_MAX, MAX_SECONDS, shown
+from han_worker.fields import INT4_MAX, MAX_NAME_BYTES, MAX_SECONDS, shown
 from han_worker.selection.endpoints import REQUIRED_SERVICES
 from han_worker.selection.policy import MODES
 
@@ -44,6 +44,8 @@ pegasus.endpoints_file, else {DEFAULT_ENDPOINTS_FILE} (its credentials.json besi
 
 def _seconds(text: str) -> float:
     try:
+        if not text.isascii():  # float() reads any script's digits; a typo more likely than Arabic-Indic
+            raise ValueError(text)
         seconds = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{shown(text)} is not a number of seconds") from None
@@ -70,7 +72,8 @@ def non_negative_seconds(text: str) -> float:
 
 def positive_count(text: str) -> int:
     """argparse type: a whole number from 1 to PostgreSQL's largest integer (attempt counts, limits)."""
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= INT4_MAX:
+    # len first: int() refuses more than 4300 digits with a ValueError of its own
+    if not (text.isascii() and text.isdigit() and len(text) <= 10) or not 1 <= int(text) <= INT4_MAX:
         raise argparse.ArgumentTypeError(f"{shown(text)} is not a whole number from 1 to {INT4_MAX}")
     return int(text)
 
@@ -81,13 +84,18 @@ def path_argument(text: str) -> Path:
         raise argparse.ArgumentTypeError("an empty path names no file")
     if "\0" in text:
         raise argparse.ArgumentTypeError(f"{shown(text)} holds a NUL character, which no path can")
+    longest = max(len(os.fsencode(part)) for part in Path(text).parts)
+    if longest > MAX_NAME_BYTES:
+        raise argparse.ArgumentTypeError(
+            f"{shown(text)} has a name of {longest} bytes; file systems allow {MAX_NAME_BYTES}"
+        )
     return Path(text)
 
 
 def service_port(text: str) -> tuple[str, int]:
     """argparse type: ``SERVICE=PORT`` for one of the control plane's services."""
     service, sep, port = text.partition("=")
-    if not sep or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+    if not sep or not (port.isascii() and port.isdigit() and len(port) <= 5) or not 1 <= int(port) <= 65535:
         raise argparse.ArgumentTypeError(f"{shown(text)} is not SERVICE=PORT, port 1-65535 (e.g. redis=6380)")
     if service not in REQUIRED_SERVICES:
         raise argparse.ArgumentTypeError(

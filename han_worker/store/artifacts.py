@@ -19,16 +19,15 @@ from typing import BinaryIO, cast
 from minio import Minio
 from minio.error import S3Error
 
-from han_worker.fields import shown, text_problem
+from han_worker.fields import MAX_NAME_BYTES, shown, text_problem
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 _SNAPSHOT_IN_MEMORY = 8 << 20  # an input larger than this is snapshotted to a temporary file
 _RESERVED_NAMES = frozenset({"", ".", ".."})
-# A file system's name limit (ext4, XFS, APFS: 255 bytes; NTFS: 255 UTF-16 units, never more than UTF-8's
-# bytes). The worker writes an input under its own name (download_inputs), so the whole limit is the name's.
-MAX_NAME_BYTES = 255
+# The worker writes an input under its own name (download_inputs, no temporary name since it stopped using
+# fget_object's NAME.<etag>.part.minio), so a name may use the file system's whole limit, MAX_NAME_BYTES.
 # What Windows cannot put in a file name (a pose job may run on the Windows worker), and control characters.
 _UNWRITABLE = re.compile(r'[<>:"|?*\x00-\x1f\x7f]')
 _WINDOWS_DEVICES = re.compile(r"(CON|PRN|AUX|NUL|COM[0-9]|LPT[0-9])(\..*)?", re.IGNORECASE)
