@@ -44,6 +44,8 @@ from tests.unit.hostile_values import (
     HOSTILE,
     HOSTILE_HOSTS,
     HOSTILE_JSON,
+    HOSTILE_PATHS,
+    HOSTILE_TEXT,
     deep_json,
     unstorable_text,
 )
@@ -428,3 +430,37 @@ def test_an_input_that_cannot_be_read_is_refused_naming_it(
 def test_isaaclab_json_variables_refuse_hostile_json(text: str):
     with pytest.raises(ConfigError, match=f"^{COMMAND_VAR} must be"):
         _json_strings({COMMAND_VAR: text}, COMMAND_VAR, required=True)
+
+
+# -- environment variables -----------------------------------------------------------------------------
+
+
+def _settable(value: str) -> bool:
+    """What an environment can hold: no NUL, and only the surrogates that stand for undecodable bytes."""
+    try:
+        os.fsencode(value)
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in value and bool(value.strip())
+
+
+ENV_READERS: dict[str, tuple[list[str], st.SearchStrategy[str]]] = {
+    "CONTROL_PLANE_MODE": (["endpoints", "--no-probe"], HOSTILE_TEXT),
+    "MAC_LAN_IP": (["endpoints", "--no-probe"], HOSTILE_HOSTS),
+    "HAN_ENDPOINTS_FILE": (["endpoints", "--no-probe", "--mode", "pegasus"], HOSTILE_PATHS),
+}
+
+
+@HOSTILE
+@given(data=st.data())
+def test_hostile_environment_variables_exit_2_naming_them(
+    capsys: pytest.CaptureFixture[str], data: st.DataObject
+):
+    variable = data.draw(st.sampled_from(sorted(ENV_READERS)))
+    argv, values = ENV_READERS[variable]
+    value = data.draw(values.filter(_settable), label=variable)
+    with mock.patch.dict(os.environ, {variable: value}):
+        code, err = run_worker(capsys, *argv)
+    assert code == 2, err
+    # the file's readers name the path they were given; the others the variable
+    assert (value.strip() if variable == "HAN_ENDPOINTS_FILE" else f"{variable}: ") in err, err
