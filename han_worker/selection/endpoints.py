@@ -24,7 +24,7 @@ SCHEMA = 1
 REQUIRED_SERVICES = ("postgres", "redis", "s3")
 OPTIONAL_SERVICES = ("api",)
 DEFAULT_MAC_PORTS: Mapping[str, int] = MappingProxyType({"postgres": 5432, "redis": 6379, "s3": 9000})
-_SLURM_JOB_ID = re.compile(r"[0-9]+")
+_SLURM_JOB_ID = re.compile(r"[0-9]{1,10}")  # Slurm job ids are 32-bit
 _HOSTNAME_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
@@ -155,7 +155,7 @@ def parse_endpoints(data: Mapping[str, object], origin: str) -> Endpoints:
         raise EndpointsError(f"{origin}: unknown schema {schema} (this worker reads schema {SCHEMA})")
     job_id = fields.optional_string("slurm_job_id")
     if job_id is not None and not _SLURM_JOB_ID.fullmatch(job_id):
-        fields.fail("slurm_job_id", f": {job_id!r} is not a Slurm job id (digits only)")
+        fields.fail("slurm_job_id", f": {shown(job_id)} is not a Slurm job id (1-10 digits)")
     started_at = _parse_time(fields, "started_at")
     expires_at = None if fields.raw("expires_at") is None else _parse_time(fields, "expires_at")
     if expires_at is not None and expires_at <= started_at:

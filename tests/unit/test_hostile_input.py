@@ -145,6 +145,7 @@ OUT_OF_RANGE = {
     "services.s3.port": st.integers(65536, 2**64),
     "mac.ports.redis": st.integers(65536, 2**64),
     "lease_seconds": st.floats(3e6, 1.7e308),
+    "slurm_job_id": st.integers(10**10, 10**40).map(str),
 }
 
 
@@ -217,7 +218,7 @@ def test_the_endpoints_file_refuses_hostile_json_in_any_field(
 @HOSTILE
 @given(data=st.data())
 def test_the_endpoints_file_refuses_values_out_of_range_and_hostile_hosts(data: st.DataObject):
-    field = data.draw(st.sampled_from(["epoch", "services.s3.port", "services.redis.host"]))
+    field = data.draw(st.sampled_from(["epoch", "slurm_job_id", "services.s3.port", "services.redis.host"]))
     value = data.draw(HOSTILE_HOSTS if field.endswith("host") else OUT_OF_RANGE[field])
     with private_dir() as directory:
         path = write_private(directory, "endpoints.json", splice(endpoints_doc(), field, json.dumps(value)))
