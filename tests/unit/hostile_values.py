@@ -123,12 +123,13 @@ HOSTILE_NETWORKS = st.one_of(
     unstorable_text(),
 )
 
-# Paths no file system names: a NUL, nothing, or one name past 255 bytes.
+# Paths no file system names: a NUL, nothing, or one name past 255 bytes. Each sits under /dev/null, a file,
+# so that even a path a bug let through could not be made: a test must never create a state directory.
 HOSTILE_PATHS = st.one_of(
     st.just(""),
-    unstorable_text().filter(lambda text: "\x00" in text),
-    st.integers(256, 600).map(lambda length: "/tmp/" + "n" * length),
-    st.integers(128, 200).map(lambda length: "é" * length + "/x"),
+    unstorable_text().filter(lambda text: "\x00" in text).map(lambda text: "/dev/null/" + text),
+    st.integers(256, 600).map(lambda length: "/dev/null/" + "n" * length),
+    st.integers(128, 200).map(lambda length: "/dev/null/" + "é" * length + "/x"),
 )
 
 # Free text where a name, a kind, a queue, a job id or JSON is expected.

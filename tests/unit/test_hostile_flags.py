@@ -101,6 +101,7 @@ FLAGS = every_flag()
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     for name in ENV:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # a relative path a bug let through lands here, not in the checkout
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))

@@ -62,6 +62,7 @@ class Refused(ValueError):
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in ENV:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # a relative path a bug let through lands here, not in the checkout
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
 
 
