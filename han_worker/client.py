@@ -7,7 +7,6 @@ enqueued (the submitter died in between) is put in its stream by a worker's reco
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -18,7 +17,7 @@ from pathlib import Path
 
 from han_worker.backends import UnknownKind, get_backend, load_backends
 from han_worker.config import WorkerConfig
-from han_worker.fields import INT4_MAX, decode_json, json_type_name, shown
+from han_worker.fields import INT4_MAX, check_storable_json, decode_json, json_type_name, shown
 from han_worker.selection.endpoints import format_time
 from han_worker.selection.resolver import Selector, authentication_failures
 from han_worker.store.artifacts import ArtifactError, Snapshot, check_name, input_key, take_snapshot
@@ -90,11 +89,7 @@ def parse_params(items: Sequence[str], params_json: str | None = None) -> dict[s
 def check_params(params: Mapping[str, object], origin: str = "params") -> dict[str, object]:
     """``params`` as the ledger's jsonb column takes them: JSON types, finite numbers, storable text,
     within the depth and size limits of :func:`han_worker.fields.decode_json`; RequestError otherwise."""
-    try:
-        text = json.dumps(params, allow_nan=False)
-    except (TypeError, ValueError, RecursionError) as exc:  # not JSON, NaN/Infinity, circular, too deep
-        raise RequestError(f"{origin}: not storable as JSON: {shown(exc, 200)}") from None
-    decoded = decode_json(text, origin, RequestError)
+    decoded = check_storable_json(params, origin, RequestError)
     if not isinstance(decoded, dict):
         raise RequestError(f"{origin}: must be a JSON object, not {json_type_name(decoded)}")
     return decoded

@@ -61,6 +61,12 @@ def check_text(text: str, what: str, error: type[ValueError]) -> str:
     return text
 
 
+def storable_text(text: str) -> str:
+    """``text`` with what PostgreSQL cannot store escaped (NUL as ``\\x00``, a lone surrogate as ``\\udcff``):
+    for messages, which are recorded whatever they quote."""
+    return text.replace("\0", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _too_deep(text: str, limit: int) -> bool:
     """Whether brackets outside strings nest past ``limit``; a loop, so deep input cannot overflow it."""
     brackets = _NOT_A_BRACKET.sub("", _JSON_STRING.sub("", text))
@@ -143,6 +149,16 @@ def decode_json(
         raise error(f"{origin}: not valid JSON: {exc}") from None
     _check_strings(value, origin, error)
     return value
+
+
+def check_storable_json(value: object, origin: str, error: type[ValueError]) -> object:
+    """``value`` (built in Python: an API's parameters, a backend's summary) as a jsonb column takes it: JSON
+    types, finite numbers, storable text, within :func:`decode_json`'s bounds; ``error`` otherwise."""
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:  # not JSON, NaN/Infinity, circular, too deep
+        raise error(f"{origin}: not storable as JSON: {shown(exc, 200)}") from None
+    return decode_json(text, origin, error)
 
 
 def json_type_name(value: object) -> str:

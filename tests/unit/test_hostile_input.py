@@ -24,6 +24,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from han_worker.backends.base import JobResult
 from han_worker.backends.isaaclab import COMMAND_VAR, ConfigError, _json_strings
 from han_worker.cli import worker_main
 from han_worker.client import (
@@ -36,10 +37,19 @@ from han_worker.client import (
 )
 from han_worker.config import Overrides, WorkerConfigError, load_worker_config
 from han_worker.control_plane.admin_secrets import SecretsError, generate_secrets, load_secrets
-from han_worker.fields import INT4_MAX, MAX_JSON_BYTES, MAX_JSON_DEPTH, decode_json
+from han_worker.fields import (
+    INT4_MAX,
+    MAX_JSON_BYTES,
+    MAX_JSON_DEPTH,
+    decode_json,
+    storable_text,
+    text_problem,
+)
 from han_worker.selection.credentials import CredentialsError, load_credentials_file
 from han_worker.selection.endpoints import EndpointsError, check_host, load_endpoints_file, mac_endpoints
 from han_worker.store.artifacts import take_snapshot
+from han_worker.worker import attempt
+from han_worker.worker.attempt import AttemptResult
 from tests.unit.hostile_values import (
     HOSTILE,
     HOSTILE_HOSTS,
@@ -466,3 +476,21 @@ def test_hostile_environment_variables_exit_2_naming_them(
     assert code == 2, err
     # the file's readers name the path they were given; the others the variable
     assert (value.strip() if variable == "HAN_ENDPOINTS_FILE" else f"{variable}: ") in err, err
+
+
+# -- what the worker records: a backend's summary and error messages ---------------------------------------
+
+
+@HOSTILE
+@given(text=st.text(st.characters(codec=None)))
+def test_any_message_becomes_text_postgresql_can_store(text: str):
+    stored = storable_text(text)
+    assert text_problem(stored) is None
+    assert AttemptResult("failed", error=text).error == stored
+
+
+@HOSTILE
+@given(value=st.one_of(st.sampled_from([float("nan"), float("inf")]), unstorable_text()))
+def test_a_summary_the_ledger_cannot_store_is_an_invalid_result(value: object):
+    with pytest.raises(ValueError, match=r"^the backend's summary: "):
+        attempt._checked(JobResult(summary={"value": value}))
