@@ -26,9 +26,10 @@ log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
 _SNAPSHOT_IN_MEMORY = 8 << 20  # an input larger than this is snapshotted to a temporary file
 _RESERVED_NAMES = frozenset({"", ".", ".."})
-# The worker writes an input under its own name (download_inputs, no temporary name since it stopped using
-# fget_object's NAME.<etag>.part.minio), so a name may use the file system's whole limit, MAX_NAME_BYTES.
-# What Windows cannot put in a file name (a pose job may run on the Windows worker), and control characters.
+# What a name must leave out to be a file on every worker: control characters, and what Windows refuses (a
+# pose job may run on the Windows worker). Its length: the worker writes an input under its own name
+# (download_inputs; no temporary name since fget_object's NAME.<etag>.part.minio went), so up to
+# MAX_NAME_BYTES.
 _UNWRITABLE = re.compile(r'[<>:"|?*\x00-\x1f\x7f]')
 _WINDOWS_DEVICES = re.compile(r"(CON|PRN|AUX|NUL|COM[0-9]|LPT[0-9])(\..*)?", re.IGNORECASE)
 
