@@ -93,3 +93,16 @@ def test_an_input_the_user_cannot_read_exits_2_naming_it_and_uploads_nothing(
     assert f"--input: {unreadable}: cannot be read: Permission denied" in result.stderr
     assert "Traceback" not in result.stderr
     assert stored_keys(link) == before
+
+
+def test_an_input_name_of_255_bytes_goes_through_the_object_store_and_the_workers_download(
+    link: Link, tmp_path: Path
+):
+    longest = tmp_path / ("é" * 127 + "x")  # 255 bytes: the longest name submit accepts
+    longest.write_bytes(b"the longest name")
+    job_id = client.submit(link, "noop", {}, client.check_inputs([longest]), max_attempts=3)
+
+    record = link.ledger.job(job_id)
+    assert record is not None
+    downloaded = link.artifacts.download_inputs(record.inputs, tmp_path / "worker" / "inputs")
+    assert downloaded[longest.name].read_bytes() == b"the longest name"
