@@ -213,8 +213,9 @@ def submit_many(
     link: Link, kind: str, params: Sequence[Mapping[str, object]], max_attempts: int
 ) -> list[str]:
     """Jobs without inputs in one ledger commit and one Redis round trip (benchmarks, drills)."""
-    queue = queue_of(kind)
-    jobs = [NewJob(str(uuid.uuid4()), kind, queue, each, {}, max_attempts) for each in params]
+    queue, max_attempts = queue_of(kind), _check_max_attempts(max_attempts)
+    checked = [check_params(each, f"params[{index}]") for index, each in enumerate(params)]
+    jobs = [NewJob(str(uuid.uuid4()), kind, queue, each, {}, max_attempts) for each in checked]
     link.ledger.insert_jobs(jobs)
     link.queues.enqueue_many([(queue, job.job_id) for job in jobs])
     return [job.job_id for job in jobs]

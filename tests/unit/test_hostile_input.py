@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import cast
 from unittest import mock
 
 import pytest
@@ -34,6 +35,7 @@ from han_worker.client import (
     check_params,
     parse_params,
     snapshots,
+    submit_many,
 )
 from han_worker.config import Overrides, WorkerConfigError, load_worker_config
 from han_worker.control_plane.admin_secrets import SecretsError, generate_secrets, load_secrets
@@ -48,6 +50,7 @@ from han_worker.fields import (
 from han_worker.selection.credentials import CredentialsError, load_credentials_file
 from han_worker.selection.endpoints import EndpointsError, check_host, load_endpoints_file, mac_endpoints
 from han_worker.store.artifacts import take_snapshot
+from han_worker.store.link import Link
 from han_worker.worker import attempt
 from han_worker.worker.attempt import AttemptResult
 from tests.unit.hostile_values import (
@@ -494,3 +497,11 @@ def test_any_message_becomes_text_postgresql_can_store(text: str):
 def test_a_summary_the_ledger_cannot_store_is_an_invalid_result(value: object):
     with pytest.raises(ValueError, match=r"^the backend's summary: "):
         attempt._checked(JobResult(summary={"value": value}))
+
+
+def test_submit_many_checks_what_submit_checks_before_it_touches_the_link():
+    link = cast(Link, None)  # never reached: the checks come first
+    with pytest.raises(RequestError, match=r"^params\[1\]: "):
+        submit_many(link, "noop", [{}, {"x": float("nan")}], max_attempts=3)
+    with pytest.raises(RequestError, match=r"^--max-attempts: "):
+        submit_many(link, "noop", [{}], max_attempts=INT4_MAX + 1)
