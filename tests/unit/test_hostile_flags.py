@@ -167,3 +167,15 @@ def test_a_state_dir_with_a_name_too_long_is_refused_before_anything_is_made(
     assert code == 2
     assert "argument --state-dir" in err
     assert os.listdir(tmp_path) == ["home"]
+
+
+@pytest.mark.parametrize("command", ["status", "stop", "init-secrets"])
+def test_a_state_dir_from_the_environment_is_refused_as_the_flag_is(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, command: str
+):
+    too_long = f"/dev/null/{'n' * 300}"
+    monkeypatch.setenv("HAN_CONTROL_PLANE_DIR", too_long)
+    code, err = _run(control_plane_main, [command], capsys)
+    assert code == 2
+    assert too_long[:40] in err
+    assert os.listdir(tmp_path) == ["home"]
