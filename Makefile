@@ -90,4 +90,4 @@ bench: testbed ## Benchmarks (dispatch vs RQ/Celery, endpoint selection): prints
 	python -m tests.bench
 
 clean: ## Remove .venv and generated files (the testbed keeps running; see testbed-down).
-	rm -rf $(VENV) reports/bench-* reports/drill-* reports/demo-* $(STATIC_LOG) .pytest_cache .mypy_cache .ruff_cache $(SANITY_DIR)
+	rm -rf $(VENV) reports/bench-* reports/drill-* reports/demo-* $(STATIC_LOG) .pytest_cache .mypy_cache .ruff_cache .hypothesis $(SANITY_DIR)

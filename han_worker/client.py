@@ -7,22 +7,29 @@ enqueued (the submitter died in between) is put in its stream by a worker's reco
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from han_worker.backends import UnknownKind, get_backend, load_backends
 from han_worker.config import WorkerConfig
+from han_worker.fields import INT4_MAX, check_storable_json, decode_json, json_type_name, shown
 from han_worker.selection.endpoints import format_time
 from han_worker.selection.resolver import Selector, authentication_failures
-from han_worker.store.artifacts import ArtifactError, check_name, input_key
+from han_worker.store.artifacts import ArtifactError, Snapshot, check_name, input_key, take_snapshot
 from han_worker.store.ledger import JobRecord, NewJob
-from han_worker.store.link import CONTROL_PLANE_ERRORS, ConnectError, Link, describe, open_link
+from han_worker.store.link import (
+    CONTROL_PLANE_ERRORS,
+    SERVICE_ERRORS,
+    ConnectError,
+    Link,
+    describe,
+    open_link,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,29 +54,23 @@ def connect(config: WorkerConfig, name: str) -> Link:
     return open_link(choice, timeout=config.probe_timeout_seconds, name=name)
 
 
-def _refuse_constant(constant: str) -> object:
-    raise ValueError(f"{constant} is not allowed (JSON has no {constant})")
-
-
 def _json_value(text: str) -> object:
+    """A ``--param`` VALUE: JSON when it parses as bounded JSON, else the text itself."""
     try:
-        return json.loads(text, parse_constant=_refuse_constant)
-    except ValueError:
+        return decode_json(text, "--param", RequestError)
+    except RequestError:
         return text
 
 
 def parse_params(items: Sequence[str], params_json: str | None = None) -> dict[str, object]:
-    """``--params-json`` (an object), then each ``--param KEY=VALUE`` on top.
+    """``--params-json`` (an object), then each ``--param KEY=VALUE`` on top; checked as the ledger needs.
 
     A VALUE is read as JSON when it is JSON (``3`` is a number, ``true`` a boolean, ``[1,2]`` a list)
     and as a string otherwise (``abc``); quote it to force a string: ``KEY='"3"'``.
     """
     params: dict[str, object] = {}
     if params_json is not None:
-        try:
-            decoded = json.loads(params_json, parse_constant=_refuse_constant)
-        except ValueError as exc:
-            raise RequestError(f"--params-json: not valid JSON: {exc}") from None
+        decoded = decode_json(params_json, "--params-json", RequestError)
         if not isinstance(decoded, dict):
             raise RequestError("--params-json: must be a JSON object, e.g. '{\"seconds\": 2}'")
         params.update(decoded)
@@ -77,28 +78,59 @@ def parse_params(items: Sequence[str], params_json: str | None = None) -> dict[s
     for item in items:
         key, equals, value = item.partition("=")
         if not equals or not key or key != key.strip():
-            raise RequestError(f"--param: {item!r} is not KEY=VALUE (e.g. seconds=2)")
+            raise RequestError(f"--param: {shown(item)} is not KEY=VALUE (e.g. seconds=2)")
         if key in seen:
-            raise RequestError(f"--param: {key!r} is given twice")
+            raise RequestError(f"--param: {shown(key)} is given twice")
         seen.add(key)
         params[key] = _json_value(value)
-    return params
+    return check_params(params, "--param")
+
+
+def check_params(params: Mapping[str, object], origin: str = "params") -> dict[str, object]:
+    """``params`` as the ledger's jsonb column takes them: JSON types, finite numbers, storable text,
+    within the depth and size limits of :func:`han_worker.fields.decode_json`; RequestError otherwise."""
+    decoded = check_storable_json(params, origin, RequestError)
+    if not isinstance(decoded, dict):
+        raise RequestError(f"{origin}: must be a JSON object, not {json_type_name(decoded)}")
+    return decoded
 
 
 def check_inputs(paths: Sequence[Path]) -> dict[str, Path]:
-    """Input name (the file's name) -> path; every file must exist and the names must differ."""
+    """Input name (the file's name) -> path; every file must be readable and the names must differ."""
     inputs: dict[str, Path] = {}
     for path in paths:
-        if not path.is_file():
-            raise RequestError(f"--input: {path} {'is not a file' if path.exists() else 'does not exist'}")
-        try:
-            name = check_name(path.name, "--input")
-        except ArtifactError as exc:
-            raise RequestError(str(exc)) from None
+        _check_readable(path)
+        name = _input_name(path.name)
         if name in inputs:
-            raise RequestError(f"--input: two inputs are named {name!r} ({inputs[name]} and {path})")
+            raise RequestError(f"--input: two inputs are named {shown(name)} ({inputs[name]} and {path})")
         inputs[name] = path
     return inputs
+
+
+def _input_name(name: str) -> str:
+    try:
+        return check_name(name, "--input")
+    except ArtifactError as exc:
+        raise RequestError(str(exc)) from None
+
+
+def _check_readable(path: Path) -> None:
+    """Open ``path`` and read a byte: existence alone does not tell (permissions, /proc/self/mem)."""
+    try:
+        if not path.is_file():
+            raise RequestError(f"--input: {path} {'is not a file' if path.exists() else 'does not exist'}")
+        with path.open("rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        raise RequestError(f"--input: {path}: cannot be read: {exc.strerror or exc}") from None
+
+
+def _check_max_attempts(max_attempts: int) -> int:
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int):
+        raise RequestError(f"--max-attempts: must be a whole number, not {type(max_attempts).__name__}")
+    if not 1 <= max_attempts <= INT4_MAX:
+        raise RequestError(f"--max-attempts: {shown(max_attempts)} is not from 1 to {INT4_MAX}")
+    return max_attempts
 
 
 def queue_of(kind: str) -> str:
@@ -108,24 +140,82 @@ def queue_of(kind: str) -> str:
         raise RequestError(f"--kind: {exc}") from None
 
 
+def snapshots(inputs: Mapping[str, Path]) -> dict[str, Snapshot]:
+    """Every input read to its end before anything is uploaded; RequestError names the unreadable one."""
+    taken: dict[str, Snapshot] = {}
+    try:
+        for name, path in inputs.items():
+            _input_name(name)
+            try:
+                taken[name] = take_snapshot(path)
+            except OSError as exc:
+                raise RequestError(f"--input: {path}: cannot be read: {exc.strerror or exc}") from None
+    except BaseException:
+        _close(taken.values())
+        raise
+    return taken
+
+
+def _close(taken: Iterable[Snapshot]) -> None:
+    for snapshot in taken:
+        snapshot.close()
+
+
 def submit(
     link: Link, kind: str, params: Mapping[str, object], inputs: Mapping[str, Path], max_attempts: int
 ) -> str:
-    """Upload the inputs, record the job, enqueue it; returns its id."""
-    queue, job_id = queue_of(kind), str(uuid.uuid4())
-    uploaded = {name: link.artifacts.upload(input_key(job_id, name), path) for name, path in inputs.items()}
-    records = {name: artifact.to_dict() for name, artifact in uploaded.items()}
-    link.ledger.insert_jobs([NewJob(job_id, kind, queue, params, records, max_attempts)])
-    link.queues.enqueue(queue, job_id)
+    """Check everything, upload the inputs, record the job, enqueue it; returns its id.
+
+    Every input is read before the first upload; a submission that fails before its job is recorded
+    removes the objects it uploaded (best effort, logged)."""
+    queue, checked = queue_of(kind), check_params(params)
+    max_attempts = _check_max_attempts(max_attempts)
+    taken = snapshots(inputs)
+    job_id = str(uuid.uuid4())
+    try:
+        uploaded = _upload_then_record(link, NewJob(job_id, kind, queue, checked, {}, max_attempts), taken)
+    finally:
+        _close(taken.values())
+    log.debug("recorded %s with inputs %s", job_id, uploaded)
+    link.queues.enqueue(queue, job_id)  # a recorded job never enqueued is enqueued by a reconciler
     return job_id
+
+
+def _upload_then_record(link: Link, job: NewJob, taken: Mapping[str, Snapshot]) -> list[str]:
+    uploaded: list[str] = []
+    try:
+        records: dict[str, Mapping[str, object]] = {}
+        for name, snapshot in taken.items():
+            key = input_key(job.job_id, name)
+            records[name] = link.artifacts.upload_snapshot(key, snapshot).to_dict()
+            uploaded.append(key)
+        link.ledger.insert_jobs([replace(job, inputs=records)])
+    except BaseException:
+        if uploaded and not _recorded(link, job.job_id):
+            log.warning(
+                "submission of %s failed: removing its %d uploaded input(s)", job.job_id, len(uploaded)
+            )
+            link.artifacts.remove(uploaded)
+        raise
+    return uploaded
+
+
+def _recorded(link: Link, job_id: str) -> bool:
+    """Whether the ledger holds the job after all (its commit's answer may be what got lost)."""
+    try:
+        return link.ledger.job(job_id) is not None
+    except SERVICE_ERRORS as exc:
+        log.debug("cannot tell whether %s was recorded: %s", job_id, describe(exc))
+        return False
 
 
 def submit_many(
     link: Link, kind: str, params: Sequence[Mapping[str, object]], max_attempts: int
 ) -> list[str]:
     """Jobs without inputs in one ledger commit and one Redis round trip (benchmarks, drills)."""
-    queue = queue_of(kind)
-    jobs = [NewJob(str(uuid.uuid4()), kind, queue, each, {}, max_attempts) for each in params]
+    queue, max_attempts = queue_of(kind), _check_max_attempts(max_attempts)
+    checked = [check_params(each, f"params[{index}]") for index, each in enumerate(params)]
+    jobs = [NewJob(str(uuid.uuid4()), kind, queue, each, {}, max_attempts) for each in checked]
     link.ledger.insert_jobs(jobs)
     link.queues.enqueue_many([(queue, job.job_id) for job in jobs])
     return [job.job_id for job in jobs]
@@ -135,7 +225,7 @@ def check_job_id(text: str) -> str:
     try:
         return str(uuid.UUID(text))
     except ValueError:
-        raise RequestError(f"JOB: {text!r} is not a job id (a UUID, as submit prints it)") from None
+        raise RequestError(f"JOB: {shown(text)} is not a job id (a UUID, as submit prints it)") from None
 
 
 def wait(link: Link, job_id: str, timeout: float) -> JobRecord | None:

@@ -24,14 +24,13 @@ file's job still runs; for workers on the cluster, where Slurm answers (elsewher
 from __future__ import annotations
 
 import logging
-import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
-from han_worker.fields import FieldReader, json_type_name
+from han_worker.fields import INT4_MAX, MAX_JSON_BYTES, FieldReader, shown
 from han_worker.private_files import TrustedFileError, parse_json_object, read_trusted_json
 from han_worker.selection.endpoints import DEFAULT_MAC_PORTS, REQUIRED_SERVICES, EndpointsError, check_host
 from han_worker.selection.policy import MODES, mac_required
@@ -110,23 +109,19 @@ def parse_queues(text: str, origin: str) -> tuple[str, ...]:
     """``"pose, noop"`` -> ``("pose", "noop")``; refuses empty names and an empty list."""
     names = [name.strip() for name in text.split(",")]
     if not text.strip() or not all(names):
-        raise WorkerConfigError(f"{origin}: {text!r} is not a comma-separated list of queue names")
+        raise WorkerConfigError(f"{origin}: {shown(text)} is not a comma-separated list of queue names")
     return tuple(dict.fromkeys(names))
 
 
 def _seconds(fields: FieldReader, key: str) -> float:
     default, minimum = SECONDS[key]
-    value = fields.data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        fields.fail(key, f" must be a number of seconds, not {json_type_name(value)}")
-    if not math.isfinite(value) or value < minimum:
-        fields.fail(key, f": {value} must be a finite number of seconds >= {minimum:g}")
-    return float(value)
+    return fields.seconds(key, default, minimum)
 
 
 def _count(fields: FieldReader, key: str) -> int:
     default, minimum = COUNTS[key]
-    return fields.integer(key, minimum) if key in fields.data else default
+    # max_attempts lands in the ledger's integer column: a larger one would fail every submission.
+    return fields.integer(key, minimum, INT4_MAX) if key in fields.data else default
 
 
 def _path(fields: FieldReader, key: str, default: str | None) -> Path | None:
@@ -172,13 +167,22 @@ def _mac(fields: FieldReader) -> MacSettings | None:
 def _from_file(path: Path, stdin: TextIO) -> WorkerConfig:
     try:
         if path == STDIN:
-            return parse_worker_config(
-                parse_json_object(stdin.read(), "--config - (standard input)"), "--config -"
-            )
+            return parse_worker_config(_read_stdin(stdin), "--config -")
         data = read_trusted_json(path)
     except TrustedFileError as exc:
         raise WorkerConfigError(f"--config: {exc}") from exc
     return parse_worker_config(data, str(path))
+
+
+def _read_stdin(stdin: TextIO) -> dict[str, object]:
+    origin = "--config - (standard input)"
+    try:
+        text = stdin.read(MAX_JSON_BYTES + 1)  # no more than the limit: stdin can be endless
+    except UnicodeDecodeError as exc:
+        raise TrustedFileError(f"{origin}: not valid UTF-8: {exc.reason} at byte {exc.start}") from None
+    except OSError as exc:
+        raise TrustedFileError(f"{origin}: cannot be read: {exc.strerror or exc}") from None
+    return parse_json_object(text, origin)
 
 
 def parse_worker_config(data: Mapping[str, object], origin: str) -> WorkerConfig:
@@ -217,7 +221,7 @@ def _mode(config: WorkerConfig, overrides: Overrides, env: Mapping[str, str]) ->
     for origin, value in (("--mode", overrides.mode), ("CONTROL_PLANE_MODE", env.get("CONTROL_PLANE_MODE"))):
         if value is not None and value.strip():
             if value.strip() not in MODES:
-                raise WorkerConfigError(f"{origin}: {value!r} is not one of {', '.join(MODES)}")
+                raise WorkerConfigError(f"{origin}: {shown(value)} is not one of {', '.join(MODES)}")
             return value.strip()
     return config.mode
 

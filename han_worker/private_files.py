@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from han_worker.fields import json_type_name
+from han_worker.fields import MAX_JSON_BYTES, decode_json, json_type_name
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,8 @@ def check_trusted(path: StrPath, *, secret: bool = False) -> Path:
         raise UntrustedFileError(f"{file_path}: does not exist") from None
     except OSError as exc:
         raise UntrustedFileError(f"{file_path}: cannot be examined: {exc.strerror}") from exc
+    except ValueError:  # a NUL in the name: no file can have it
+        raise UntrustedFileError(f"{file_path}: is not a usable path (it holds a NUL character)") from None
     if not stat.S_ISREG(file_stat.st_mode):
         raise UntrustedFileError(f"{file_path}: is not a regular file")
     # Windows has no POSIX owner or mode bits (st_mode there is synthesised from the read-only flag,
@@ -98,20 +100,27 @@ def read_trusted_json(path: StrPath, *, secret: bool = False) -> dict[str, objec
     """Check ``path`` with :func:`check_trusted`, then read it as one JSON object."""
     file_path = check_trusted(path, secret=secret)
     try:
-        text = file_path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise TrustedFileError(f"{file_path}: not valid UTF-8: {exc.reason} at byte {exc.start}") from exc
+        with file_path.open("rb") as handle:
+            content = handle.read(MAX_JSON_BYTES + 1)  # no more than the limit, whatever st_size says
     except OSError as exc:
         raise TrustedFileError(f"{file_path}: cannot be read: {exc.strerror}") from exc
-    return parse_json_object(text, str(file_path))
+    if len(content) > MAX_JSON_BYTES:
+        raise TrustedFileError(f"{file_path}: larger than {MAX_JSON_BYTES} bytes")
+    return parse_json_object(decode_utf8(content, str(file_path)), str(file_path))
+
+
+def decode_utf8(content: bytes, origin: str) -> str:
+    """``content`` as UTF-8 text; TrustedFileError names ``origin`` and the first bad byte."""
+    try:
+        return content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TrustedFileError(f"{origin}: not valid UTF-8: {exc.reason} at byte {exc.start}") from None
 
 
 def parse_json_object(text: str, origin: str) -> dict[str, object]:
-    """Decode ``text`` as one JSON object; TrustedFileError names ``origin`` and the problem."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise TrustedFileError(f"{origin}: not valid JSON: {exc}") from exc
+    """Decode ``text`` as one bounded JSON object (:func:`han_worker.fields.decode_json`);
+    TrustedFileError names ``origin`` and the problem."""
+    data = decode_json(text, origin, TrustedFileError)
     if not isinstance(data, dict):
         raise TrustedFileError(f"{origin}: must hold a JSON object, not {json_type_name(data)}")
     return data

@@ -21,6 +21,7 @@ from functools import cache
 from importlib.metadata import entry_points
 
 from han_worker.backends.base import LINUX, MACOS, WINDOWS, Backend
+from han_worker.fields import shown
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,9 @@ def load_backends() -> dict[str, Backend]:
 def get_backend(kind: str) -> Backend:
     backends = load_backends()
     if kind not in backends:
-        raise UnknownKind(f"job kind {kind!r} has no backend (known kinds: {', '.join(sorted(backends))})")
+        raise UnknownKind(
+            f"job kind {shown(kind)} has no backend (known kinds: {', '.join(sorted(backends))})"
+        )
     return backends[kind]
 
 

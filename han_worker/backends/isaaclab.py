@@ -35,7 +35,6 @@ and the attempt ends with :class:`InterruptedError`, so that the job runs again 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import re
@@ -52,6 +51,7 @@ from pathlib import Path
 from typing import IO
 
 from han_worker.backends.base import WINDOWS, JobContext, JobFailed, JobResult
+from han_worker.fields import decode_json, shown
 
 log = logging.getLogger(__name__)
 
@@ -168,11 +168,13 @@ def _json_strings(environ: Mapping[str, str], var: str, *, required: bool) -> tu
             raise ConfigError(f"{var} is not set: it must give the Isaac Lab training command as a JSON list")
         return ()
     try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
+        value = decode_json(raw, var, ConfigError)
+    except ConfigError:
         value = None
     if not isinstance(value, list) or not value or not all(isinstance(item, str) and item for item in value):
-        raise ConfigError(f'{var} must be a JSON list of non-empty strings, like ["a", "b"]; it is {raw!r}')
+        raise ConfigError(
+            f'{var} must be a JSON list of non-empty strings, like ["a", "b"]; it is {shown(raw)}'
+        )
     return tuple(value)
 
 

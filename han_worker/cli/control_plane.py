@@ -18,18 +18,20 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from han_worker.cli.options import non_negative_seconds, positive_seconds
+from han_worker.cli.options import non_negative_seconds, path_argument, positive_seconds
 from han_worker.control_plane import launch, rotation
 from han_worker.control_plane.addresses import local_address_in
 from han_worker.control_plane.admin_secrets import SecretsError, ensure_secrets
 from han_worker.control_plane.layout import DEFAULT_STATE_DIR, Layout
 from han_worker.control_plane.supervisor import SupervisorConfig, run
+from han_worker.fields import shown
 
 log = logging.getLogger(__name__)
 
 SERVICES = ("postgres", "redis", "s3")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 Handler = Callable[[argparse.Namespace], int]
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -144,7 +146,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_state_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--state-dir", type=Path, default=Path(os.environ.get("HAN_CONTROL_PLANE_DIR", DEFAULT_STATE_DIR)),
+        "--state-dir", type=path_argument,
+        default=Path(os.environ.get("HAN_CONTROL_PLANE_DIR", DEFAULT_STATE_DIR)),
         help=f"data, logs, secrets, endpoints (default: $HAN_CONTROL_PLANE_DIR, else {DEFAULT_STATE_DIR})",
     )  # fmt: skip
 
@@ -191,15 +194,22 @@ def _state_layout(args: argparse.Namespace, *, must_exist: bool) -> Layout:
     return Layout(path)
 
 
+def _network(text: str, flag: str) -> IPNetwork:
+    # A zone id (fe80::%eth0/64) is free text after the %, newlines included, and would reach pg_hba.conf.
+    try:
+        if "%" in text:
+            raise ValueError(text)
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise UsageError(
+            f"{flag}: {shown(text)} is not a network without zone id (e.g. 10.1.0.0/16)"
+        ) from None
+
+
 def _bind_address(args: argparse.Namespace) -> str:
     if args.bind is not None:
         return _address(args.bind, args.allow_any_address)
-    try:
-        network = ipaddress.ip_network(args.bind_network, strict=False)
-    except ValueError:
-        raise UsageError(
-            f"--bind-network: {args.bind_network!r} is not a network (e.g. 10.1.0.0/16)"
-        ) from None
+    network = _network(args.bind_network, "--bind-network")
     found = local_address_in(network)
     if found is None:
         raise UsageError(f"--bind-network {network}: this machine has no address in it")
@@ -208,9 +218,13 @@ def _bind_address(args: argparse.Namespace) -> str:
 
 def _address(text: str, allow_any: bool) -> str:
     try:
+        if "%" in text:  # a zone id is free text; services take a plain address
+            raise ValueError(text)
         address = ipaddress.ip_address(text)
     except ValueError:
-        raise UsageError(f"--bind: {text!r} is not an IP address") from None
+        raise UsageError(f"--bind: {shown(text)} is not an IP address without zone id") from None
+    if address.is_multicast:
+        raise UsageError(f"--bind: {text} is a multicast address; a service binds a unicast one")
     if address.is_unspecified and not allow_any:
         raise UsageError(
             f"--bind: {text} would listen on every interface; pass --allow-any-address to mean it"
@@ -223,9 +237,9 @@ def _ports(items: list[str]) -> dict[str, int]:
     for item in items:
         name, _equals, value = item.partition("=")
         if name not in SERVICES:
-            raise UsageError(f"--port {item}: service must be one of {', '.join(SERVICES)}")
-        if not value.isdigit() or not 1 <= int(value) <= 65535:
-            raise UsageError(f"--port {item}: port must be a number from 1 to 65535")
+            raise UsageError(f"--port {shown(item)}: service must be one of {', '.join(SERVICES)}")
+        if not (value.isascii() and value.isdigit() and len(value) <= 5) or not 1 <= int(value) <= 65535:
+            raise UsageError(f"--port {shown(item)}: port must be a number from 1 to 65535")
         ports[name] = int(value)
     if len(set(ports.values())) != len(ports):
         raise UsageError("--port: two services cannot share a port")
@@ -235,25 +249,20 @@ def _ports(items: list[str]) -> dict[str, int]:
 def _networks(items: list[str], address: str) -> tuple[str, ...]:
     if not items:
         return ("127.0.0.0/8",) if ipaddress.ip_address(address).is_loopback else (f"{address}/32",)
-    networks = []
-    for item in items:
-        try:
-            networks.append(str(ipaddress.ip_network(item, strict=False)))
-        except ValueError:
-            raise UsageError(f"--client-network: {item!r} is not a network (e.g. 10.1.0.0/16)") from None
-    return tuple(networks)
+    return tuple(str(_network(item, "--client-network")) for item in items)
 
 
 def _config(args: argparse.Namespace) -> SupervisorConfig:
     address = _bind_address(args)
-    layout = _state_layout(args, must_exist=False)
+    ports, networks = _ports(args.port), _networks(args.client_network, address)
+    layout = _state_layout(args, must_exist=False)  # after every flag: a refusal touches no file
     return SupervisorConfig(
         state_dir=layout.root,
         address=address,
         source=args.source,
         launch_mode=args.launch_mode,
-        ports=_ports(args.port),
-        client_networks=_networks(args.client_network, address),
+        ports=ports,
+        client_networks=networks,
         start_timeout=args.start_timeout,
     )
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import sys
 from pathlib import Path
 
+from han_worker.cli.options import path_argument
 from han_worker.control_plane.hardening.checker import CheckConfig, run_checks
 from han_worker.control_plane.hardening.listen import AddressPolicy, make_policy
 from han_worker.control_plane.hardening.report import (
@@ -19,6 +21,7 @@ from han_worker.control_plane.hardening.report import (
     format_table,
 )
 from han_worker.control_plane.layout import DEFAULT_STATE_DIR
+from han_worker.fields import MAX_SECONDS, shown
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +67,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def _add_location_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state-dir",
-        type=Path,
+        type=path_argument,
         default=Path(DEFAULT_STATE_DIR),
         metavar="DIR",
         help=f"the control plane's state directory (default {DEFAULT_STATE_DIR})",
     )
     parser.add_argument(
         "--env-dir",
-        type=Path,
+        type=path_argument,
         default=Path(DEFAULT_ENV_DIR),
         metavar="DIR",
         help=f"the env its programs run from (default {DEFAULT_ENV_DIR})",
@@ -102,13 +105,35 @@ def _add_policy_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _checked_inputs(args: argparse.Namespace) -> tuple[AddressPolicy, Path]:
     """The address policy and the state directory, or HardeningInputError naming the flag."""
-    if not args.timeout > 0:
-        raise HardeningInputError(f"--timeout: {args.timeout} is not a positive number of seconds")
+    if not 0 < args.timeout <= MAX_SECONDS:  # NaN fails both comparisons, Infinity the second
+        raise HardeningInputError(
+            f"--timeout: {args.timeout} is not a positive number of seconds up to {MAX_SECONDS:g}"
+        )
+    _refuse_odd_addresses(args)
     policy = make_policy(args.bind_address, args.bind_network, args.allow_any_address)
     state_dir = Path(args.state_dir).expanduser()
     if not state_dir.is_dir():
         raise HardeningInputError(f"--state-dir: {state_dir} is not a directory")
     return policy, state_dir
+
+
+def _refuse_odd_addresses(args: argparse.Namespace) -> None:
+    """What make_policy would take but no service binds: zone ids (free text after %) and multicast."""
+    for flag, values in (("--bind-address", args.bind_address), ("--bind-network", args.bind_network)):
+        for value in values:
+            if "%" in value:
+                raise HardeningInputError(
+                    f"{flag}: {shown(value)} has a zone id (%...); give a plain address"
+                )
+            if _is_multicast(value):
+                raise HardeningInputError(f"{flag}: {value} is multicast, not a service's address")
+
+
+def _is_multicast(text: str) -> bool:
+    try:
+        return ipaddress.ip_network(text, strict=False).is_multicast
+    except ValueError:  # not an address at all: make_policy says so
+        return False
 
 
 def handle(args: argparse.Namespace) -> int:

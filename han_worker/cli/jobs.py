@@ -11,7 +11,6 @@ import argparse
 import json
 import logging
 from collections.abc import Callable
-from pathlib import Path
 
 from han_worker import client
 from han_worker.backends import UnsupportedQueue
@@ -24,12 +23,14 @@ from han_worker.cli.options import (
     add_command,
     fail,
     load_config,
+    path_argument,
+    positive_count,
     positive_seconds,
 )
 from han_worker.config import WorkerConfig, WorkerConfigError
 from han_worker.selection.endpoints import EndpointsError
 from han_worker.selection.resolver import Selector
-from han_worker.store.link import CONTROL_PLANE_ERRORS, ConnectError, Link, describe
+from han_worker.store.link import SERVICE_ERRORS, ConnectError, Link, describe
 from han_worker.worker import keeper
 from han_worker.worker.loop import StartError, Worker, backends_to_serve
 
@@ -62,12 +63,6 @@ Exit 0 if the job succeeded (its result is printed), 1 if it failed or is dead (
 3 if it has not finished within --timeout.
 
 """
-
-
-def _positive_int(text: str) -> int:
-    if not (text.isascii() and text.isdigit()) or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
-    return int(text)
 
 
 def add_parsers(commands: Commands[argparse.ArgumentParser]) -> None:
@@ -106,7 +101,7 @@ def _add_submit(commands: Commands[argparse.ArgumentParser]) -> None:
         "--input",
         action="append",
         default=[],
-        type=Path,
+        type=path_argument,
         metavar="FILE",
         help="an input file, repeatable; the backend sees it under its file name",
     )
@@ -121,7 +116,7 @@ def _add_submit(commands: Commands[argparse.ArgumentParser]) -> None:
     submit.add_argument("--params-json", metavar="JSON", help="parameters as one JSON object; --param wins")
     submit.add_argument(
         "--max-attempts",
-        type=_positive_int,
+        type=positive_count,
         metavar="N",
         help="attempts before the job is dead (default: the config file's max_attempts, else 3)",
     )
@@ -149,7 +144,7 @@ def _add_status(commands: Commands[argparse.ArgumentParser]) -> None:
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     status.add_argument(
         "--limit",
-        type=_positive_int,
+        type=positive_count,
         default=10,
         metavar="N",
         help="pending and dead jobs to list (default: 10)",
@@ -182,7 +177,7 @@ def _connected(args: argparse.Namespace, work: Callable[[Link, WorkerConfig], in
         return work(link, config)
     except client.RequestError as exc:
         return fail(args.command, exc)
-    except CONTROL_PLANE_ERRORS as exc:
+    except SERVICE_ERRORS as exc:  # gone (CONTROL_PLANE_ERRORS) or refusing: not the input's fault
         return fail(args.command, f"{link.source}: {describe(exc)}", EXIT_FAILED)
     finally:
         link.close()

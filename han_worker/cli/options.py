@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from han_worker.config import DEFAULT_ENDPOINTS_FILE, Overrides, WorkerConfig, load_worker_config
+from han_worker.fields import INT4_MAX, MAX_NAME_BYTES, MAX_SECONDS, shown
 from han_worker.selection.endpoints import REQUIRED_SERVICES
 from han_worker.selection.policy import MODES
 
@@ -37,36 +38,68 @@ pegasus.endpoints_file, else {DEFAULT_ENDPOINTS_FILE} (its credentials.json besi
 """
 
 
-def positive_seconds(text: str) -> float:
-    """argparse type: a finite number of seconds above 0."""
+# argparse types. Each refuses with ArgumentTypeError, which argparse prints after the flag's name and
+# turns into exit 2; the bounds are the ones han_worker.fields applies to files.
+
+
+def _seconds(text: str) -> float:
     try:
+        if not text.isascii():  # float() reads any script's digits; a typo more likely than Arabic-Indic
+            raise ValueError(text)
         seconds = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not a number of seconds") from None
+    if seconds > MAX_SECONDS and math.isfinite(seconds):
+        raise argparse.ArgumentTypeError(f"{shown(text)} must be at most {MAX_SECONDS:g} seconds (30 days)")
+    return seconds
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type: a finite number of seconds above 0, at most MAX_SECONDS."""
+    seconds = _seconds(text)
     if not (seconds > 0 and math.isfinite(seconds)):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds > 0")
+        raise argparse.ArgumentTypeError(f"{shown(text)} must be a finite number of seconds > 0")
     return seconds
 
 
 def non_negative_seconds(text: str) -> float:
-    """argparse type: a finite number of seconds, 0 or more."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    """argparse type: a finite number of seconds, 0 or more, at most MAX_SECONDS."""
+    seconds = _seconds(text)
     if not (seconds >= 0 and math.isfinite(seconds)):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds >= 0")
+        raise argparse.ArgumentTypeError(f"{shown(text)} must be a finite number of seconds >= 0")
     return seconds
+
+
+def positive_count(text: str) -> int:
+    """argparse type: a whole number from 1 to PostgreSQL's largest integer (attempt counts, limits)."""
+    # len first: int() refuses more than 4300 digits with a ValueError of its own
+    if not (text.isascii() and text.isdigit() and len(text) <= 10) or not 1 <= int(text) <= INT4_MAX:
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not a whole number from 1 to {INT4_MAX}")
+    return int(text)
+
+
+def path_argument(text: str) -> Path:
+    """argparse type: a path the system can name (not empty, no NUL); whether it exists is checked later."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path names no file")
+    if "\0" in text:
+        raise argparse.ArgumentTypeError(f"{shown(text)} holds a NUL character, which no path can")
+    longest = max(len(os.fsencode(part)) for part in Path(text).parts)
+    if longest > MAX_NAME_BYTES:
+        raise argparse.ArgumentTypeError(
+            f"{shown(text)} has a name of {longest} bytes; file systems allow {MAX_NAME_BYTES}"
+        )
+    return Path(text)
 
 
 def service_port(text: str) -> tuple[str, int]:
     """argparse type: ``SERVICE=PORT`` for one of the control plane's services."""
     service, sep, port = text.partition("=")
-    if not sep or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not SERVICE=PORT, port 1-65535 (e.g. redis=6380)")
+    if not sep or not (port.isascii() and port.isdigit() and len(port) <= 5) or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not SERVICE=PORT, port 1-65535 (e.g. redis=6380)")
     if service not in REQUIRED_SERVICES:
         raise argparse.ArgumentTypeError(
-            f"{text!r}: {service!r} is not one of {', '.join(REQUIRED_SERVICES)}"
+            f"{shown(text)}: {shown(service)} is not one of {', '.join(REQUIRED_SERVICES)}"
         )
     return service, int(port)
 
@@ -91,15 +124,15 @@ def add_selection_options(parser: argparse.ArgumentParser) -> None:
         "choosing the control plane (flags beat variables, which beat --config)"
     )
     group.add_argument(
-        "--config", type=Path, metavar="PATH",
+        "--config", type=path_argument, metavar="PATH",
         help="worker configuration file (JSON, as the Ansible roles render it; - reads standard input)",
     )  # fmt: skip
     group.add_argument("--mode", choices=MODES, help="selection mode (see below)")
     group.add_argument(
-        "--endpoints-file", type=Path, metavar="PATH", help="the Pegasus endpoints file (see below)"
+        "--endpoints-file", type=path_argument, metavar="PATH", help="the Pegasus endpoints file (see below)"
     )
     group.add_argument(
-        "--credentials-file", type=Path, metavar="PATH",
+        "--credentials-file", type=path_argument, metavar="PATH",
         help="the Pegasus control plane's credentials for workers (default: credentials.json beside the "
         "endpoints file)",
     )  # fmt: skip
@@ -109,7 +142,7 @@ def add_selection_options(parser: argparse.ArgumentParser) -> None:
         help="a Mac service on another port, repeatable (defaults: postgres=5432 redis=6379 s3=9000)",
     )  # fmt: skip
     group.add_argument(
-        "--mac-credentials-file", type=Path, metavar="PATH",
+        "--mac-credentials-file", type=path_argument, metavar="PATH",
         help="the Mac control plane's credentials for workers (needed where the Mac may be used)",
     )  # fmt: skip
     group.add_argument(

@@ -52,7 +52,10 @@ def servable_queues(platform: str) -> dict[str, list[str]]:
 def check(text: str) -> tuple[str, ...]:
     """The queues in ``text``; raises WorkerConfigError or UnsupportedQueue with the reason."""
     queues = parse_queues(text, "--check")
-    backends_to_serve(queues)
+    try:
+        backends_to_serve(queues)
+    except UnsupportedQueue as exc:
+        raise UnsupportedQueue(f"--check: {exc}") from exc
     return queues
 
 

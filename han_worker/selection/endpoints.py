@@ -9,12 +9,13 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
 
-from han_worker.fields import FieldReader
+from han_worker.fields import INT4_MAX, FieldReader, shown
 from han_worker.private_files import StrPath, TrustedFileError, read_trusted_json, write_private_json
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ SCHEMA = 1
 REQUIRED_SERVICES = ("postgres", "redis", "s3")
 OPTIONAL_SERVICES = ("api",)
 DEFAULT_MAC_PORTS: Mapping[str, int] = MappingProxyType({"postgres": 5432, "redis": 6379, "s3": 9000})
-_SLURM_JOB_ID = re.compile(r"[0-9]+")
+_SLURM_JOB_ID = re.compile(r"[0-9]{1,10}")  # Slurm job ids are 32-bit
 _HOSTNAME_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
@@ -80,14 +81,35 @@ class Endpoints:
 
 
 def check_host(host: str) -> str:
-    """``host`` if it is an IP address or a host name; EndpointsError says why not."""
+    """``host`` if a worker can connect to it: an IP literal or a host name; EndpointsError says why not.
+
+    Refused: the unspecified (``0.0.0.0``, ``::``) and multicast addresses, which name no server; IPv6
+    zone ids (``fe80::1%eth0``), whose text after ``%`` is free-form (newlines, ``$(...)``); and the
+    legacy forms that C's inet_aton reads as IPv4 but that look like names (``127.1``, ``0x7f.1``, ``0``).
+    """
     try:
-        ipaddress.ip_address(host)
+        address = ipaddress.ip_address(host)
     except ValueError:
-        labels = host.rstrip(".").split(".")
-        if len(host) > 253 or not all(_HOSTNAME_LABEL.fullmatch(label) for label in labels):
-            raise EndpointsError(f"{host!r} is neither an IP address nor a host name") from None
+        if not _is_host_name(host):
+            raise EndpointsError(f"{shown(host)} is neither an IP address nor a host name") from None
+        return host
+    if "%" in host:
+        raise EndpointsError(f"{shown(host)}: an IPv6 zone id (%...) is not accepted")
+    if address.is_unspecified or address.is_multicast:
+        what = "unspecified (it means every local interface)" if address.is_unspecified else "multicast"
+        raise EndpointsError(f"{host!r} is {what}, not the address of a server")
     return host
+
+
+def _is_host_name(host: str) -> bool:
+    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
+    if len(host) > 253 or not all(_HOSTNAME_LABEL.fullmatch(label) for label in labels):
+        return False
+    try:
+        socket.inet_aton(host)
+    except OSError:
+        return True
+    return False  # a legacy IPv4 form: resolvers would read "0" as 0.0.0.0
 
 
 def format_time(moment: datetime) -> str:
@@ -133,7 +155,7 @@ def parse_endpoints(data: Mapping[str, object], origin: str) -> Endpoints:
         raise EndpointsError(f"{origin}: unknown schema {schema} (this worker reads schema {SCHEMA})")
     job_id = fields.optional_string("slurm_job_id")
     if job_id is not None and not _SLURM_JOB_ID.fullmatch(job_id):
-        fields.fail("slurm_job_id", f": {job_id!r} is not a Slurm job id (digits only)")
+        fields.fail("slurm_job_id", f": {shown(job_id)} is not a Slurm job id (1-10 digits)")
     started_at = _parse_time(fields, "started_at")
     expires_at = None if fields.raw("expires_at") is None else _parse_time(fields, "expires_at")
     if expires_at is not None and expires_at <= started_at:
@@ -141,7 +163,7 @@ def parse_endpoints(data: Mapping[str, object], origin: str) -> Endpoints:
     return Endpoints(
         schema=schema,
         source=fields.string("source"),
-        epoch=fields.integer("epoch", minimum=1),
+        epoch=fields.integer("epoch", 1, INT4_MAX),  # the ledger's control_plane_epoch is an integer
         slurm_job_id=job_id,
         node=fields.string("node"),
         started_at=started_at,
@@ -191,6 +213,10 @@ def mac_endpoints(host: str, ports: Mapping[str, int] | None = None) -> Endpoint
     """The Mac's control plane on its LAN address: a synthetic document, epoch 0, no job, no expiry."""
     if not host.strip():
         raise EndpointsError("Mac endpoints: field 'host' must not be empty")
+    try:
+        check_host(host)
+    except EndpointsError as exc:
+        raise EndpointsError(f"Mac endpoints: field 'host': {exc}") from None
     merged = {**DEFAULT_MAC_PORTS, **(ports or {})}
     fields = FieldReader(merged, f"Mac endpoints for {host}", EndpointsError, prefix="ports.")
     known = REQUIRED_SERVICES + OPTIONAL_SERVICES

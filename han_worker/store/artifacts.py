@@ -9,17 +9,29 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
+import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, cast
 
 from minio import Minio
 from minio.error import S3Error
 
+from han_worker.fields import MAX_NAME_BYTES, shown, text_problem
+
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
+_SNAPSHOT_IN_MEMORY = 8 << 20  # an input larger than this is snapshotted to a temporary file
 _RESERVED_NAMES = frozenset({"", ".", ".."})
+# What a name must leave out to be a file on every worker: control characters, and what Windows refuses (a
+# pose job may run on the Windows worker). Its length: the worker writes an input under its own name
+# (download_inputs; no temporary name since fget_object's NAME.<etag>.part.minio went), so up to
+# MAX_NAME_BYTES.
+_UNWRITABLE = re.compile(r'[<>:"|?*\x00-\x1f\x7f]')
+_WINDOWS_DEVICES = re.compile(r"(CON|PRN|AUX|NUL|COM[0-9]|LPT[0-9])(\..*)?", re.IGNORECASE)
 
 
 class ArtifactError(ValueError):
@@ -44,10 +56,28 @@ class Artifact:
 
 
 def check_name(name: str, what: str) -> str:
-    """An artifact name is one plain file name: it becomes both an S3 key part and a local file."""
-    if name in _RESERVED_NAMES or "/" in name or "\\" in name or "\0" in name or name != name.strip():
-        raise ArtifactError(f"{what}: {name!r} is not a plain file name")
+    """An artifact name is one plain file name: it becomes an S3 key part, a ledger string and a local file
+    on every worker that may run the job (Linux or Windows)."""
+    problem = _name_problem(name)
+    if problem is not None:
+        raise ArtifactError(f"{what}: {shown(name)} {problem}")
     return name
+
+
+def _name_problem(name: str) -> str | None:
+    if name in _RESERVED_NAMES or "/" in name or "\\" in name or name != name.strip():
+        return "is not a plain file name"
+    problem = text_problem(name)
+    if problem is not None:
+        return f"{problem}: it cannot be stored with the job"
+    if _UNWRITABLE.search(name) or name.endswith("."):
+        return 'cannot be a file name on every worker (no control characters, <>:"|?* or trailing dot)'
+    if _WINDOWS_DEVICES.fullmatch(name):
+        return "is a device name on Windows, not a file name"
+    size = len(name.encode("utf-8"))
+    if size > MAX_NAME_BYTES:
+        return f"is {size} bytes long; a worker can write a name of at most {MAX_NAME_BYTES} bytes"
+    return None
 
 
 def input_key(job_id: str, name: str) -> str:
@@ -56,6 +86,34 @@ def input_key(job_id: str, name: str) -> str:
 
 def output_key(job_id: str, attempt: int, name: str) -> str:
     return f"jobs/{job_id}/outputs/{attempt}/{check_name(name, 'output name')}"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A local file's bytes as read once (st_size is not trusted: /proc files say 0), with their hash."""
+
+    data: BinaryIO
+    sha256: str
+    size: int
+
+    def close(self) -> None:
+        self.data.close()
+
+
+def take_snapshot(path: Path) -> Snapshot:
+    """Read ``path`` to its end into memory (or a temporary file past a few MiB); OSError when unreadable.
+
+    What is uploaded is then exactly what was hashed, even when the file changes meanwhile."""
+    # The Snapshot owns the file; typeshed's SpooledTemporaryFile is an IO[bytes] but not a BinaryIO.
+    copy = cast(BinaryIO, tempfile.SpooledTemporaryFile(max_size=_SNAPSHOT_IN_MEMORY))  # noqa: SIM115
+    try:
+        with path.open("rb") as handle:
+            sha256, size = _copy(iter(lambda: handle.read(_CHUNK), b""), copy)
+    except BaseException:
+        copy.close()
+        raise
+    copy.seek(0)
+    return Snapshot(copy, sha256, size)
 
 
 def file_digest(path: Path) -> tuple[str, int]:
@@ -86,6 +144,26 @@ class ArtifactStore:
         self.client.fput_object(self.bucket, key, str(path), metadata={"x-amz-meta-sha256": sha256})
         log.debug("uploaded %s (%d bytes) to %s", path, size, key)
         return Artifact(key, sha256, size)
+
+    def upload_snapshot(self, key: str, snapshot: Snapshot) -> Artifact:
+        """Upload exactly the bytes of ``snapshot`` (no second read of the file, no trust in its st_size)."""
+        snapshot.data.seek(0)
+        self.client.put_object(
+            self.bucket, key, snapshot.data, snapshot.size, metadata={"x-amz-meta-sha256": snapshot.sha256}
+        )
+        log.debug("uploaded %d bytes to %s", snapshot.size, key)
+        return Artifact(key, snapshot.sha256, snapshot.size)
+
+    def remove(self, keys: Iterable[str]) -> None:
+        """Delete ``keys``, best effort: each failure is logged, none is raised (a cleanup must not hide the
+        error that called for it)."""
+        for key in keys:
+            try:
+                self.client.remove_object(self.bucket, key)
+            except Exception as exc:  # any failure leaves one orphan object, logged
+                log.warning("could not remove %s from bucket %s: %s", key, self.bucket, exc)
+            else:
+                log.debug("removed %s", key)
 
     def upload_outputs(self, job_id: str, attempt: int, files: Mapping[str, Path]) -> dict[str, Artifact]:
         return {name: self.upload(output_key(job_id, attempt, name), path) for name, path in files.items()}
@@ -127,10 +205,14 @@ class ArtifactStore:
 
 def _save(chunks: Iterable[bytes], destination: Path) -> tuple[str, int]:
     """Write ``chunks`` to ``destination``; (SHA-256 hex digest, size in bytes) of what was written."""
-    digest, size = hashlib.sha256(), 0
     with destination.open("wb") as handle:
-        for chunk in chunks:
-            digest.update(chunk)
-            handle.write(chunk)
-            size += len(chunk)
+        return _copy(chunks, handle)
+
+
+def _copy(chunks: Iterable[bytes], target: BinaryIO) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    for chunk in chunks:
+        digest.update(chunk)
+        target.write(chunk)
+        size += len(chunk)
     return digest.hexdigest(), size

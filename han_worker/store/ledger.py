@@ -26,6 +26,8 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from han_worker.fields import storable_text
+
 log = logging.getLogger(__name__)
 
 Row = tuple[Any, ...]
@@ -261,7 +263,9 @@ def _finish_params(job_id: str, attempt: int, outcome: Outcome) -> dict[str, obj
     if outcome.kind not in OUTCOMES:
         raise ValueError(f"outcome {outcome.kind!r} is not one of {', '.join(OUTCOMES)}")
     return {
-        "id": job_id, "attempt": attempt, "outcome": outcome.kind, "error": outcome.error,
+        # an error message may quote what PostgreSQL cannot store (a NUL from a decoder): escaped, not lost
+        "id": job_id, "attempt": attempt, "outcome": outcome.kind,
+        "error": None if outcome.error is None else storable_text(outcome.error),
         "result": None if outcome.summary is None else Jsonb(outcome.summary),
         "outputs": None if outcome.outputs is None else Jsonb(outcome.outputs),
     }  # fmt: skip

@@ -38,7 +38,8 @@ CONTROL_PLANE_ERRORS: tuple[type[Exception], ...] = (
     ConnectionError,
     TimeoutError,
 )
-_CONNECT_ERRORS: tuple[type[Exception], ...] = (
+# Any failure a service can answer with, its refusals included.
+SERVICE_ERRORS: tuple[type[Exception], ...] = (
     *CONTROL_PLANE_ERRORS,
     redis.RedisError,
     psycopg.Error,
@@ -130,7 +131,7 @@ def open_link(choice: Choice, *, timeout: float, name: str, block_seconds: float
     for service, check in (("postgres", ledger.migrate), ("redis", queues.client.ping)):
         try:
             check()
-        except _CONNECT_ERRORS as exc:
+        except SERVICE_ERRORS as exc:
             link.close()
             detail = describe(exc)
             permanent = isinstance(exc, redis.AuthenticationError) or "authentication failed" in detail

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from han_worker.fields import FieldReader
+from han_worker.private_files import parse_json_object
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,8 @@ class Spool:
             if taken is None:
                 continue
             try:
-                result = _parse(json.loads((taken / RESULT_FILE).read_text(encoding="utf-8")), str(path))
+                text = (taken / RESULT_FILE).read_text(encoding="utf-8")
+                result = _parse(parse_json_object(text, str(path)), str(path))
             except (OSError, ValueError, TypeError) as exc:
                 log.error("spool: %s is unreadable (%s); moved aside", path, exc)
                 os.replace(taken, self.directory / f".broken-{path.name}")

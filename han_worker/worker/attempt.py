@@ -17,7 +17,6 @@ the lease repair what a lost acknowledgement or re-enqueue leaves behind).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -28,6 +27,7 @@ from pathlib import Path
 from minio.error import S3Error
 
 from han_worker.backends.base import Backend, JobContext, JobFailed, JobResult
+from han_worker.fields import check_storable_json, storable_text
 from han_worker.store.artifacts import ArtifactError, check_name
 from han_worker.store.ledger import AttemptOwner, Claim, FinishReport, Outcome
 from han_worker.store.link import CONTROL_PLANE_ERRORS, Link, describe
@@ -114,12 +114,18 @@ class AttemptResult:
     error: str | None = None
     files: Mapping[str, Path] = field(default_factory=dict)  # outputs to upload (succeeded only)
 
+    def __post_init__(self) -> None:
+        # An error may quote what PostgreSQL cannot store (a NUL from a decoder); the spool's reader would
+        # refuse it too. Escaped here, once, so the ledger and the spool record the same text.
+        if self.error is not None:
+            object.__setattr__(self, "error", storable_text(self.error))
+
 
 def _checked(result: object) -> AttemptResult:
     """A backend's return value as a success; a malformed one is a crash (a bug, not bad input)."""
     if not isinstance(result, JobResult):
         raise TypeError(f"backend returned {type(result).__name__}, not JobResult")
-    json.dumps(result.summary)  # the summary goes into a jsonb column
+    check_storable_json(result.summary, "the backend's summary", ValueError)  # it goes into a jsonb column
     for name, path in result.outputs.items():
         check_name(name, "output name")
         if not Path(path).is_file():

@@ -107,13 +107,13 @@ _raw:
 """
 
 
-import json
 from functools import partial
 
 from ansible.errors import AnsibleError
 from ansible.plugins.lookup import LookupBase
 
 try:
+    from han_worker.fields import decode_json
     from han_worker.selection.endpoints import EndpointsError, mac_endpoints, parse_endpoints
     from han_worker.selection.policy import select
     from han_worker.selection.probes import tcp_probe
@@ -159,9 +159,9 @@ class LookupModule(LookupBase):
             return EndpointsError(reason.strip())
         if isinstance(document, str):
             try:
-                document = json.loads(document)
-            except ValueError as error:
-                return EndpointsError(f"Pegasus endpoints: not valid JSON: {error}")
+                document = decode_json(document, "Pegasus endpoints", EndpointsError)
+            except EndpointsError as error:
+                return error
         if not isinstance(document, dict):
             return EndpointsError(f"Pegasus endpoints: must be an object, not {type(document).__name__}")
         try:

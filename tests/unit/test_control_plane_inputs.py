@@ -85,10 +85,10 @@ def test_a_readable_secrets_file_is_refused(tmp_path: Path) -> None:
     [
         (["--bind", "0.0.0.0"], "--bind: 0.0.0.0 would listen on every interface; pass --allow-any-address"),
         (["--bind", "pegasus-node"], "--bind: 'pegasus-node' is not an IP address"),
-        (["--bind", "127.0.0.10", "--port", "mysql=3306"], "--port mysql=3306: service must be one of"),
+        (["--bind", "127.0.0.10", "--port", "mysql=3306"], "--port 'mysql=3306': service must be one of"),
         (
             ["--bind", "127.0.0.10", "--port", "redis=70000"],
-            "--port redis=70000: port must be a number from 1",
+            "--port 'redis=70000': port must be a number from 1",
         ),
         (
             ["--bind", "127.0.0.10", "--port", "redis=7000", "--port", "s3=7000"],

@@ -134,7 +134,7 @@ BAD_FIELDS = [
     (_set("source", ""), "field 'source' must not be empty"),
     (_set("node", None), "field 'node' must be a string, not null"),
     (_set("slurm_job_id", 4242), "field 'slurm_job_id' must be a string, not integer"),
-    (_set("slurm_job_id", "42;rm"), "field 'slurm_job_id': '42;rm' is not a Slurm job id (digits only)"),
+    (_set("slurm_job_id", "42;rm"), "field 'slurm_job_id': '42;rm' is not a Slurm job id (1-10 digits)"),
     (_set("started_at", "yesterday"), "field 'started_at': 'yesterday' is not an ISO-8601 time"),
     (
         _set("started_at", "2026-11-28T10:00:00+01:00"),
