@@ -118,13 +118,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument(
         "--bind", metavar="ADDR",
-        help="the node's private address every service binds to (0.0.0.0 only with --allow-any-address)",
+        help="the node's private address every service binds to, and the one the endpoints file publishes",
     )  # fmt: skip
     where.add_argument(
         "--bind-network", metavar="CIDR",
         help="bind the node's own address inside this network (a Slurm job learns its node only at start)",
     )  # fmt: skip
-    parser.add_argument("--allow-any-address", action="store_true", help="permit --bind 0.0.0.0 or ::")
     parser.add_argument("--source", choices=("pegasus", "mac"), default="pegasus", help="written to the file")
     parser.add_argument(
         "--launch-mode", choices=("slurm", "direct"), default="direct",
@@ -208,15 +207,15 @@ def _network(text: str, flag: str) -> IPNetwork:
 
 def _bind_address(args: argparse.Namespace) -> str:
     if args.bind is not None:
-        return _address(args.bind, args.allow_any_address)
+        return _address(args.bind)
     network = _network(args.bind_network, "--bind-network")
     found = local_address_in(network)
     if found is None:
         raise UsageError(f"--bind-network {network}: this machine has no address in it")
-    return _address(found, args.allow_any_address)
+    return _address(found)
 
 
-def _address(text: str, allow_any: bool) -> str:
+def _address(text: str) -> str:
     try:
         if "%" in text:  # a zone id is free text; services take a plain address
             raise ValueError(text)
@@ -225,9 +224,10 @@ def _address(text: str, allow_any: bool) -> str:
         raise UsageError(f"--bind: {shown(text)} is not an IP address without zone id") from None
     if address.is_multicast:
         raise UsageError(f"--bind: {text} is a multicast address; a service binds a unicast one")
-    if address.is_unspecified and not allow_any:
+    if address.is_unspecified:  # published as the services' host, it would name no server a worker reaches
         raise UsageError(
-            f"--bind: {text} would listen on every interface; pass --allow-any-address to mean it"
+            f"--bind: {text} would listen on every interface, and the endpoints file publishes the address "
+            "bound, which must name this node: give its private address (or --bind-network)"
         )
     return str(address)
 
@@ -278,7 +278,7 @@ def _run(args: argparse.Namespace) -> int:
 def _run_argv(config: SupervisorConfig) -> list[str]:
     """The validated configuration as ``run`` arguments, for the background process."""
     argv = ["--bind", config.address, "--source", config.source, "--launch-mode", config.launch_mode]
-    argv += ["--start-timeout", str(config.start_timeout), "--allow-any-address"]  # the address is checked
+    argv += ["--start-timeout", str(config.start_timeout)]
     argv += [f"--port={name}={port}" for name, port in config.ports.items()]
     argv += [f"--client-network={network}" for network in config.client_networks]
     return argv

@@ -83,7 +83,7 @@ def test_a_readable_secrets_file_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--bind", "0.0.0.0"], "--bind: 0.0.0.0 would listen on every interface; pass --allow-any-address"),
+        (["--bind", "0.0.0.0"], "--bind: 0.0.0.0 would listen on every interface, and the endpoints file"),
         (["--bind", "pegasus-node"], "--bind: 'pegasus-node' is not an IP address"),
         (["--bind", "127.0.0.10", "--port", "mysql=3306"], "--port 'mysql=3306': service must be one of"),
         (
