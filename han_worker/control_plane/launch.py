@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from han_worker.control_plane.incidents import FailureRecordError, read_failure
 from han_worker.control_plane.layout import Layout, running_pid
 from han_worker.private_files import TrustedFileError, read_trusted_json
 from han_worker.selection.endpoints import EndpointsError, parse_endpoints
@@ -32,17 +33,32 @@ class Status:
     pid: int | None
     published: bool
     epoch: int | None
+    # Why the last supervisor could not start, or stopped on a crash (incidents.py); None once one published.
+    failure: str | None = None
 
 
 def status(layout: Layout) -> Status:
     pid = running_pid(layout)
+    failure = _failure(layout)
     try:
         endpoints = parse_endpoints(read_trusted_json(layout.endpoints_file), str(layout.endpoints_file))
     except (EndpointsError, TrustedFileError):
-        return Status(pid is not None, pid, published=False, epoch=None)
+        return Status(pid is not None, pid, published=False, epoch=None, failure=failure)
     return Status(
-        pid is not None, pid, published=pid is not None and not endpoints.stale, epoch=endpoints.epoch
+        pid is not None,
+        pid,
+        published=pid is not None and not endpoints.stale,
+        epoch=endpoints.epoch,
+        failure=failure,
     )
+
+
+def _failure(layout: Layout) -> str | None:
+    try:
+        failure = read_failure(layout)
+    except FailureRecordError as exc:
+        return f"the failure record cannot be read: {exc}"
+    return None if failure is None else failure.describe()
 
 
 def start(layout: Layout, run_args: Sequence[str], timeout: float) -> bool:
