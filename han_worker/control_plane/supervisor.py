@@ -430,7 +430,7 @@ class Supervisor:
         count = crashes.record(name, time.monotonic())
         if crashes.too_many(count):
             return (
-                f"{name} exited with code {code}, its {count}th crash within {crashes.window:.0f}s; "
+                f"{name} exited with code {code}: {count} crashes within {crashes.window:.0f}s; "
                 "stopping the control plane"
             )
         try:
