@@ -175,6 +175,8 @@ def judge_owner(
 
 
 def _judge_here(previous: Owner, current: Owner, running_here: list[str], where: str) -> Verdict:
+    if previous.supervisor == current.supervisor and not running_here:
+        return Verdict(True, "this supervisor's earlier attempt: its services no longer run", same_host=True)
     if previous.boot_id is not None and previous.boot_id != current.boot_id:
         return Verdict(True, f"{where} ran before this host's last boot", same_host=True)
     if running_here:

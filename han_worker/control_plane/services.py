@@ -337,6 +337,10 @@ class SeaweedS3Service(Service):
             f"-ip={SEAWEED_INTERNAL_ADDRESS}", f"-ip.bind={SEAWEED_INTERNAL_ADDRESS}",
             f"-s3.ip.bind={self.address}",
             "-master.telemetry=false",
+            # Every start picks new ports, so the master's Raft state (kept per port, m<port>/) has always
+            # been fresh; a restart in place on the same ports would otherwise resume it and wait ~20 s for
+            # an election before the S3 gateway answers. The volumes hold the data and re-register.
+            "-master.resumeState=false",
             f"-master.port={master}", f"-master.port.grpc={master_grpc}",
             f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
             f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",

@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from han_worker.control_plane.leftovers import stale_seaweed_socket_ports
 from han_worker.selection.checks import authenticated_probe, worker_checks
@@ -27,6 +28,7 @@ from tests.integration.control_planes import (
 )
 
 ADDRESS = "127.0.0.50"
+BINARIES = {"postgres": "postgres", "redis": "valkey", "s3": "weed"}
 
 
 def child_pids(parent: int) -> set[int]:
@@ -46,13 +48,14 @@ def service_pid(running: RunningControlPlane, binary: str) -> int | None:
     return None
 
 
-def kill_valkey_and_wait_for_its_restart(running: RunningControlPlane) -> None:
-    before = service_pid(running, "valkey")
+def kill_and_wait_for_its_restart(running: RunningControlPlane, service: str = "redis") -> None:
+    binary = BINARIES[service]
+    before = service_pid(running, binary)
     assert before is not None
-    restarts = running.output().count("redis restarted on")
+    restarts = running.output().count(f"{service} restarted on")
     os.kill(before, signal.SIGKILL)
-    wait_for(lambda: running.output().count("redis restarted on") > restarts, 60, "redis restarted")
-    assert service_pid(running, "valkey") not in (None, before)
+    wait_for(lambda: running.output().count(f"{service} restarted on") > restarts, 90, f"{service} restarted")
+    assert service_pid(running, binary) not in (None, before)
 
 
 def worker_probe_passes(running: RunningControlPlane) -> bool:
@@ -71,13 +74,14 @@ def status(env: UnprivilegedEnv, state_dir: Path) -> str:
     return result.stdout
 
 
-def test_a_killed_valkey_comes_back_on_its_port_with_the_endpoints_kept(
-    unprivileged_env: UnprivilegedEnv, workdir: Path
+@pytest.mark.parametrize("service", ["redis", "postgres", "s3"])
+def test_a_killed_service_comes_back_on_its_port_with_the_endpoints_kept(
+    unprivileged_env: UnprivilegedEnv, workdir: Path, service: str
 ):
-    running = start_control_plane(unprivileged_env, workdir / "valkey", address=ADDRESS)
+    running = start_control_plane(unprivileged_env, workdir / f"killed-{service}", address=ADDRESS)
     try:
         published = running.endpoints
-        kill_valkey_and_wait_for_its_restart(running)
+        kill_and_wait_for_its_restart(running, service)
         assert running.process.poll() is None, "one service's crash must not stop the control plane"
         # Same address and port, same epoch, never marked stale: workers had nothing to re-read.
         assert running.endpoints == published
@@ -90,8 +94,8 @@ def test_a_killed_valkey_comes_back_on_its_port_with_the_endpoints_kept(
 def test_a_crash_loop_stops_it_with_the_reason_in_status(unprivileged_env: UnprivilegedEnv, workdir: Path):
     running = start_control_plane(unprivileged_env, workdir / "loop", address=ADDRESS)
     try:
-        kill_valkey_and_wait_for_its_restart(running)
-        kill_valkey_and_wait_for_its_restart(running)
+        kill_and_wait_for_its_restart(running)
+        kill_and_wait_for_its_restart(running)
         third = service_pid(running, "valkey")
         assert third is not None
         os.kill(third, signal.SIGKILL)

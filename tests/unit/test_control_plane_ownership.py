@@ -102,6 +102,13 @@ def test_still_running_names_the_recorded_processes_alive_here(dead_pid: int):
         child.wait()
 
 
+def test_a_retry_judges_its_own_earlier_attempt_gone_once_its_services_stopped():
+    itself = ownership.this_supervisor("direct")
+    verdict = judge_owner(itself, itself, running_here=[], slurm_alive=None)
+    assert verdict.gone
+    assert verdict.reason == "this supervisor's earlier attempt: its services no longer run"
+
+
 def test_still_running_leaves_out_the_caller_itself():
     """A retried start judges the record of its own first attempt: the supervisor is alive, and it is us."""
     itself = Owner(HERE, BOOT, ownership.mark_of(os.getpid()), None, {})
