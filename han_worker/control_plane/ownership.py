@@ -80,12 +80,14 @@ class Owner:
 
 @dataclass(frozen=True)
 class Verdict:
-    """Whether the previous owner is provably gone, why, and whether it ran on this host (then its files in
-    /tmp are the ones here)."""
+    """Whether the previous owner is provably gone, why, whether it ran on this host (then its files in
+    /tmp are the ones here), and whether asking again later may change the answer (a process exiting, a
+    Slurm job completing); a predecessor that cannot be proved gone from here never will be."""
 
     gone: bool
     reason: str
     same_host: bool = False
+    final: bool = False
 
 
 def process_start_time(pid: int) -> int | None:
@@ -171,6 +173,7 @@ def judge_owner(
         f"{where}, in direct launch mode: whether it still runs cannot be proved from {current.host}; "
         f"check on {previous.host} (`han-control-plane status`, `ps -p {previous.supervisor.pid}`) and, once "
         "it no longer runs there, remove this owner record",
+        final=True,
     )
 
 

@@ -12,6 +12,7 @@ a service that crashes while serving on the same address and ports, and records 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import logging
@@ -61,12 +62,20 @@ START_BACKOFF_S = (2.0, 5.0)
 # A crashed service is restarted in place up to this many times in a row before the crash counts as fatal.
 RESTART_ATTEMPTS = 3
 RESTART_BACKOFF_S = (0.5, 2.0)
+PREDECESSOR_POLL_S = 2.0
+# A service's exit is not taken for a crash before this: Slurm's scancel sends SIGTERM to every process of
+# the job at once, so a service may exit a moment before the supervisor hears its own stop request.
+STOP_RACE_S = 1.0
 # A fatal line of glog (SeaweedFS: "F1202 05:05:25.585 master.go:212] ...") or a Go panic.
 FATAL_LINE = re.compile(r"^(F\d{4} \d\d:\d\d:\d\d|panic: )")
 
 
 class SupervisorError(RuntimeError):
     """The control plane cannot start or keep running; the message says why."""
+
+
+class StartRefused(SupervisorError):
+    """Starting is refused for a reason that trying again cannot change (a predecessor not provably gone)."""
 
 
 @dataclass(frozen=True)
@@ -205,6 +214,26 @@ def next_epoch(layout: Layout) -> int:
     return epoch
 
 
+def finish_orphans(previous: ownership.Owner, services: list[Service], waited: float) -> None:
+    """Do what a dead supervisor would have done at its stop: SIGKILL a service of its still running here
+    once that service's stop grace has passed (it got its stop signal when its supervisor died, see
+    _die_with_parent). SeaweedFS would otherwise wait out its filer's 15 s; only a service recorded by a
+    supervisor that no longer runs, the very process (pid and start time), is killed."""
+    if ownership.is_running(previous.supervisor):
+        return
+    graces = {service.name: service.stop_grace for service in services}
+    for name, recorded in previous.services.items():
+        grace = graces.get(name)
+        process = recorded.process
+        if grace is None or waited < grace or process is None or not ownership.is_running(process):
+            continue
+        log.info(
+            "%s (pid %d) outlived its supervisor by %.0fs: killing it, as planned", name, process.pid, waited
+        )
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGKILL)
+
+
 class Supervisor:
     def __init__(self, config: SupervisorConfig) -> None:
         self.config = config
@@ -245,6 +274,8 @@ class Supervisor:
             try:
                 self._start_once(secrets)
                 return
+            except StartRefused:
+                raise
             except SupervisorError as exc:
                 self._stop_all()
                 if attempt == START_ATTEMPTS or self.stopping.is_set():
@@ -279,15 +310,7 @@ class Supervisor:
         ownership.write_owner(self.layout.owner_file, self.owner)
 
     def _clear_after(self, previous: ownership.Owner, services: list[Service]) -> None:
-        same_host = previous.host == self.owner.host
-        running = ownership.still_running(previous) if same_host else []
-        # Slurm is asked only where the host cannot answer, and not about our own job (a requeue of it).
-        job = previous.slurm_job_id
-        asks_slurm = not same_host and job is not None and job != self.owner.slurm_job_id
-        slurm_alive = slurm_job_alive(job) if asks_slurm and job is not None else None
-        verdict = ownership.judge_owner(previous, self.owner, running, slurm_alive)
-        if not verdict.gone:
-            raise SupervisorError(f"{self.layout.owner_file}: {verdict.reason}")
+        verdict = self._wait_until_gone(previous, services)
         log.info("previous owner of %s: %s", self.layout.root, verdict.reason)
         for service in services:
             recorded = previous.services.get(service.name)
@@ -297,6 +320,36 @@ class Supervisor:
                 )
             except LeftoversInUse as exc:
                 raise SupervisorError(str(exc)) from exc
+
+    def _wait_until_gone(self, previous: ownership.Owner, services: list[Service]) -> ownership.Verdict:
+        """The verdict on ``previous`` once it is gone, waiting up to the start timeout while it may still go
+        (its services exiting after its death signal, its Slurm job COMPLETING while Slurm kills it)."""
+        began = time.monotonic()
+        said = ""
+        while True:
+            verdict = self._judge(previous)
+            if verdict.gone:
+                return verdict
+            where = f"{self.layout.owner_file}: {verdict.reason}"
+            if verdict.final:
+                raise StartRefused(where)
+            if time.monotonic() - began > self.config.start_timeout or self.stopping.is_set():
+                raise SupervisorError(f"{where} (waited {self.config.start_timeout:.0f}s)")
+            if where != said:
+                log.info("waiting for the previous owner to be gone: %s", where)
+                said = where
+            if verdict.same_host:
+                finish_orphans(previous, services, time.monotonic() - began)
+            self.stopping.wait(PREDECESSOR_POLL_S)
+
+    def _judge(self, previous: ownership.Owner) -> ownership.Verdict:
+        same_host = previous.host == self.owner.host
+        running = ownership.still_running(previous) if same_host else []
+        # Slurm is asked only where the host cannot answer, and not about our own job (a requeue of it).
+        job = previous.slurm_job_id
+        asks_slurm = not same_host and job is not None and job != self.owner.slurm_job_id
+        slurm_alive = slurm_job_alive(job) if asks_slurm and job is not None else None
+        return ownership.judge_owner(previous, self.owner, running, slurm_alive)
 
     def _services(self, secrets: ControlPlaneSecrets) -> list[Service]:
         published = dict(self.config.ports)
@@ -427,6 +480,8 @@ class Supervisor:
             "%s exited with code %s while serving; its log %s ends:\n%s",
             name, code, child.service.log_file, child.log_tail(),
         )  # fmt: skip
+        if self.stopping.wait(STOP_RACE_S):
+            return None
         count = crashes.record(name, time.monotonic())
         if crashes.too_many(count):
             return (

@@ -22,6 +22,7 @@ from han_worker.control_plane.layout import Layout
 from han_worker.control_plane.leftovers import LeftoversInUse, clear_leftovers, seaweed_sockets_of
 from han_worker.control_plane.ownership import Owner, OwnerRecordError, ProcessMark, ServiceMark, judge_owner
 from han_worker.control_plane.services import PostgresService, SeaweedS3Service
+from han_worker.control_plane.supervisor import finish_orphans
 
 HERE = "node-a"
 BOOT = "boot-1"
@@ -149,7 +150,7 @@ def test_same_host_after_a_reboot_is_gone_whatever_runs_now():
 )
 def test_another_host_is_judged_by_slurm(slurm_alive: bool | None, gone: bool, said: str):
     verdict = judge_owner(owner(host="node-b", job="41"), owner(job="42"), [], slurm_alive)
-    assert (verdict.gone, verdict.same_host) == (gone, False)
+    assert (verdict.gone, verdict.same_host, verdict.final) == (gone, False, False)
     assert said in verdict.reason
     assert "supervisor pid 4242 on node-b" in verdict.reason
 
@@ -164,6 +165,7 @@ def test_an_earlier_run_of_this_very_job_is_gone():
 def test_another_host_without_slurm_cannot_be_proved_gone():
     verdict = judge_owner(owner(host="login-2"), owner(), [], slurm_alive=None)
     assert not verdict.gone
+    assert verdict.final, "waiting cannot prove it either"
     assert "cannot be proved from node-a" in verdict.reason
     assert "check on login-2" in verdict.reason
     assert "ps -p 4242" in verdict.reason
@@ -294,6 +296,22 @@ def test_seaweed_lock_files_are_its_data_dir_sockets(state_dir: Path):
     )
     assert service.ports == (9000, 1, 2)
     assert [path.name for path in service.lock_files()] == ["filer.sock", "s3.sock"]
+
+
+def test_an_orphan_past_its_stop_grace_is_killed_once_its_supervisor_is_dead(state_dir: Path, dead_pid: int):
+    weed = SeaweedS3Service("s3", "127.0.0.1", 9000, state_dir / "s3.log")  # a 3 s stop grace
+    orphan = sleeper()
+    try:
+        alive = owner(pid=dead_pid, s3=ServiceMark(ownership.mark_of(orphan.pid), (9000,)))
+        alive_supervisor = Owner(HERE, BOOT, ownership.mark_of(os.getpid()), None, alive.services)
+        finish_orphans(alive_supervisor, [weed], waited=10.0)  # its supervisor would stop it itself
+        finish_orphans(alive, [weed], waited=1.0)  # still within its grace
+        assert orphan.poll() is None
+        finish_orphans(alive, [weed], waited=4.0)
+        assert orphan.wait(10) == -9
+    finally:
+        orphan.kill()
+        orphan.wait()
 
 
 # -- crashes and the failure record ------------------------------------------------------------------------
