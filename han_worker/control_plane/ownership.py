@@ -21,7 +21,6 @@ record before it touches anything:
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
 from collections.abc import Mapping
@@ -31,8 +30,6 @@ from pathlib import Path
 from han_worker.control_plane import walltime
 from han_worker.fields import FieldReader
 from han_worker.private_files import TrustedFileError, read_trusted_json, write_private_json
-
-log = logging.getLogger(__name__)
 
 BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
 # /proc/<pid>/stat after the ")" that ends the command name: state is field 3, starttime field 22.
