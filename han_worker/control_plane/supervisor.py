@@ -4,15 +4,14 @@ The endpoints file is the contract with every worker, so the supervisor publishe
 service answered an authenticated probe with the workers' own credentials, and marks it stale before
 anything stops: a worker never reads a fresh file that points at a dead service.
 
-It starts over what a killed predecessor left (ownership.py judges whether that one is provably gone,
-leftovers.py removes its services' lock files), retries a failed start a few times within the job, restarts
+It starts over what a killed predecessor left (takeover.py, once ownership.py proves that one gone),
+retries a failed start a few times within the job, restarts
 a service that crashes while serving on the same address and ports, and records why it gave up
 (incidents.py) for ``han-control-plane status``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import fcntl
 import logging
@@ -31,12 +30,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO
 
-from han_worker.control_plane import ownership, walltime
+from han_worker.control_plane import ownership, takeover, walltime
 from han_worker.control_plane.admin_secrets import ControlPlaneSecrets, ensure_secrets, load_secrets
 from han_worker.control_plane.binaries import BinaryNotFound, find_binaries
 from han_worker.control_plane.incidents import CrashHistory, clear_failure, record_failure
 from han_worker.control_plane.layout import Layout, pick_free_ports
-from han_worker.control_plane.leftovers import LeftoversInUse, clear_leftovers, stale_seaweed_socket_ports
+from han_worker.control_plane.leftovers import clear_leftovers, stale_seaweed_socket_ports
 from han_worker.control_plane.services import SEAWEED_INTERNAL_ADDRESS, Placement, Service, build_services
 from han_worker.private_files import read_trusted_json, write_private_json
 from han_worker.selection.checks import authenticated_probe, worker_checks
@@ -47,7 +46,6 @@ from han_worker.selection.endpoints import (
     parse_endpoints,
     write_endpoints_file,
 )
-from han_worker.selection.slurm_job import slurm_job_alive
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +60,6 @@ START_BACKOFF_S = (2.0, 5.0)
 # A crashed service is restarted in place up to this many times in a row before the crash counts as fatal.
 RESTART_ATTEMPTS = 3
 RESTART_BACKOFF_S = (0.5, 2.0)
-PREDECESSOR_POLL_S = 2.0
 # A service's exit is not taken for a crash before this: Slurm's scancel sends SIGTERM to every process of
 # the job at once, so a service may exit a moment before the supervisor hears its own stop request.
 STOP_RACE_S = 1.0
@@ -214,26 +211,6 @@ def next_epoch(layout: Layout) -> int:
     return epoch
 
 
-def finish_orphans(previous: ownership.Owner, services: list[Service], waited: float) -> None:
-    """Do what a dead supervisor would have done at its stop: SIGKILL a service of its still running here
-    once that service's stop grace has passed (it got its stop signal when its supervisor died, see
-    _die_with_parent). SeaweedFS would otherwise wait out its filer's 15 s; only a service recorded by a
-    supervisor that no longer runs, the very process (pid and start time), is killed."""
-    if ownership.is_running(previous.supervisor):
-        return
-    graces = {service.name: service.stop_grace for service in services}
-    for name, recorded in previous.services.items():
-        grace = graces.get(name)
-        process = recorded.process
-        if grace is None or waited < grace or process is None or not ownership.is_running(process):
-            continue
-        log.info(
-            "%s (pid %d) outlived its supervisor by %.0fs: killing it, as planned", name, process.pid, waited
-        )
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(process.pid, signal.SIGKILL)
-
-
 class Supervisor:
     def __init__(self, config: SupervisorConfig) -> None:
         self.config = config
@@ -295,61 +272,13 @@ class Supervisor:
             clear_failure(self.layout)
 
     def _take_over(self, services: list[Service]) -> None:
-        """Judge the previous owner of the state directory, clear what its services left once it is provably
-        gone, and record ourselves as the owner (with the ports just picked)."""
+        """Wait until the previous owner is provably gone, clear what its services left, record ourselves."""
         try:
-            previous = ownership.read_owner(self.layout.owner_file)
-        except ownership.OwnerRecordError as exc:
-            raise SupervisorError(
-                f"{exc}; remove it once no control plane runs on this state directory"
-            ) from exc
-        if previous is not None:
-            self._clear_after(previous, services)
-        for service in services:
-            self.owner = self.owner.with_service(service.name, ownership.ServiceMark(None, service.ports))
-        ownership.write_owner(self.layout.owner_file, self.owner)
-
-    def _clear_after(self, previous: ownership.Owner, services: list[Service]) -> None:
-        verdict = self._wait_until_gone(previous, services)
-        log.info("previous owner of %s: %s", self.layout.root, verdict.reason)
-        for service in services:
-            recorded = previous.services.get(service.name)
-            try:
-                clear_leftovers(
-                    service, same_host=verdict.same_host, ports=recorded.ports if recorded else ()
-                )
-            except LeftoversInUse as exc:
-                raise SupervisorError(str(exc)) from exc
-
-    def _wait_until_gone(self, previous: ownership.Owner, services: list[Service]) -> ownership.Verdict:
-        """The verdict on ``previous`` once it is gone, waiting up to the start timeout while it may still go
-        (its services exiting after its death signal, its Slurm job COMPLETING while Slurm kills it)."""
-        began = time.monotonic()
-        said = ""
-        while True:
-            verdict = self._judge(previous)
-            if verdict.gone:
-                return verdict
-            where = f"{self.layout.owner_file}: {verdict.reason}"
-            if verdict.final:
-                raise StartRefused(where)
-            if time.monotonic() - began > self.config.start_timeout or self.stopping.is_set():
-                raise SupervisorError(f"{where} (waited {self.config.start_timeout:.0f}s)")
-            if where != said:
-                log.info("waiting for the previous owner to be gone: %s", where)
-                said = where
-            if verdict.same_host:
-                finish_orphans(previous, services, time.monotonic() - began)
-            self.stopping.wait(PREDECESSOR_POLL_S)
-
-    def _judge(self, previous: ownership.Owner) -> ownership.Verdict:
-        same_host = previous.host == self.owner.host
-        running = ownership.still_running(previous) if same_host else []
-        # Slurm is asked only where the host cannot answer, and not about our own job (a requeue of it).
-        job = previous.slurm_job_id
-        asks_slurm = not same_host and job is not None and job != self.owner.slurm_job_id
-        slurm_alive = slurm_job_alive(job) if asks_slurm and job is not None else None
-        return ownership.judge_owner(previous, self.owner, running, slurm_alive)
+            self.owner = takeover.Takeover(
+                self.layout, self.owner, services, self.config.start_timeout, self.stopping
+            ).run()
+        except takeover.PredecessorNotGone as exc:
+            raise (StartRefused if exc.final else SupervisorError)(str(exc)) from exc
 
     def _services(self, secrets: ControlPlaneSecrets) -> list[Service]:
         published = dict(self.config.ports)

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from han_worker.control_plane.layout import Layout
 from han_worker.control_plane.leftovers import LeftoversInUse, clear_leftovers, seaweed_sockets_of
 from han_worker.control_plane.ownership import Owner, OwnerRecordError, ProcessMark, ServiceMark, judge_owner
 from han_worker.control_plane.services import PostgresService, SeaweedS3Service
-from han_worker.control_plane.supervisor import finish_orphans
+from han_worker.control_plane.takeover import PredecessorNotGone, Takeover, finish_orphans
 
 HERE = "node-a"
 BOOT = "boot-1"
@@ -312,6 +313,34 @@ def test_an_orphan_past_its_stop_grace_is_killed_once_its_supervisor_is_dead(sta
     finally:
         orphan.kill()
         orphan.wait()
+
+
+def test_a_takeover_clears_a_dead_owners_files_and_records_itself(state_dir: Path, dead_pid: int):
+    service = postgres_service(state_dir)
+    pid_file = postmaster_pid(service, segment=2**30)
+    here = ownership.this_supervisor("direct")
+    gone = Owner(
+        here.host, here.boot_id, ProcessMark(dead_pid, 1), None, {"postgres": ServiceMark(None, (5432,))}
+    )
+    ownership.write_owner(state_dir / "owner.json", gone)
+    recorded = Takeover(Layout(state_dir), here, [service], 5.0, threading.Event()).run()
+    assert not pid_file.exists()
+    assert recorded.services == {"postgres": ServiceMark(None, (5432,))}
+    assert ownership.read_owner(state_dir / "owner.json") == recorded
+
+
+def test_a_takeover_from_an_unprovable_owner_is_refused_at_once_and_touches_nothing(state_dir: Path):
+    service = postgres_service(state_dir)
+    pid_file = postmaster_pid(service, segment=2**30)
+    foreign = owner(host="login-2")
+    ownership.write_owner(state_dir / "owner.json", foreign)
+    with pytest.raises(PredecessorNotGone, match="cannot be proved") as refused:
+        Takeover(
+            Layout(state_dir), ownership.this_supervisor("direct"), [service], 60.0, threading.Event()
+        ).run()
+    assert refused.value.final
+    assert pid_file.exists()
+    assert ownership.read_owner(state_dir / "owner.json") == foreign
 
 
 # -- crashes and the failure record ------------------------------------------------------------------------
