@@ -91,12 +91,13 @@ def start(layout: Layout, run_args: Sequence[str], timeout: float) -> bool:
 
 
 def _wait_published(layout: Layout, process: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
+    deadline, launched = time.monotonic() + timeout, time.time()
     while time.monotonic() < deadline:
         code = process.poll()
         if code is not None:
+            why = f": {_failure(layout)}" if _recorded_since(layout, launched) else ""
             raise BackgroundError(
-                f"han-control-plane run exited with code {code}; see {layout.log_file('supervisor')}"
+                f"han-control-plane run exited with code {code}{why}; see {layout.log_file('supervisor')}"
             )
         if status(layout).published:
             return
@@ -104,6 +105,14 @@ def _wait_published(layout: Layout, process: subprocess.Popen[bytes], timeout: f
     raise BackgroundError(
         f"no endpoints published within {timeout:.0f}s; see {layout.log_file('supervisor')}"
     )
+
+
+def _recorded_since(layout: Layout, launched: float) -> bool:
+    """A failure recorded by this run, not one left by an earlier run."""
+    try:
+        return layout.failure_file.stat().st_mtime >= launched - 1.0  # coarse file system clocks
+    except OSError:
+        return False
 
 
 def stop(layout: Layout, timeout: float) -> bool:

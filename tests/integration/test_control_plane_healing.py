@@ -200,3 +200,14 @@ def test_a_predecessor_that_cannot_be_proved_gone_is_refused_with_the_reason(
     assert "cannot be proved" in said
     assert json.loads((state_dir / "owner.json").read_text()) == record, "its record must be left alone"
     assert not (state_dir / "endpoints.json").exists()
+    # The background launch says why too, not only "see the log".
+    started = subprocess.run(
+        unprivileged_env.argv("han-control-plane", "start", "--state-dir", str(state_dir), "--bind", ADDRESS),
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert started.returncode == 1
+    assert (
+        "han-control-plane start: han-control-plane run exited with code 1: could not start at "
+        in started.stderr
+    )
+    assert "cannot be proved" in started.stderr
