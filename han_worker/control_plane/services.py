@@ -52,6 +52,9 @@ class Service:
     argv: list[str] = field(default_factory=list)
     env: dict[str, str] | None = None  # None: the supervisor's own environment
     secrets: ControlPlaneSecrets | None = None
+    # The secrets a rotation in progress replaces (secrets.previous.json): the running servers accept both
+    # generations until the rotation retires the old one, so a server (re)started meanwhile does too.
+    previous: ControlPlaneSecrets | None = None
 
     @property
     def endpoint(self) -> ServiceEndpoint:
@@ -64,7 +67,12 @@ class Service:
 
     def use_secrets(self, secrets: ControlPlaneSecrets, previous: ControlPlaneSecrets | None) -> None:
         """Take the secrets file's current generation (a rotation may have changed it since the start)."""
-        self.secrets = secrets
+        self.secrets, self.previous = secrets, previous
+
+    def generations(self) -> list[ControlPlaneSecrets]:
+        """The generations of secrets the server accepts: the current one, and the one a rotation replaces."""
+        assert self.secrets is not None
+        return [self.secrets, *([self.previous] if self.previous is not None else [])]
 
     def lock_files(self) -> list[Path]:
         """The lock, pid and socket files a killed server leaves that keep the next one from starting.
@@ -92,13 +100,9 @@ class PostgresService(Service):
     bin_dir: Path = Path()
     data_dir: Path = Path()
     socket_dir: Path = Path()
+    # ``previous`` here: an interrupted rotation may have recorded the new superuser password before it
+    # could set it (see ready()).
     client_networks: tuple[str, ...] = ()
-    # The secrets of a rotation still in progress: an interrupted one may have recorded the new
-    # superuser password before it could set it (see ready()).
-    previous: ControlPlaneSecrets | None = None
-
-    def use_secrets(self, secrets: ControlPlaneSecrets, previous: ControlPlaneSecrets | None) -> None:
-        self.secrets, self.previous = secrets, previous
 
     def lock_files(self) -> list[Path]:
         # The socket lock files are PostgreSQL's too: one left by a killed server names its pid.
@@ -265,6 +269,9 @@ class RedisService(Service):
         config = self.data_dir / "redis.conf"
         # Passwords live in this 0600 file, not in argv. "default" is off: every client authenticates.
         # The worker may touch only keys and channels under han: and no admin or dangerous command.
+        # ">password" for each generation (an ACL user may have several; user names do not rotate).
+        admin_passwords = " ".join(f">{g.redis_admin_password}" for g in self.generations())
+        worker_passwords = " ".join(f">{g.redis_password}" for g in self.generations())
         lines = [
             f"bind {self.address}",
             f"port {self.port}",
@@ -275,8 +282,8 @@ class RedisService(Service):
             "appendfsync everysec",
             "save 300 1",
             "user default off",
-            f"user {self.secrets.redis_admin_user} on >{self.secrets.redis_admin_password} ~* &* +@all",
-            f"user {self.secrets.redis_user} on >{self.secrets.redis_password} resetchannels ~han:* &han:* "
+            f"user {self.secrets.redis_admin_user} on {admin_passwords} ~* &* +@all",
+            f"user {self.secrets.redis_user} on {worker_passwords} resetchannels ~han:* &han:* "
             "+@all -@admin -@dangerous",
         ]
         fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -367,7 +374,7 @@ class SeaweedS3Service(Service):
 
     def _identities(self) -> dict[str, object]:
         assert self.secrets is not None
-        return s3_identities([self.secrets])
+        return s3_identities(self.generations())
 
     def _root_client(self, timeout: float) -> Minio:
         assert self.secrets is not None
@@ -440,11 +447,13 @@ def build_services(
         ),
         RedisService(
             "redis", address, ports["redis"], layout.log_file("redis"),
-            server=binaries.redis_server, data_dir=layout.data_dir("redis"), secrets=secrets,
+            server=binaries.redis_server, data_dir=layout.data_dir("redis"),
+            secrets=secrets, previous=previous,
         ),
         SeaweedS3Service(
             "s3", address, ports["s3"], layout.log_file("s3"),
-            server=binaries.s3_server, data_dir=layout.data_dir("s3"), secrets=secrets,
+            server=binaries.s3_server, data_dir=layout.data_dir("s3"),
+            secrets=secrets, previous=previous,
             internal_ports=placement.internal_ports,
         ),
     ]  # fmt: skip

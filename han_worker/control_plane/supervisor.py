@@ -398,8 +398,8 @@ class Supervisor:
         """Restart a crashed service on its address and ports; the reason to stop instead, or None.
 
         The endpoints file stays published meanwhile, with the same epoch: the restarted service answers on
-        the same address and port, so the file stays true, and a restart takes a second or two (Valkey,
-        PostgreSQL; SeaweedFS a few), which workers ride out with their own retries and flap threshold.
+        the same address and port, so the file stays true, and a restart takes about 1 s (Valkey, PostgreSQL)
+        or 4 s (SeaweedFS), which workers ride out with their own retries and flap threshold.
         Marking it stale would send every worker to the fallback control plane and back for one child's
         crash. It is marked stale (by the caller) only when the restart fails or the service crashes too
         often. The three services do not depend on one another (SeaweedFS's master, volume server, filer

@@ -14,15 +14,17 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from han_worker.control_plane import launch, ownership
+from han_worker.control_plane.admin_secrets import generate_secrets
 from han_worker.control_plane.incidents import CrashHistory, read_failure, record_failure
 from han_worker.control_plane.layout import Layout
 from han_worker.control_plane.leftovers import LeftoversInUse, clear_leftovers, seaweed_sockets_of
 from han_worker.control_plane.ownership import Owner, OwnerRecordError, ProcessMark, ServiceMark, judge_owner
-from han_worker.control_plane.services import PostgresService, SeaweedS3Service
+from han_worker.control_plane.services import PostgresService, RedisService, SeaweedS3Service
 from han_worker.control_plane.takeover import PredecessorNotGone, Takeover, finish_orphans
 
 HERE = "node-a"
@@ -370,3 +372,28 @@ def test_status_says_why_nothing_runs(state_dir: Path):
     assert described is not None
     assert described.startswith("stopped at ")
     assert described.endswith(": redis exited with code -9, 3 crashes within 300s")
+
+
+# -- a server (re)started during a rotation --------------------------------------------------------------
+
+
+def test_a_server_started_during_a_rotation_accepts_both_generations(state_dir: Path):
+    """A restart in place must not take back what the rotation gave the running server: both generations."""
+    old = generate_secrets()
+    new = old.rotated()
+    redis = RedisService("redis", "127.0.0.1", 6379, state_dir / "redis.log", data_dir=state_dir / "redis")
+    weed = SeaweedS3Service("s3", "127.0.0.1", 9000, state_dir / "s3.log", data_dir=state_dir / "s3")
+    for service in (redis, weed):
+        service.use_secrets(new, old)
+        assert service.generations() == [new, old]
+    redis.prepare()
+    conf = (state_dir / "redis" / "redis.conf").read_text()
+    assert f"user {new.redis_user} on >{new.redis_password} >{old.redis_password} resetchannels" in conf
+    assert (
+        f"user {new.redis_admin_user} on >{new.redis_admin_password} >{old.redis_admin_password} ~*" in conf
+    )
+    identities: Any = weed._identities()["identities"]
+    assert [len(identity["credentials"]) for identity in identities] == [2, 2]
+    redis.use_secrets(new, None)  # the rotation retired the old generation
+    redis.prepare()
+    assert old.redis_password not in (state_dir / "redis" / "redis.conf").read_text()
