@@ -72,8 +72,9 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     status_parser = commands.add_parser(
         "status",
         help="is a supervisor running here, and are its endpoints published",
-        description="Say whether a supervisor holds this state directory's lock (and its pid), and whether "
-        "its endpoints are published (and their epoch). Read-only.",
+        description="Say whether a supervisor holds this state directory's lock (and its pid), whether "
+        "its endpoints are published (and their epoch), and, while they are not, why the last supervisor "
+        "could not start or stopped on a crash. Read-only.",
     )
     _add_state_dir(status_parser)
     status_parser.add_argument("--json", action="store_true", help="print the status as JSON")
@@ -308,6 +309,8 @@ def _status(args: argparse.Namespace) -> int:
         state = "running" if current.running else "not running"
         published = f", endpoints published (epoch {current.epoch})" if current.published else ""
         print(f"{state}{f' (pid {current.pid})' if current.pid else ''}{published}")
+        if current.failure and not current.published:
+            print(f"last failure: {current.failure}")
     return EXIT_OK
 
 

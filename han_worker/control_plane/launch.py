@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from han_worker.control_plane.incidents import FailureRecordError, read_failure
 from han_worker.control_plane.layout import Layout, running_pid
 from han_worker.private_files import TrustedFileError, read_trusted_json
 from han_worker.selection.endpoints import EndpointsError, parse_endpoints
@@ -32,17 +33,32 @@ class Status:
     pid: int | None
     published: bool
     epoch: int | None
+    # Why the last supervisor could not start, or stopped on a crash (incidents.py); None once one published.
+    failure: str | None = None
 
 
 def status(layout: Layout) -> Status:
     pid = running_pid(layout)
+    failure = _failure(layout)
     try:
         endpoints = parse_endpoints(read_trusted_json(layout.endpoints_file), str(layout.endpoints_file))
     except (EndpointsError, TrustedFileError):
-        return Status(pid is not None, pid, published=False, epoch=None)
+        return Status(pid is not None, pid, published=False, epoch=None, failure=failure)
     return Status(
-        pid is not None, pid, published=pid is not None and not endpoints.stale, epoch=endpoints.epoch
+        pid is not None,
+        pid,
+        published=pid is not None and not endpoints.stale,
+        epoch=endpoints.epoch,
+        failure=failure,
     )
+
+
+def _failure(layout: Layout) -> str | None:
+    try:
+        failure = read_failure(layout)
+    except FailureRecordError as exc:
+        return f"the failure record cannot be read: {exc}"
+    return None if failure is None else failure.describe()
 
 
 def start(layout: Layout, run_args: Sequence[str], timeout: float) -> bool:
@@ -75,12 +91,13 @@ def start(layout: Layout, run_args: Sequence[str], timeout: float) -> bool:
 
 
 def _wait_published(layout: Layout, process: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
+    deadline, launched = time.monotonic() + timeout, time.time()
     while time.monotonic() < deadline:
         code = process.poll()
         if code is not None:
+            why = f": {_failure(layout)}" if _recorded_since(layout, launched) else ""
             raise BackgroundError(
-                f"han-control-plane run exited with code {code}; see {layout.log_file('supervisor')}"
+                f"han-control-plane run exited with code {code}{why}; see {layout.log_file('supervisor')}"
             )
         if status(layout).published:
             return
@@ -88,6 +105,14 @@ def _wait_published(layout: Layout, process: subprocess.Popen[bytes], timeout: f
     raise BackgroundError(
         f"no endpoints published within {timeout:.0f}s; see {layout.log_file('supervisor')}"
     )
+
+
+def _recorded_since(layout: Layout, launched: float) -> bool:
+    """A failure recorded by this run, not one left by an earlier run."""
+    try:
+        return layout.failure_file.stat().st_mtime >= launched - 1.0  # coarse file system clocks
+    except OSError:
+        return False
 
 
 def stop(layout: Layout, timeout: float) -> bool:

@@ -45,6 +45,16 @@ class Layout:
         return self.root / "supervisor.lock"
 
     @property
+    def owner_file(self) -> Path:
+        """Who holds (or last held) the state directory: host, pids, Slurm job (see ownership.py)."""
+        return self.root / "owner.json"
+
+    @property
+    def failure_file(self) -> Path:
+        """Why the last supervisor could not start or stopped on a crash; removed once one publishes."""
+        return self.root / "failure.json"
+
+    @property
     def epoch_file(self) -> Path:
         return self.root / "epoch"
 

@@ -51,10 +51,38 @@ class Service:
     cwd: Path | None = None
     argv: list[str] = field(default_factory=list)
     env: dict[str, str] | None = None  # None: the supervisor's own environment
+    secrets: ControlPlaneSecrets | None = None
+    # The secrets a rotation in progress replaces (secrets.previous.json): the running servers accept both
+    # generations until the rotation retires the old one, so a server (re)started meanwhile does too.
+    previous: ControlPlaneSecrets | None = None
 
     @property
     def endpoint(self) -> ServiceEndpoint:
         return ServiceEndpoint(self.address, self.port)
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        """Every port the server listens on (the published one first)."""
+        return (self.port,)
+
+    def use_secrets(self, secrets: ControlPlaneSecrets, previous: ControlPlaneSecrets | None) -> None:
+        """Take the secrets file's current generation (a rotation may have changed it since the start)."""
+        self.secrets, self.previous = secrets, previous
+
+    def generations(self) -> list[ControlPlaneSecrets]:
+        """The generations of secrets the server accepts: the current one, and the one a rotation replaces."""
+        assert self.secrets is not None
+        return [self.secrets, *([self.previous] if self.previous is not None else [])]
+
+    def lock_files(self) -> list[Path]:
+        """The lock, pid and socket files a killed server leaves that keep the next one from starting.
+
+        Removed only once their owner is provably gone; never data."""
+        return []
+
+    def leftovers_in_use(self) -> str | None:
+        """Why this host still uses what :meth:`lock_files` guard, or None (asked only on the same host)."""
+        return None
 
     def prepare(self) -> None:
         """Create data and configuration on disk; safe to repeat."""
@@ -72,11 +100,23 @@ class PostgresService(Service):
     bin_dir: Path = Path()
     data_dir: Path = Path()
     socket_dir: Path = Path()
-    secrets: ControlPlaneSecrets | None = None
+    # ``previous`` here: an interrupted rotation may have recorded the new superuser password before it
+    # could set it (see ready()).
     client_networks: tuple[str, ...] = ()
-    # The secrets of a rotation still in progress: an interrupted one may have recorded the new
-    # superuser password before it could set it (see ready()).
-    previous: ControlPlaneSecrets | None = None
+
+    def lock_files(self) -> list[Path]:
+        # The socket lock files are PostgreSQL's too: one left by a killed server names its pid.
+        return [self.data_dir / POSTMASTER_PID, *sorted(self.socket_dir.glob(".s.PGSQL.*"))]
+
+    def leftovers_in_use(self) -> str | None:
+        """PostgreSQL's own guard, kept when its postmaster.pid goes: a backend of a killed postmaster still
+        attached to the shared memory segment that file names would share the data directory with the next
+        postmaster (backends exit soon after their postmaster dies)."""
+        segment = shared_memory_id(self.data_dir / POSTMASTER_PID)
+        attached = None if segment is None else attached_processes(segment)
+        if attached:
+            return f"{attached} process(es) of the previous PostgreSQL still use its shared memory {segment}"
+        return None
 
     def prepare(self) -> None:
         if not (self.data_dir / "PG_VERSION").exists():
@@ -174,6 +214,35 @@ class PostgresService(Service):
                 log.info("created database %s owned by %s", database, user)
 
 
+POSTMASTER_PID = "postmaster.pid"
+SYSV_SHM_TABLE = Path("/proc/sysvipc/shm")
+# postmaster.pid: line 7 holds the System V shared memory key and id ("  1614001    557084").
+SHM_LINE = 6
+
+
+def shared_memory_id(postmaster_pid: Path) -> int | None:
+    try:
+        lines = postmaster_pid.read_text().splitlines()
+    except OSError:
+        return None
+    words = lines[SHM_LINE].split() if len(lines) > SHM_LINE else []
+    return int(words[1]) if len(words) == 2 and words[1].isdigit() else None
+
+
+def attached_processes(segment: int) -> int:
+    """How many processes are attached to System V shared memory ``segment`` (0 when it is gone)."""
+    try:
+        rows = SYSV_SHM_TABLE.read_text().splitlines()[1:]
+    except OSError:
+        return 0
+    for row in rows:
+        # key shmid perms size cpid lpid nattch ...
+        columns = row.split()
+        if len(columns) > 6 and columns[1] == str(segment):
+            return int(columns[6])
+    return 0
+
+
 def set_password(
     connection: psycopg.Connection[tuple[object, ...]], role: str, password: str, *, create: bool = False
 ) -> None:
@@ -188,9 +257,11 @@ def set_password(
 
 @dataclass
 class RedisService(Service):
+    """Valkey with no pid file (``daemonize no`` and no ``pidfile``): a killed one leaves no lock behind,
+    only its append-only files, which are data and which it recovers from at the next start."""
+
     server: Path = Path()
     data_dir: Path = Path()
-    secrets: ControlPlaneSecrets | None = None
 
     def prepare(self) -> None:
         assert self.secrets is not None
@@ -198,6 +269,9 @@ class RedisService(Service):
         config = self.data_dir / "redis.conf"
         # Passwords live in this 0600 file, not in argv. "default" is off: every client authenticates.
         # The worker may touch only keys and channels under han: and no admin or dangerous command.
+        # ">password" for each generation (an ACL user may have several; user names do not rotate).
+        admin_passwords = " ".join(f">{g.redis_admin_password}" for g in self.generations())
+        worker_passwords = " ".join(f">{g.redis_password}" for g in self.generations())
         lines = [
             f"bind {self.address}",
             f"port {self.port}",
@@ -208,8 +282,8 @@ class RedisService(Service):
             "appendfsync everysec",
             "save 300 1",
             "user default off",
-            f"user {self.secrets.redis_admin_user} on >{self.secrets.redis_admin_password} ~* &* +@all",
-            f"user {self.secrets.redis_user} on >{self.secrets.redis_password} resetchannels ~han:* &han:* "
+            f"user {self.secrets.redis_admin_user} on {admin_passwords} ~* &* +@all",
+            f"user {self.secrets.redis_user} on {worker_passwords} resetchannels ~han:* &han:* "
             "+@all -@admin -@dangerous",
         ]
         fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -240,7 +314,15 @@ class SeaweedS3Service(Service):
     internal_ports: tuple[
         int, ...
     ] = ()  # master, master gRPC, volume, volume gRPC, filer, filer gRPC, S3 gRPC
-    secrets: ControlPlaneSecrets | None = None
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        return (self.port, *self.internal_ports)
+
+    def lock_files(self) -> list[Path]:
+        # The unix sockets it was told to put in its data directory. Its gRPC sockets in /tmp are named by
+        # port alone, so they are removed by port, and only on the host that ran it (leftovers.py).
+        return [self.data_dir / "filer.sock", self.data_dir / "s3.sock"]
 
     def prepare(self) -> None:
         assert self.secrets is not None
@@ -262,6 +344,10 @@ class SeaweedS3Service(Service):
             f"-ip={SEAWEED_INTERNAL_ADDRESS}", f"-ip.bind={SEAWEED_INTERNAL_ADDRESS}",
             f"-s3.ip.bind={self.address}",
             "-master.telemetry=false",
+            # Every start picks new ports, so the master's Raft state (kept per port, m<port>/) has always
+            # been fresh; a restart in place on the same ports would otherwise resume it and wait ~20 s for
+            # an election before the S3 gateway answers. The volumes hold the data and re-register.
+            "-master.resumeState=false",
             f"-master.port={master}", f"-master.port.grpc={master_grpc}",
             f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
             f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
@@ -280,7 +366,7 @@ class SeaweedS3Service(Service):
         (seaweedfs-<component>-grpc-<port>.sock) and its components dial them: with mutual TLS on every
         gRPC server, a socket another user put there first carries nothing readable, but it would keep the
         S3 gateway from starting, so ports that such a socket names are never picked
-        (:func:`han_worker.control_plane.supervisor.stale_seaweed_socket_ports`)."""
+        (:func:`han_worker.control_plane.leftovers.stale_seaweed_socket_ports`)."""
         tmp = self.data_dir / "tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(mode=0o700)
@@ -288,7 +374,7 @@ class SeaweedS3Service(Service):
 
     def _identities(self) -> dict[str, object]:
         assert self.secrets is not None
-        return s3_identities([self.secrets])
+        return s3_identities(self.generations())
 
     def _root_client(self, timeout: float) -> Minio:
         assert self.secrets is not None
@@ -361,11 +447,13 @@ def build_services(
         ),
         RedisService(
             "redis", address, ports["redis"], layout.log_file("redis"),
-            server=binaries.redis_server, data_dir=layout.data_dir("redis"), secrets=secrets,
+            server=binaries.redis_server, data_dir=layout.data_dir("redis"),
+            secrets=secrets, previous=previous,
         ),
         SeaweedS3Service(
             "s3", address, ports["s3"], layout.log_file("s3"),
-            server=binaries.s3_server, data_dir=layout.data_dir("s3"), secrets=secrets,
+            server=binaries.s3_server, data_dir=layout.data_dir("s3"),
+            secrets=secrets, previous=previous,
             internal_ports=placement.internal_ports,
         ),
     ]  # fmt: skip

@@ -3,6 +3,11 @@
 The endpoints file is the contract with every worker, so the supervisor publishes it only after each
 service answered an authenticated probe with the workers' own credentials, and marks it stale before
 anything stops: a worker never reads a fresh file that points at a dead service.
+
+It starts over what a killed predecessor left (takeover.py, once ownership.py proves that one gone),
+retries a failed start a few times within the job, restarts
+a service that crashes while serving on the same address and ports, and records why it gave up
+(incidents.py) for ``han-control-plane status``.
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO
 
-from han_worker.control_plane import walltime
+from han_worker.control_plane import ownership, takeover, walltime
 from han_worker.control_plane.admin_secrets import ControlPlaneSecrets, ensure_secrets, load_secrets
 from han_worker.control_plane.binaries import BinaryNotFound, find_binaries
+from han_worker.control_plane.incidents import CrashHistory, clear_failure, record_failure
 from han_worker.control_plane.layout import Layout, pick_free_ports
+from han_worker.control_plane.leftovers import clear_leftovers, stale_seaweed_socket_ports
 from han_worker.control_plane.services import SEAWEED_INTERNAL_ADDRESS, Placement, Service, build_services
 from han_worker.private_files import read_trusted_json, write_private_json
 from han_worker.selection.checks import authenticated_probe, worker_checks
@@ -46,12 +53,26 @@ EXIT_OK = 0
 EXIT_START_FAILED = 1
 EXIT_CHILD_DIED = 3
 SEAWEED_INTERNAL_PORTS = 7
+# A failed start (a port taken meanwhile, a predecessor's service still exiting) is tried again this many
+# times in all, waiting these seconds between tries, before the job gives up.
+START_ATTEMPTS = 3
+START_BACKOFF_S = (2.0, 5.0)
+# A crashed service is restarted in place up to this many times in a row before the crash counts as fatal.
+RESTART_ATTEMPTS = 3
+RESTART_BACKOFF_S = (0.5, 2.0)
+# A service's exit is not taken for a crash before this: Slurm's scancel sends SIGTERM to every process of
+# the job at once, so a service may exit a moment before the supervisor hears its own stop request.
+STOP_RACE_S = 1.0
 # A fatal line of glog (SeaweedFS: "F1202 05:05:25.585 master.go:212] ...") or a Go panic.
 FATAL_LINE = re.compile(r"^(F\d{4} \d\d:\d\d:\d\d|panic: )")
 
 
 class SupervisorError(RuntimeError):
     """The control plane cannot start or keep running; the message says why."""
+
+
+class StartRefused(SupervisorError):
+    """Starting is refused for a reason that trying again cannot change (a predecessor not provably gone)."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +116,15 @@ class Child:
     def exit_code(self) -> int | None:
         return None if self.process is None else self.process.poll()
 
+    def mark(self) -> ownership.ServiceMark:
+        process = None if self.process is None else ownership.mark_of(self.process.pid)
+        return ownership.ServiceMark(process, self.service.ports)
+
+    def close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
     def stop(self, timeout: float) -> None:
         if self.process is None:
             return
@@ -111,8 +141,7 @@ class Child:
                 self.process.kill()
                 self.process.wait()
         log.info("%s stopped (exit code %s)", self.service.name, self.process.returncode)
-        if self._log is not None:
-            self._log.close()
+        self.close_log()
 
     def log_tail(self) -> str:
         return log_tail(self.service.log_file)
@@ -172,20 +201,6 @@ def mark_stale(layout: Layout) -> None:
         log.info("marked %s stale (epoch %d)", layout.endpoints_file, current.epoch)
 
 
-def stale_seaweed_socket_ports(tmp: Path = Path("/tmp")) -> set[int]:  # noqa: S108 (only read)
-    """Ports named by SeaweedFS sockets left in /tmp (seaweedfs-s3-grpc-<port>.sock and the like).
-
-    weed puts some unix sockets there whatever TMPDIR says and leaves them after it stops; one left by
-    another user cannot be removed (sticky /tmp), and weed exits at start when its port's socket exists.
-    So those ports are not picked."""
-    ports = set()
-    for path in tmp.glob("seaweedfs-*.sock"):
-        number = path.stem.rpartition("-")[2]
-        if number.isdigit():
-            ports.add(int(number))
-    return ports
-
-
 def next_epoch(layout: Layout) -> int:
     try:
         previous = int(layout.epoch_file.read_text().strip())
@@ -202,6 +217,8 @@ class Supervisor:
         self.layout = Layout(config.state_dir)
         self.stopping = threading.Event()
         self.children: list[Child] = []
+        self.owner = ownership.this_supervisor(config.launch_mode)
+        self.published: Endpoints | None = None
 
     def request_stop(self, signum: int, _frame: object = None) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
@@ -213,16 +230,55 @@ class Supervisor:
             # A supervisor killed with SIGKILL could not mark its file; do it before anything else.
             mark_stale(self.layout)
             secrets, _created = ensure_secrets(self.layout.secrets_file)
-            services = self._services(secrets)
             try:
-                self._start(services)
+                self._start_with_retries(secrets)
                 if self.stopping.is_set():
                     return EXIT_OK
-                self._publish(secrets)
                 return self._watch()
+            except (SupervisorError, BinaryNotFound) as exc:
+                record_failure(self.layout, "start", str(exc))
+                raise
             finally:
                 mark_stale(self.layout)
                 self._stop_all()
+
+    # -- starting ------------------------------------------------------------------------------------------
+
+    def _start_with_retries(self, secrets: ControlPlaneSecrets) -> None:
+        """Start and publish, trying again after a failure: what fails at a start (a predecessor's service
+        still exiting, a port taken meanwhile by another user) is often gone seconds later."""
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                self._start_once(secrets)
+                return
+            except StartRefused:
+                raise
+            except SupervisorError as exc:
+                self._stop_all()
+                if attempt == START_ATTEMPTS or self.stopping.is_set():
+                    raise SupervisorError(f"gave up after {attempt} attempt(s): {exc}") from exc
+                pause = START_BACKOFF_S[min(attempt, len(START_BACKOFF_S)) - 1]
+                log.warning(
+                    "start attempt %d of %d failed: %s; next in %gs", attempt, START_ATTEMPTS, exc, pause
+                )
+                self.stopping.wait(pause)
+
+    def _start_once(self, secrets: ControlPlaneSecrets) -> None:
+        services = self._services(secrets)
+        self._take_over(services)
+        self._start(services)
+        if not self.stopping.is_set():
+            self._publish(secrets)
+            clear_failure(self.layout)
+
+    def _take_over(self, services: list[Service]) -> None:
+        """Wait until the previous owner is provably gone, clear what its services left, record ourselves."""
+        try:
+            self.owner = takeover.Takeover(
+                self.layout, self.owner, services, self.config.start_timeout, self.stopping
+            ).run()
+        except takeover.PredecessorNotGone as exc:
+            raise (StartRefused if exc.final else SupervisorError)(str(exc)) from exc
 
     def _services(self, secrets: ControlPlaneSecrets) -> list[Service]:
         published = dict(self.config.ports)
@@ -237,23 +293,30 @@ class Supervisor:
         placement = Placement(
             self.config.address, published, tuple(free[len(missing) :]), self.config.client_networks
         )
-        previous = (
-            load_secrets(self.layout.previous_secrets_file)
-            if self.layout.previous_secrets_file.exists()
-            else None
-        )
-        return build_services(self.layout, find_binaries(), secrets, placement, previous)
+        return build_services(self.layout, find_binaries(), secrets, placement, self._previous_secrets())
+
+    def _previous_secrets(self) -> ControlPlaneSecrets | None:
+        previous_file = self.layout.previous_secrets_file
+        return load_secrets(previous_file) if previous_file.exists() else None
 
     def _start(self, services: list[Service]) -> None:
         for service in services:
             service.prepare()
         self.children = [Child(service) for service in services]
         for child in self.children:
-            child.start()
+            self._launch(child)
         deadline = time.monotonic() + self.config.start_timeout
         for child in self.children:
             self._wait_ready(child, deadline)
+            if self.stopping.is_set():
+                return
             child.service.bootstrap()
+
+    def _launch(self, child: Child) -> None:
+        """Start ``child`` and record its process, so that a successor can tell whether it outlived us."""
+        child.start()
+        self.owner = self.owner.with_service(child.service.name, child.mark())
+        ownership.write_owner(self.layout.owner_file, self.owner)
 
     def _wait_ready(self, child: Child, deadline: float) -> None:
         last_error = "no answer yet"
@@ -295,13 +358,10 @@ class Supervisor:
     def _publish(self, secrets: ControlPlaneSecrets) -> None:
         credentials = secrets.worker_credentials()
         endpoints = self._endpoints(next_epoch(self.layout))
-        # The contract: published only once the workers' own credentials work on every service.
-        report = authenticated_probe(worker_checks(credentials), timeout=10.0)(endpoints)
-        if not report.healthy:
-            failures = "; ".join(str(result) for result in report.failures)
-            raise SupervisorError(f"services started but failed the worker probe: {failures}")
+        self._probe_as_worker(secrets, endpoints)
         write_private_json(self.layout.credentials_file, credentials.to_dict())
         write_endpoints_file(self.layout.endpoints_file, endpoints)
+        self.published = endpoints
         log.info(
             "published %s: epoch %d, %s",
             self.layout.endpoints_file,
@@ -309,18 +369,96 @@ class Supervisor:
             ", ".join(f"{name} {svc.address}" for name, svc in endpoints.services.items()),
         )
 
+    def _probe_as_worker(self, secrets: ControlPlaneSecrets, endpoints: Endpoints) -> None:
+        # The contract: published (or kept published) only while the workers' own credentials work on every
+        # service.
+        report = authenticated_probe(worker_checks(secrets.worker_credentials()), timeout=10.0)(endpoints)
+        if not report.healthy:
+            failures = "; ".join(str(result) for result in report.failures)
+            raise SupervisorError(f"services started but failed the worker probe: {failures}")
+
+    # -- serving -------------------------------------------------------------------------------------------
+
     def _watch(self) -> int:
+        crashes = CrashHistory()
         while not self.stopping.wait(0.5):
             for child in self.children:
                 code = child.exit_code()
-                if code is not None:
+                if code is None:
+                    continue
+                reason = self._heal(child, code, crashes)
+                if reason is not None:
                     mark_stale(self.layout)
-                    log.error(
-                        "%s exited with code %s; stopping the control plane. Its log %s ends:\n%s",
-                        child.service.name, code, child.service.log_file, child.log_tail(),
-                    )  # fmt: skip
+                    log.error("%s", reason)
+                    record_failure(self.layout, "running", reason)
                     return EXIT_CHILD_DIED
         return EXIT_OK
+
+    def _heal(self, child: Child, code: int, crashes: CrashHistory) -> str | None:
+        """Restart a crashed service on its address and ports; the reason to stop instead, or None.
+
+        The endpoints file stays published meanwhile, with the same epoch: the restarted service answers on
+        the same address and port, so the file stays true, and a restart takes about 1 s (Valkey, PostgreSQL)
+        or 4 s (SeaweedFS), which workers ride out with their own retries and flap threshold.
+        Marking it stale would send every worker to the fallback control plane and back for one child's
+        crash. It is marked stale (by the caller) only when the restart fails or the service crashes too
+        often. The three services do not depend on one another (SeaweedFS's master, volume server, filer
+        and S3 gateway are one ``weed server`` process, restarted as one), so the others keep serving."""
+        name = child.service.name
+        log.error(
+            "%s exited with code %s while serving; its log %s ends:\n%s",
+            name, code, child.service.log_file, child.log_tail(),
+        )  # fmt: skip
+        if self.stopping.wait(STOP_RACE_S):
+            return None
+        count = crashes.record(name, time.monotonic())
+        if crashes.too_many(count):
+            return (
+                f"{name} exited with code {code}: {count} crashes within {crashes.window:.0f}s; "
+                "stopping the control plane"
+            )
+        try:
+            self._restart(child)
+        except SupervisorError as exc:
+            return f"{name} exited with code {code} and could not be restarted: {exc}"
+        log.info("%s restarted on %s (crash %d within %.0fs)", name, child.service.endpoint.address, count,
+                 crashes.window)  # fmt: skip
+        return None
+
+    def _restart(self, child: Child) -> None:
+        last: Exception | None = None
+        for attempt in range(1, RESTART_ATTEMPTS + 1):
+            if self.stopping.is_set():
+                return
+            try:
+                self._restart_once(child)
+                return
+            except Exception as exc:  # whatever keeps it from answering: try again, then give up with it
+                last = exc
+                child.stop(self.config.stop_timeout)
+                if attempt < RESTART_ATTEMPTS:
+                    pause = RESTART_BACKOFF_S[min(attempt, len(RESTART_BACKOFF_S)) - 1]
+                    log.warning("restarting %s failed: %s; next try in %gs", child.service.name, exc, pause)
+                    self.stopping.wait(pause)
+        raise SupervisorError(f"{RESTART_ATTEMPTS} attempts failed, the last with: {last}")
+
+    def _restart_once(self, child: Child) -> None:
+        """Start ``child`` again on the same ports, as at a start: with the secrets file's current generation,
+        after clearing what the dead process left (ours, and reaped: provably gone), ready, bootstrapped, and
+        then the workers' probe on the published endpoints."""
+        secrets = load_secrets(self.layout.secrets_file)
+        service = child.service
+        service.use_secrets(secrets, self._previous_secrets())
+        child.close_log()
+        service.prepare()
+        clear_leftovers(service, same_host=True, ports=service.ports)
+        self._launch(child)
+        self._wait_ready(child, time.monotonic() + self.config.start_timeout)
+        if self.stopping.is_set():
+            return
+        service.bootstrap()
+        if self.published is not None:
+            self._probe_as_worker(secrets, self.published)
 
     def _stop_all(self) -> None:
         stoppers = [
@@ -333,6 +471,7 @@ class Supervisor:
             thread.start()
         for thread in stoppers:
             thread.join()
+        self.children = []
 
 
 def run(config: SupervisorConfig) -> int:

@@ -82,7 +82,8 @@ def environment_row(secrets: Mapping[str, str], supervisor: Supervisor) -> Row |
 
 def scanned_files(layout: Layout) -> list[Path]:
     """The state directory's plain files that may be shared or shown, and every log under it."""
-    files = [layout.endpoints_file, layout.job_script_file, layout.epoch_file]
+    files = [layout.endpoints_file, layout.job_script_file, layout.epoch_file, layout.owner_file]
+    files.append(layout.failure_file)  # status shows its reason, which may quote a service's log
     if layout.logs_dir.is_dir():
         files.extend(
             sorted(path for path in layout.logs_dir.rglob("*") if path.is_file() and not path.is_symlink())
