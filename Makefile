@@ -66,8 +66,20 @@ lint: venv ## ruff, mypy (strict), ansible-lint (production profile).
 syntax: venv ## ansible-playbook --syntax-check of every playbook.
 	for playbook in playbooks/*.yml; do ansible-playbook --syntax-check "$$playbook"; done
 
-pytest: venv ## Unit and integration tests (integration needs the testbed).
-	pytest --durations=25 tests/unit tests/integration
+# Two sessions side by side, as most tests wait on services: the self-contained ones (the unit tests, and the
+# integration tests marked self_contained, which start every service they use on their own addresses and
+# free ports) beside those that share the testbed's Slurm, sshd and inventory control planes, which run in order.
+SELF_CONTAINED_LOG := reports/pytest-self-contained.log
+pytest: venv ## Unit and integration tests (integration needs the testbed), in two sessions side by side.
+	@echo "==> Self-contained tests beside the shared-testbed ones; their output: $(SELF_CONTAINED_LOG)"
+	@mkdir -p reports; \
+	( unit=0; pytest -p no:cacheprovider --durations=10 tests/unit || unit=$$?; \
+	  own=0; pytest -p no:cacheprovider --durations=10 -m self_contained tests/integration || own=$$?; \
+	  [ $$unit -eq 0 ] && [ $$own -eq 0 ] ) > $(SELF_CONTAINED_LOG) 2>&1 & own=$$!; \
+	shared=0; pytest --durations=25 -m "not self_contained" tests/integration || shared=$$?; \
+	own_status=0; wait $$own || own_status=$$?; \
+	echo "==> Self-contained tests (exit $$own_status):"; cat $(SELF_CONTAINED_LOG); \
+	[ $$shared -eq 0 ] && [ $$own_status -eq 0 ]
 
 unit: venv ## Unit tests only.
 	pytest tests/unit

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import shutil
 import socket
@@ -84,8 +86,35 @@ def _run_or_fail(argv: list[str]) -> None:
         pytest.fail(f"{' '.join(argv)} failed:\n{result.stdout}{result.stderr}", pytrace=False)
 
 
+def _checkout_digest() -> str:
+    """What the test venv was installed from: this checkout's package and its requirements."""
+    digest = hashlib.sha256()
+    package = [
+        path
+        for path in (REPO / "han_worker").rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    ]
+    for path in [REPO / "pyproject.toml", REPO / ".ci" / "constraints.txt", *sorted(package)]:
+        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 @pytest.fixture(scope="session")
 def unprivileged_env() -> UnprivilegedEnv:
+    """The test venv with this checkout's han_worker. `make test` runs two pytest sessions side by side (see
+    the Makefile), so the install holds a lock and is skipped when the venv already has this very checkout:
+    reinstalling under the other session's running control planes would pull files from under them."""
+    UNPRIVILEGED_VENV.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{UNPRIVILEGED_VENV}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        installed, wanted = UNPRIVILEGED_VENV / ".installed-from", _checkout_digest()
+        if not installed.exists() or installed.read_text() != wanted:
+            _install_test_venv()
+            installed.write_text(wanted)
+    return UnprivilegedEnv(UNPRIVILEGED_VENV / "bin", CLUSTER_USER)
+
+
+def _install_test_venv() -> None:
     python = UNPRIVILEGED_VENV / "bin" / "python"
     if not python.exists():
         subprocess.run(["/usr/bin/python3", "-m", "venv", str(UNPRIVILEGED_VENV)], check=True)
@@ -97,7 +126,6 @@ def unprivileged_env() -> UnprivilegedEnv:
     # Always this checkout's han_worker, even when its version number did not change.
     _run_or_fail([*pip, "--force-reinstall", "--no-deps", str(REPO)])
     subprocess.run(["chmod", "-R", "a+rX", str(UNPRIVILEGED_VENV)], check=True)
-    return UnprivilegedEnv(UNPRIVILEGED_VENV / "bin", CLUSTER_USER)
 
 
 # -- reaching the testbed's machines --------------------------------------------------------------------------

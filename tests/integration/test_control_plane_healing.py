@@ -27,6 +27,9 @@ from tests.integration.control_planes import (
     write_private_file,
 )
 
+# Only services this module starts itself: `make test` runs it beside the tests that share the testbed.
+pytestmark = pytest.mark.self_contained
+
 ADDRESS = "127.0.0.50"
 BINARIES = {"postgres": "postgres", "redis": "valkey", "s3": "weed"}
 

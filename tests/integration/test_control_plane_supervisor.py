@@ -24,6 +24,9 @@ from han_worker.selection.endpoints import parse_endpoints
 from tests.integration.conftest import UnprivilegedEnv
 from tests.integration.control_planes import ADDRESS, RunningControlPlane, start_control_plane
 
+# Only services this module starts itself: `make test` runs it beside the tests that share the testbed.
+pytestmark = pytest.mark.self_contained
+
 
 @pytest.fixture(scope="module")
 def control_plane(unprivileged_env: UnprivilegedEnv, workdir: Path) -> Iterator[RunningControlPlane]:

@@ -41,6 +41,9 @@ from tests.integration.control_planes import (
     write_private_file,
 )
 
+# Only services this module starts itself: `make test` runs it beside the tests that share the testbed.
+pytestmark = pytest.mark.self_contained
+
 OWNER = AttemptOwner("dispatch-test-1", "here", "linux", "pegasus", 1)
 OTHER = AttemptOwner("dispatch-test-2", "here", "linux", "pegasus", 1)
 SUCCEEDED = Outcome("succeeded", {"ok": True})

@@ -23,6 +23,9 @@ from tests.conftest import REPO
 from tests.integration.conftest import UnprivilegedEnv
 from tests.integration.control_planes import RunningControlPlane, start_control_plane
 
+# Only services this module starts itself: `make test` runs it beside the tests that share the testbed.
+pytestmark = pytest.mark.self_contained
+
 PROBE = REPO / "tests" / "integration" / "nobody_probe.py"
 
 

@@ -43,6 +43,9 @@ from tests.integration.control_planes import (
     write_private_file,
 )
 
+# Only services this module starts itself: `make test` runs it beside the tests that share the testbed.
+pytestmark = pytest.mark.self_contained
+
 # A loopback address where nothing listens: a Mac that refuses every connection at once.
 NOTHING_LISTENS = "127.0.0.67"
 

@@ -41,6 +41,9 @@ from tests.integration.control_planes import (
     write_private_file,
 )
 
+# Only services this module starts itself: `make test` runs it beside the tests that share the testbed.
+pytestmark = pytest.mark.self_contained
+
 
 class System:
     """A control plane, a client configuration for it, and the workers one test starts."""
