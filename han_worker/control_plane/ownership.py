@@ -229,7 +229,8 @@ def _service(fields: FieldReader) -> ServiceMark:
 
 
 def _is_port(value: object) -> bool:
-    return type(value) is int and 1 <= value <= 65535
+    # bool is an int subclass in Python but not a port in JSON
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
 
 
 def write_owner(path: Path, owner: Owner) -> None:

@@ -87,7 +87,7 @@ def private_dir() -> Iterator[Path]:
 
 
 def files_under(directory: Path) -> set[Path]:
-    return {path for path in directory.rglob("*")} if directory.exists() else set()
+    return set(directory.rglob("*")) if directory.exists() else set()
 
 
 def splice(document: dict[str, object], dotted: str, hostile: str) -> str:
@@ -366,12 +366,12 @@ def test_the_client_api_checks_params_as_the_ledger_needs(value: object):
 
 def test_the_client_api_refuses_params_nested_past_the_limit_and_attempts_past_int4():
     nested: object = 1
-    for _ in range(MAX_JSON_DEPTH + 1):
+    for _level in range(MAX_JSON_DEPTH + 1):
         nested = [nested]
     with pytest.raises(RequestError, match="nested deeper"):
         check_params({"k": nested})
     very_deep: object = 1
-    for _ in range(100_000):
+    for _level in range(100_000):
         very_deep = {"k": very_deep}
     with pytest.raises(RequestError, match=r"^params: "):
         check_params({"k": very_deep})
