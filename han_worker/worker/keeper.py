@@ -128,6 +128,8 @@ class Keeper:
         """The keeper's exit code, or None to restart the worker."""
         if self.stopping.is_set():
             log.info("the worker ended after the stop (%s)", describe_exit(returncode))
+            if self._stop_signal is not None and returncode == -self._stop_signal:
+                return EXIT_OK  # it had no handler yet (it was starting): the signal ended it, as asked
             return returncode if returncode >= 0 else EXIT_FAILED
         if returncode == EXIT_OK:
             log.info("the worker ended by itself (exit code 0)")

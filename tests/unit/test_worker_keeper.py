@@ -25,18 +25,21 @@ from han_worker.worker.keeper import (
 FAST = RestartPolicy(max_restarts=3, window_seconds=60.0, backoff_seconds=(0.01,))
 
 # A stand-in worker: each run appends a line to RUNS, then behaves as the n-th entry of PLAN says
-# (kill: SIGKILL itself, crash: exit 1, usage: exit 2, ok: exit 0, serve: wait for SIGTERM and exit 0).
+# (kill: SIGKILL itself, crash: exit 1, usage: exit 2, ok: exit 0, serve: drain on SIGTERM and exit 0, starting:
+# no SIGTERM handler yet). The handler is in place before the run is written down, so a test that waits for the
+# run and then stops the keeper knows which of the two it meets.
 STAND_IN = """
 import os, signal, sys, time
 runs, plan = sys.argv[1], sys.argv[2].split(",")
-with open(runs, "a") as f:
-    f.write(f"{os.getpid()}\\n")
-n = len(open(runs).read().splitlines())
+n = len(open(runs).read().splitlines()) + 1 if os.path.exists(runs) else 1
 action = plan[min(n, len(plan)) - 1]
-if action == "kill":
-    os.kill(os.getpid(), signal.SIGKILL)
 if action == "serve":
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+with open(runs, "a") as f:
+    f.write(f"{os.getpid()}\\n")
+if action == "kill":
+    os.kill(os.getpid(), signal.SIGKILL)
+if action in ("serve", "starting"):
     while True:
         time.sleep(0.05)
 sys.exit({"crash": 1, "usage": 2, "ok": 0}[action])
@@ -89,6 +92,21 @@ def test_restarts_older_than_the_window_no_longer_count(tmp_path: Path) -> None:
 
 def test_a_stop_is_passed_on_and_the_worker_is_not_started_again(tmp_path: Path) -> None:
     command, runs = stand_in(tmp_path, "serve")
+    keeper = Keeper(command, FAST)
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(keeper.run()))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while runs_of(runs) == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    keeper.request_stop(signal.SIGTERM)
+    thread.join(10)
+    assert result == [EXIT_OK]
+    assert runs_of(runs) == 1
+
+
+def test_a_worker_stopped_before_its_handler_is_in_place_counts_as_stopped(tmp_path: Path) -> None:
+    command, runs = stand_in(tmp_path, "starting")
     keeper = Keeper(command, FAST)
     result: list[int] = []
     thread = threading.Thread(target=lambda: result.append(keeper.run()))
