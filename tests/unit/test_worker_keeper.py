@@ -90,23 +90,13 @@ def test_restarts_older_than_the_window_no_longer_count(tmp_path: Path) -> None:
     assert runs_of(runs) == 6
 
 
-def test_a_stop_is_passed_on_and_the_worker_is_not_started_again(tmp_path: Path) -> None:
-    command, runs = stand_in(tmp_path, "serve")
-    keeper = Keeper(command, FAST)
-    result: list[int] = []
-    thread = threading.Thread(target=lambda: result.append(keeper.run()))
-    thread.start()
-    deadline = time.monotonic() + 10
-    while runs_of(runs) == 0 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    keeper.request_stop(signal.SIGTERM)
-    thread.join(10)
-    assert result == [EXIT_OK]
-    assert runs_of(runs) == 1
-
-
-def test_a_worker_stopped_before_its_handler_is_in_place_counts_as_stopped(tmp_path: Path) -> None:
-    command, runs = stand_in(tmp_path, "starting")
+@pytest.mark.parametrize(
+    "behaviour",
+    ["serve", "starting"],
+    ids=["the worker drains on SIGTERM", "the worker is stopped before its handler is in place"],
+)
+def test_a_stop_is_passed_on_and_the_worker_is_not_started_again(tmp_path: Path, behaviour: str) -> None:
+    command, runs = stand_in(tmp_path, behaviour)
     keeper = Keeper(command, FAST)
     result: list[int] = []
     thread = threading.Thread(target=lambda: result.append(keeper.run()))
