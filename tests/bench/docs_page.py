@@ -184,7 +184,8 @@ def _figures_markdown(document: dict[str, object], source: str) -> list[str]:
     options = cast(dict[str, object], document["options"])
     sections = cast(dict[str, report.Section], document["sections"])
     parts = [
-        f"Latest full run: {document['created']}, report `{source}`, {options.get('repeat')} repetition(s).",
+        f"Latest full run: {document['created']}, report `{Path(source).name}` (kept in `reports/` on the machine"
+        f" that ran it, never committed), {options.get('repeat')} repetition(s).",
         "",
         "## Machine",
         "",

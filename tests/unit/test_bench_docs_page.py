@@ -43,7 +43,10 @@ def test_a_full_report_renders_every_section_with_its_table(tmp_path: Path) -> N
     page = output.read_text()
 
     assert page.startswith("# Benchmarks\n")
-    assert "Latest full run: 2026-12-02T06:00:00Z, report `reports/bench-20261202T060000Z.json`" in page
+    assert (
+        "Latest full run: 2026-12-02T06:00:00Z, report `bench-20261202T060000Z.json` (kept in `reports/`"
+        in page
+    )
     assert "Not yet generated" not in page
     for name, text in docs_page.SECTIONS.items():
         assert f"## Title of {name}\n\n{text}\n\n{name} explained, first sentence. Second sentence.\n" in page
