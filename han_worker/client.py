@@ -7,6 +7,7 @@ enqueued (the submitter died in between) is put in its stream by a worker's reco
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -55,11 +56,29 @@ def connect(config: WorkerConfig, name: str) -> Link:
 
 
 def _json_value(text: str) -> object:
-    """A ``--param`` VALUE: JSON when it parses as bounded JSON, else the text itself."""
-    try:
-        return decode_json(text, "--param", RequestError)
-    except RequestError:
+    """A ``--param`` VALUE: JSON when it is JSON, else the text itself.
+
+    JSON past the bounds of :func:`han_worker.fields.decode_json` (too deep, too large, ``1e400``) is an
+    error, never quietly a string: whoever wrote ``[[[...]]]`` meant a list. ``NaN`` and ``Infinity`` are
+    not JSON, so they stay the words they are."""
+    if not _is_json_syntax(text):
         return text
+    return decode_json(text, "--param", RequestError)
+
+
+def _refuse_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _is_json_syntax(text: str) -> bool:
+    """Whether ``text`` is strict JSON, whatever its size; nesting too deep to parse counts as JSON."""
+    try:
+        json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        return True
+    except ValueError:
+        return False
+    return True
 
 
 def parse_params(items: Sequence[str], params_json: str | None = None) -> dict[str, object]:

@@ -154,3 +154,13 @@ def test_harden_check_help_names_every_check_and_the_exit_codes_in_plain_words(
         assert check in out
     assert "Exit 0 when nothing failed, 1 when a" in " ".join(out.split())
     assert "``" not in out  # the docstring's markup is not help text
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [("1e400", "too large for a float"), ("[" * 100 + "]" * 100, "deep")],
+    ids=["overflowing-float", "nested-past-the-limit"],
+)
+def test_a_param_that_is_json_past_its_bounds_is_an_error_not_a_string(value: str, problem: str):
+    with pytest.raises(RequestError, match=rf"^--param: .*{problem}"):
+        parse_params([f"k={value}"])
