@@ -25,7 +25,6 @@ import os
 import shutil
 import signal
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -50,7 +49,7 @@ from han_worker.store.ledger import AttemptOwner, Claim
 from han_worker.store.link import CONTROL_PLANE_ERRORS, ConnectError, Link, describe, open_link
 from han_worker.store.queues import Delivery
 from han_worker.store.spool import Spool
-from han_worker.worker import attempt
+from han_worker.worker import attempt, scratch
 from han_worker.worker.attempt import (
     RECORDING_ERRORS,
     AttemptResult,
@@ -200,6 +199,7 @@ class Worker:
                 self.platform.recorded,
             )  # fmt: skip
         self._install_signal_handlers()
+        scratch.remove_abandoned()  # what killed workers before us left (a keeper's restart, an earlier task)
         serving = threading.Thread(target=self._serve_until_stopped, name="serving", daemon=True)
         serving.start()  # it warms the backends up while this thread connects, and serves once registered
         try:
@@ -506,7 +506,7 @@ class Worker:
         directory. The backend creates it by asking for it (JobContext.workdir): a job that does not, a
         no-op for one, costs no directory at all."""
         if self._scratch is None:
-            self._scratch = Path(tempfile.mkdtemp(prefix=f"han-worker-{os.getpid()}-"))
+            self._scratch = scratch.make_scratch_dir()
         return self._scratch / f"job-{self.jobs_done}"
 
     def _clear(self, workdir: Path) -> None:
