@@ -43,7 +43,7 @@ from han_worker.backends import (
 from han_worker.backends.base import Backend, unavailable_reason, warm_up
 from han_worker.config import WorkerConfig
 from han_worker.selection.endpoints import EndpointsError, EndpointsGone, format_time, load_endpoints_file
-from han_worker.selection.policy import FailoverGate
+from han_worker.selection.policy import FailoverGate, PegasusDown
 from han_worker.selection.resolver import Choice, Selector, authentication_failures
 from han_worker.store.ledger import AttemptOwner, Claim
 from han_worker.store.link import CONTROL_PLANE_ERRORS, ConnectError, Link, describe, open_link
@@ -315,7 +315,14 @@ class Worker:
     def _connect_first(self) -> Link | None:
         delay = 1.0
         while not self.stopping.is_set():
-            choice = self.selector.choose()  # EndpointsError: mode pegasus cannot be satisfied
+            try:
+                choice = self.selector.choose()  # EndpointsError: mode pegasus cannot be satisfied
+            except PegasusDown as exc:  # restarting (a keeper's, a walltime's successor): wait for it
+                wait = min(delay, self.config.probe_interval_seconds)  # as often as a serving worker probes
+                log.warning("Pegasus's control plane is down: %s; trying again in %gs", exc, wait)
+                self.stopping.wait(wait)
+                delay = min(delay * 2, 30.0)
+                continue
             wrong = authentication_failures(choice.probes)
             if wrong:
                 raise StartError(f"{choice.source}: " + "; ".join(str(result) for result in wrong))
