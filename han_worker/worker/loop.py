@@ -155,9 +155,11 @@ class Periodic(threading.Thread):
 class Worker:
     def __init__(
         self, config: WorkerConfig, backends: Mapping[str, Backend], selector: Selector, *,
-        log_successes: bool = True,
+        log_successes: bool = True, wait_for_control_plane: bool = False,
     ) -> None:  # fmt: skip
         self.config = config
+        # Mode pegasus, its control plane down at start: wait for it (under a keeper), or exit 2 (by hand).
+        self.wait_for_control_plane = wait_for_control_plane
         self.log_successes = log_successes  # False: no line per succeeded job (the ledger has them all)
         self.backends = backends
         self.selector = selector
@@ -318,6 +320,8 @@ class Worker:
             try:
                 choice = self.selector.choose()  # EndpointsError: mode pegasus cannot be satisfied
             except PegasusDown as exc:  # restarting (a keeper's, a walltime's successor): wait for it
+                if not self.wait_for_control_plane:
+                    raise
                 wait = min(delay, self.config.probe_interval_seconds)  # as often as a serving worker probes
                 log.warning("Pegasus's control plane is down: %s; trying again in %gs", exc, wait)
                 self.stopping.wait(wait)
