@@ -68,5 +68,6 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
 
 def control_plane_main(argv: Sequence[str] | None = None) -> int:
     args = build_control_plane_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `run --restart-crashed` runs again
     _configure_logging(args.verbose)
     return int(args.handler(args))

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from han_worker.cli.options import non_negative_seconds, path_argument, positive_seconds
-from han_worker.control_plane import launch, rotation
+from han_worker.control_plane import keeper, launch, rotation
 from han_worker.control_plane.addresses import local_address_in
 from han_worker.control_plane.admin_secrets import SecretsError, ensure_secrets
 from han_worker.control_plane.layout import DEFAULT_STATE_DIR, Layout
@@ -141,6 +141,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--start-timeout", type=positive_seconds, default=90.0, metavar="SECONDS",
         help="how long each service may take to answer before the start is given up (default: 90)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--restart-crashed", action="store_true",
+        help="run the supervisor as a child process and start it again when it is killed (not when it exits "
+        "0, 1, 2 or 3: stopped, start given up, bad input, crash loop), up to 5 times in 10 minutes; SIGTERM "
+        "and SIGINT are passed on to it: for a Slurm job, which should not end with its supervisor",
     )  # fmt: skip
 
 
@@ -273,12 +279,15 @@ def _run(args: argparse.Namespace) -> int:
     config = _config(args)
     if config.launch_mode == "slurm" and not os.environ.get("SLURM_JOB_ID"):
         raise UsageError("--launch-mode slurm: SLURM_JOB_ID is not set; run it inside a Slurm batch job")
+    if args.restart_crashed:  # after every check: a refusal is said once, by the keeper itself
+        return keeper.keep(Layout(config.state_dir), args.argv)
     return run(config)
 
 
-def _run_argv(config: SupervisorConfig) -> list[str]:
+def _run_argv(config: SupervisorConfig, restart_crashed: bool) -> list[str]:
     """The validated configuration as ``run`` arguments, for the background process."""
     argv = ["--bind", config.address, "--source", config.source, "--launch-mode", config.launch_mode]
+    argv += ["--restart-crashed"] if restart_crashed else []
     argv += ["--start-timeout", str(config.start_timeout)]
     argv += [f"--port={name}={port}" for name, port in config.ports.items()]
     argv += [f"--client-network={network}" for network in config.client_networks]
@@ -288,7 +297,9 @@ def _run_argv(config: SupervisorConfig) -> list[str]:
 @_command("start")
 def _start(args: argparse.Namespace) -> int:
     config = _config(args)
-    started = launch.start(Layout(config.state_dir), _run_argv(config), timeout=args.wait)
+    started = launch.start(
+        Layout(config.state_dir), _run_argv(config, args.restart_crashed), timeout=args.wait
+    )
     print("started" if started else "already running")
     return EXIT_OK
 
@@ -308,7 +319,8 @@ def _status(args: argparse.Namespace) -> int:
     else:
         state = "running" if current.running else "not running"
         published = f", endpoints published (epoch {current.epoch})" if current.published else ""
-        print(f"{state}{f' (pid {current.pid})' if current.pid else ''}{published}")
+        kept = f", kept by pid {current.keeper_pid}" if current.keeper_pid else ""
+        print(f"{state}{f' (pid {current.pid})' if current.pid else ''}{kept}{published}")
         if current.failure and not current.published:
             print(f"last failure: {current.failure}")
     return EXIT_OK

@@ -91,6 +91,13 @@ def _add_run(commands: Commands[argparse.ArgumentParser]) -> None:
         "it exits 0 or 2), up to 5 times in 10 minutes; SIGTERM and SIGINT are passed on to it: for a "
         "Slurm task, whose allocation should not end with its worker",
     )
+    run.add_argument(
+        "--wait-for-control-plane",
+        action="store_true",
+        help="mode pegasus: at start, wait for a control plane that is down (marked stale, expired, its job "
+        "ended, a service not answering) instead of exit 2; --restart-crashed passes it on to the worker it "
+        "runs, which may start while its control plane restarts",
+    )
     run.set_defaults(handler=_run)
 
 
@@ -154,11 +161,14 @@ def _add_status(commands: Commands[argparse.ArgumentParser]) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     if args.restart_crashed:
-        return keeper.keep(args.argv)
+        return keeper.keep([*args.argv, "--wait-for-control-plane"])
     try:
         config = load_config(args, need_queues=True)
         backends = backends_to_serve(config.queues)
-        worker = Worker(config, backends, Selector(config), log_successes=not args.quiet)
+        worker = Worker(
+            config, backends, Selector(config), log_successes=not args.quiet,
+            wait_for_control_plane=args.wait_for_control_plane,
+        )  # fmt: skip
         return int(worker.run())
     except (WorkerConfigError, UnsupportedQueue, EndpointsError, StartError) as exc:
         return fail("run", exc)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from han_worker.control_plane.incidents import FailureRecordError, read_failure
-from han_worker.control_plane.layout import Layout, running_pid
+from han_worker.control_plane.layout import Layout, keeper_pid, running_pid
 from han_worker.private_files import TrustedFileError, read_trusted_json
 from han_worker.selection.endpoints import EndpointsError, parse_endpoints
 
@@ -35,21 +35,23 @@ class Status:
     epoch: int | None
     # Why the last supervisor could not start, or stopped on a crash (incidents.py); None once one published.
     failure: str | None = None
+    keeper_pid: int | None = None  # the keeper of `run --restart-crashed`, when one runs
 
 
 def status(layout: Layout) -> Status:
-    pid = running_pid(layout)
+    pid, keeper = running_pid(layout), keeper_pid(layout)
     failure = _failure(layout)
     try:
         endpoints = parse_endpoints(read_trusted_json(layout.endpoints_file), str(layout.endpoints_file))
     except (EndpointsError, TrustedFileError):
-        return Status(pid is not None, pid, published=False, epoch=None, failure=failure)
+        return Status(pid is not None, pid, published=False, epoch=None, failure=failure, keeper_pid=keeper)
     return Status(
         pid is not None,
         pid,
         published=pid is not None and not endpoints.stale,
         epoch=endpoints.epoch,
         failure=failure,
+        keeper_pid=keeper,
     )
 
 
@@ -66,7 +68,7 @@ def start(layout: Layout, run_args: Sequence[str], timeout: float) -> bool:
 
     Returns once the endpoints are published, so the caller can use them at once.
     """
-    if running_pid(layout) is not None:
+    if running_pid(layout) is not None or keeper_pid(layout) is not None:
         return False
     layout.make_dirs()
     log_file = layout.log_file("supervisor")
@@ -116,14 +118,17 @@ def _recorded_since(layout: Layout, launched: float) -> bool:
 
 
 def stop(layout: Layout, timeout: float) -> bool:
-    """SIGTERM the running supervisor and wait until it released its lock; True if it was running."""
-    pid = running_pid(layout)
+    """SIGTERM the keeper if one runs (it passes the signal on and does not restart), else the supervisor,
+    and wait until both locks are released; True if either was running."""
+    keeper = keeper_pid(layout)
+    pid = keeper if keeper is not None else running_pid(layout)
     if pid is None:
         return False
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while running_pid(layout) is not None:
+    while running_pid(layout) is not None or keeper_pid(layout) is not None:
         if time.monotonic() > deadline:
-            raise BackgroundError(f"the supervisor (pid {pid}) did not stop within {timeout:.0f}s")
+            what = "keeper" if keeper is not None else "supervisor"
+            raise BackgroundError(f"the {what} (pid {pid}) did not stop within {timeout:.0f}s")
         time.sleep(0.2)
     return True

@@ -45,6 +45,11 @@ class Layout:
         return self.root / "supervisor.lock"
 
     @property
+    def keeper_lock_file(self) -> Path:
+        """Held by ``run --restart-crashed``'s keeper for its lifetime (control_plane/keeper.py)."""
+        return self.root / "keeper.lock"
+
+    @property
     def owner_file(self) -> Path:
         """Who holds (or last held) the state directory: host, pids, Slurm job (see ownership.py)."""
         return self.root / "owner.json"
@@ -145,15 +150,26 @@ def running_pid(layout: Layout) -> int | None:
 
     The lock is the one source of truth: the process that holds it is running and wrote its pid there.
     """
+    return lock_holder(layout.lock_file)
+
+
+def keeper_pid(layout: Layout) -> int | None:
+    """The pid of the keeper (``run --restart-crashed``) holding its lock, or None when none does: between
+    a supervisor's death and its restart, the keeper is what runs."""
+    return lock_holder(layout.keeper_lock_file)
+
+
+def lock_holder(lock_file: Path) -> int | None:
+    """The pid written in ``lock_file`` while a process holds its flock; None when none holds it."""
     try:
-        fd = os.open(layout.lock_file, os.O_RDONLY)
+        fd = os.open(lock_file, os.O_RDONLY)
     except FileNotFoundError:
         return None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            text = layout.lock_file.read_text().strip()
+            text = lock_file.read_text().strip()
             return int(text) if text.isdigit() else None
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None

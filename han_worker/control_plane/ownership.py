@@ -30,22 +30,13 @@ from pathlib import Path
 from han_worker.control_plane import walltime
 from han_worker.fields import FieldReader
 from han_worker.private_files import TrustedFileError, read_trusted_json, write_private_json
+from han_worker.processes import ProcessMark, is_running, mark_of
 
 BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
-# /proc/<pid>/stat after the ")" that ends the command name: state is field 3, starttime field 22.
-STATE_INDEX, START_TIME_INDEX = 0, 19
 
 
 class OwnerRecordError(ValueError):
     """The owner record cannot be read; the message names the file and the problem."""
-
-
-@dataclass(frozen=True)
-class ProcessMark:
-    """One process as recorded: its pid and its start time (clock ticks after boot; None off Linux)."""
-
-    pid: int
-    start_time: int | None
 
 
 @dataclass(frozen=True)
@@ -85,38 +76,6 @@ class Verdict:
     reason: str
     same_host: bool = False
     final: bool = False
-
-
-def process_start_time(pid: int) -> int | None:
-    """The start time of ``pid`` if it runs now (a zombie does not), else None; None too off Linux."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text.rpartition(")")[2].split()
-    if len(fields) <= START_TIME_INDEX or fields[STATE_INDEX] in ("Z", "X"):
-        return None
-    return int(fields[START_TIME_INDEX])
-
-
-def mark_of(pid: int) -> ProcessMark:
-    return ProcessMark(pid, process_start_time(pid))
-
-
-def is_running(mark: ProcessMark) -> bool:
-    """``mark``'s process still runs: the same pid with the same start time, not a zombie.
-
-    Without /proc (macOS), a pid that exists counts as running: a reused pid then keeps the files, which is
-    the safe side."""
-    if Path("/proc/self/stat").exists():
-        return mark.start_time is not None and process_start_time(mark.pid) == mark.start_time
-    try:
-        os.kill(mark.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def boot_id() -> str | None:

@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO
 
+from han_worker import processes
 from han_worker.control_plane import ownership, takeover, walltime
 from han_worker.control_plane.admin_secrets import ControlPlaneSecrets, ensure_secrets, load_secrets
 from han_worker.control_plane.binaries import BinaryNotFound, find_binaries
@@ -117,7 +118,7 @@ class Child:
         return None if self.process is None else self.process.poll()
 
     def mark(self) -> ownership.ServiceMark:
-        process = None if self.process is None else ownership.mark_of(self.process.pid)
+        process = None if self.process is None else processes.mark_of(self.process.pid)
         return ownership.ServiceMark(process, self.service.ports)
 
     def close_log(self) -> None:

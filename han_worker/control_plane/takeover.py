@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from han_worker import processes
 from han_worker.control_plane import ownership
 from han_worker.control_plane.layout import Layout
 from han_worker.control_plane.leftovers import LeftoversInUse, clear_leftovers
@@ -110,13 +111,13 @@ def finish_orphans(previous: ownership.Owner, services: list[Service], waited: f
     once that service's stop grace has passed (it got its stop signal when its supervisor died, see
     _die_with_parent). SeaweedFS would otherwise wait out its filer's 15 s; only a service recorded by a
     supervisor that no longer runs, the very process (pid and start time), is killed."""
-    if ownership.is_running(previous.supervisor):
+    if processes.is_running(previous.supervisor):
         return
     graces = {service.name: service.stop_grace for service in services}
     for name, recorded in previous.services.items():
         grace = graces.get(name)
         process = recorded.process
-        if grace is None or waited < grace or process is None or not ownership.is_running(process):
+        if grace is None or waited < grace or process is None or not processes.is_running(process):
             continue
         log.info(
             "%s (pid %d) outlived its supervisor by %.0fs: killing it, as planned", name, process.pid, waited

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from han_worker.selection.endpoints import Endpoints, EndpointsError, check_usable
+from han_worker.selection.endpoints import Endpoints, EndpointsError, EndpointsGone, check_usable
 from han_worker.selection.probes import ProbeReport, ProbeResult
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,12 @@ def mac_required(mode: str) -> bool:
 
 class SelectionError(EndpointsError):
     """Mode ``pegasus`` was asked for and the Pegasus control plane is not usable."""
+
+
+class PegasusDown(SelectionError):
+    """Pegasus's endpoints are well formed but its control plane is down right now (marked stale, expired,
+    its Slurm job ended, a service not answering): a restart or the next job brings it back, so a worker
+    about to serve waits for it rather than giving up (worker/loop.py)."""
 
 
 Probe = Callable[[Endpoints], ProbeReport]
@@ -57,20 +63,24 @@ def _usable_pegasus(
 ) -> Selection:
     if pegasus is None:
         raise SelectionError("no Pegasus endpoints file was read")
+    if isinstance(pegasus, EndpointsGone):
+        raise PegasusDown(str(pegasus)) from pegasus
     if isinstance(pegasus, EndpointsError):
         raise SelectionError(str(pegasus)) from pegasus
     where = f"Pegasus endpoints (epoch {pegasus.epoch}, node {pegasus.node})"
     try:
         check_usable(pegasus, where)
+    except EndpointsGone as exc:
+        raise PegasusDown(str(exc)) from exc
     except EndpointsError as exc:
         raise SelectionError(str(exc)) from exc
     if job_alive is False:
-        raise SelectionError(f"{where}: Slurm job {pegasus.slurm_job_id} is no longer running")
+        raise PegasusDown(f"{where}: Slurm job {pegasus.slurm_job_id} is no longer running")
     if probe is None:
         return Selection("pegasus", pegasus, f"{where} are valid (not probed)")
     report = probe(pegasus)
     if not report.healthy:
-        raise SelectionError(f"{where}: unhealthy: {_failures_text(report)}")
+        raise PegasusDown(f"{where}: unhealthy: {_failures_text(report)}")
     return Selection("pegasus", pegasus, f"{where} are valid and healthy", report.results)
 
 

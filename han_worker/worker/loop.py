@@ -25,7 +25,6 @@ import os
 import shutil
 import signal
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -44,13 +43,13 @@ from han_worker.backends import (
 from han_worker.backends.base import Backend, unavailable_reason, warm_up
 from han_worker.config import WorkerConfig
 from han_worker.selection.endpoints import EndpointsError, EndpointsGone, format_time, load_endpoints_file
-from han_worker.selection.policy import FailoverGate
+from han_worker.selection.policy import FailoverGate, PegasusDown
 from han_worker.selection.resolver import Choice, Selector, authentication_failures
 from han_worker.store.ledger import AttemptOwner, Claim
 from han_worker.store.link import CONTROL_PLANE_ERRORS, ConnectError, Link, describe, open_link
 from han_worker.store.queues import Delivery
 from han_worker.store.spool import Spool
-from han_worker.worker import attempt
+from han_worker.worker import attempt, scratch
 from han_worker.worker.attempt import (
     RECORDING_ERRORS,
     AttemptResult,
@@ -156,9 +155,11 @@ class Periodic(threading.Thread):
 class Worker:
     def __init__(
         self, config: WorkerConfig, backends: Mapping[str, Backend], selector: Selector, *,
-        log_successes: bool = True,
+        log_successes: bool = True, wait_for_control_plane: bool = False,
     ) -> None:  # fmt: skip
         self.config = config
+        # Mode pegasus, its control plane down at start: wait for it (under a keeper), or exit 2 (by hand).
+        self.wait_for_control_plane = wait_for_control_plane
         self.log_successes = log_successes  # False: no line per succeeded job (the ledger has them all)
         self.backends = backends
         self.selector = selector
@@ -200,6 +201,7 @@ class Worker:
                 self.platform.recorded,
             )  # fmt: skip
         self._install_signal_handlers()
+        scratch.remove_abandoned()  # what killed workers before us left (a keeper's restart, an earlier task)
         serving = threading.Thread(target=self._serve_until_stopped, name="serving", daemon=True)
         serving.start()  # it warms the backends up while this thread connects, and serves once registered
         try:
@@ -315,7 +317,16 @@ class Worker:
     def _connect_first(self) -> Link | None:
         delay = 1.0
         while not self.stopping.is_set():
-            choice = self.selector.choose()  # EndpointsError: mode pegasus cannot be satisfied
+            try:
+                choice = self.selector.choose()  # EndpointsError: mode pegasus cannot be satisfied
+            except PegasusDown as exc:  # restarting (a keeper's, a walltime's successor): wait for it
+                if not self.wait_for_control_plane:
+                    raise
+                wait = min(delay, self.config.probe_interval_seconds)  # as often as a serving worker probes
+                log.warning("Pegasus's control plane is down: %s; trying again in %gs", exc, wait)
+                self.stopping.wait(wait)
+                delay = min(delay * 2, 30.0)
+                continue
             wrong = authentication_failures(choice.probes)
             if wrong:
                 raise StartError(f"{choice.source}: " + "; ".join(str(result) for result in wrong))
@@ -506,7 +517,7 @@ class Worker:
         directory. The backend creates it by asking for it (JobContext.workdir): a job that does not, a
         no-op for one, costs no directory at all."""
         if self._scratch is None:
-            self._scratch = Path(tempfile.mkdtemp(prefix=f"han-worker-{os.getpid()}-"))
+            self._scratch = scratch.make_scratch_dir()
         return self._scratch / f"job-{self.jobs_done}"
 
     def _clear(self, workdir: Path) -> None:

@@ -97,6 +97,16 @@ SECTIONS: Mapping[str, str] = {
         "worker at least 0.85x the bare loop on single images and 0.95x on video frames, and a first job no "
         "slower than the steady state."
     ),
+    "chaos": (
+        "What an operator's worst day costs, in one round on this machine: a control plane run by its keeper "
+        "(`han-control-plane run --restart-crashed`, direct mode) and four workers run by theirs (`han-worker "
+        "run --restart-crashed`, mode `pegasus`), 200 short `sleep` jobs, and while they run six worker "
+        "processes SIGKILLed (most mid-job; their keepers restart them), Valkey SIGKILLed (the supervisor "
+        "restarts it in place, endpoints kept) and the supervisor SIGKILLed with every service at once (its "
+        "keeper starts a new one, which clears what its dead predecessor left and publishes the next epoch). "
+        "The goals: 0 lost, 0 duplicated, the control plane back after each kill with no successor queued, "
+        "and the workers back to their count."
+    ),
 }
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import REPO
 
-SECTIONS = ("dispatch", "endpoint_selection", "failover", "control_plane", "deploy", "pose")
+SECTIONS = ("dispatch", "endpoint_selection", "failover", "control_plane", "deploy", "pose", "chaos")
 MACHINE = ("cpu_model", "cores", "memory_gib", "kernel", "python", "load_average_at_start", "packages")
 
 

@@ -18,14 +18,16 @@ from typing import Any
 
 import pytest
 
+from han_worker import processes
 from han_worker.control_plane import launch, ownership
 from han_worker.control_plane.admin_secrets import generate_secrets
 from han_worker.control_plane.incidents import CrashHistory, read_failure, record_failure
 from han_worker.control_plane.layout import Layout
 from han_worker.control_plane.leftovers import LeftoversInUse, clear_leftovers, seaweed_sockets_of
-from han_worker.control_plane.ownership import Owner, OwnerRecordError, ProcessMark, ServiceMark, judge_owner
+from han_worker.control_plane.ownership import Owner, OwnerRecordError, ServiceMark, judge_owner
 from han_worker.control_plane.services import PostgresService, RedisService, SeaweedS3Service
 from han_worker.control_plane.takeover import PredecessorNotGone, Takeover, finish_orphans
+from han_worker.processes import ProcessMark
 
 HERE = "node-a"
 BOOT = "boot-1"
@@ -69,26 +71,26 @@ def owner(
 def test_a_running_process_has_a_start_time_and_runs():
     child = sleeper()
     try:
-        mark = ownership.mark_of(child.pid)
+        mark = processes.mark_of(child.pid)
         assert mark.start_time is not None
-        assert ownership.is_running(mark)
+        assert processes.is_running(mark)
     finally:
         child.kill()
         child.wait()
-    assert not ownership.is_running(mark)
+    assert not processes.is_running(mark)
 
 
 def test_a_dead_pid_and_a_zombie_do_not_run(dead_pid: int, zombie: subprocess.Popen[bytes]):
-    assert ownership.process_start_time(dead_pid) is None
+    assert processes.process_start_time(dead_pid) is None
     assert Path(f"/proc/{zombie.pid}").exists(), "the zombie must still hold its pid for this test"
-    assert ownership.process_start_time(zombie.pid) is None
-    assert not ownership.is_running(ProcessMark(zombie.pid, 1))
+    assert processes.process_start_time(zombie.pid) is None
+    assert not processes.is_running(ProcessMark(zombie.pid, 1))
 
 
 def test_a_reused_pid_is_not_the_recorded_process():
-    me = ownership.mark_of(os.getpid())
+    me = processes.mark_of(os.getpid())
     assert me.start_time is not None
-    assert not ownership.is_running(ProcessMark(me.pid, me.start_time + 1))
+    assert not processes.is_running(ProcessMark(me.pid, me.start_time + 1))
 
 
 def test_still_running_names_the_recorded_processes_alive_here(dead_pid: int):
@@ -96,7 +98,7 @@ def test_still_running_names_the_recorded_processes_alive_here(dead_pid: int):
     try:
         previous = owner(
             pid=dead_pid,
-            postgres=ServiceMark(ownership.mark_of(child.pid), (5432,)),
+            postgres=ServiceMark(processes.mark_of(child.pid), (5432,)),
             redis=ServiceMark(ProcessMark(dead_pid, 7), (6379,)),
             s3=ServiceMark(None, (9000,)),  # recorded before it was started
         )
@@ -115,7 +117,7 @@ def test_a_retry_judges_its_own_earlier_attempt_gone_once_its_services_stopped()
 
 def test_still_running_leaves_out_the_caller_itself():
     """A retried start judges the record of its own first attempt: the supervisor is alive, and it is us."""
-    itself = Owner(HERE, BOOT, ownership.mark_of(os.getpid()), None, {})
+    itself = Owner(HERE, BOOT, processes.mark_of(os.getpid()), None, {})
     assert ownership.still_running(itself) == []
 
 
@@ -305,8 +307,8 @@ def test_an_orphan_past_its_stop_grace_is_killed_once_its_supervisor_is_dead(sta
     weed = SeaweedS3Service("s3", "127.0.0.1", 9000, state_dir / "s3.log")  # a 3 s stop grace
     orphan = sleeper()
     try:
-        alive = owner(pid=dead_pid, s3=ServiceMark(ownership.mark_of(orphan.pid), (9000,)))
-        alive_supervisor = Owner(HERE, BOOT, ownership.mark_of(os.getpid()), None, alive.services)
+        alive = owner(pid=dead_pid, s3=ServiceMark(processes.mark_of(orphan.pid), (9000,)))
+        alive_supervisor = Owner(HERE, BOOT, processes.mark_of(os.getpid()), None, alive.services)
         finish_orphans(alive_supervisor, [weed], waited=10.0)  # its supervisor would stop it itself
         finish_orphans(alive, [weed], waited=1.0)  # still within its grace
         assert orphan.poll() is None

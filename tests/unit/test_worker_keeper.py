@@ -16,8 +16,8 @@ from han_worker.worker.keeper import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
-    Keeper,
     RestartPolicy,
+    WorkerKeeper,
     describe_exit,
     worker_command,
 )
@@ -57,13 +57,13 @@ def runs_of(runs: Path) -> int:
 
 def test_a_killed_worker_is_started_again_and_its_clean_exit_ends_the_keeper(tmp_path: Path) -> None:
     command, runs = stand_in(tmp_path, "kill", "crash", "ok")
-    assert Keeper(command, FAST).run() == EXIT_OK
+    assert WorkerKeeper(command, FAST).run() == EXIT_OK
     assert runs_of(runs) == 3
 
 
 def test_exit_2_is_not_restarted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     command, runs = stand_in(tmp_path, "usage", "ok")
-    assert Keeper(command, FAST).run() == EXIT_USAGE
+    assert WorkerKeeper(command, FAST).run() == EXIT_USAGE
     assert runs_of(runs) == 1
     assert "not restarting it" in caplog.text
 
@@ -72,7 +72,7 @@ def test_a_worker_that_keeps_dying_exhausts_the_budget(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     command, runs = stand_in(tmp_path, "kill")
-    assert Keeper(command, FAST).run() == EXIT_FAILED
+    assert WorkerKeeper(command, FAST).run() == EXIT_FAILED
     assert runs_of(runs) == FAST.max_restarts + 1
     assert "killed by SIGKILL) after 3 restarts within 60s; giving up" in caplog.text
 
@@ -86,7 +86,7 @@ def test_restarts_older_than_the_window_no_longer_count(tmp_path: Path) -> None:
 
     command, runs = stand_in(tmp_path, "crash", "crash", "crash", "crash", "crash", "ok")
     policy = RestartPolicy(max_restarts=2, window_seconds=150.0, backoff_seconds=(0.01,))
-    assert Keeper(command, policy, clock=clock).run() == EXIT_OK
+    assert WorkerKeeper(command, policy, clock=clock).run() == EXIT_OK
     assert runs_of(runs) == 6
 
 
@@ -97,7 +97,7 @@ def test_restarts_older_than_the_window_no_longer_count(tmp_path: Path) -> None:
 )
 def test_a_stop_is_passed_on_and_the_worker_is_not_started_again(tmp_path: Path, behaviour: str) -> None:
     command, runs = stand_in(tmp_path, behaviour)
-    keeper = Keeper(command, FAST)
+    keeper = WorkerKeeper(command, FAST)
     result: list[int] = []
     thread = threading.Thread(target=lambda: result.append(keeper.run()))
     thread.start()
@@ -112,7 +112,7 @@ def test_a_stop_is_passed_on_and_the_worker_is_not_started_again(tmp_path: Path,
 
 def test_a_stop_during_the_backoff_ends_the_keeper(tmp_path: Path) -> None:
     command, runs = stand_in(tmp_path, "crash", "ok")
-    keeper = Keeper(command, RestartPolicy(backoff_seconds=(30.0,)))
+    keeper = WorkerKeeper(command, RestartPolicy(backoff_seconds=(30.0,)))
     result: list[int] = []
     thread = threading.Thread(target=lambda: result.append(keeper.run()))
     thread.start()
