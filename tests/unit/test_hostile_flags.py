@@ -179,3 +179,15 @@ def test_a_state_dir_from_the_environment_is_refused_as_the_flag_is(
     assert code == 2
     assert too_long[:40] in err
     assert os.listdir(tmp_path) == ["home"]
+
+
+@pytest.mark.parametrize("value", ["٣", "nan", "3e6"], ids=["arabic-indic-digit", "nan", "past-30-days"])
+def test_harden_check_timeout_is_read_as_every_other_seconds_flag(
+    capsys: pytest.CaptureFixture[str], value: str
+):
+    # float() reads "٣" as 3: the check then went on to the state directory and named it instead.
+    code, err = _run(
+        worker_main, ["harden-check", *CONTEXT[("han-worker", "harden-check")], f"--timeout={value}"], capsys
+    )
+    assert code == 2
+    assert "argument --timeout" in err, err
