@@ -31,7 +31,7 @@ STATIC_LOG := reports/static-checks.log
 test: venv ## Set up and run every check and test.
 	@echo "==> Static checks (lint, syntax, sanity) beside the tests; their output: $(STATIC_LOG)"
 	@started=$$(date +%s); $(MAKE) --no-print-directory static > $(STATIC_LOG) 2>&1 & static=$$!; \
-	status=0; $(MAKE) --no-print-directory testbed pytest molecule || status=$$?; \
+	status=0; $(MAKE) --no-print-directory testbed pytest || status=$$?; \
 	static_status=0; wait $$static || static_status=$$?; \
 	echo "==> Static checks (exit $$static_status):"; cat $(STATIC_LOG); \
 	if [ $$status -ne 0 ] || [ $$static_status -ne 0 ]; then echo "==> make test: FAILED"; exit 1; fi; \
@@ -66,20 +66,10 @@ lint: venv ## ruff, mypy (strict), ansible-lint (production profile).
 syntax: venv ## ansible-playbook --syntax-check of every playbook.
 	for playbook in playbooks/*.yml; do ansible-playbook --syntax-check "$$playbook"; done
 
-# Two sessions side by side, as most tests wait on services: the self-contained ones (the unit tests, and the
-# integration tests marked self_contained, which start every service they use on their own addresses and
-# free ports) beside those that share the testbed's Slurm, sshd and inventory control planes, which run in order.
-SELF_CONTAINED_LOG := reports/pytest-self-contained.log
-pytest: venv ## Unit and integration tests (integration needs the testbed), in two sessions side by side.
-	@echo "==> Self-contained tests beside the shared-testbed ones; their output: $(SELF_CONTAINED_LOG)"
-	@mkdir -p reports; \
-	( unit=0; pytest -p no:cacheprovider --durations=10 tests/unit || unit=$$?; \
-	  own=0; pytest -p no:cacheprovider --durations=10 -m self_contained tests/integration || own=$$?; \
-	  [ $$unit -eq 0 ] && [ $$own -eq 0 ] ) > $(SELF_CONTAINED_LOG) 2>&1 & own=$$!; \
-	shared=0; pytest --durations=25 -m "not self_contained" tests/integration || shared=$$?; \
-	own_status=0; wait $$own || own_status=$$?; \
-	echo "==> Self-contained tests (exit $$own_status):"; cat $(SELF_CONTAINED_LOG); \
-	[ $$shared -eq 0 ] && [ $$own_status -eq 0 ]
+# Two lanes side by side (most tests wait on services), then the tests that take the testbed down, alone:
+# tests/run_lanes.sh says which tests go where; tests/README.md why.
+pytest: venv ## Every test (integration needs the testbed) and molecule, in two lanes side by side.
+	tests/run_lanes.sh
 
 unit: venv ## Unit tests only.
 	pytest tests/unit

@@ -14,6 +14,10 @@ import pytest
 
 from tests.conftest import REPO
 
+pytestmark = (
+    pytest.mark.own_names
+)  # the testbed under its own names: beside the inventory lane (tests/run_lanes.sh)
+
 SECTIONS = ("dispatch", "endpoint_selection", "failover", "control_plane", "deploy", "pose", "chaos")
 MACHINE = ("cpu_model", "cores", "memory_gib", "kernel", "python", "load_average_at_start", "packages")
 

@@ -1,6 +1,8 @@
-"""Runbook step 2 on the testbed: the control plane as a Slurm job on "Pegasus", and on "the Mac" in direct mode.
+"""Runbook step 2 on the testbed: the control plane as a Slurm job on "Pegasus" (the Mac's direct mode:
+test_control_plane_role_mac.py).
 
-Each test uses its own job name and state directory, and stops what it started.
+Each test uses its own job name, state directory and free ports, and stops what it started: the module runs
+beside the tests that use the inventory's control planes (tests/run_lanes.sh).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import psycopg
 import pytest
 
 from tests.conftest import run_ansible
-from tests.integration.conftest import MAC, PEGASUS, recap, ssh
+from tests.integration.conftest import PEGASUS, recap, ssh
+
+pytestmark = pytest.mark.own_names
 
 PEGASUS_HOST = "pegasus-login"
 
@@ -168,24 +172,6 @@ def test_walltime_rollover_publishes_the_next_epoch_on_the_same_data(
     with slurm_control_plane.connect_postgres() as connection:
         assert connection.execute("SELECT value FROM kept").fetchall() == [("before the walltime",)]
     assert "database system was not properly shut down" not in slurm_control_plane.postgres_log()
-
-
-def test_the_mac_runs_the_same_role_in_direct_mode() -> None:
-    try:
-        started = control_plane("-e", "control_plane_hosts=mac")
-        assert started.returncode == 0, started.stdout[-3000:]
-        assert "(direct launch)" in started.stdout
-        endpoints = read_json(MAC, "~/.han/control-plane/endpoints.json")
-        assert endpoints["source"] == "mac"
-        assert endpoints["slurm_job_id"] is None
-        ports = {name: service["port"] for name, service in endpoints["services"].items()}  # type: ignore[union-attr]
-        assert ports == {"postgres": 15432, "redis": 16379, "s3": 19000}, "the inventory's fixed ports"
-        assert recap(control_plane("-e", "control_plane_hosts=mac"), "mac-laptop")["changed"] == 0
-    finally:
-        stopped = control_plane("-e", "control_plane_hosts=mac", "-e", "state=stopped")
-    assert stopped.returncode == 0, stopped.stdout[-3000:]
-    assert recap(stopped, "mac-laptop")["changed"] == 1
-    assert read_json(MAC, "~/.han/control-plane/endpoints.json")["stale"] is True
 
 
 def test_bad_inputs_fail_before_anything_is_submitted(slurm_control_plane: SlurmControlPlane) -> None:

@@ -17,6 +17,10 @@ import pytest
 
 from tests.conftest import ansible_env, run_ansible
 
+pytestmark = (
+    pytest.mark.own_names
+)  # the testbed under its own names: beside the inventory lane (tests/run_lanes.sh)
+
 HOST = "pegasus-login"
 USER = "pegasus"
 # Short, so that several jobs fit beside whatever else runs on the one-node cluster.

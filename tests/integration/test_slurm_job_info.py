@@ -5,8 +5,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from tests.conftest import ansible_env, run_ansible
 from tests.integration.test_slurm_job import HOST, SMALL, USER, name, slurm_job, submit_successor, wait_for
+
+pytestmark = (
+    pytest.mark.own_names
+)  # the testbed under its own names: beside the inventory lane (tests/run_lanes.sh)
 
 __all__ = ["name"]  # the fixture, shared with test_slurm_job: a job name of one test, cancelled afterwards
 

@@ -14,6 +14,9 @@ import pytest
 from tests.conftest import run_ansible
 from tests.integration.control_planes import wait_for
 
+# It stops Slurm, munge and sshd under every other test: tests/run_lanes.sh runs it last, alone.
+pytestmark = pytest.mark.takes_testbed_down
+
 # Debian installs slurmctld and slurmd through alternatives; /proc/PID/exe names the real file.
 TESTBED_DAEMONS = {
     os.path.realpath(f"/usr/sbin/{name}") for name in ("munged", "slurmctld", "slurmd", "sshd")

@@ -22,6 +22,10 @@ from tests.conftest import ansible_env, run_ansible
 from tests.fake_windows import FAKE_MAC_CREDENTIALS
 from tests.fake_windows.servers import FAKE_PASSWORD, FakeWindowsHost, running_fakes
 
+pytestmark = (
+    pytest.mark.own_names
+)  # the testbed under its own names: beside the inventory lane (tests/run_lanes.sh)
+
 PLAYBOOK = "playbooks/windows_worker.yml"
 WINRM_FAILURE_TASK = "Fail with what to check when WinRM does not work."
 # FAKE credentials for the Mac's control plane: they must pass the role's checks and never be printed.
