@@ -80,7 +80,7 @@ class Plan:
         order = [WORKER] * self.worker_kills
         for fraction, what, count in ((2 / 3, CONTROL_PLANE, self.control_plane_kills),
                                       (1 / 3, VALKEY, self.valkey_kills)):  # fmt: skip
-            for _ in range(count):
+            for _kill in range(count):
                 order.insert(round(fraction * self.worker_kills), what)
         return order
 
@@ -322,7 +322,7 @@ class Round:
             settings = worker_settings(cp, self.workdir / "spool", mode="pegasus")
             config = write_private_file(self.env, self.workdir / "worker.json", json.dumps(settings))
             self.workers = [start_worker(self.env, config, "--restart-crashed", "--quiet")
-                            for _ in range(self.plan.workers)]  # fmt: skip
+                            for _worker in range(self.plan.workers)]  # fmt: skip
             wait_until(
                 lambda: live_workers(cp) == self.plan.workers, f"{self.plan.workers} workers registered"
             )
