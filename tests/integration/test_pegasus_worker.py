@@ -133,6 +133,28 @@ def test_with_pegasus_up_each_mode_picks_what_the_runbook_says(mode: str, source
     assert because in said
 
 
+def test_check_mode_chooses_with_the_macs_credentials_not_an_older_copy():
+    # The workers' copy as it was before the Mac rotated its credentials: a real run replaces it, so check
+    # mode must choose with what that run will write, not with the copy (which no longer opens the Mac).
+    copy = f"{WORKER_DIR}/config/mac-credentials.json"
+    before = ssh(PEGASUS, f"cat {copy}")  # restored afterwards, or removed if there was none
+    current = json.loads(ssh(MAC, "cat ~/.han/control-plane/credentials.json").stdout)
+    stale = {**current, "postgres": {**current["postgres"], "password": "an-older-password-0000"}}
+    text = shlex.quote(json.dumps(stale))
+    script = f"umask 077 && mkdir -p {WORKER_DIR}/config && printf %s {text} > {copy}"
+    assert ssh(PEGASUS, script).returncode == 0
+    try:
+        result = worker_play("--check", "-e", "pegasus_worker_control_plane_mode=mac")
+        assert result.returncode == 0, result.stdout[-3000:]
+        assert "CONTROL_PLANE_MODE=mac: the mac control plane" in choice(result.stdout)
+        assert json.loads(ssh(PEGASUS, f"cat {copy}").stdout) == stale, "check mode wrote nothing"
+    finally:
+        restore = (
+            f"printf %s {shlex.quote(before.stdout)} > {copy}" if before.returncode == 0 else f"rm -f {copy}"
+        )
+        assert ssh(PEGASUS, f"umask 077 && {restore}").returncode == 0
+
+
 @pytest.mark.parametrize(
     ("changes", "why"),
     [({"stale": True}, "stale"), ({"slurm_job_id": "1"}, "Slurm job 1 is no longer running")],
