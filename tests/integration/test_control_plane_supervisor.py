@@ -18,6 +18,7 @@ import psycopg
 import pytest
 import redis
 from minio.error import S3Error
+from psycopg.conninfo import make_conninfo
 
 from han_worker.control_plane.hardening.auth import postgres_plain_text_row
 from han_worker.control_plane.hardening.report import PASS
@@ -215,10 +216,10 @@ def worker_session(
 ) -> psycopg.Connection[tuple[Any, ...]]:
     """A session of the worker's role with its valid password, with these TLS settings."""
     credentials = parse_credentials(control_plane.credentials, "credentials.json")
+    conninfo = make_conninfo(tls, **{"host": ADDRESS, **options})
     return psycopg.connect(
-        tls, host=ADDRESS, port=control_plane.service("postgres").port, user=credentials.postgres.user,
+        conninfo, port=control_plane.service("postgres").port, user=credentials.postgres.user,
         password=credentials.postgres.password, dbname=credentials.postgres.database, connect_timeout=5,
-        **options,
     )  # fmt: skip
 
 
