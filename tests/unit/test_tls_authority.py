@@ -19,7 +19,7 @@ from han_worker.control_plane.admin_secrets import (
     parse_secrets,
 )
 from han_worker.control_plane.pki import Authority
-from han_worker.control_plane.services import hba_lines, node_names
+from han_worker.control_plane.services import PostgresService, hba_lines, node_names
 from han_worker.private_files import write_private_json
 from han_worker.selection.credentials import CredentialsError, parse_credentials
 from han_worker.selection.endpoints import EndpointsError, mac_endpoints
@@ -148,3 +148,25 @@ def test_endpoints_and_credentials_of_different_control_planes_are_refused() -> 
     check_same_authority(published, ours.worker_credentials(), "c.json")
     with pytest.raises(EndpointsError, match=r"c.json: its certificate authority .* is not the one"):
         check_same_authority(published, theirs.worker_credentials(), "c.json")
+
+
+def test_postgres_is_configured_for_tls_with_a_fresh_certificate_at_each_start(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    (data / "PG_VERSION").write_text("18\n")  # an existing cluster: prepare() does not run initdb
+    secrets = generate_secrets()
+    service = PostgresService(
+        "postgres", "127.0.0.10", 5432, tmp_path / "postgres.log", data_dir=data, socket_dir=tmp_path,
+        secrets=secrets, client_networks=("127.0.0.0/8",),
+    )  # fmt: skip
+    service.prepare()
+    settings = dict(arg.split("=", 1) for arg in service.argv if "=" in arg and not arg.startswith("/"))
+    assert settings["ssl"] == "on"
+    assert settings["ssl_min_protocol_version"] == "TLSv1.2"
+    assert settings["ssl_cert_file"] == str(data / "server.crt")
+    assert stat.S_IMODE((data / "server.key").stat().st_mode) == 0o600
+    first = (data / "server.crt").read_bytes()
+    x509.load_pem_x509_certificate(first).verify_directly_issued_by(secrets.authority().cert)
+    assert "hostssl all all 127.0.0.0/8 scram-sha-256" in (data / "pg_hba.conf").read_text()
+    service.prepare()
+    assert (data / "server.crt").read_bytes() != first
