@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import signal
 import stat
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,8 @@ from minio.error import S3Error
 from psycopg.conninfo import make_conninfo
 
 from han_worker.control_plane.hardening.auth import postgres_plain_text_row
-from han_worker.control_plane.hardening.report import PASS
+from han_worker.control_plane.hardening.config import pg_hba_rows
+from han_worker.control_plane.hardening.report import FAIL, PASS
 from han_worker.control_plane.hardening.state import StateDocuments
 from han_worker.control_plane.layout import Layout
 from han_worker.control_plane.pki import Authority
@@ -260,6 +264,33 @@ def test_harden_checks_plain_text_row_passes_on_a_tls_only_postgres(control_plan
     row = postgres_plain_text_row(state, timeout=5)
     assert row.result == PASS, row
     assert "no encryption" in row.detail
+
+
+def reload_postgres(data_dir: Path) -> None:
+    """SIGHUP to the postmaster (its pid is postmaster.pid's first line): it reads pg_hba.conf again."""
+    os.kill(int((data_dir / "postmaster.pid").read_text().split()[0]), signal.SIGHUP)
+    time.sleep(1.0)  # the reload is asynchronous
+
+
+def test_harden_checks_plain_text_row_fails_on_a_postgres_weakened_to_accept_it(
+    control_plane: RunningControlPlane,
+):
+    data_dir = control_plane.state_dir / "data" / "postgres"
+    hba = data_dir / "pg_hba.conf"
+    original = hba.read_text()
+    state = StateDocuments.read(Layout(control_plane.state_dir))
+    try:
+        hba.write_text(original + "host all all 127.0.0.0/8 scram-sha-256\n")
+        reload_postgres(data_dir)
+        row = postgres_plain_text_row(state, timeout=5)
+        assert row.result == FAIL, row
+        assert "ACCEPTS plain text" in row.detail
+        assert "password authentication failed" in row.detail
+        assert [r.result for r in pg_hba_rows(state)] == [FAIL]
+    finally:
+        hba.write_text(original)
+        reload_postgres(data_dir)
+    assert postgres_plain_text_row(state, timeout=5).result == PASS
 
 
 def test_the_worker_has_least_privilege(control_plane: RunningControlPlane):
