@@ -166,6 +166,11 @@ def _published_generation(layout: Layout) -> int | None:
 
 def _authority(secrets: ControlPlaneSecrets) -> tuple[str, str]:
     """The certificate authority PostgreSQL's clients verify the server with, and where it comes from."""
+    if not secrets.tls_ca_cert:
+        raise RotationError(
+            "the secrets file holds no certificate authority: its control plane was started by a version "
+            "without TLS; restart it (the start adds one), then rotate"
+        )
     return secrets.tls_ca_cert, "the control plane's secrets"
 
 
