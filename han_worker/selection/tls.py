@@ -5,8 +5,10 @@ Each control plane has its own certificate authority (han_worker.control_plane.t
 Clients never fall back to plain text and never verify against the system's trust store: a server must show
 a certificate that this authority issued for the address the client dialled.
 
-libpq reads its root certificate from a file only, so the certificate is written once per process to a 0600
-file in a private 0700 directory, removed at exit. Standard library only, like the rest of selection/.
+libpq reads its root certificate from a file only, so the certificate is written to a 0600 file named after
+its fingerprint in a 0700 directory of the user's own (``han-ca-<uid>`` in the temporary directory; one
+that another user made, or that others may enter, is not used). The file is public data; the directory being
+ours keeps anyone else from swapping it. Standard library only, like the rest of selection/.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from __future__ import annotations
 import atexit
 import base64
 import binascii
+import contextlib
 import hashlib
 import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 import threading
 from pathlib import Path
@@ -54,22 +58,39 @@ def ca_fingerprint(pem: str) -> str:
 
 
 def ca_file(pem: str) -> Path:
-    """A file holding ``pem`` for libpq's ``sslrootcert``: private to this process, the same path for the
-    same certificate, removed when the process exits."""
+    """A file holding ``pem`` for libpq's ``sslrootcert``, in a directory only this user can enter; the same
+    path for the same certificate. Written once per process, atomically (other processes may read it)."""
     fingerprint = ca_fingerprint(pem)
     with _lock:
         path = _files.get(fingerprint)
         if path is not None and path.exists():
             return path
         if not _directory:
-            _directory.append(Path(tempfile.mkdtemp(prefix="han-ca-")))  # 0700, ours
-            atexit.register(shutil.rmtree, _directory[0], ignore_errors=True)
+            _directory.append(_private_directory())
         path = _directory[0] / f"{fingerprint}.pem"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd, staging = tempfile.mkstemp(dir=_directory[0], prefix=".ca-")  # 0600
         with os.fdopen(fd, "w") as handle:
             handle.write(pem)
+        os.replace(staging, path)
         _files[fingerprint] = path
         return path
+
+
+def _private_directory() -> Path:
+    """``han-ca-<uid>`` in the temporary directory when it is ours, a directory and 0700; else (another user
+    made it first, or no uids: Windows) a fresh private directory, removed at exit."""
+    getuid = getattr(os, "getuid", None)
+    if getuid is not None:
+        directory = Path(tempfile.gettempdir()) / f"han-ca-{getuid()}"
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir(mode=0o700)
+        info = os.lstat(directory)
+        if stat.S_ISDIR(info.st_mode) and info.st_uid == getuid() and not stat.S_IMODE(info.st_mode) & 0o077:
+            return directory
+        log.warning("%s is not a private directory of ours; using a fresh one", directory)
+    fresh = Path(tempfile.mkdtemp(prefix="han-ca-"))  # 0700, ours
+    atexit.register(shutil.rmtree, fresh, ignore_errors=True)
+    return fresh
 
 
 def postgres_tls(ca_pem: str, origin: str) -> str:

@@ -4,7 +4,9 @@ shipped (certificate only) with the workers' credentials; and what clients do wi
 from __future__ import annotations
 
 import json
+import os
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from han_worker.control_plane.admin_secrets import (
 from han_worker.control_plane.pki import Authority
 from han_worker.control_plane.services import PostgresService, hba_lines, node_names
 from han_worker.private_files import write_private_json
+from han_worker.selection import tls
 from han_worker.selection.credentials import CredentialsError, parse_credentials
 from han_worker.selection.endpoints import EndpointsError, mac_endpoints
 from han_worker.selection.resolver import check_same_authority
@@ -131,6 +134,34 @@ def test_clients_verify_full_against_a_private_copy_of_the_authority() -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert ca_file(pem) == path  # written once per process
+
+
+def test_a_shared_directory_someone_else_could_enter_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(tls, "_directory", [])
+    monkeypatch.setattr(tls, "_files", {})
+    squatted = tmp_path / f"han-ca-{os.getuid()}"
+    squatted.mkdir(mode=0o755)
+    squatted.chmod(0o755)
+    path = ca_file(generate_secrets().tls_ca_cert)
+    assert path.parent != squatted
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def test_the_users_own_directory_is_reused_across_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    pem = generate_secrets().tls_ca_cert
+    for _process in range(2):
+        monkeypatch.setattr(tls, "_directory", [])
+        monkeypatch.setattr(tls, "_files", {})
+        path = ca_file(pem)
+        assert path == tmp_path / f"han-ca-{os.getuid()}" / f"{ca_fingerprint(pem)}.pem"
+        assert path.read_text() == pem
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
 
 
 def test_no_authority_means_no_connection_never_plain_text() -> None:
