@@ -107,8 +107,9 @@ def _ca_cert(fields: FieldReader, origin: str) -> str:
     if "tls" not in fields.data:
         raise CredentialsError(
             f"{origin}: field 'tls' is missing: this credentials file predates TLS and holds no certificate "
-            "authority to verify the control plane with; copy the credentials.json its control plane "
-            "publishes now (han-control-plane start writes it)"
+            "authority to verify the control plane with: restart that control plane once with this "
+            "version (playbooks/control_plane.yml -e state=stopped, then without), which adds the "
+            "authority, and copy the credentials.json it then publishes (the worker plays do)"
         )
     tls = fields.child("tls")
     pem = tls.string("ca_cert")
