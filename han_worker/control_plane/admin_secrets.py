@@ -3,6 +3,11 @@
 The supervisor reads them from ``secrets.json`` (0600, ours) and publishes only the worker's share
 as the credentials file that workers read. Known defaults and short passwords are refused here, before
 any service is configured with them.
+
+The file also holds the control plane's certificate authority (``tls``: its certificate and private key),
+made once, with the first secrets, and kept across starts and rotations: every client of the control plane
+verifies its servers against it, so it must not change under them. Its certificate (public) goes to the
+workers with their credentials; its key never leaves this file.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from han_worker.control_plane.pki import STABLE_AUTHORITY_VALIDITY, Authority
 from han_worker.fields import FieldReader
 from han_worker.private_files import StrPath, TrustedFileError, read_trusted_json, write_private_json
 from han_worker.selection.credentials import Credentials, PostgresCredentials, RedisCredentials, S3Credentials
@@ -48,15 +54,31 @@ class ControlPlaneSecrets:
     s3_secret_key: str = field(repr=False)
     s3_bucket: str
     generation: int = 1  # 1 when first generated, one more at each rotation
+    # The control plane's certificate authority, PEM; empty in a file written before TLS, until
+    # ensure_secrets adds one (with_authority).
+    tls_ca_cert: str = ""
+    tls_ca_key: str = field(default="", repr=False)
 
     def worker_credentials(self) -> Credentials:
-        """The worker's share: least-privilege users only, never an admin secret."""
+        """The worker's share: least-privilege users and the authority's certificate, no admin secret."""
         return Credentials(
             postgres=PostgresCredentials(self.postgres_user, self.postgres_password, self.postgres_database),
             redis=RedisCredentials(self.redis_user, self.redis_password),
             s3=S3Credentials(self.s3_access_key, self.s3_secret_key, self.s3_bucket),
             generation=self.generation,
+            tls_ca_cert=self.tls_ca_cert,
         )
+
+    def with_authority(self) -> ControlPlaneSecrets:
+        """The same secrets with a new certificate authority (for a file that has none yet)."""
+        authority = Authority("han control plane CA", validity=STABLE_AUTHORITY_VALIDITY)
+        return replace(self, tls_ca_cert=authority.cert_pem.decode(), tls_ca_key=authority.key_pem.decode())
+
+    def authority(self) -> Authority:
+        """The certificate authority that issues the servers' certificates."""
+        if not self.tls_ca_cert or not self.tls_ca_key:
+            raise SecretsError("the secrets hold no certificate authority (start the control plane once)")
+        return Authority.load(self.tls_ca_cert.encode(), self.tls_ca_key.encode())
 
     def rotated(self) -> ControlPlaneSecrets:
         """The next generation: every password and S3 key new; user names, database and bucket kept.
@@ -76,6 +98,7 @@ class ControlPlaneSecrets:
         )
 
     def to_dict(self) -> dict[str, object]:
+        tls = {"tls": {"ca_cert": self.tls_ca_cert, "ca_key": self.tls_ca_key}} if self.tls_ca_cert else {}
         return {
             "schema": SCHEMA,
             "generation": self.generation,
@@ -99,6 +122,7 @@ class ControlPlaneSecrets:
                 "secret_key": self.s3_secret_key,
                 "bucket": self.s3_bucket,
             },
+            **tls,
         }
 
 
@@ -143,12 +167,26 @@ def parse_secrets(data: Mapping[str, object], origin: str) -> ControlPlaneSecret
         s3_secret_key=_password(s3, "secret_key"),
         s3_bucket=_name(s3, "bucket"),
         generation=fields.integer("generation", minimum=1) if "generation" in data else 1,
+        **_authority(fields),
     )
     if parsed.postgres_user == parsed.postgres_superuser or parsed.redis_user == parsed.redis_admin_user:
         raise SecretsError(f"{origin}: the worker user must differ from the admin user (least privilege)")
     if parsed.s3_access_key == parsed.s3_root_access_key:
         raise SecretsError(f"{origin}: field 's3.access_key' must differ from 's3.root_access_key'")
     return parsed
+
+
+def _authority(fields: FieldReader) -> dict[str, str]:
+    """The ``tls`` section (absent in a file written before TLS), checked: a certificate and its key."""
+    if "tls" not in fields.data:
+        return {}
+    tls = fields.child("tls")
+    cert, key = tls.string("ca_cert"), tls.string("ca_key")
+    try:
+        Authority.load(cert.encode(), key.encode())
+    except ValueError as exc:
+        tls.fail("ca_cert", f" and 'ca_key' are not a certificate authority and its key: {exc}")
+    return {"tls_ca_cert": cert, "tls_ca_key": key}
 
 
 def load_secrets(path: StrPath) -> ControlPlaneSecrets:
@@ -186,13 +224,21 @@ def generate_secrets() -> ControlPlaneSecrets:
         s3_access_key=_s3_key("han-worker"),
         s3_secret_key=token(),
         s3_bucket=ARTIFACTS_BUCKET,
-    )
+    ).with_authority()
 
 
 def ensure_secrets(path: Path) -> tuple[ControlPlaneSecrets, bool]:
-    """Load the secrets file, or create it with fresh secrets; returns (secrets, created)."""
+    """Load the secrets file, or create it with fresh secrets; returns (secrets, created).
+
+    A file written before TLS gets its certificate authority here, once."""
     if path.exists():
-        return load_secrets(path), False
+        loaded = load_secrets(path)
+        if loaded.tls_ca_cert:
+            return loaded, False
+        upgraded = loaded.with_authority()
+        write_private_json(path, upgraded.to_dict())
+        log.info("added a certificate authority to %s", path)
+        return upgraded, False
     generated = generate_secrets()
     write_private_json(path, generated.to_dict())
     log.info("generated new control-plane secrets in %s", path)

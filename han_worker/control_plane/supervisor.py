@@ -47,6 +47,7 @@ from han_worker.selection.endpoints import (
     parse_endpoints,
     write_endpoints_file,
 )
+from han_worker.selection.tls import ca_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -342,7 +343,7 @@ class Supervisor:
                 )
             time.sleep(0.2)
 
-    def _endpoints(self, epoch: int) -> Endpoints:
+    def _endpoints(self, epoch: int, secrets: ControlPlaneSecrets) -> Endpoints:
         job_id = walltime.job_id() if self.config.launch_mode == "slurm" else None
         return Endpoints(
             schema=SCHEMA,
@@ -354,11 +355,12 @@ class Supervisor:
             expires_at=walltime.job_end_time(job_id) if job_id else None,
             stale=False,
             services={child.service.name: child.service.endpoint for child in self.children},
+            tls_ca_sha256=ca_fingerprint(secrets.tls_ca_cert),
         )
 
     def _publish(self, secrets: ControlPlaneSecrets) -> None:
         credentials = secrets.worker_credentials()
-        endpoints = self._endpoints(next_epoch(self.layout))
+        endpoints = self._endpoints(next_epoch(self.layout), secrets)
         self._probe_as_worker(secrets, endpoints)
         write_private_json(self.layout.credentials_file, credentials.to_dict())
         write_endpoints_file(self.layout.endpoints_file, endpoints)
@@ -373,7 +375,8 @@ class Supervisor:
     def _probe_as_worker(self, secrets: ControlPlaneSecrets, endpoints: Endpoints) -> None:
         # The contract: published (or kept published) only while the workers' own credentials work on every
         # service.
-        report = authenticated_probe(worker_checks(secrets.worker_credentials()), timeout=10.0)(endpoints)
+        checks = worker_checks(secrets.worker_credentials(), str(self.layout.secrets_file))
+        report = authenticated_probe(checks, timeout=10.0)(endpoints)
         if not report.healthy:
             failures = "; ".join(str(result) for result in report.failures)
             raise SupervisorError(f"services started but failed the worker probe: {failures}")

@@ -22,6 +22,7 @@ from redis.retry import Retry
 from han_worker.selection.credentials import Credentials
 from han_worker.selection.endpoints import Endpoints, ServiceEndpoint
 from han_worker.selection.probes import Check, CheckFailed, ProbeReport, probe_all
+from han_worker.selection.tls import TLSConfigError, postgres_tls
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +57,17 @@ def redis_check(user: str, password: str) -> Check:
     return check
 
 
-def postgres_check(user: str, password: str, database: str) -> Check:
+def postgres_check(user: str, password: str, database: str, ca_cert: str, origin: str) -> Check:
+    """``SELECT 1`` over TLS, the server verified against ``ca_cert`` (``origin``: where it came from)."""
+
     def check(service: ServiceEndpoint, timeout: float) -> str:
         try:
+            tls = postgres_tls(ca_cert, origin)
+        except TLSConfigError as exc:
+            raise ProbeFailure(f"postgres {service.address}: {exc}") from exc
+        try:
             with psycopg.connect(
+                tls,
                 host=service.host,
                 port=service.port,
                 user=user,
@@ -104,11 +112,15 @@ def s3_client(service: ServiceEndpoint, access_key: str, secret_key: str, *, tim
     )
 
 
-def worker_checks(credentials: Credentials) -> dict[str, Check]:
+def worker_checks(credentials: Credentials, origin: str = "the credentials file") -> dict[str, Check]:
     """The checks a worker runs: each service with the worker's own (least-privilege) credentials."""
     return {
         "postgres": postgres_check(
-            credentials.postgres.user, credentials.postgres.password, credentials.postgres.database
+            credentials.postgres.user,
+            credentials.postgres.password,
+            credentials.postgres.database,
+            credentials.tls_ca_cert,
+            origin,
         ),
         "redis": redis_check(credentials.redis.user, credentials.redis.password),
         "s3": s3_check(credentials.s3.access_key, credentials.s3.secret_key, credentials.s3.bucket),

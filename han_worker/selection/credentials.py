@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from han_worker.fields import FieldReader
 from han_worker.private_files import StrPath, TrustedFileError, read_trusted_json
+from han_worker.selection.tls import certificate_der
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ class Credentials:
     # Counts rotations (han-control-plane rotate): a worker reports the one it uses, so a rotation knows
     # when every worker has moved to the new credentials.
     generation: int = 1
+    # The control plane's certificate authority (PEM, public): clients verify its servers against it.
+    tls_ca_cert: str = ""
 
     def to_dict(self) -> dict[str, object]:
         """The credentials file's document (it holds secrets: write it with mode 0600 only)."""
@@ -69,6 +72,7 @@ class Credentials:
                 "secret_key": self.s3.secret_key,
                 "bucket": self.s3.bucket,
             },
+            "tls": {"ca_cert": self.tls_ca_cert},
         }
 
 
@@ -94,7 +98,26 @@ def parse_credentials(data: Mapping[str, object], origin: str) -> Credentials:
             bucket=s3.string("bucket"),
         ),
         generation=fields.integer("generation", minimum=1) if "generation" in data else 1,
+        tls_ca_cert=_ca_cert(fields, origin),
     )
+
+
+def _ca_cert(fields: FieldReader, origin: str) -> str:
+    """The control plane's certificate authority: required, since its servers speak TLS only."""
+    if "tls" not in fields.data:
+        raise CredentialsError(
+            f"{origin}: field 'tls' is missing: this credentials file predates TLS and holds no certificate "
+            "authority to verify the control plane with: restart that control plane once with this "
+            "version (playbooks/control_plane.yml -e state=stopped, then without), which adds the "
+            "authority, and copy the credentials.json it then publishes (the worker plays do)"
+        )
+    tls = fields.child("tls")
+    pem = tls.string("ca_cert")
+    try:
+        certificate_der(pem)
+    except ValueError as exc:
+        tls.fail("ca_cert", f" {exc}")
+    return pem
 
 
 def load_credentials_file(path: StrPath) -> Credentials:

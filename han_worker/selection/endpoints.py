@@ -21,6 +21,7 @@ from han_worker.private_files import StrPath, TrustedFileError, read_trusted_jso
 log = logging.getLogger(__name__)
 
 SCHEMA = 1
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 REQUIRED_SERVICES = ("postgres", "redis", "s3")
 OPTIONAL_SERVICES = ("api",)
 DEFAULT_MAC_PORTS: Mapping[str, int] = MappingProxyType({"postgres": 5432, "redis": 6379, "s3": 9000})
@@ -61,6 +62,10 @@ class Endpoints:
     expires_at: datetime | None
     stale: bool
     services: Mapping[str, ServiceEndpoint]
+    # SHA-256 of the certificate authority the services' certificates come from (lowercase hex), so that a
+    # reader can tell that a credentials file (which carries that authority) belongs to this control plane;
+    # None in a document from before TLS and in the Mac's synthetic one.
+    tls_ca_sha256: str | None = None
 
     def __post_init__(self) -> None:
         # frozen only stops rebinding the attribute; a read-only view stops editing the dict in place.
@@ -77,6 +82,7 @@ class Endpoints:
             "expires_at": None if self.expires_at is None else format_time(self.expires_at),
             "stale": self.stale,
             "services": {name: service.to_dict() for name, service in self.services.items()},
+            **({"tls_ca_sha256": self.tls_ca_sha256} if self.tls_ca_sha256 else {}),
         }
 
 
@@ -170,7 +176,15 @@ def parse_endpoints(data: Mapping[str, object], origin: str) -> Endpoints:
         expires_at=expires_at,
         stale=fields.boolean("stale", default=False),
         services=_parse_services(fields),
+        tls_ca_sha256=_ca_sha256(fields),
     )
+
+
+def _ca_sha256(fields: FieldReader) -> str | None:
+    value = fields.optional_string("tls_ca_sha256") if "tls_ca_sha256" in fields.data else None
+    if value is not None and not _SHA256_HEX.fullmatch(value):
+        fields.fail("tls_ca_sha256", f": {shown(value)} is not a SHA-256 digest (64 lowercase hex digits)")
+    return value
 
 
 def check_usable(endpoints: Endpoints, origin: str, *, now: datetime | None = None) -> None:

@@ -24,6 +24,7 @@ from han_worker.selection.endpoints import (
 from han_worker.selection.policy import SelectionError, select
 from han_worker.selection.probes import ProbeReport, ProbeResult, probe_all
 from han_worker.selection.slurm_job import slurm_job_alive
+from han_worker.selection.tls import ca_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,20 @@ class Choice:
 
 
 JobAlive = Callable[[str], "bool | None"]
+
+
+def check_same_authority(endpoints: Endpoints, credentials: Credentials, origin: str) -> None:
+    """Refuse credentials whose certificate authority is not the one the endpoints file names: they belong
+    to another control plane (or an older one), and its servers could not be verified with them."""
+    if endpoints.tls_ca_sha256 is None:
+        return
+    carried = ca_fingerprint(credentials.tls_ca_cert)
+    if carried != endpoints.tls_ca_sha256:
+        raise EndpointsError(
+            f"{origin}: its certificate authority (SHA-256 {carried[:16]}...) is not the one of the control "
+            f"plane that published the endpoints file (tls_ca_sha256 {endpoints.tls_ca_sha256[:16]}...): "
+            "copy the credentials.json published beside that endpoints file"
+        )
 
 
 class Selector:
@@ -114,6 +129,7 @@ class Selector:
             credentials = load_credentials_file(self.config.credentials_file)
         except CredentialsError as exc:
             raise EndpointsError(str(exc)) from exc
+        check_same_authority(endpoints, credentials, str(self.config.credentials_file))
         return endpoints, credentials
 
     def _pegasus_job_alive(self, pegasus: Endpoints | EndpointsError | None) -> bool | None:

@@ -22,6 +22,7 @@ from han_worker.selection.checks import s3_client
 from han_worker.selection.credentials import Credentials
 from han_worker.selection.endpoints import ServiceEndpoint
 from han_worker.selection.resolver import Choice
+from han_worker.selection.tls import postgres_tls
 from han_worker.store.artifacts import ArtifactStore
 from han_worker.store.ledger import Connection, Ledger
 from han_worker.store.queues import Queues
@@ -84,10 +85,13 @@ class Link:
 
 
 def _postgres_connector(
-    endpoint: ServiceEndpoint, credentials: Credentials, timeout: float, name: str
+    endpoint: ServiceEndpoint, credentials: Credentials, timeout: float, name: str, origin: str
 ) -> Callable[[], Connection]:
+    tls = postgres_tls(credentials.tls_ca_cert, origin)
+
     def connect() -> Connection:
         return psycopg.connect(
+            tls,
             host=endpoint.host,
             port=endpoint.port,
             user=credentials.postgres.user,
@@ -123,7 +127,9 @@ def redis_client(endpoint: ServiceEndpoint, credentials: Credentials, timeout: f
 def open_link(choice: Choice, *, timeout: float, name: str, block_seconds: float = 0.0) -> Link:
     """Connect to ``choice``: the ledger (migrated), Redis (PING) and the object store (lazily)."""
     services, credentials = choice.endpoints.services, choice.credentials
-    connect = _postgres_connector(services["postgres"], credentials, timeout, name)
+    connect = _postgres_connector(
+        services["postgres"], credentials, timeout, name, f"the credentials of {choice.source}"
+    )
     ledger, beat_ledger = Ledger(connect), Ledger(connect)
     queues = Queues(redis_client(services["redis"], credentials, timeout + block_seconds))
     s3 = s3_client(services["s3"], credentials.s3.access_key, credentials.s3.secret_key, timeout=timeout)

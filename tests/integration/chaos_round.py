@@ -42,6 +42,7 @@ from han_worker import client
 from han_worker.control_plane.layout import Layout, running_pid
 from han_worker.selection.endpoints import parse_endpoints
 from han_worker.selection.resolver import Choice
+from han_worker.selection.tls import postgres_tls
 from han_worker.store.link import open_link
 from han_worker.store.queues import WORKER_PREFIX
 from tests.integration.conftest import UnprivilegedEnv
@@ -114,6 +115,7 @@ class Result:
 def _postgres(cp: RunningControlPlane, timeout: float = 2.0) -> psycopg.Connection[tuple[Any, ...]]:
     credentials, postgres = cp.worker_credentials(), cp.service("postgres")
     return psycopg.connect(
+        postgres_tls(credentials.tls_ca_cert, "credentials.json"),
         host=postgres.host, port=postgres.port, user=credentials.postgres.user,
         password=credentials.postgres.password, dbname=credentials.postgres.database,
         autocommit=True, connect_timeout=max(1, round(timeout)),

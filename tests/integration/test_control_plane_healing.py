@@ -19,6 +19,7 @@ import pytest
 from han_worker.control_plane.leftovers import stale_seaweed_socket_ports
 from han_worker.selection.checks import authenticated_probe, worker_checks
 from han_worker.selection.endpoints import parse_endpoints
+from han_worker.selection.tls import postgres_tls
 from tests.integration.conftest import UnprivilegedEnv
 from tests.integration.control_planes import (
     RunningControlPlane,
@@ -171,6 +172,7 @@ def test_a_successor_waits_for_the_services_of_a_supervisor_killed_alone(
 def postgres_as_worker(running: RunningControlPlane) -> psycopg.Connection[tuple[object, ...]]:
     credentials, postgres = running.worker_credentials(), running.service("postgres")
     return psycopg.connect(
+        postgres_tls(credentials.tls_ca_cert, "credentials.json"),
         host=postgres.host, port=postgres.port, user=credentials.postgres.user,
         password=credentials.postgres.password, dbname=credentials.postgres.database,
         autocommit=True, connect_timeout=5,

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from han_worker.selection.tls import postgres_tls
 from tests.conftest import run_ansible
 from tests.integration.conftest import PEGASUS, recap, ssh
 
@@ -67,9 +68,11 @@ class SlurmControlPlane:
         return read_json(PEGASUS, f"{self.state_dir}/endpoints.json")
 
     def connect_postgres(self) -> psycopg.Connection[tuple[object, ...]]:
-        credentials = read_json(PEGASUS, f"{self.state_dir}/credentials.json")["postgres"]
+        document = read_json(PEGASUS, f"{self.state_dir}/credentials.json")
+        credentials, ca_cert = document["postgres"], document["tls"]["ca_cert"]  # type: ignore[index]
         service = self.endpoints()["services"]["postgres"]  # type: ignore[index]
         return psycopg.connect(
+            postgres_tls(ca_cert, "credentials.json"),  # type: ignore[arg-type]
             host=service["host"], port=service["port"], user=credentials["user"],  # type: ignore[index]
             password=credentials["password"], dbname=credentials["database"], connect_timeout=5,  # type: ignore[index]
         )  # fmt: skip

@@ -7,20 +7,32 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import signal
 import stat
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 import redis
 from minio.error import S3Error
+from psycopg.conninfo import make_conninfo
 
+from han_worker.control_plane.hardening.auth import postgres_plain_text_row
+from han_worker.control_plane.hardening.config import pg_hba_rows
+from han_worker.control_plane.hardening.report import FAIL, PASS
+from han_worker.control_plane.hardening.state import StateDocuments
+from han_worker.control_plane.layout import Layout
+from han_worker.control_plane.pki import Authority
 from han_worker.selection.checks import ProbeFailure, postgres_check, redis_check, s3_check, s3_client
 from han_worker.selection.credentials import parse_credentials
 from han_worker.selection.endpoints import parse_endpoints
+from han_worker.selection.tls import ca_fingerprint, postgres_tls
 from tests.integration.conftest import UnprivilegedEnv
 from tests.integration.control_planes import ADDRESS, RunningControlPlane, start_control_plane
 
@@ -158,8 +170,9 @@ def test_no_secret_in_any_process_argv(control_plane: RunningControlPlane):
 def test_worker_credentials_pass_the_authenticated_probes(control_plane: RunningControlPlane):
     credentials = parse_credentials(control_plane.credentials, "credentials.json")
     assert "SELECT 1" in postgres_check(
-        credentials.postgres.user, credentials.postgres.password, credentials.postgres.database
-    )(control_plane.service("postgres"), 5)
+        credentials.postgres.user, credentials.postgres.password, credentials.postgres.database,
+        credentials.tls_ca_cert, "credentials.json",
+    )(control_plane.service("postgres"), 5)  # fmt: skip
     assert "PING" in redis_check(credentials.redis.user, credentials.redis.password)(
         control_plane.service("redis"), 5
     )
@@ -173,7 +186,9 @@ def test_wrong_credentials_are_refused_with_a_clear_message(control_plane: Runni
     credentials = parse_credentials(control_plane.credentials, "credentials.json")
     wrong = "not-the-password-at-all"
     check = {
-        "postgres": postgres_check(credentials.postgres.user, wrong, credentials.postgres.database),
+        "postgres": postgres_check(
+            credentials.postgres.user, wrong, credentials.postgres.database, credentials.tls_ca_cert, "c"
+        ),
         "redis": redis_check(credentials.redis.user, wrong),
         "s3": s3_check(credentials.s3.access_key, wrong, credentials.s3.bucket),
     }[service]
@@ -195,8 +210,87 @@ def test_anonymous_clients_are_refused(control_plane: RunningControlPlane):
         redis.Redis(endpoint.host, endpoint.port, socket_timeout=5).ping()
     with pytest.raises(psycopg.OperationalError, match="password"):
         psycopg.connect(
-            host=ADDRESS, port=control_plane.service("postgres").port, user="postgres", connect_timeout=5
-        )
+            host=ADDRESS, port=control_plane.service("postgres").port, user="postgres", connect_timeout=5,
+            sslmode="require", gssencmode="disable",
+        )  # fmt: skip
+
+
+def worker_session(
+    control_plane: RunningControlPlane, tls: str, **options: Any
+) -> psycopg.Connection[tuple[Any, ...]]:
+    """A session of the worker's role with its valid password, with these TLS settings."""
+    credentials = parse_credentials(control_plane.credentials, "credentials.json")
+    conninfo = make_conninfo(tls, **{"host": ADDRESS, **options})
+    return psycopg.connect(
+        conninfo, port=control_plane.service("postgres").port, user=credentials.postgres.user,
+        password=credentials.postgres.password, dbname=credentials.postgres.database, connect_timeout=5,
+    )  # fmt: skip
+
+
+def test_postgres_sessions_are_tls_verified_against_the_control_planes_authority(
+    control_plane: RunningControlPlane,
+):
+    credentials = parse_credentials(control_plane.credentials, "credentials.json")
+    with worker_session(control_plane, postgres_tls(credentials.tls_ca_cert, "credentials.json")) as session:
+        row = session.execute("SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()
+    assert row is not None
+    assert row[0] is True
+    assert row[1] in ("TLSv1.2", "TLSv1.3")
+    assert control_plane.endpoints["tls_ca_sha256"] == ca_fingerprint(credentials.tls_ca_cert)
+
+
+def test_postgres_refuses_plain_text_even_with_the_right_password(control_plane: RunningControlPlane):
+    with pytest.raises(psycopg.OperationalError, match=r"no pg_hba.conf entry .* no encryption"):
+        worker_session(control_plane, "sslmode=disable gssencmode=disable")
+
+
+def test_a_client_verifying_against_another_authority_is_refused(control_plane: RunningControlPlane):
+    other = Authority("another control plane's CA").cert_pem.decode()
+    with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
+        worker_session(control_plane, postgres_tls(other, "another credentials.json"))
+
+
+def test_a_client_dialling_a_name_the_certificate_does_not_hold_is_refused(
+    control_plane: RunningControlPlane,
+):
+    credentials = parse_credentials(control_plane.credentials, "credentials.json")
+    tls = postgres_tls(credentials.tls_ca_cert, "credentials.json")
+    with pytest.raises(psycopg.OperationalError, match="does not match host name"):
+        worker_session(control_plane, tls, hostaddr=ADDRESS, host="impostor.example")
+
+
+def test_harden_checks_plain_text_row_passes_on_a_tls_only_postgres(control_plane: RunningControlPlane):
+    state = StateDocuments.read(Layout(control_plane.state_dir))
+    row = postgres_plain_text_row(state, timeout=5)
+    assert row.result == PASS, row
+    assert "no encryption" in row.detail
+
+
+def reload_postgres(data_dir: Path) -> None:
+    """SIGHUP to the postmaster (its pid is postmaster.pid's first line): it reads pg_hba.conf again."""
+    os.kill(int((data_dir / "postmaster.pid").read_text().split()[0]), signal.SIGHUP)
+    time.sleep(1.0)  # the reload is asynchronous
+
+
+def test_harden_checks_plain_text_row_fails_on_a_postgres_weakened_to_accept_it(
+    control_plane: RunningControlPlane,
+):
+    data_dir = control_plane.state_dir / "data" / "postgres"
+    hba = data_dir / "pg_hba.conf"
+    original = hba.read_text()
+    state = StateDocuments.read(Layout(control_plane.state_dir))
+    try:
+        hba.write_text(original + "host all all 127.0.0.0/8 scram-sha-256\n")
+        reload_postgres(data_dir)
+        row = postgres_plain_text_row(state, timeout=5)
+        assert row.result == FAIL, row
+        assert "ACCEPTS plain text" in row.detail
+        assert "password authentication failed" in row.detail
+        assert [r.result for r in pg_hba_rows(state)] == [FAIL]
+    finally:
+        hba.write_text(original)
+        reload_postgres(data_dir)
+    assert postgres_plain_text_row(state, timeout=5).result == PASS
 
 
 def test_the_worker_has_least_privilege(control_plane: RunningControlPlane):
@@ -244,7 +338,8 @@ def test_sigterm_stops_it_and_the_next_start_keeps_the_data(unprivileged_env: Un
         "dbname": credentials.postgres.database,
         "host": ADDRESS,
     }
-    with psycopg.connect(port=postgres.port, **dsn) as connection:
+    tls = postgres_tls(credentials.tls_ca_cert, "credentials.json")
+    with psycopg.connect(tls, port=postgres.port, **dsn) as connection:
         connection.execute("CREATE TABLE kept (value text)")
         connection.execute("INSERT INTO kept VALUES ('before restart')")
     redis.Redis(rd.host, rd.port, username=credentials.redis.user, password=credentials.redis.password).set(
@@ -267,7 +362,9 @@ def test_sigterm_stops_it_and_the_next_start_keeps_the_data(unprivileged_env: Un
     try:
         assert second.endpoints["epoch"] == 2
         credentials = parse_credentials(second.credentials, "credentials.json")
-        with psycopg.connect(port=second.service("postgres").port, **dsn) as connection:
+        # The authority is kept across starts: the first start's credentials still verify the server.
+        assert credentials.tls_ca_cert == parse_credentials(first.credentials, "credentials.json").tls_ca_cert
+        with psycopg.connect(tls, port=second.service("postgres").port, **dsn) as connection:
             assert connection.execute("SELECT value FROM kept").fetchall() == [("before restart",)]
         rd = second.service("redis")
         assert (

@@ -31,6 +31,7 @@ from han_worker.selection.endpoints import ServiceEndpoint
 from han_worker.selection.policy import SelectionError
 from han_worker.selection.probes import CheckFailed
 from han_worker.selection.resolver import Selector
+from han_worker.selection.tls import postgres_tls
 from tests.integration.conftest import UnprivilegedEnv
 from tests.integration.control_planes import (
     RunningControlPlane,
@@ -75,7 +76,9 @@ def refused(check: object, endpoint: ServiceEndpoint) -> str | None:
 def admin_checks(secrets: dict[str, dict[str, str]]) -> dict[str, object]:
     pg, rd, s3 = secrets["postgres"], secrets["redis"], secrets["s3"]
     return {
-        "postgres": postgres_check(pg["superuser"], pg["superuser_password"], "postgres"),
+        "postgres": postgres_check(
+            pg["superuser"], pg["superuser_password"], "postgres", secrets["tls"]["ca_cert"], "secrets.json"
+        ),
         "redis": redis_check(rd["admin_user"], rd["admin_password"]),
         "s3": s3_check(s3["root_access_key"], s3["root_secret_key"], s3["bucket"]),
     }
@@ -265,7 +268,8 @@ def role_with_new_password(plane: RunningControlPlane) -> Iterator[tuple[str, st
     postgres, admin = plane.service("postgres"), plane.secrets["postgres"]
 
     def run(statement: sql.Composable) -> None:
-        with psycopg.connect(host=postgres.host, port=postgres.port, user=admin["superuser"],
+        with psycopg.connect(postgres_tls(plane.secrets["tls"]["ca_cert"], "secrets.json"),
+                             host=postgres.host, port=postgres.port, user=admin["superuser"],
                              password=admin["superuser_password"], dbname="postgres",
                              autocommit=True, connect_timeout=5) as connection:  # fmt: skip
             connection.execute(statement)

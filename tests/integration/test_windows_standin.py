@@ -27,6 +27,7 @@ import pytest
 
 from han_worker.selection.checks import s3_client
 from han_worker.selection.endpoints import ServiceEndpoint
+from han_worker.selection.tls import postgres_tls
 from han_worker.store.ledger import JobRecord, Ledger
 from tests.conftest import run_ansible
 from tests.integration.conftest import UnprivilegedEnv, recap
@@ -112,10 +113,11 @@ class MacClient:
         return result.stdout.strip()
 
     def ledger(self) -> Ledger:
-        postgres = self.credentials["postgres"]
+        postgres, ca_cert = self.credentials["postgres"], self.credentials["tls"]["ca_cert"]
 
         def connect() -> psycopg.Connection[tuple[Any, ...]]:
             return psycopg.connect(
+                postgres_tls(ca_cert, "the Mac's credentials.json"),
                 host=MAC_ADDRESS, port=MAC_PORTS["postgres"], user=postgres["user"],
                 password=postgres["password"], dbname=postgres["database"], autocommit=True, connect_timeout=5,
             )  # fmt: skip

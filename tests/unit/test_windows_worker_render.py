@@ -289,11 +289,13 @@ def with_field(section: str, name: str, value: object) -> dict[str, Any]:
         (with_field("postgres", "password", "changeme"), ["postgres.password is a well-known default"]),
         (with_field("postgres", "user", "postgres"), []),
         (with_field("postgres", "database", ""), ["postgres.database is missing"]),
+        # Credentials from before TLS: no certificate authority to verify PostgreSQL with.
+        ({k: v for k, v in FAKE_CREDENTIALS.items() if k != "tls"}, ["tls.ca_cert is missing"]),
         ({**FAKE_CREDENTIALS, "schema": 2}, ["schema must be 1"]),
         ({"schema": 1, "postgres": "x"}, [
             "postgres.user is missing", "postgres.database is missing", "redis.user is missing",
-            "s3.access_key is missing", "s3.bucket is missing", "postgres.password is missing",
-            "redis.password is missing", "s3.secret_key is missing",
+            "s3.access_key is missing", "s3.bucket is missing", "tls.ca_cert is missing",
+            "postgres.password is missing", "redis.password is missing", "s3.secret_key is missing",
         ]),
     ],
 )  # fmt: skip

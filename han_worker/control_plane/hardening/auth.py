@@ -2,12 +2,15 @@
 PostgreSQL and S3, for the default users, ``minioadmin`` and our own user names.
 
 Each attempt speaks the service's protocol with exactly the credentials named, nothing more (no password
-file, no GSS or SSL detours), and is classified refused, accepted or unreachable.
+file, no GSS detour), and is classified refused, accepted or unreachable. PostgreSQL's attempts go over TLS
+without verifying the server (they send no secret of ours): the server refuses plain text before it asks for a
+password, which the plain-text row checks on its own.
 """
 
 from __future__ import annotations
 
 import re
+import secrets
 import socket
 import urllib.error
 import urllib.request
@@ -121,18 +124,45 @@ def classify_postgres_error(message: str) -> Outcome:
 
 
 def postgres_attempt(host: str, port: int, user: str, password: str | None, timeout: float) -> Outcome:
-    # No password file and no GSS/SSL detours: the attempt is exactly "this user, this password or none".
-    options = {"passfile": "/dev/null/none", "sslmode": "disable", "gssencmode": "disable"}
-    if password is not None:
-        options["password"] = password
+    """This user, this password or none, over TLS that does not check the server (we send nothing of ours)."""
+    return postgres_session(host, port, user, password, {"sslmode": "require", "connect_timeout": timeout})
+
+
+def postgres_session(
+    host: str, port: int, user: str, password: str | None, options: dict[str, str | float]
+) -> Outcome:
+    # No password file and no GSS detour: the attempt is exactly "this user, this password or none".
     conninfo = make_conninfo(
-        host=host, port=port, user=user, dbname="postgres", connect_timeout=max(1, round(timeout)), **options
-    )
+        host=host, port=port, user=user, dbname="postgres", passfile="/dev/null/none", gssencmode="disable",
+        sslmode=str(options["sslmode"]), connect_timeout=max(1, round(float(options["connect_timeout"]))),
+    )  # fmt: skip
+    if password is not None:
+        conninfo = make_conninfo(conninfo, password=password)
     try:
         with psycopg.connect(conninfo):
             return ACCEPTED, f"logged in as {user}"
     except psycopg.Error as exc:
         return classify_postgres_error(str(exc))
+
+
+def classify_plain_text(target: str, outcome: Outcome) -> Row:
+    """The plain-text attempt's row: the server must refuse the session before asking for a password."""
+    result, detail = outcome
+    if result == REFUSED and "no encryption" in detail:
+        return Row("auth", target, PASS, f"refused before authentication: {detail}")
+    if result == UNREACHABLE:
+        return Row("auth", target, FAIL, f"cannot verify, no answer: {detail}")
+    return Row("auth", target, FAIL, f"ACCEPTS plain text (reached authentication): {detail}")
+
+
+def postgres_plain_text_row(state: StateDocuments, timeout: float) -> Row:
+    """Plain text (``sslmode=disable``) on the published TCP address, as the worker's user with a random
+    password (nothing secret crosses the wire): only a session that reaches authentication is reported."""
+    host, port = state.services["postgres"]
+    user = field(state.credentials_doc, "postgres", "user") or "postgres"
+    options: dict[str, str | float] = {"sslmode": "disable", "connect_timeout": timeout}
+    outcome = postgres_session(host, port, user, secrets.token_urlsafe(24), options)
+    return classify_plain_text(f"postgres {host}:{port} plain text as {user}", outcome)
 
 
 def _postgres_attempts(state: StateDocuments, timeout: float) -> Iterator[Attempt]:
@@ -225,6 +255,8 @@ def authentication_rows(state: StateDocuments, timeout: float) -> list[Row]:
         if service in state.services
         for attempt in attempts_of(state, timeout)
     ]
+    if "postgres" in state.services:
+        rows.append(postgres_plain_text_row(state, timeout))
     missing = sorted({service for service, _attempts in _ATTEMPTS} - state.services.keys())
     if missing:
         detail = f"no endpoint to test for {', '.join(missing)}"

@@ -35,6 +35,17 @@ def weak_hba_lines(text: str) -> list[tuple[int, str]]:
     return weak
 
 
+def plain_text_hba_lines(text: str) -> list[tuple[int, str]]:
+    """``(line number, connection type)`` of pg_hba.conf lines that admit TCP sessions without TLS
+    (``host``, ``hostnossl``; ``hostssl`` and ``local`` are the only ones we write)."""
+    plain: list[tuple[int, str]] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        fields = raw.split("#", 1)[0].split()
+        if fields and fields[0].lower() in ("host", "hostnossl"):
+            plain.append((number, fields[0].lower()))
+    return plain
+
+
 def pg_hba_rows(state: StateDocuments) -> list[Row]:
     hba = state.layout.data_dir("postgres") / "pg_hba.conf"
     try:
@@ -44,7 +55,11 @@ def pg_hba_rows(state: StateDocuments) -> list[Row]:
     weak = weak_hba_lines(text)
     if weak:
         return [Row("pg-hba", str(hba), FAIL, "; ".join(f"line {n}: {method}" for n, method in weak))]
-    return [Row("pg-hba", str(hba), PASS, "no trust, md5 or password lines")]
+    plain = plain_text_hba_lines(text)
+    if plain:
+        detail = "; ".join(f"line {n}: {kind} admits plain text (hostssl only)" for n, kind in plain)
+        return [Row("pg-hba", str(hba), FAIL, detail)]
+    return [Row("pg-hba", str(hba), PASS, "no trust, md5 or password lines; TCP with TLS only (hostssl)")]
 
 
 # -- Redis --------------------------------------------------------------------------------------------

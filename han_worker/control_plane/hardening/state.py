@@ -15,7 +15,7 @@ from pathlib import Path
 from han_worker.control_plane.layout import Layout
 
 MIN_SECRET_LENGTH = 6  # shorter values would match by chance; real secrets are >= 16 characters
-_SECRET_KEY = re.compile(r"password|secret", re.IGNORECASE)
+_SECRET_KEY = re.compile(r"password|secret|ca_key", re.IGNORECASE)
 
 Document = dict[str, object]
 

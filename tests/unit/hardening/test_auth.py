@@ -10,6 +10,7 @@ from han_worker.control_plane.hardening.auth import (
     UNREACHABLE,
     Attempt,
     classify_http_status,
+    classify_plain_text,
     classify_postgres_error,
     classify_redis_reply,
 )
@@ -69,3 +70,22 @@ def test_attempt_rows() -> None:
     assert accepted.detail == "ACCEPTED: HTTP 200"
     assert accepted.target == "s3 h:2 anonymous list buckets"
     assert silent.detail.startswith("cannot verify")
+
+
+@pytest.mark.parametrize(
+    ("outcome", "result"),
+    [
+        ((REFUSED, 'no pg_hba.conf entry for host "127.0.0.1", user "w", database "postgres", no encryption'),
+         PASS),
+        # Plain text reached the password check: a host or hostnossl line admits it.
+        ((REFUSED, 'password authentication failed for user "w"'), FAIL),
+        ((ACCEPTED, "logged in as w"), FAIL),
+        ((UNREACHABLE, "connection refused"), FAIL),
+    ],
+)  # fmt: skip
+def test_the_plain_text_row_passes_only_when_refused_before_authentication(
+    outcome: tuple[str, str], result: str
+) -> None:
+    row = classify_plain_text("postgres 127.0.0.10:5432 plain text as w", outcome)
+    assert row.result == result
+    assert row.target == "postgres 127.0.0.10:5432 plain text as w"

@@ -5,8 +5,14 @@ from __future__ import annotations
 import hashlib
 
 from han_worker.control_plane.admin_secrets import KNOWN_DEFAULTS
-from han_worker.control_plane.hardening.config import acl_rows, weak_hba_lines, weak_secret_fields
+from han_worker.control_plane.hardening.config import (
+    acl_rows,
+    plain_text_hba_lines,
+    weak_hba_lines,
+    weak_secret_fields,
+)
 from han_worker.control_plane.hardening.report import FAIL, PASS, Row
+from han_worker.control_plane.services import hba_lines
 
 # -- configuration -------------------------------------------------------------------------------------
 
@@ -73,3 +79,10 @@ def test_known_defaults_match_the_supervisors_list() -> None:
         assert weak_secret_fields({"x password": password}) == ["x password is a known default"]
         (row,) = acl_rows(["user default off", f"user u on {_hash(password)} ~*"], "redis x")[1:]
         assert row.detail == f"password is the known default {password!r}"
+
+
+def test_plain_text_hba_lines_name_host_and_hostnossl_lines() -> None:
+    assert plain_text_hba_lines(HBA) == [(3, "host"), (4, "host"), (7, "host")]
+    assert plain_text_hba_lines("hostnossl all all 0.0.0.0/0 scram-sha-256\n") == [(1, "hostnossl")]
+    # What the supervisor writes: local and hostssl only.
+    assert plain_text_hba_lines(hba_lines(("127.0.0.0/8", "192.168.1.0/24"))) == []

