@@ -26,7 +26,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -44,11 +43,12 @@ from han_worker.selection.endpoints import parse_endpoints
 from han_worker.selection.resolver import Choice
 from han_worker.selection.tls import postgres_tls
 from han_worker.store.link import open_link
-from han_worker.store.queues import WORKER_PREFIX
+from han_worker.store.queues import Queues
 from tests.integration.conftest import UnprivilegedEnv
 from tests.integration.control_planes import (
     RunningControlPlane,
     WorkerProcess,
+    child_pids,
     start_control_plane,
     start_worker,
     worker_settings,
@@ -149,15 +149,19 @@ def control_plane_answers(cp: RunningControlPlane) -> bool:
     return True
 
 
+def registry(cp: RunningControlPlane) -> list[dict[str, str]]:
+    """The worker registry's entries, read as the control plane's own code reads them (Queues.workers)."""
+    client_ = _redis(cp)
+    try:
+        return Queues(client_).workers()
+    finally:
+        client_.close()
+
+
 def live_workers(cp: RunningControlPlane) -> int | None:
     """Registered workers whose process still runs (not draining); None when Valkey does not answer."""
     try:
-        client_ = _redis(cp)
-        try:
-            keys = list(client_.scan_iter(match=f"{WORKER_PREFIX}*", count=100))
-            entries: list[dict[str, str]] = [client_.hgetall(key) for key in keys]  # type: ignore[misc]
-        finally:
-            client_.close()
+        entries = registry(cp)
     except Exception:
         return None
     return len([entry for entry in entries if entry.get("draining") != "1" and _runs(entry.get("pid"))])
@@ -213,13 +217,6 @@ def count_from_ledger(cp: RunningControlPlane, job_ids: list[str], result: Resul
 
 
 # -- processes ------------------------------------------------------------------------------------------
-
-
-def children(pid: int) -> list[int]:
-    output = subprocess.run(
-        ["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False
-    ).stdout
-    return [int(child) for child in output.split()]
 
 
 def _exe(pid: int) -> str:
@@ -361,8 +358,8 @@ class Round:
 
     def _kill_worker(self, cp: RunningControlPlane) -> None:
         keeper = self.workers[len(self.killed_worker_pids) % len(self.workers)]
-        wait_until(lambda: children(keeper.pid), "the worker's keeper to have a worker")
-        pid = children(keeper.pid)[0]
+        wait_until(lambda: child_pids(keeper.pid), "the worker's keeper to have a worker")
+        pid = min(child_pids(keeper.pid))  # its one worker
         mid_job = self._busy(cp, pid)
         os.kill(pid, signal.SIGKILL)
         self.killed_worker_pids.append(pid)
@@ -372,14 +369,7 @@ class Round:
     @staticmethod
     def _busy(cp: RunningControlPlane, pid: int) -> bool:
         with contextlib.suppress(Exception):
-            client_ = _redis(cp)
-            try:
-                for key in client_.scan_iter(match=f"{WORKER_PREFIX}*", count=100):
-                    entry = client_.hgetall(key)
-                    if entry.get("pid") == str(pid):
-                        return bool(entry.get("current_job"))
-            finally:
-                client_.close()
+            return any(entry.get("pid") == str(pid) and entry.get("current_job") for entry in registry(cp))
         return False
 
     def _supervisor(self, cp: RunningControlPlane) -> int:
@@ -390,7 +380,7 @@ class Round:
 
     def _kill_valkey(self, cp: RunningControlPlane) -> None:
         wait_until(lambda: control_plane_answers(cp), "the control plane before Valkey's kill")
-        pid = next((child for child in children(self._supervisor(cp)) if "valkey" in _exe(child)), None)
+        pid = next((child for child in child_pids(self._supervisor(cp)) if "valkey" in _exe(child)), None)
         if pid is None:
             raise ChaosError("the supervisor has no Valkey child")
         os.kill(pid, signal.SIGKILL)
@@ -399,7 +389,7 @@ class Round:
     def _kill_control_plane(self, cp: RunningControlPlane) -> None:
         wait_until(lambda: control_plane_answers(cp), "the control plane before its kill")
         supervisor = self._supervisor(cp)
-        for pid in [supervisor, *children(supervisor)]:  # at once, as a killed Slurm job's processes
+        for pid in [supervisor, *child_pids(supervisor)]:  # at once, as a killed Slurm job's processes
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.log(f"chaos: SIGKILL supervisor pid {supervisor} and its services")
@@ -411,8 +401,7 @@ class Round:
             return ""
         parts = [f"\ncontrol plane answers: {control_plane_answers(cp)}; live workers: {live_workers(cp)}"]
         with contextlib.suppress(Exception):
-            client_ = _redis(cp)
-            parts += [str(client_.hgetall(key)) for key in client_.scan_iter(match=f"{WORKER_PREFIX}*")]
+            parts += [str(entry) for entry in registry(cp)]
         parts += ["--- control plane:", *cp.output().splitlines()[-40:]]
         for worker in self.workers:
             parts += [f"--- worker keeper {worker.pid}:", *worker.output().splitlines()[-25:]]

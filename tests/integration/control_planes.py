@@ -212,3 +212,11 @@ def wait_for(condition: Any, timeout: float, what: str, interval: float = 0.1) -
             return value
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
+
+
+def child_pids(parent: int) -> set[int]:
+    """The processes whose parent is ``parent`` now (a supervisor's services, a keeper's child)."""
+    output = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(parent)], capture_output=True, text=True, check=False
+    ).stdout
+    return {int(pid) for pid in output.split()}

@@ -23,6 +23,7 @@ from han_worker.selection.tls import postgres_tls
 from tests.integration.conftest import UnprivilegedEnv
 from tests.integration.control_planes import (
     RunningControlPlane,
+    child_pids,
     start_control_plane,
     wait_for,
     write_private_file,
@@ -33,13 +34,6 @@ pytestmark = pytest.mark.self_contained
 
 ADDRESS = "127.0.0.50"
 BINARIES = {"postgres": "postgres", "redis": "valkey", "s3": "weed"}
-
-
-def child_pids(parent: int) -> set[int]:
-    output = subprocess.run(
-        ["ps", "-o", "pid=", "--ppid", str(parent)], capture_output=True, text=True, check=False
-    ).stdout
-    return {int(pid) for pid in output.split()}
 
 
 def service_pid(running: RunningControlPlane, binary: str) -> int | None:

@@ -34,7 +34,7 @@ from han_worker.selection.credentials import parse_credentials
 from han_worker.selection.endpoints import parse_endpoints
 from han_worker.selection.tls import ca_fingerprint, postgres_tls
 from tests.integration.conftest import UnprivilegedEnv
-from tests.integration.control_planes import ADDRESS, RunningControlPlane, start_control_plane
+from tests.integration.control_planes import ADDRESS, RunningControlPlane, child_pids, start_control_plane
 
 # Only services this module starts itself: `make test` runs it beside the tests that share the testbed.
 pytestmark = pytest.mark.self_contained
@@ -54,13 +54,6 @@ def listening_addresses(pids: set[int]) -> set[str]:
         if any(f"pid={pid}," in line for pid in pids):
             found.add(line.split()[3].rsplit(":", 1)[0])
     return found
-
-
-def child_pids(parent: int) -> set[int]:
-    output = subprocess.run(
-        ["ps", "-o", "pid=", "--ppid", str(parent)], capture_output=True, text=True, check=False
-    ).stdout
-    return {int(pid) for pid in output.split()}
 
 
 def test_publishes_endpoints_that_readers_accept(
