@@ -1,7 +1,8 @@
 """TLS to a control plane's services: clients verify the server against that control plane's own authority.
 
-Each control plane has its own certificate authority (han_worker.control_plane.tls_authority); its certificate
-(public) travels to the workers inside their credentials file, by the same trusted path as their passwords.
+Each control plane has its own certificate authority (made by han_worker.control_plane.pki, kept in
+secrets.json); its certificate (public) travels to the workers inside their credentials file, by the same
+trusted path as their passwords.
 Clients never fall back to plain text and never verify against the system's trust store: a server must show
 a certificate that this authority issued for the address the client dialled.
 
