@@ -85,7 +85,6 @@ class MacClient:
 
     def __init__(self, env: UnprivilegedEnv, workdir: Path) -> None:
         self.env, self.workdir = env, workdir
-        self.credentials = json.loads((MAC_STATE / "credentials.json").read_text())
         self.config = self.private_file(
             "client.json",
             json.dumps({
@@ -95,6 +94,11 @@ class MacClient:
                 "spool_dir": str(workdir / "spool"),
             }).encode(),
         )  # fmt: skip
+
+    @property
+    def credentials(self) -> dict[str, Any]:
+        """The Mac's current credentials (a rotation replaces them)."""
+        return dict(json.loads((MAC_STATE / "credentials.json").read_text()))
 
     def private_file(self, name: str, data: bytes) -> Path:
         path = self.workdir / name
@@ -275,10 +279,35 @@ def test_windows_standin_is_in_the_worker_registry_as_windows_standin(
     assert workers[0]["queues"] == "gpu,pose"
 
 
+def test_a_rotation_moves_the_running_standin_to_the_macs_new_credentials(
+    started: object, mac_client: MacClient
+) -> None:
+    """``harden.yml -e rotate=true`` refreshes the stand-in's copy of the Mac's credentials in phase 2, the
+    running worker moves to them between two jobs (no restart), so phase 3 retires the old ones; then the
+    stand-in still does a pose job, with the new credentials."""
+    worker, before = standin_worker_pid(), mac_client.credentials
+    copy = STANDIN_DIR / "config" / "mac-credentials.json"
+    result = run_ansible("ansible-playbook", "playbooks/harden.yml", "-e", "rotate=true")
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr
+    after = mac_client.credentials
+    assert after["generation"] == before.get("generation", 1) + 1
+    assert json.loads(copy.read_text()) == after
+    assert copy.stat().st_mode & 0o777 == 0o600
+    assert recap(result, HOST)["changed"] == 1  # the copy; no drain, no restart
+    assert standin_worker_pid() == worker
+    log = (STANDIN_DIR / "logs" / "worker.log").read_text()
+    old, new = before.get("generation", 1), after["generation"]
+    assert f"mac's credentials were rotated (generation {old} -> {new})" in log
+    assert f"every old credential (generation {old}) is refused" in result.stdout
+    for secret in (after["redis"]["password"], after["postgres"]["password"], after["s3"]["secret_key"]):
+        assert secret not in result.stdout
+    test_windows_standin_does_pose_jobs(started, mac_client)
+
+
 def test_windows_standin_refuses_an_unknown_state() -> None:
     result = standin("-e", "state=paused")
     assert result.returncode == 2
-    assert "state must be started or stopped, not paused" in result.stdout
+    assert "state must be started, stopped or credentials, not paused" in result.stdout
 
 
 def test_windows_standin_stops_through_the_stop_file_and_a_second_stop_changes_nothing(
