@@ -8,6 +8,7 @@ beside the tests that use the inventory's control planes (tests/run_lanes.sh).
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -103,6 +104,23 @@ def test_start_status_logs_stop_on_pegasus(slurm_control_plane: SlurmControlPlan
     again = slurm_control_plane.start()
     assert recap(again, PEGASUS_HOST)["changed"] == 0, again.stdout[-3000:]
     assert len(jobs(slurm_control_plane.name)) == 2
+
+    # A control plane started by a version before TLS publishes credentials without its authority: the
+    # role's wait stops at its first answer (not after control_plane_start_timeout) and says to restart it.
+    credentials = f"{slurm_control_plane.state_dir}/credentials.json"
+    drop_tls = "import json, sys; d = json.load(open(sys.argv[1])); d.pop('tls'); json.dump(d, open(sys.argv[1], 'w'))"
+    written = ssh(PEGASUS, f'cp -p {credentials} {credentials}.kept && python3 -c "{drop_tls}" {credentials}')
+    assert written.returncode == 0, written.stderr
+    try:
+        refused = slurm_control_plane.start("-e", "control_plane_start_timeout=900")
+    finally:
+        assert ssh(PEGASUS, f"mv {credentials}.kept {credentials}").returncode == 0
+    assert refused.returncode == 2, refused.stdout[-3000:]
+    assert "The running control plane was started by a version before TLS: stop it and start it again" in (
+        refused.stdout
+    )
+    assert "did not publish healthy endpoints within" not in refused.stdout
+    assert re.search(r"^ *attempts: 1$", refused.stdout, re.MULTILINE), refused.stdout[-3000:]
 
     status = run_ansible("ansible-playbook", "playbooks/status.yml", *slurm_control_plane.vars)
     assert status.returncode == 0, status.stdout
