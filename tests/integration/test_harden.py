@@ -10,10 +10,14 @@ under load (jobs flowing through real workers) is tests/integration/test_rotatio
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -221,6 +225,93 @@ def test_a_secret_in_a_log_fails_without_showing_it(weak: RunningControlPlane) -
     message = failure_message(result)
     assert "debug.log: credentials.json redis.password" in message
     assert password not in result.stdout + result.stderr  # no_log and the rows never carry a value
+
+
+def test_postgres_with_tls_off_fails_naming_its_port(weak: RunningControlPlane) -> None:
+    """A ``host`` line (TLS off for TCP sessions) in the control plane's pg_hba.conf: harden.yml fails naming
+    PostgreSQL's address and port, and the line."""
+    data_dir = weak.state_dir / "data" / "postgres"
+    hba = data_dir / "pg_hba.conf"
+    original = hba.read_text()
+    try:
+        hba.write_text(original + "host all all 127.0.0.0/8 scram-sha-256\n")
+        reload_postgres(data_dir)
+        result = own(weak.state_dir)
+    finally:
+        hba.write_text(original)
+        reload_postgres(data_dir)
+    message = failure_message(result)
+    port = weak.service("postgres").port
+    assert f"auth | postgres 127.0.0.10:{port} plain text as han_worker | ACCEPTS plain text" in message
+    assert "pg_hba.conf" in message
+
+
+def reload_postgres(data_dir: Path) -> None:
+    """SIGHUP to the postmaster (postmaster.pid's first line): it reads pg_hba.conf again, asynchronously."""
+    os.kill(int((data_dir / "postmaster.pid").read_text().split()[0]), signal.SIGHUP)
+    time.sleep(1.0)
+
+
+# A SeaweedFS component started without its key: a stand-in supervisor (it holds the lock of a state
+# directory of its own, as a control plane does) whose child is a `weed master` with no security.toml
+# (neither in its working directory nor in its HOME), on the node's 127.0.0.1 as the real ones listen.
+WEED_WITHOUT_KEY = """
+import fcntl, os, socket, subprocess, sys, time
+state, weed = sys.argv[1], sys.argv[2]
+ports = []
+for _ in range(2):
+    probe = socket.socket(); probe.bind(("127.0.0.1", 0)); ports.append(probe.getsockname()[1]); probe.close()
+fd = os.open(os.path.join(state, "supervisor.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, f"{os.getpid()}\\n".encode())
+os.makedirs(os.path.join(state, "master"), exist_ok=True)
+master = subprocess.Popen(
+    [weed, "master", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-port={ports[0]}", f"-port.grpc={ports[1]}",
+     "-mdir=" + os.path.join(state, "master")],
+    cwd=state, env={"HOME": state, "PATH": "/usr/bin:/bin"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+print(ports[0], flush=True)
+try:
+    time.sleep(120)
+finally:
+    master.kill()
+"""
+
+
+@pytest.fixture
+def weed_without_key(unprivileged_env: UnprivilegedEnv, workdir: Path) -> Iterator[tuple[Path, int]]:
+    state = workdir / "weed-without-key"
+    state.mkdir(mode=0o700, exist_ok=True)
+    shutil.chown(state, unprivileged_env.user, unprivileged_env.user)
+    argv = ["setpriv", f"--reuid={unprivileged_env.user}", f"--regid={unprivileged_env.user}", "--init-groups",
+            "--", "/usr/bin/python3", "-c", WEED_WITHOUT_KEY, str(state),
+            str(unprivileged_env.bin_dir / "weed")]  # fmt: skip
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert process.stdout is not None
+        port = int(process.stdout.readline())
+        wait_for(lambda: http_status(f"http://127.0.0.1:{port}/dir/status") == 200, 60, "weed master")
+        yield state, port
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+
+
+def http_status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(response.status)
+    except OSError:
+        return None
+
+
+def test_a_seaweedfs_component_without_its_key_fails_naming_its_port(
+    weed_without_key: tuple[Path, int],
+) -> None:
+    state, port = weed_without_key
+    result = own(state)
+    message = failure_message(result)
+    assert re.search(
+        rf"open \| tcp 127\.0\.0\.1:{port} \(weed\) \| answers without credentials: HTTP GET /: ", message
+    ), message
 
 
 # -- (c) a listener on every interface ---------------------------------------------------------------
