@@ -15,7 +15,10 @@ The file (every key optional; unknown keys are refused, they are typos)::
              "credentials_file": "~/.han/mac-credentials.json"},
      "spool_dir": "~/.han/spool", "lease_seconds": 30, "heartbeat_seconds": 10,
      "probe_interval_seconds": 5, "probe_timeout_seconds": 2, "flap_threshold": 3, "max_attempts": 3,
-     "drain_grace_seconds": 30, "reconcile_seconds": 30}
+     "drain_grace_seconds": 30, "reconcile_seconds": 30, "idle_timeout_seconds": 0}
+
+``idle_timeout_seconds``: a worker with nothing to do for this long leaves by itself (exit 0), so that an
+elastic Slurm job gives its GPU back when the queue is empty; 0 (the default) never leaves.
 
 ``pegasus.check_slurm_job``: before choosing Pegasus, ask Slurm (``squeue``) whether the endpoints
 file's job still runs; for workers on the cluster, where Slurm answers (elsewhere Slurm is not asked).
@@ -47,6 +50,7 @@ SECONDS: Mapping[str, tuple[float, float]] = {
     "probe_timeout_seconds": (2.0, 0.1),
     "drain_grace_seconds": (30.0, 0.0),
     "reconcile_seconds": (30.0, 0.5),
+    "idle_timeout_seconds": (0.0, 0.0),  # 0: never leave
 }
 COUNTS: Mapping[str, tuple[int, int]] = {"flap_threshold": (3, 1), "max_attempts": (3, 1)}
 _TOP_KEYS = frozenset({"mode", "queues", "pegasus", "mac", "spool_dir", *SECONDS, *COUNTS})
@@ -94,6 +98,7 @@ class WorkerConfig:
     probe_interval_seconds: float
     probe_timeout_seconds: float
     drain_grace_seconds: float
+    idle_timeout_seconds: float
     reconcile_seconds: float
     flap_threshold: int
     max_attempts: int
@@ -210,6 +215,7 @@ def parse_worker_config(data: Mapping[str, object], origin: str) -> WorkerConfig
         probe_interval_seconds=_seconds(fields, "probe_interval_seconds"),
         probe_timeout_seconds=_seconds(fields, "probe_timeout_seconds"),
         drain_grace_seconds=_seconds(fields, "drain_grace_seconds"),
+        idle_timeout_seconds=_seconds(fields, "idle_timeout_seconds"),
         reconcile_seconds=_seconds(fields, "reconcile_seconds"),
         flap_threshold=_count(fields, "flap_threshold"),
         max_attempts=_count(fields, "max_attempts"),

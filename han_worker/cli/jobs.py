@@ -56,6 +56,7 @@ config file (JSON; every key optional, unknown keys refused; flags and variables
   max_attempts (3)               attempts of a submitted job before it is dead
   drain_grace_seconds (30)       time a job in flight gets to finish after SIGTERM
   reconcile_seconds (30)         how often the ledger and the streams are compared (lost jobs re-enqueued)
+  idle_timeout_seconds (0)       leave (exit 0) after this long with nothing to do; 0: never
 
 """
 WAIT_HELP = """\

@@ -183,6 +183,8 @@ class Worker:
         self._next_reclaim = 0.0
         self._next_housekeeping = 0.0
         self._failures = 0
+        self._idle_since = time.monotonic()  # when the last job ended, or when serving began
+        self.left_idle = False  # it left by itself, idle for idle_timeout_seconds
         self._scratch: Path | None = None  # holds the jobs' scratch directories; removed when leaving
         self.monitor: Periodic | None = None
         self._warmed = threading.Event()  # the serving thread has warmed the backends up (or failed to)
@@ -226,6 +228,7 @@ class Worker:
         ]
         for thread in threads:
             thread.start()
+        self._idle_since = time.monotonic()  # idle time counts from the first registration, not the warm-up
         self._go.set()
         try:
             self._supervise(serving)
@@ -398,6 +401,9 @@ class Worker:
             delivery = self._next_delivery(self._block_seconds)
             if delivery is not None:
                 self._serve(delivery)
+                self._idle_since = time.monotonic()
+            else:
+                self._leave_when_idle()
             self._failures = 0
         except CONTROL_PLANE_ERRORS as exc:
             if self._failures == 0 and self.monitor is not None:
@@ -406,6 +412,15 @@ class Worker:
         except Exception:  # anything else is a bug or a surprise: keep serving, but say where
             log.exception("unexpected error in the worker loop")
             self._back_off("unexpected error")
+
+    def _leave_when_idle(self) -> None:
+        """Stop after ``idle_timeout_seconds`` with nothing to do: an elastic worker's Slurm job ends and
+        gives its GPU back. Nothing is in flight, so the drain that follows only acknowledges and leaves."""
+        timeout = self.config.idle_timeout_seconds
+        if timeout and time.monotonic() - self._idle_since >= timeout and not self.stopping.is_set():
+            log.info("nothing to do for %gs (idle_timeout_seconds): leaving", timeout)
+            self.left_idle = True
+            self.stop()
 
     def _back_off(self, what: str) -> None:
         self._failures += 1

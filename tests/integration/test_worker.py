@@ -29,6 +29,7 @@ import pytest
 from han_worker.backends.base import JobContext
 from han_worker.backends.pose import PoseBackend
 from han_worker.store.ledger import JobRecord
+from han_worker.store.queues import Queues
 from tests.integration.conftest import UnprivilegedEnv
 from tests.integration.control_planes import (
     RunningControlPlane,
@@ -361,6 +362,26 @@ def test_sigterm_lets_a_short_job_finish(system: System):
     system.wait_status(job, {"running"}, 15)
     assert worker.stop(timeout=20) == 0
     assert system.job(job).status == "succeeded"
+
+
+def test_a_worker_with_nothing_to_do_for_idle_timeout_leaves_by_itself(system: System):
+    """An elastic worker's way of giving its GPU back: idle for idle_timeout_seconds, it leaves (exit 0,
+    unregistered); a job in between restarts the count, and the job is never cut short."""
+    worker = system.start_worker("idle", idle_timeout_seconds=3)
+    job = system.submit("sleep", "--param", "seconds=4")  # longer than the timeout: busy is not idle
+    assert system.wait_status(job, {"succeeded"}, 30).attempts == 1
+    assert worker.process.poll() is None, "it left less than idle_timeout_seconds after its job ended"
+    assert worker.process.wait(30) == 0
+    output = worker.output()
+    assert output.count("nothing to do for 3s (idle_timeout_seconds): leaving") == 1, output
+    assert "stopped after 1 job(s)" in output
+    _ledger, redis_client, _s3 = system.cp.link_parts()
+    try:
+        registered = [entry.get("pid") for entry in Queues(redis_client).workers()]
+    finally:
+        redis_client.close()
+    assert str(worker.pid) not in registered
+    assert outcomes(system, job) == ["succeeded"]
 
 
 def test_wait_times_out_with_exit_3(system: System):

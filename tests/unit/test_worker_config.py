@@ -24,6 +24,7 @@ FULL = {
     "max_attempts": 5,
     "drain_grace_seconds": 0,
     "reconcile_seconds": 60,
+    "idle_timeout_seconds": 300,
 }
 
 
@@ -64,6 +65,7 @@ def test_every_field_is_read(tmp_path: Path, home: Path):
     assert config.spool_dir == Path("/var/spool/han")
     assert (config.lease_seconds, config.heartbeat_seconds, config.probe_timeout_seconds) == (20, 2.5, 1.5)
     assert (config.flap_threshold, config.max_attempts, config.drain_grace_seconds) == (4, 5, 0)
+    assert config.idle_timeout_seconds == 300
     assert config.origin == str(tmp_path / "worker.json")
 
 
@@ -98,6 +100,10 @@ def test_flags_beat_the_environment_which_beats_the_file(tmp_path: Path):
         (
             {"drain_grace_seconds": -1},
             "field 'drain_grace_seconds': -1 must be a finite number of seconds >= 0",
+        ),
+        (
+            {"idle_timeout_seconds": -5},
+            "field 'idle_timeout_seconds': -5 must be a finite number of seconds >= 0",
         ),
         ({"flap_threshold": 0}, "field 'flap_threshold': 0 is less than 1"),
         ({"max_attempts": 2.5}, "field 'max_attempts' must be an integer, not number"),
