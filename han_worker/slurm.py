@@ -173,6 +173,15 @@ def parse_walltime(text: object) -> int | None:
     return total or None
 
 
+def parse_time_left(text: str) -> int | None:
+    """Seconds left of a job's walltime as squeue prints it (%L): None when unlimited or unknown; unlike a
+    time limit, zero is none left. Raises ValueError as parse_walltime does."""
+    value = text.strip()
+    if value.upper() in _UNLIMITED or value in _NOT_SET:
+        return None
+    return parse_walltime(value) or 0
+
+
 def _plain_parts(value: str, parts: list[int]) -> tuple[int, int, int, int]:
     if len(parts) == 1:
         return 0, 0, parts[0], 0
