@@ -32,6 +32,7 @@ from han_worker.control_plane.pki import Authority
 from han_worker.selection.checks import ProbeFailure, postgres_check, redis_check, s3_check, s3_client
 from han_worker.selection.credentials import parse_credentials
 from han_worker.selection.endpoints import parse_endpoints
+from han_worker.selection.redis_tls import tls_redis
 from han_worker.selection.tls import ca_fingerprint, postgres_tls
 from tests.integration.conftest import UnprivilegedEnv
 from tests.integration.control_planes import ADDRESS, RunningControlPlane, child_pids, start_control_plane
@@ -166,9 +167,9 @@ def test_worker_credentials_pass_the_authenticated_probes(control_plane: Running
         credentials.postgres.user, credentials.postgres.password, credentials.postgres.database,
         credentials.tls_ca_cert, "credentials.json",
     )(control_plane.service("postgres"), 5)  # fmt: skip
-    assert "PING" in redis_check(credentials.redis.user, credentials.redis.password)(
-        control_plane.service("redis"), 5
-    )
+    assert "PING" in redis_check(
+        credentials.redis.user, credentials.redis.password, credentials.tls_ca_cert, "credentials.json"
+    )(control_plane.service("redis"), 5)
     assert "reachable" in s3_check(
         credentials.s3.access_key, credentials.s3.secret_key, credentials.s3.bucket
     )(control_plane.service("s3"), 5)
@@ -182,7 +183,7 @@ def test_wrong_credentials_are_refused_with_a_clear_message(control_plane: Runni
         "postgres": postgres_check(
             credentials.postgres.user, wrong, credentials.postgres.database, credentials.tls_ca_cert, "c"
         ),
-        "redis": redis_check(credentials.redis.user, wrong),
+        "redis": redis_check(credentials.redis.user, wrong, credentials.tls_ca_cert, "c"),
         "s3": s3_check(credentials.s3.access_key, wrong, credentials.s3.bucket),
     }[service]
     with pytest.raises(ProbeFailure) as failure:
@@ -200,7 +201,7 @@ def test_wrong_credentials_are_refused_with_a_clear_message(control_plane: Runni
 def test_anonymous_clients_are_refused(control_plane: RunningControlPlane):
     endpoint = control_plane.service("redis")
     with pytest.raises(redis.AuthenticationError):
-        redis.Redis(endpoint.host, endpoint.port, socket_timeout=5).ping()
+        tls_redis(endpoint.host, endpoint.port, control_plane.worker_credentials().tls_ca_cert, "c").ping()
     with pytest.raises(psycopg.OperationalError, match="password"):
         psycopg.connect(
             host=ADDRESS, port=control_plane.service("postgres").port, user="postgres", connect_timeout=5,
@@ -288,14 +289,7 @@ def test_harden_checks_plain_text_row_fails_on_a_postgres_weakened_to_accept_it(
 
 def test_the_worker_has_least_privilege(control_plane: RunningControlPlane):
     credentials = parse_credentials(control_plane.credentials, "credentials.json")
-    endpoint = control_plane.service("redis")
-    client = redis.Redis(
-        endpoint.host,
-        endpoint.port,
-        username=credentials.redis.user,
-        password=credentials.redis.password,
-        socket_timeout=5,
-    )
+    client = control_plane.redis_worker()
     client.set("han:probe", "1")
     with pytest.raises(redis.exceptions.NoPermissionError):
         client.set("other:probe", "1")
@@ -324,7 +318,7 @@ def test_a_second_supervisor_on_the_same_state_dir_refuses(
 def test_sigterm_stops_it_and_the_next_start_keeps_the_data(unprivileged_env: UnprivilegedEnv, workdir: Path):
     first = start_control_plane(unprivileged_env, workdir / "restart")
     credentials = parse_credentials(first.credentials, "credentials.json")
-    postgres, rd, s3 = first.service("postgres"), first.service("redis"), first.service("s3")
+    postgres, s3 = first.service("postgres"), first.service("s3")
     dsn = {
         "user": credentials.postgres.user,
         "password": credentials.postgres.password,
@@ -335,9 +329,7 @@ def test_sigterm_stops_it_and_the_next_start_keeps_the_data(unprivileged_env: Un
     with psycopg.connect(tls, port=postgres.port, **dsn) as connection:
         connection.execute("CREATE TABLE kept (value text)")
         connection.execute("INSERT INTO kept VALUES ('before restart')")
-    redis.Redis(rd.host, rd.port, username=credentials.redis.user, password=credentials.redis.password).set(
-        "han:kept", "before restart"
-    )
+    first.redis_worker().set("han:kept", "before restart")
     client = s3_client(s3, credentials.s3.access_key, credentials.s3.secret_key, timeout=5)
     client.put_object(credentials.s3.bucket, "kept.txt", io.BytesIO(b"before restart"), 14)
     children = child_pids(first.process.pid)
@@ -359,13 +351,7 @@ def test_sigterm_stops_it_and_the_next_start_keeps_the_data(unprivileged_env: Un
         assert credentials.tls_ca_cert == parse_credentials(first.credentials, "credentials.json").tls_ca_cert
         with psycopg.connect(tls, port=second.service("postgres").port, **dsn) as connection:
             assert connection.execute("SELECT value FROM kept").fetchall() == [("before restart",)]
-        rd = second.service("redis")
-        assert (
-            redis.Redis(
-                rd.host, rd.port, username=credentials.redis.user, password=credentials.redis.password
-            ).get("han:kept")
-            == b"before restart"
-        )
+        assert second.redis_worker().get("han:kept") == b"before restart"
         client = s3_client(
             second.service("s3"), credentials.s3.access_key, credentials.s3.secret_key, timeout=5
         )
