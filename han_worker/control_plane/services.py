@@ -371,7 +371,8 @@ class RedisService(Service):
 def valkey_listen_lines(socket_path: Path) -> list[str]:
     """Valkey's listening lines: no TCP port, a unix socket that only its owner may connect to (its
     directory is 0700 as well)."""
-    return ["port 0", f"unixsocket {socket_path}", "unixsocketperm 700"]
+    # bind: should a TCP port ever be set at run time (CONFIG SET port), the loopback only, not every address.
+    return ["bind 127.0.0.1", "port 0", f"unixsocket {socket_path}", "unixsocketperm 700"]
 
 
 # stunnel's own name for the TLS service in its configuration file (its log lines name it).

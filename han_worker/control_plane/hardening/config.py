@@ -105,9 +105,10 @@ def _acl_user_rows(tokens: Sequence[str], target: str, weak: Mapping[str, str]) 
     return rows
 
 
-def redis_config_rows(state: StateDocuments, timeout: float) -> list[Row]:
+def redis_config_rows(state: StateDocuments, timeout: float, uid: int | None = None) -> list[Row]:
     """``protected-mode``, the ACL users and where Valkey listens, read as the admin user from the secrets
-    file over TLS (the server verified against the authority in the secrets file)."""
+    file over TLS (the server verified against the authority in the secrets file). ``uid``: who must own
+    Valkey's socket directory (default: this process's user)."""
     if "redis" not in state.services:
         return []
     host, port = state.services["redis"]
@@ -135,7 +136,7 @@ def redis_config_rows(state: StateDocuments, timeout: float) -> list[Row]:
         client.close()
     return [
         *_redis_settings_rows(target, settings.get("protected-mode", "?"), acl),
-        *redis_listen_rows(target, settings, state.layout, os.getuid()),
+        *redis_listen_rows(target, settings, state.layout, os.getuid() if uid is None else uid),
     ]
 
 
