@@ -120,6 +120,11 @@ def redis_plain_text_attempt(host: str, port: int, timeout: float) -> Outcome:
         return REFUSED, "connection reset"
     except OSError as exc:
         return UNREACHABLE, str(exc)
+    return classify_plain_text_reply(reply)
+
+
+def classify_plain_text_reply(reply: bytes) -> Outcome:
+    """A RESP status or error (``+PONG``, ``-NOAUTH``) means Redis itself read our plain text."""
     if reply[:1] in (b"+", b"-"):
         first = reply.decode(errors="replace").splitlines()[0]
         return ACCEPTED, f"answered {first[:60]!r}"
