@@ -45,6 +45,7 @@ import redis
 
 from han_worker import client
 from han_worker.selection.endpoints import parse_endpoints
+from han_worker.selection.redis_tls import tls_redis
 from han_worker.selection.resolver import Choice
 from han_worker.store.link import Link, open_link
 from tests.bench import peers, report
@@ -244,7 +245,9 @@ def create_bench_user(cp: RunningControlPlane) -> dict[str, object]:
     )  # fmt: skip
     admin.close()
     endpoint = cp.service("redis")
-    return {"host": endpoint.host, "port": endpoint.port, "username": BENCH_USER, "password": password}
+    ca_cert = cp.worker_credentials().tls_ca_cert
+    return {"host": endpoint.host, "port": endpoint.port, "username": BENCH_USER, "password": password,
+            "ca_cert": ca_cert}  # fmt: skip
 
 
 def peer_argv(env: UnprivilegedEnv, settings_file: Path, module: str, *args: str) -> list[str]:
@@ -376,8 +379,9 @@ def systems(context: Context) -> Iterator[tuple[list[System], Link]]:
     link = connect(cp)
     settings = create_bench_user(cp)
     settings_file = write_private_file(env, workdir / "bench-redis.json", json.dumps(settings))
-    connection = redis.Redis(str(settings["host"]), int(str(settings["port"])), username=BENCH_USER,
-                             password=str(settings["password"]), decode_responses=True, socket_timeout=10)  # fmt: skip
+    connection = tls_redis(str(settings["host"]), int(str(settings["port"])), str(settings["ca_cert"]),
+                           "the bench's settings", username=BENCH_USER, password=str(settings["password"]),
+                           decode_responses=True, socket_timeout=10)  # fmt: skip
     rq, celery = (make(env, workdir, settings_file, connection) for make in (rq_peer, celery_peer))
     try:
         yield [
