@@ -426,6 +426,9 @@ def stunnel_config(accept: str, socket_path: Path, cert_file: Path, key_file: Pa
         "foreground = yes",
         "pid =",
         "syslog = no",
+        # Problems only (a refused handshake among them), not a line per connection: every worker probes
+        # every few seconds.
+        "debug = warning",
         f"[{STUNNEL_SERVICE}]",
         f"accept = {accept}",
         f"connect = {socket_path}",
