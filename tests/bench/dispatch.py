@@ -32,6 +32,7 @@ import os
 import re
 import secrets
 import shutil
+import ssl
 import statistics
 import subprocess
 import sys
@@ -47,6 +48,7 @@ from han_worker import client
 from han_worker.selection.endpoints import parse_endpoints
 from han_worker.selection.redis_tls import tls_redis
 from han_worker.selection.resolver import Choice
+from han_worker.selection.tls import ca_file
 from han_worker.store.link import Link, open_link
 from tests.bench import peers, report
 from tests.bench.context import Context
@@ -329,9 +331,13 @@ def celery_peer(env: UnprivilegedEnv, workdir: Path, settings_file: Path, connec
     from tests.bench import celery_app  # noqa: PLC0415 - the bench extra; only the benchmark needs it
 
     settings = json.loads(settings_file.read_text())
+    # TLS, as the Celery workers (peers.redis_url and peers.broker_tls, for this process's settings).
     celery_app.app.conf.broker_url = (
-        f"redis://{settings['username']}:{settings['password']}@{settings['host']}:{settings['port']}/0"
+        f"rediss://{settings['username']}:{settings['password']}@{settings['host']}:{settings['port']}/0"
     )
+    celery_app.app.conf.broker_use_ssl = {
+        "ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": str(ca_file(str(settings["ca_cert"]))),
+    }  # fmt: skip
 
     def enqueue_one() -> None:
         celery_app.app.send_task(celery_app.TASK, args=[time.time()], queue=CELERY_QUEUE)
