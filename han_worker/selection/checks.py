@@ -22,6 +22,7 @@ from redis.retry import Retry
 from han_worker.selection.credentials import Credentials
 from han_worker.selection.endpoints import Endpoints, ServiceEndpoint
 from han_worker.selection.probes import Check, CheckFailed, ProbeReport, probe_all
+from han_worker.selection.redis_tls import tls_redis
 from han_worker.selection.tls import TLSConfigError, postgres_tls
 
 log = logging.getLogger(__name__)
@@ -31,19 +32,26 @@ class ProbeFailure(CheckFailed):
     """A service did not answer an authenticated probe; the message says which and why."""
 
 
-def redis_check(user: str, password: str) -> Check:
+def redis_check(user: str, password: str, ca_cert: str, origin: str) -> Check:
+    """``PING`` as ``user`` over TLS, the server verified against ``ca_cert`` (from ``origin``)."""
+
     def check(service: ServiceEndpoint, timeout: float) -> str:
-        client = redis.Redis(
-            host=service.host,
-            port=service.port,
-            username=user,
-            password=password,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            # redis-py retries failed connections (a wrong password among them) three times by default;
-            # a probe reports at once and leaves retrying to its caller.
-            retry=Retry(NoBackoff(), 0),
-        )
+        try:
+            client = tls_redis(
+                service.host,
+                service.port,
+                ca_cert,
+                origin,
+                username=user,
+                password=password,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                # redis-py retries failed connections (a wrong password among them) three times by default;
+                # a probe reports at once and leaves retrying to its caller.
+                retry=Retry(NoBackoff(), 0),
+            )
+        except TLSConfigError as exc:
+            raise ProbeFailure(f"redis {service.address}: {exc}") from exc
         try:
             client.ping()
         except redis.AuthenticationError as exc:
@@ -122,7 +130,9 @@ def worker_checks(credentials: Credentials, origin: str = "the credentials file"
             credentials.tls_ca_cert,
             origin,
         ),
-        "redis": redis_check(credentials.redis.user, credentials.redis.password),
+        "redis": redis_check(
+            credentials.redis.user, credentials.redis.password, credentials.tls_ca_cert, origin
+        ),
         "s3": s3_check(credentials.s3.access_key, credentials.s3.secret_key, credentials.s3.bucket),
     }
 

@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import shutil
+import ssl
 import stat
 import tempfile
 import threading
@@ -101,15 +102,43 @@ def postgres_tls(ca_pem: str, origin: str) -> str:
     ``gssencmode=disable``: where a Kerberos ticket exists (common on clusters) libpq would try GSS encryption
     first, which our servers do not offer. ``origin`` names where the authority came from, for the message
     when it is missing."""
-    if not ca_pem:
-        raise TLSConfigError(
-            f"{origin}: no certificate authority (field 'tls.ca_cert'): PostgreSQL is reached over TLS "
-            "only and the server cannot be verified without it; copy the credentials.json that the control "
-            "plane publishes now (a control plane started by this version writes it)"
-        )
+    require_authority(ca_pem, origin, "PostgreSQL")
     return f"sslmode=verify-full sslrootcert={_quoted(str(ca_file(ca_pem)))} gssencmode=disable"
 
 
 def _quoted(value: str) -> str:
     """A conninfo value in single quotes, with backslashes and quotes escaped (libpq's syntax)."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+# -- Redis (Valkey behind stunnel) ---------------------------------------------------------------------------
+# redis-py's own SSL connection starts from ssl.create_default_context(): it trusts the system's store as well
+# as the CA it is given (a server signed by any public CA would pass) and loads that store at every connection
+# (~25 ms with OpenSSL 3). Its pinned subclass (han_worker.selection.redis_tls) uses this context instead.
+
+
+def require_authority(ca_pem: str, origin: str, service: str) -> str:
+    """``ca_pem`` when set; else a TLSConfigError that says what to do (``service`` names who needs it)."""
+    if not ca_pem:
+        raise TLSConfigError(
+            f"{origin}: no certificate authority (field 'tls.ca_cert'): {service} is reached over TLS only "
+            "and the server cannot be verified without it; copy the credentials.json that the control "
+            "plane publishes now (a control plane started by this version writes it)"
+        )
+    return ca_pem
+
+
+def pinned_context(ca_pem: str) -> ssl.SSLContext:
+    """A client context that trusts ``ca_pem`` and nothing else (no system store), TLS 1.2 or later, the
+    server's certificate verified and its name checked against the host dialled. Built once per authority."""
+    with _lock:
+        context = _contexts.get(ca_pem)
+        if context is None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            context.load_verify_locations(cadata=ca_pem)
+            _contexts[ca_pem] = context
+        return context
+
+
+_contexts: dict[str, ssl.SSLContext] = {}

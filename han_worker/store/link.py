@@ -21,6 +21,7 @@ from redis.retry import Retry
 from han_worker.selection.checks import s3_client
 from han_worker.selection.credentials import Credentials
 from han_worker.selection.endpoints import ServiceEndpoint
+from han_worker.selection.redis_tls import tls_redis
 from han_worker.selection.resolver import Choice
 from han_worker.selection.tls import postgres_tls
 from han_worker.store.artifacts import ArtifactStore
@@ -111,10 +112,15 @@ def _postgres_connector(
     return connect
 
 
-def redis_client(endpoint: ServiceEndpoint, credentials: Credentials, timeout: float) -> redis.Redis:
-    return redis.Redis(
-        host=endpoint.host,
-        port=endpoint.port,
+def redis_client(
+    endpoint: ServiceEndpoint, credentials: Credentials, timeout: float, origin: str = "the credentials file"
+) -> redis.Redis:
+    """The worker's Redis client: TLS, the server verified against the authority in ``credentials``."""
+    return tls_redis(
+        endpoint.host,
+        endpoint.port,
+        credentials.tls_ca_cert,
+        origin,
         username=credentials.redis.user,
         password=credentials.redis.password,
         decode_responses=True,
@@ -127,11 +133,10 @@ def redis_client(endpoint: ServiceEndpoint, credentials: Credentials, timeout: f
 def open_link(choice: Choice, *, timeout: float, name: str, block_seconds: float = 0.0) -> Link:
     """Connect to ``choice``: the ledger (migrated), Redis (PING) and the object store (lazily)."""
     services, credentials = choice.endpoints.services, choice.credentials
-    connect = _postgres_connector(
-        services["postgres"], credentials, timeout, name, f"the credentials of {choice.source}"
-    )
+    origin = f"the credentials of {choice.source}"
+    connect = _postgres_connector(services["postgres"], credentials, timeout, name, origin)
     ledger, beat_ledger = Ledger(connect), Ledger(connect)
-    queues = Queues(redis_client(services["redis"], credentials, timeout + block_seconds))
+    queues = Queues(redis_client(services["redis"], credentials, timeout + block_seconds, origin))
     s3 = s3_client(services["s3"], credentials.s3.access_key, credentials.s3.secret_key, timeout=timeout)
     link = Link(choice, ledger, beat_ledger, queues, ArtifactStore(s3, credentials.s3.bucket))
     for service, check in (("postgres", ledger.migrate), ("redis", queues.client.ping)):

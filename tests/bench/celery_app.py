@@ -44,6 +44,7 @@ def _announce(sender: Any = None, **_kwargs: Any) -> None:
 def main(argv: list[str]) -> int:
     queue, name = argv
     app.conf.broker_url = peers.redis_url()
+    app.conf.broker_use_ssl = peers.broker_tls()
     # gossip, mingle and heartbeat are broadcasts between workers; off, so that only dispatch is measured.
     app.worker_main(
         ["worker", "--pool=solo", "--concurrency=1", f"--queues={queue}", f"--hostname={name}@%h",

@@ -32,6 +32,7 @@ import os
 import re
 import secrets
 import shutil
+import ssl
 import statistics
 import subprocess
 import sys
@@ -45,7 +46,9 @@ import redis
 
 from han_worker import client
 from han_worker.selection.endpoints import parse_endpoints
+from han_worker.selection.redis_tls import tls_redis
 from han_worker.selection.resolver import Choice
+from han_worker.selection.tls import ca_file
 from han_worker.store.link import Link, open_link
 from tests.bench import peers, report
 from tests.bench.context import Context
@@ -244,7 +247,9 @@ def create_bench_user(cp: RunningControlPlane) -> dict[str, object]:
     )  # fmt: skip
     admin.close()
     endpoint = cp.service("redis")
-    return {"host": endpoint.host, "port": endpoint.port, "username": BENCH_USER, "password": password}
+    ca_cert = cp.worker_credentials().tls_ca_cert
+    return {"host": endpoint.host, "port": endpoint.port, "username": BENCH_USER, "password": password,
+            "ca_cert": ca_cert}  # fmt: skip
 
 
 def peer_argv(env: UnprivilegedEnv, settings_file: Path, module: str, *args: str) -> list[str]:
@@ -326,9 +331,13 @@ def celery_peer(env: UnprivilegedEnv, workdir: Path, settings_file: Path, connec
     from tests.bench import celery_app  # noqa: PLC0415 - the bench extra; only the benchmark needs it
 
     settings = json.loads(settings_file.read_text())
+    # TLS, as the Celery workers (peers.redis_url and peers.broker_tls, for this process's settings).
     celery_app.app.conf.broker_url = (
-        f"redis://{settings['username']}:{settings['password']}@{settings['host']}:{settings['port']}/0"
+        f"rediss://{settings['username']}:{settings['password']}@{settings['host']}:{settings['port']}/0"
     )
+    celery_app.app.conf.broker_use_ssl = {
+        "ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": str(ca_file(str(settings["ca_cert"]))),
+    }  # fmt: skip
 
     def enqueue_one() -> None:
         celery_app.app.send_task(celery_app.TASK, args=[time.time()], queue=CELERY_QUEUE)
@@ -376,8 +385,9 @@ def systems(context: Context) -> Iterator[tuple[list[System], Link]]:
     link = connect(cp)
     settings = create_bench_user(cp)
     settings_file = write_private_file(env, workdir / "bench-redis.json", json.dumps(settings))
-    connection = redis.Redis(str(settings["host"]), int(str(settings["port"])), username=BENCH_USER,
-                             password=str(settings["password"]), decode_responses=True, socket_timeout=10)  # fmt: skip
+    connection = tls_redis(str(settings["host"]), int(str(settings["port"])), str(settings["ca_cert"]),
+                           "the bench's settings", username=BENCH_USER, password=str(settings["password"]),
+                           decode_responses=True, socket_timeout=10)  # fmt: skip
     rq, celery = (make(env, workdir, settings_file, connection) for make in (rq_peer, celery_peer))
     try:
         yield [

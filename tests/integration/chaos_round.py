@@ -123,11 +123,7 @@ def _postgres(cp: RunningControlPlane, timeout: float = 2.0) -> psycopg.Connecti
 
 
 def _redis(cp: RunningControlPlane, timeout: float = 1.0) -> redis.Redis:
-    endpoint, admin = cp.service("redis"), cp.secrets["redis"]
-    return redis.Redis(
-        endpoint.host, endpoint.port, username=admin["admin_user"], password=admin["admin_password"],
-        decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout,
-    )  # fmt: skip
+    return cp.redis_admin(timeout)
 
 
 def control_plane_answers(cp: RunningControlPlane) -> bool:

@@ -24,6 +24,7 @@ import redis
 from han_worker.selection.checks import s3_client
 from han_worker.selection.credentials import Credentials, parse_credentials
 from han_worker.selection.endpoints import ServiceEndpoint, parse_endpoints
+from han_worker.selection.redis_tls import tls_redis
 from han_worker.selection.tls import postgres_tls
 from han_worker.store.ledger import Ledger
 from han_worker.store.link import redis_client
@@ -91,11 +92,21 @@ class RunningControlPlane:
 
         return Ledger(connect)
 
-    def redis_admin(self) -> redis.Redis:
+    def redis_admin(self, timeout: float = 5) -> redis.Redis:
+        """Valkey's admin user over TLS (stunnel), the server verified against the secrets' authority."""
         endpoint, admin = self.service("redis"), self.secrets["redis"]
-        return redis.Redis(
-            endpoint.host, endpoint.port, username=admin["admin_user"], password=admin["admin_password"],
-            decode_responses=True, socket_timeout=5,
+        return tls_redis(
+            endpoint.host, endpoint.port, self.secrets["tls"]["ca_cert"], "secrets.json",
+            username=admin["admin_user"], password=admin["admin_password"],
+            decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout,
+        )  # fmt: skip
+
+    def redis_worker(self, **options: Any) -> redis.Redis:
+        """Valkey's worker user over TLS, the server verified against the authority in credentials.json."""
+        credentials, endpoint = self.worker_credentials(), self.service("redis")
+        return tls_redis(
+            endpoint.host, endpoint.port, credentials.tls_ca_cert, "credentials.json",
+            username=credentials.redis.user, password=credentials.redis.password, socket_timeout=5, **options,
         )  # fmt: skip
 
     def link_parts(self) -> tuple[Ledger, redis.Redis, Any]:

@@ -5,8 +5,9 @@ Run as that user (``nobody``) by tests/integration/test_isolation.py, with the t
     python nobody_probe.py TARGETS_JSON
 
 TARGETS_JSON: {"internal": [[host, port], ...], "redis": [host, port], "postgres": [host, port],
-"postgres_socket": "/path/.s.PGSQL.<port>", "bucket": "han-artifacts"}. Prints one JSON list of
-{"target", "request", "answered", "detail"}: ``answered`` true means the port served the request.
+"postgres_socket": "/path/.s.PGSQL.<port>", "valkey_socket": "/path/valkey.sock", "bucket": "han-artifacts"}.
+Prints one JSON list of {"target", "request", "answered", "detail"}: ``answered`` true means the port served the
+request.
 """
 
 from __future__ import annotations
@@ -64,6 +65,19 @@ def redis_auth_default(host: str, port: int) -> tuple[bool, str]:
     return reply.startswith("+OK"), reply
 
 
+def valkey_socket_ping(path: str) -> tuple[bool, str]:
+    """A plain PING on Valkey's unix socket: any RESP reply (+PONG, -NOAUTH) means we reached it."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+            connection.settimeout(TIMEOUT)
+            connection.connect(path)
+            connection.sendall(b"PING\r\n")
+            reply = connection.recv(128).decode("ascii", "replace").strip()
+    except OSError as exc:
+        return False, f"{type(exc).__name__}: {exc}"
+    return reply[:1] in ("+", "-"), reply
+
+
 def postgres_startup(address: Any) -> tuple[bool, str]:
     """A startup packet as user han_worker without a password: an 'R' auth-ok (0) would mean it let us in."""
     user, database = b"han_worker", b"han"
@@ -101,6 +115,7 @@ def main() -> int:
     knock = redis_ping(redis_host, redis_port, TIMEOUT)
     note(f"{redis_host}:{redis_port}", knock.request, (knock.answered, knock.detail))
     note(f"{redis_host}:{redis_port}", "AUTH default", redis_auth_default(redis_host, redis_port))
+    note("valkey socket", "PING", valkey_socket_ping(targets["valkey_socket"]))
     note("postgres tcp", "startup as han_worker", postgres_startup(targets["postgres"]))
     note("postgres socket", "startup as han_worker", postgres_startup(targets["postgres_socket"]))
     print(json.dumps(results))

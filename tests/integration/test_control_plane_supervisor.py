@@ -10,10 +10,13 @@ import json
 import os
 import shutil
 import signal
+import socket
+import ssl
 import stat
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +25,27 @@ import pytest
 import redis
 from minio.error import S3Error
 from psycopg.conninfo import make_conninfo
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from han_worker.control_plane.hardening.auth import postgres_plain_text_row
-from han_worker.control_plane.hardening.config import pg_hba_rows
+from han_worker.control_plane.hardening.auth import (
+    REFUSED,
+    UNREACHABLE,
+    postgres_plain_text_row,
+    redis_plain_text_attempt,
+    redis_plain_text_row,
+)
+from han_worker.control_plane.hardening.config import pg_hba_rows, redis_config_rows
 from han_worker.control_plane.hardening.report import FAIL, PASS
 from han_worker.control_plane.hardening.state import StateDocuments
-from han_worker.control_plane.layout import Layout
+from han_worker.control_plane.layout import Layout, pick_free_ports
 from han_worker.control_plane.pki import Authority
+from han_worker.control_plane.services import valkey_socket
 from han_worker.selection.checks import ProbeFailure, postgres_check, redis_check, s3_check, s3_client
 from han_worker.selection.credentials import parse_credentials
 from han_worker.selection.endpoints import parse_endpoints
-from han_worker.selection.tls import ca_fingerprint, postgres_tls
+from han_worker.selection.redis_tls import PinnedSSLConnection, tls_redis
+from han_worker.selection.tls import TLSConfigError, ca_fingerprint, pinned_context, postgres_tls
 from tests.integration.conftest import UnprivilegedEnv
 from tests.integration.control_planes import ADDRESS, RunningControlPlane, child_pids, start_control_plane
 
@@ -166,9 +179,9 @@ def test_worker_credentials_pass_the_authenticated_probes(control_plane: Running
         credentials.postgres.user, credentials.postgres.password, credentials.postgres.database,
         credentials.tls_ca_cert, "credentials.json",
     )(control_plane.service("postgres"), 5)  # fmt: skip
-    assert "PING" in redis_check(credentials.redis.user, credentials.redis.password)(
-        control_plane.service("redis"), 5
-    )
+    assert "PING" in redis_check(
+        credentials.redis.user, credentials.redis.password, credentials.tls_ca_cert, "credentials.json"
+    )(control_plane.service("redis"), 5)
     assert "reachable" in s3_check(
         credentials.s3.access_key, credentials.s3.secret_key, credentials.s3.bucket
     )(control_plane.service("s3"), 5)
@@ -182,7 +195,7 @@ def test_wrong_credentials_are_refused_with_a_clear_message(control_plane: Runni
         "postgres": postgres_check(
             credentials.postgres.user, wrong, credentials.postgres.database, credentials.tls_ca_cert, "c"
         ),
-        "redis": redis_check(credentials.redis.user, wrong),
+        "redis": redis_check(credentials.redis.user, wrong, credentials.tls_ca_cert, "c"),
         "s3": s3_check(credentials.s3.access_key, wrong, credentials.s3.bucket),
     }[service]
     with pytest.raises(ProbeFailure) as failure:
@@ -200,7 +213,7 @@ def test_wrong_credentials_are_refused_with_a_clear_message(control_plane: Runni
 def test_anonymous_clients_are_refused(control_plane: RunningControlPlane):
     endpoint = control_plane.service("redis")
     with pytest.raises(redis.AuthenticationError):
-        redis.Redis(endpoint.host, endpoint.port, socket_timeout=5).ping()
+        tls_redis(endpoint.host, endpoint.port, control_plane.worker_credentials().tls_ca_cert, "c").ping()
     with pytest.raises(psycopg.OperationalError, match="password"):
         psycopg.connect(
             host=ADDRESS, port=control_plane.service("postgres").port, user="postgres", connect_timeout=5,
@@ -286,16 +299,138 @@ def test_harden_checks_plain_text_row_fails_on_a_postgres_weakened_to_accept_it(
     assert postgres_plain_text_row(state, timeout=5).result == PASS
 
 
+# -- Redis: Valkey on a unix socket, stunnel's TLS on the published port ---------------------------------
+
+
+def service_pids(control_plane: RunningControlPlane, program: str) -> set[int]:
+    """The supervisor's children whose executable's name starts with ``program``."""
+    found = set()
+    for pid in child_pids(control_plane.process.pid):
+        try:
+            if Path(os.readlink(f"/proc/{pid}/exe")).name.startswith(program):
+                found.add(pid)
+        except OSError:
+            continue
+    return found
+
+
+def tcp_listeners(pids: set[int]) -> list[str]:
+    output = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
+    return [line for line in output.splitlines() if any(f"pid={pid}," in line for pid in pids)]
+
+
+def test_valkey_has_no_tcp_listener_and_stunnel_holds_the_published_port(control_plane: RunningControlPlane):
+    valkey, stunnel = service_pids(control_plane, "valkey"), service_pids(control_plane, "stunnel")
+    assert valkey, child_pids(control_plane.process.pid)
+    assert stunnel, child_pids(control_plane.process.pid)
+    assert tcp_listeners(valkey) == []
+    published = control_plane.service("redis")
+    assert [line.split()[3] for line in tcp_listeners(stunnel)] == [f"{published.host}:{published.port}"]
+    socket_path = valkey_socket(Layout(control_plane.state_dir))
+    assert stat.S_IMODE(socket_path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(socket_path.stat().st_mode) == 0o700
+
+
+def test_the_worker_reaches_redis_over_tls_with_its_own_user(control_plane: RunningControlPlane):
+    client = control_plane.redis_worker(decode_responses=True)
+    try:
+        assert client.acl_whoami() == control_plane.worker_credentials().redis.user
+        client.set("han:tls-probe", "1")
+        assert client.get("han:tls-probe") == "1"
+        connection = client.connection_pool.get_connection()
+        try:
+            assert isinstance(connection, PinnedSSLConnection)
+            assert connection._sock is not None
+            assert connection._sock.version() in ("TLSv1.2", "TLSv1.3")  # type: ignore[attr-defined]
+        finally:
+            client.connection_pool.release(connection)
+    finally:
+        client.close()
+
+
+def test_redis_refuses_plain_text_on_the_published_port(control_plane: RunningControlPlane):
+    published = control_plane.service("redis")
+    result, detail = redis_plain_text_attempt(published.host, published.port, timeout=5)
+    assert result == REFUSED, detail
+    state = StateDocuments.read(Layout(control_plane.state_dir))
+    assert redis_plain_text_row(state, timeout=5).result == PASS
+    credentials = control_plane.worker_credentials()
+    with pytest.raises(redis.ConnectionError):  # the right password, in plain text: cut off
+        redis.Redis(
+            published.host, published.port, username=credentials.redis.user,
+            password=credentials.redis.password, socket_timeout=5, retry=Retry(NoBackoff(), 0),
+        ).ping()  # fmt: skip
+
+
+def test_a_redis_client_without_our_authority_is_refused(control_plane: RunningControlPlane):
+    """redis-py's own SSL client (the system's trust store, no CA of ours), and ours with another CA."""
+    published, credentials = control_plane.service("redis"), control_plane.worker_credentials()
+    options = {"username": credentials.redis.user, "password": credentials.redis.password,
+               "socket_timeout": 5, "retry": Retry(NoBackoff(), 0)}  # fmt: skip
+    with pytest.raises(redis.ConnectionError, match="certificate verify failed"):
+        redis.Redis(published.host, published.port, ssl=True, **options).ping()  # type: ignore[arg-type]
+    other = Authority("another control plane's CA").cert_pem.decode()
+    with pytest.raises(redis.ConnectionError, match="certificate verify failed"):
+        tls_redis(published.host, published.port, other, "another credentials.json", **options).ping()
+    with pytest.raises(TLSConfigError, match="Redis is reached over TLS only"):
+        tls_redis(published.host, published.port, "", "an old credentials.json", **options)
+
+
+def test_a_redis_client_dialling_a_name_the_certificate_does_not_hold_is_refused(
+    control_plane: RunningControlPlane,
+):
+    published, ca_pem = control_plane.service("redis"), control_plane.worker_credentials().tls_ca_cert
+    with (
+        socket.create_connection((published.host, published.port), timeout=5) as plain,
+        pytest.raises(ssl.SSLCertVerificationError, match="match"),
+    ):
+        pinned_context(ca_pem).wrap_socket(plain, server_hostname="impostor.example")
+    with socket.create_connection((published.host, published.port), timeout=5) as plain:
+        pinned_context(ca_pem).wrap_socket(plain, server_hostname=published.host).close()
+
+
+def test_harden_check_fails_on_a_valkey_weakened_to_listen_in_plain_text(control_plane: RunningControlPlane):
+    layout = Layout(control_plane.state_dir)
+    state = StateDocuments.read(layout)
+    target = f"redis {ADDRESS}:{control_plane.service('redis').port}"
+    assert {row.target: row.result for row in redis_config_rows(state, timeout=5)}[f"{target} port"] == PASS
+    admin = control_plane.redis_admin()
+    (plain_port,) = pick_free_ports(ADDRESS, 1)
+    try:
+        admin.config_set("bind", ADDRESS)
+        admin.config_set("port", plain_port)
+        rows = {row.target: row for row in redis_config_rows(state, timeout=5)}
+        assert rows[f"{target} port"].result == FAIL, rows
+        assert f"listens on TCP port {plain_port}" in rows[f"{target} port"].detail
+        weakened = replace(state, services={**state.services, "redis": (ADDRESS, plain_port)})
+        row = redis_plain_text_row(weakened, timeout=5)
+        assert row.result == FAIL, row
+        assert "ACCEPTS plain text" in row.detail
+        assert "NOAUTH" in row.detail
+    finally:
+        admin.config_set("port", 0)
+        admin.close()
+    assert redis_plain_text_attempt(ADDRESS, plain_port, timeout=2)[0] == UNREACHABLE
+
+
+def test_harden_check_fails_when_valkeys_socket_directory_is_opened(control_plane: RunningControlPlane):
+    layout = Layout(control_plane.state_dir)
+    state, directory = StateDocuments.read(layout), valkey_socket(layout).parent
+    owner = directory.stat().st_uid  # the cluster user's (the test runs as root)
+    rows = [row for row in redis_config_rows(state, 5, owner) if row.target == str(directory)]
+    assert [row.result for row in rows] == [PASS]
+    try:
+        directory.chmod(0o755)
+        rows = [row for row in redis_config_rows(state, 5, owner) if row.target == str(directory)]
+        assert [row.result for row in rows] == [FAIL]
+        assert "0755" in rows[0].detail
+    finally:
+        directory.chmod(0o700)
+
+
 def test_the_worker_has_least_privilege(control_plane: RunningControlPlane):
     credentials = parse_credentials(control_plane.credentials, "credentials.json")
-    endpoint = control_plane.service("redis")
-    client = redis.Redis(
-        endpoint.host,
-        endpoint.port,
-        username=credentials.redis.user,
-        password=credentials.redis.password,
-        socket_timeout=5,
-    )
+    client = control_plane.redis_worker()
     client.set("han:probe", "1")
     with pytest.raises(redis.exceptions.NoPermissionError):
         client.set("other:probe", "1")
@@ -324,7 +459,7 @@ def test_a_second_supervisor_on_the_same_state_dir_refuses(
 def test_sigterm_stops_it_and_the_next_start_keeps_the_data(unprivileged_env: UnprivilegedEnv, workdir: Path):
     first = start_control_plane(unprivileged_env, workdir / "restart")
     credentials = parse_credentials(first.credentials, "credentials.json")
-    postgres, rd, s3 = first.service("postgres"), first.service("redis"), first.service("s3")
+    postgres, s3 = first.service("postgres"), first.service("s3")
     dsn = {
         "user": credentials.postgres.user,
         "password": credentials.postgres.password,
@@ -335,9 +470,7 @@ def test_sigterm_stops_it_and_the_next_start_keeps_the_data(unprivileged_env: Un
     with psycopg.connect(tls, port=postgres.port, **dsn) as connection:
         connection.execute("CREATE TABLE kept (value text)")
         connection.execute("INSERT INTO kept VALUES ('before restart')")
-    redis.Redis(rd.host, rd.port, username=credentials.redis.user, password=credentials.redis.password).set(
-        "han:kept", "before restart"
-    )
+    first.redis_worker().set("han:kept", "before restart")
     client = s3_client(s3, credentials.s3.access_key, credentials.s3.secret_key, timeout=5)
     client.put_object(credentials.s3.bucket, "kept.txt", io.BytesIO(b"before restart"), 14)
     children = child_pids(first.process.pid)
@@ -359,13 +492,7 @@ def test_sigterm_stops_it_and_the_next_start_keeps_the_data(unprivileged_env: Un
         assert credentials.tls_ca_cert == parse_credentials(first.credentials, "credentials.json").tls_ca_cert
         with psycopg.connect(tls, port=second.service("postgres").port, **dsn) as connection:
             assert connection.execute("SELECT value FROM kept").fetchall() == [("before restart",)]
-        rd = second.service("redis")
-        assert (
-            redis.Redis(
-                rd.host, rd.port, username=credentials.redis.user, password=credentials.redis.password
-            ).get("han:kept")
-            == b"before restart"
-        )
+        assert second.redis_worker().get("han:kept") == b"before restart"
         client = s3_client(
             second.service("s3"), credentials.s3.access_key, credentials.s3.secret_key, timeout=5
         )

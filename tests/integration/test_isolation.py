@@ -19,6 +19,7 @@ import pytest
 
 from han_worker.control_plane.hardening.listen import parse_ss
 from han_worker.control_plane.layout import Layout
+from han_worker.control_plane.services import valkey_socket
 from tests.conftest import REPO
 from tests.integration.conftest import UnprivilegedEnv
 from tests.integration.control_planes import RunningControlPlane, start_control_plane
@@ -81,15 +82,17 @@ def test_another_user_of_the_node_gets_nothing_from_any_port(
         "redis": [redis.host, redis.port],
         "postgres": [postgres.host, postgres.port],
         "postgres_socket": str(layout.run_dir() / f".s.PGSQL.{postgres.port}"),
+        "valkey_socket": str(valkey_socket(layout)),
         "bucket": control_plane.worker_credentials().s3.bucket,
     }
     results = as_nobody(unprivileged_env, targets)
     answered = [result for result in results if result["answered"]]
     assert answered == [], json.dumps(answered, indent=1)
     requests = {(result["target"], result["request"]) for result in results}
-    assert len(requests) == len(targets["internal"]) * 17 + 4  # type: ignore[arg-type]
-    socket_refusal = next(result for result in results if result["target"] == "postgres socket")
-    assert "PermissionError" in str(socket_refusal["detail"])
+    assert len(requests) == len(targets["internal"]) * 17 + 5  # type: ignore[arg-type]
+    for name in ("postgres socket", "valkey socket"):
+        socket_refusal = next(result for result in results if result["target"] == name)
+        assert "PermissionError" in str(socket_refusal["detail"]), socket_refusal
 
 
 def test_the_lab_objects_are_as_they_were_and_the_workers_key_still_works(
@@ -101,7 +104,7 @@ def test_the_lab_objects_are_as_they_were_and_the_workers_key_still_works(
     as_nobody(
         unprivileged_env,
         {"internal": weed_ports(control_plane), "redis": ["127.0.0.1", 1], "postgres": ["127.0.0.1", 1],
-         "postgres_socket": "/nonexistent", "bucket": bucket},
+         "postgres_socket": "/nonexistent", "valkey_socket": "/nonexistent", "bucket": bucket},
     )  # fmt: skip
     names = {item.object_name for item in s3.list_objects(bucket, recursive=True)}
     assert "nobody-was-here.txt" not in names

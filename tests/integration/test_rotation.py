@@ -79,7 +79,9 @@ def admin_checks(secrets: dict[str, dict[str, str]]) -> dict[str, object]:
         "postgres": postgres_check(
             pg["superuser"], pg["superuser_password"], "postgres", secrets["tls"]["ca_cert"], "secrets.json"
         ),
-        "redis": redis_check(rd["admin_user"], rd["admin_password"]),
+        "redis": redis_check(
+            rd["admin_user"], rd["admin_password"], secrets["tls"]["ca_cert"], "secrets.json"
+        ),
         "s3": s3_check(s3["root_access_key"], s3["root_secret_key"], s3["bucket"]),
     }
 

@@ -93,7 +93,7 @@ def test_environment_yml_has_the_servers_the_api_dependencies_and_the_han_worker
     environment = yaml.safe_load(render("environment.yml.j2"))
     assert environment["channels"] == ["conda-forge"]
     conda_packages = [entry for entry in environment["dependencies"] if isinstance(entry, str)]
-    assert conda_packages == ["python=3.11", "pip", "postgresql", "redis-server", "minio-server"]
+    assert conda_packages == ["python=3.11", "pip", "postgresql", "redis-server", "minio-server", "stunnel"]
     pip_sections = [entry["pip"] for entry in environment["dependencies"] if isinstance(entry, dict)]
     assert pip_sections == [[*API_PACKAGES, *POSE_RUNTIME, f"{build_dir()}.inputs/{WHEEL}"]]
     assert build_dir().startswith(f"{HOME}/.han/env.builds/")

@@ -2,9 +2,9 @@
 PostgreSQL and S3, for the default users, ``minioadmin`` and our own user names.
 
 Each attempt speaks the service's protocol with exactly the credentials named, nothing more (no password
-file, no GSS detour), and is classified refused, accepted or unreachable. PostgreSQL's attempts go over TLS
-without verifying the server (they send no secret of ours): the server refuses plain text before it asks for a
-password, which the plain-text row checks on its own.
+file, no GSS detour), and is classified refused, accepted or unreachable. Redis's and PostgreSQL's attempts go
+over TLS without verifying the server (they send no secret of ours); that each refuses plain text is checked
+by its own row.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import secrets
 import socket
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -83,15 +84,62 @@ def classify_redis_reply(reply: bytes) -> Outcome:
 
 
 def redis_attempt(host: str, port: int, user: str | None, password: str | None, timeout: float) -> Outcome:
-    """Speak RESP directly: ``PING`` without credentials, else ``AUTH [user] password`` then ``PING``."""
+    """Speak RESP over TLS (Valkey is reached through stunnel only): ``PING`` without credentials, else
+    ``AUTH [user] password`` then ``PING``. The server is not verified: the attempt sends nothing of ours."""
     command = _resp("PING") if password is None else _resp("AUTH", *([user] if user else []), password)
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
+        with (
+            socket.create_connection((host, port), timeout=timeout) as plain,
+            _UNVERIFIED.wrap_socket(plain, server_hostname=host) as sock,
+        ):
             sock.sendall(command)
             reply = sock.recv(4096)
-    except OSError as exc:
+    except OSError as exc:  # ssl.SSLError among them: a server that does not speak TLS
         return UNREACHABLE, str(exc)
     return classify_redis_reply(reply)
+
+
+def _unverified_context() -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+_UNVERIFIED = _unverified_context()
+
+
+def redis_plain_text_attempt(host: str, port: int, timeout: float) -> Outcome:
+    """A hand-typed ``PING`` in plain text: a Redis that answers it (``+PONG``, ``-NOAUTH``) is reachable
+    without TLS. stunnel reads it as a broken TLS handshake and closes, or answers a TLS alert (not RESP)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(b"PING\r\n")
+            reply = sock.recv(4096)
+    except ConnectionResetError:
+        return REFUSED, "connection reset"
+    except OSError as exc:
+        return UNREACHABLE, str(exc)
+    return classify_plain_text_reply(reply)
+
+
+def classify_plain_text_reply(reply: bytes) -> Outcome:
+    """A RESP status or error (``+PONG``, ``-NOAUTH``) means Redis itself read our plain text."""
+    if reply[:1] in (b"+", b"-"):
+        first = reply.decode(errors="replace").splitlines()[0]
+        return ACCEPTED, f"answered {first[:60]!r}"
+    return REFUSED, "closed without a reply" if not reply else f"no RESP reply ({len(reply)} bytes, not RESP)"
+
+
+def redis_plain_text_row(state: StateDocuments, timeout: float) -> Row:
+    host, port = state.services["redis"]
+    result, detail = redis_plain_text_attempt(host, port, timeout)
+    target = f"redis {host}:{port} plain text PING"
+    if result == REFUSED:
+        return Row("auth", target, PASS, f"refused: {detail} (TLS only)")
+    if result == UNREACHABLE:
+        return Row("auth", target, FAIL, f"cannot verify, no answer: {detail}")
+    return Row("auth", target, FAIL, f"ACCEPTS plain text: {detail}")
 
 
 def _redis_attempts(state: StateDocuments, timeout: float) -> Iterator[Attempt]:
@@ -255,6 +303,8 @@ def authentication_rows(state: StateDocuments, timeout: float) -> list[Row]:
         if service in state.services
         for attempt in attempts_of(state, timeout)
     ]
+    if "redis" in state.services:
+        rows.append(redis_plain_text_row(state, timeout))
     if "postgres" in state.services:
         rows.append(postgres_plain_text_row(state, timeout))
     missing = sorted({service for service, _attempts in _ATTEMPTS} - state.services.keys())

@@ -80,7 +80,7 @@ class Checker:
             ("listening", self.listening),
             ("open_ports", lambda: open_ports.open_port_rows(self.listeners, timeout)),
             ("authentication", lambda: auth.authentication_rows(state, timeout)),
-            ("redis_config", lambda: config.redis_config_rows(state, timeout)),
+            ("redis_config", lambda: config.redis_config_rows(state, timeout, self.config.uid)),
             ("postgres_config", lambda: config.pg_hba_rows(state)),
             ("s3_config", lambda: config.s3_config_rows(state)),
             ("leaks", self.leaks),

@@ -1,17 +1,23 @@
-"""No weak authentication configured: pg_hba.conf methods, Redis's protected mode and ACL users,
+"""No weak authentication configured: pg_hba.conf methods, Redis's protected mode, ACL users and listeners,
 SeaweedFS's S3 identities, and the strength of the secrets themselves."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
 import redis
 
 from han_worker.control_plane.admin_secrets import KNOWN_DEFAULTS, MIN_PASSWORD_LENGTH, MINIO_DEFAULT_USER
+from han_worker.control_plane.hardening.files import mode_row
 from han_worker.control_plane.hardening.report import FAIL, PASS, WARN, Row
 from han_worker.control_plane.hardening.state import StateDocuments, field, read_json
+from han_worker.control_plane.layout import Layout
 from han_worker.control_plane.services import identities_file
+from han_worker.selection.redis_tls import tls_redis
+from han_worker.selection.tls import TLSConfigError
 
 WEAK_HBA_METHODS = frozenset({"trust", "md5", "password"})
 
@@ -99,8 +105,10 @@ def _acl_user_rows(tokens: Sequence[str], target: str, weak: Mapping[str, str]) 
     return rows
 
 
-def redis_config_rows(state: StateDocuments, timeout: float) -> list[Row]:
-    """``protected-mode`` and the ACL users, read as the admin user from the secrets file."""
+def redis_config_rows(state: StateDocuments, timeout: float, uid: int | None = None) -> list[Row]:
+    """``protected-mode``, the ACL users and where Valkey listens, read as the admin user from the secrets
+    file over TLS (the server verified against the authority in the secrets file). ``uid``: who must own
+    Valkey's socket directory (default: this process's user)."""
     if "redis" not in state.services:
         return []
     host, port = state.services["redis"]
@@ -111,23 +119,53 @@ def redis_config_rows(state: StateDocuments, timeout: float) -> list[Row]:
         return [
             Row("redis-config", target, WARN, "admin credentials not readable: CONFIG and ACL not checked")
         ]
-    client = redis.Redis(
-        host=host,
-        port=port,
-        username=admin_user,
-        password=admin_password,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        decode_responses=True,
-    )
     try:
-        protected = str(client.config_get("protected-mode").get("protected-mode", "?"))
+        client = tls_redis(
+            host, port, field(state.secrets_doc, "tls", "ca_cert") or "", str(state.layout.secrets_file),
+            username=admin_user, password=admin_password, socket_timeout=timeout,
+            socket_connect_timeout=timeout, decode_responses=True,
+        )  # fmt: skip
+    except TLSConfigError as exc:
+        return [Row("redis-config", target, FAIL, f"cannot verify: {exc}")]
+    try:
+        settings = {str(key): str(value) for key, value in client.config_get("*").items()}
         acl = [str(line) for line in client.acl_list()]
     except redis.RedisError as exc:
         return [Row("redis-config", target, FAIL, f"cannot verify as the admin user: {type(exc).__name__}")]
     finally:
         client.close()
-    return _redis_settings_rows(target, protected, acl)
+    return [
+        *_redis_settings_rows(target, settings.get("protected-mode", "?"), acl),
+        *redis_listen_rows(target, settings, state.layout, os.getuid() if uid is None else uid),
+    ]
+
+
+def redis_listen_rows(target: str, settings: Mapping[str, str], layout: Layout, uid: int) -> list[Row]:
+    """Valkey listens on no TCP port (``port 0``; stunnel holds the published one) and on a unix socket
+    that only its owner may use, in a private (0700) directory of the state directory."""
+    port, socket_path = settings.get("port", "?"), settings.get("unixsocket", "")
+    if port == "0":
+        rows = [
+            Row("redis-config", f"{target} port", PASS, "port 0: Valkey has no TCP listener (stunnel's TLS)")
+        ]
+    else:
+        rows = [
+            Row("redis-config", f"{target} port", FAIL, f"Valkey itself listens on TCP port {port} (plain)")
+        ]
+    if not socket_path:
+        return [*rows, Row("redis-config", f"{target} unixsocket", FAIL, "no unix socket configured")]
+    directory = Path(socket_path).parent
+    inside = directory.resolve().is_relative_to(layout.root.resolve())
+    rows.append(
+        mode_row(directory, uid, private=True, directory=True)
+        if inside
+        else Row("mode", str(directory), FAIL, f"Valkey's socket directory is outside {layout.root}")
+    )
+    perm = settings.get("unixsocketperm", "?")
+    perm_ok = bool(perm) and set(perm) <= set("01234567") and not int(perm, 8) & 0o077
+    detail = f"unixsocketperm {perm}" + ("" if perm_ok else " gives group/others access (want 700)")
+    rows.append(Row("redis-config", f"{target} unixsocket {socket_path}", PASS if perm_ok else FAIL, detail))
+    return rows
 
 
 def _redis_settings_rows(target: str, protected: str, acl: Sequence[str]) -> list[Row]:

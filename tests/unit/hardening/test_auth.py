@@ -11,6 +11,7 @@ from han_worker.control_plane.hardening.auth import (
     Attempt,
     classify_http_status,
     classify_plain_text,
+    classify_plain_text_reply,
     classify_postgres_error,
     classify_redis_reply,
 )
@@ -89,3 +90,16 @@ def test_the_plain_text_row_passes_only_when_refused_before_authentication(
     row = classify_plain_text("postgres 127.0.0.10:5432 plain text as w", outcome)
     assert row.result == result
     assert row.target == "postgres 127.0.0.10:5432 plain text as w"
+
+
+@pytest.mark.parametrize(
+    ("reply", "outcome"),
+    [
+        (b"+PONG\r\n", ACCEPTED),  # a Redis without a password, in plain text
+        (b"-NOAUTH Authentication required.\r\n", ACCEPTED),  # Redis itself read our plain text
+        (b"", REFUSED),  # stunnel closed the broken handshake
+        (b"\x15\x03\x01\x00\x02\x02\x46", REFUSED),  # a TLS alert, not RESP
+    ],
+)
+def test_a_plain_text_ping_counts_as_answered_only_when_redis_replies(reply: bytes, outcome: str) -> None:
+    assert classify_plain_text_reply(reply)[0] == outcome

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+import os
+from pathlib import Path
+
+import pytest
 
 from han_worker.control_plane.admin_secrets import KNOWN_DEFAULTS
 from han_worker.control_plane.hardening.config import (
     acl_rows,
     plain_text_hba_lines,
+    redis_listen_rows,
     weak_hba_lines,
     weak_secret_fields,
 )
 from han_worker.control_plane.hardening.report import FAIL, PASS, Row
+from han_worker.control_plane.layout import Layout
 from han_worker.control_plane.services import hba_lines
 
 # -- configuration -------------------------------------------------------------------------------------
@@ -86,3 +92,56 @@ def test_plain_text_hba_lines_name_host_and_hostnossl_lines() -> None:
     assert plain_text_hba_lines("hostnossl all all 0.0.0.0/0 scram-sha-256\n") == [(1, "hostnossl")]
     # What the supervisor writes: local and hostssl only.
     assert plain_text_hba_lines(hba_lines(("127.0.0.0/8", "192.168.1.0/24"))) == []
+
+
+# -- Valkey's listeners -------------------------------------------------------------------------------
+
+
+def _valkey_settings(socket_path: Path, port: str = "0", perm: str = "700") -> dict[str, str]:
+    return {"port": port, "unixsocket": str(socket_path), "unixsocketperm": perm}
+
+
+def _layout_with_run_dir(tmp_path: Path, mode: int = 0o700) -> Layout:
+    layout = Layout(tmp_path / "state")
+    layout.make_dirs()
+    layout.run_dir().chmod(mode)
+    return layout
+
+
+def test_valkey_on_its_private_socket_only_passes(tmp_path: Path) -> None:
+    layout = _layout_with_run_dir(tmp_path)
+    settings = _valkey_settings(layout.run_dir() / "valkey.sock")
+    rows = redis_listen_rows("redis h:1", settings, layout, os.getuid())
+    assert [row.result for row in rows] == [PASS, PASS, PASS], rows
+
+
+def test_valkey_on_a_tcp_port_of_its_own_fails_naming_it(tmp_path: Path) -> None:
+    layout = _layout_with_run_dir(tmp_path)
+    settings = _valkey_settings(layout.run_dir() / "valkey.sock", port="6379")
+    row = redis_listen_rows("redis h:1", settings, layout, os.getuid())[0]
+    assert (row.target, row.result) == ("redis h:1 port", FAIL)
+    assert "TCP port 6379" in row.detail
+
+
+@pytest.mark.parametrize(
+    ("mode", "perm", "failing"),
+    [
+        (0o755, "700", "mode"),  # others may enter the socket's directory
+        (0o700, "777", "redis-config"),  # the socket itself is open to everyone
+        (0o700, "770", "redis-config"),
+    ],
+)
+def test_an_opened_socket_or_directory_fails(tmp_path: Path, mode: int, perm: str, failing: str) -> None:
+    layout = _layout_with_run_dir(tmp_path, mode)
+    settings = _valkey_settings(layout.run_dir() / "valkey.sock", perm=perm)
+    rows = redis_listen_rows("redis h:1", settings, layout, os.getuid())
+    assert [row.check for row in rows if row.result == FAIL] == [failing], rows
+
+
+def test_a_socket_outside_the_state_directory_or_none_fails(tmp_path: Path) -> None:
+    layout = _layout_with_run_dir(tmp_path)
+    outside = redis_listen_rows("redis h:1", _valkey_settings(tmp_path / "valkey.sock"), layout, os.getuid())
+    assert [row.result for row in outside] == [PASS, FAIL, PASS]
+    assert "outside" in outside[1].detail
+    none = redis_listen_rows("redis h:1", {"port": "0", "unixsocket": ""}, layout, os.getuid())
+    assert [row.result for row in none] == [PASS, FAIL]
