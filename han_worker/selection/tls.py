@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import shutil
+import ssl
 import stat
 import tempfile
 import threading
@@ -113,3 +114,37 @@ def postgres_tls(ca_pem: str, origin: str) -> str:
 def _quoted(value: str) -> str:
     """A conninfo value in single quotes, with backslashes and quotes escaped (libpq's syntax)."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+# -- S3 ------------------------------------------------------------------------------------------------
+# The S3 gateway speaks HTTPS only, with a certificate of the same authority. Python's ssl takes the
+# authority from memory, so no file is needed; one context per authority, shared by every client of it.
+
+_s3_contexts: dict[str, ssl.SSLContext] = {}
+
+
+def s3_ssl_context(ca_pem: str, origin: str) -> ssl.SSLContext:
+    """A TLS context that trusts ``ca_pem`` and nothing else (not the system's store), checks that the
+    server's certificate names the host dialled (IP addresses included) and wants TLS 1.2 or newer.
+
+    The same context for the same authority: a new authority in the credentials file gives a new one."""
+    if not ca_pem:
+        raise TLSConfigError(
+            f"{origin}: no certificate authority (field 'tls.ca_cert'): S3 is reached over HTTPS only and "
+            "the server cannot be verified without it; copy the credentials.json that the control plane "
+            "publishes now (a control plane started by this version writes it)"
+        )
+    try:
+        fingerprint = ca_fingerprint(ca_pem)
+    except ValueError as exc:
+        raise TLSConfigError(f"{origin}: field 'tls.ca_cert' {exc}") from exc
+    with _lock:
+        context = _s3_contexts.get(fingerprint)
+        if context is None:
+            # cadata given: create_default_context loads only it, never the default certificates.
+            context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=ca_pem)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            context.check_hostname = True
+            context.verify_mode = ssl.CERT_REQUIRED
+            _s3_contexts[fingerprint] = context
+        return context

@@ -29,12 +29,18 @@ from han_worker.control_plane.hardening.report import FAIL, PASS
 from han_worker.control_plane.hardening.state import StateDocuments
 from han_worker.control_plane.layout import Layout
 from han_worker.control_plane.pki import Authority
-from han_worker.selection.checks import ProbeFailure, postgres_check, redis_check, s3_check, s3_client
+from han_worker.selection.checks import ProbeFailure, postgres_check, redis_check, s3_check
 from han_worker.selection.credentials import parse_credentials
 from han_worker.selection.endpoints import parse_endpoints
 from han_worker.selection.tls import ca_fingerprint, postgres_tls
 from tests.integration.conftest import UnprivilegedEnv
-from tests.integration.control_planes import ADDRESS, RunningControlPlane, child_pids, start_control_plane
+from tests.integration.control_planes import (
+    ADDRESS,
+    RunningControlPlane,
+    child_pids,
+    start_control_plane,
+    worker_s3,
+)
 
 # Only services this module starts itself: `make test` runs it beside the tests that share the testbed.
 pytestmark = pytest.mark.self_contained
@@ -170,8 +176,9 @@ def test_worker_credentials_pass_the_authenticated_probes(control_plane: Running
         control_plane.service("redis"), 5
     )
     assert "reachable" in s3_check(
-        credentials.s3.access_key, credentials.s3.secret_key, credentials.s3.bucket
-    )(control_plane.service("s3"), 5)
+        credentials.s3.access_key, credentials.s3.secret_key, credentials.s3.bucket,
+        credentials.tls_ca_cert, "credentials.json",
+    )(control_plane.service("s3"), 5)  # fmt: skip
 
 
 @pytest.mark.parametrize("service", ["postgres", "redis", "s3"])
@@ -183,7 +190,7 @@ def test_wrong_credentials_are_refused_with_a_clear_message(control_plane: Runni
             credentials.postgres.user, wrong, credentials.postgres.database, credentials.tls_ca_cert, "c"
         ),
         "redis": redis_check(credentials.redis.user, wrong),
-        "s3": s3_check(credentials.s3.access_key, wrong, credentials.s3.bucket),
+        "s3": s3_check(credentials.s3.access_key, wrong, credentials.s3.bucket, credentials.tls_ca_cert, "c"),
     }[service]
     with pytest.raises(ProbeFailure) as failure:
         check(control_plane.service(service), 5)
@@ -301,9 +308,7 @@ def test_the_worker_has_least_privilege(control_plane: RunningControlPlane):
         client.set("other:probe", "1")
     with pytest.raises(redis.exceptions.NoPermissionError):
         client.flushall()
-    s3 = s3_client(
-        control_plane.service("s3"), credentials.s3.access_key, credentials.s3.secret_key, timeout=5
-    )
+    s3 = worker_s3(control_plane, credentials)
     with pytest.raises(S3Error) as denied:
         s3.make_bucket("someone-elses-bucket")
     assert denied.value.code == "AccessDenied"
@@ -324,7 +329,7 @@ def test_a_second_supervisor_on_the_same_state_dir_refuses(
 def test_sigterm_stops_it_and_the_next_start_keeps_the_data(unprivileged_env: UnprivilegedEnv, workdir: Path):
     first = start_control_plane(unprivileged_env, workdir / "restart")
     credentials = parse_credentials(first.credentials, "credentials.json")
-    postgres, rd, s3 = first.service("postgres"), first.service("redis"), first.service("s3")
+    postgres, rd = first.service("postgres"), first.service("redis")
     dsn = {
         "user": credentials.postgres.user,
         "password": credentials.postgres.password,
@@ -338,7 +343,7 @@ def test_sigterm_stops_it_and_the_next_start_keeps_the_data(unprivileged_env: Un
     redis.Redis(rd.host, rd.port, username=credentials.redis.user, password=credentials.redis.password).set(
         "han:kept", "before restart"
     )
-    client = s3_client(s3, credentials.s3.access_key, credentials.s3.secret_key, timeout=5)
+    client = worker_s3(first, credentials)
     client.put_object(credentials.s3.bucket, "kept.txt", io.BytesIO(b"before restart"), 14)
     children = child_pids(first.process.pid)
 
@@ -366,9 +371,7 @@ def test_sigterm_stops_it_and_the_next_start_keeps_the_data(unprivileged_env: Un
             ).get("han:kept")
             == b"before restart"
         )
-        client = s3_client(
-            second.service("s3"), credentials.s3.access_key, credentials.s3.secret_key, timeout=5
-        )
+        client = worker_s3(second, credentials)
         assert client.get_object(credentials.s3.bucket, "kept.txt").read() == b"before restart"
     finally:
         assert second.stop() == 0
