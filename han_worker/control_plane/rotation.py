@@ -356,7 +356,9 @@ def _seaweed_pid(identities: Path) -> int:
 
 
 def _s3_root_check(secrets: ControlPlaneSecrets) -> Check:
-    return s3_check(secrets.s3_root_access_key, secrets.s3_root_secret_key, secrets.s3_bucket)
+    return s3_check(
+        secrets.s3_root_access_key, secrets.s3_root_secret_key, secrets.s3_bucket, *_authority(secrets)
+    )
 
 
 # -- retire ------------------------------------------------------------------------------------------------

@@ -33,12 +33,13 @@ from han_worker.control_plane.pki import write_private_file
 from han_worker.control_plane.seaweed_security import SECURITY_DIR, write_security_config
 from han_worker.private_files import write_private_json
 from han_worker.selection.checks import redis_check, s3_client
+from han_worker.selection.credentials import S3Credentials
 from han_worker.selection.endpoints import ServiceEndpoint
 from han_worker.selection.tls import postgres_tls
 
 log = logging.getLogger(__name__)
-# Where SeaweedFS's master, volume and filer listen: they answer without credentials, so never on the
-# control plane's own address.
+# Where SeaweedFS's master, volume and filer listen: only weed's own components need them (each wants the
+# control plane's client certificate, seaweed_security.py), so never on the control plane's published address.
 SEAWEED_INTERNAL_ADDRESS = "127.0.0.1"
 
 
@@ -174,14 +175,10 @@ class PostgresService(Service):
         hba.chmod(0o600)
 
     def _write_server_certificate(self) -> tuple[Path, Path]:
-        """A certificate for the address bound and the node's names, issued at every start by the control
-        plane's authority (kept in the secrets file); the key 0600, as PostgreSQL requires."""
+        """PostgreSQL's certificate (the key 0600, as it requires), see :func:`write_server_certificate`."""
         assert self.secrets is not None
-        issued = self.secrets.authority().issue("han control plane postgres", node_names(), [self.address])
-        cert_file, key_file = self.data_dir / SERVER_CERT, self.data_dir / SERVER_KEY
-        write_private_file(key_file, issued.key_pem)
-        write_private_file(cert_file, issued.cert_pem)
-        return cert_file, key_file
+        name = "han control plane postgres"
+        return write_server_certificate(self.secrets, name, self.address, self.data_dir)
 
     def _admin_connection(
         self, timeout: float, dbname: str = "postgres", secrets: ControlPlaneSecrets | None = None
@@ -237,6 +234,20 @@ class PostgresService(Service):
 
 POSTMASTER_PID = "postmaster.pid"
 SERVER_CERT, SERVER_KEY = "server.crt", "server.key"
+
+
+def write_server_certificate(
+    secrets: ControlPlaneSecrets, common_name: str, address: str, directory: Path
+) -> tuple[Path, Path]:
+    """A certificate for the address bound and the node's names, issued at every start by the control
+    plane's authority (kept in the secrets file), written to ``directory`` (0600 both); returns the files.
+
+    A restart therefore always serves a certificate of the authority the secrets file holds now."""
+    issued = secrets.authority().issue(common_name, node_names(), [address])
+    cert_file, key_file = directory / SERVER_CERT, directory / SERVER_KEY
+    write_private_file(key_file, issued.key_pem)
+    write_private_file(cert_file, issued.cert_pem)
+    return cert_file, key_file
 
 
 def hba_lines(client_networks: tuple[str, ...]) -> str:
@@ -478,6 +489,9 @@ class SeaweedS3Service(Service):
         security = write_security_config(
             self.data_dir / SECURITY_DIR, [SEAWEED_INTERNAL_ADDRESS, self.address]
         )
+        cert_file, key_file = write_server_certificate(
+            self.secrets, "han control plane s3", self.address, self.data_dir
+        )
         self.argv = [
             str(self.server), f"-config_dir={security}", "server",
             f"-dir={self.data_dir}",
@@ -495,6 +509,10 @@ class SeaweedS3Service(Service):
             f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
             f"-filer.localSocket={self.data_dir / 'filer.sock'}",
             "-s3", f"-s3.port={self.port}", f"-s3.port.grpc={s3_grpc}",
+            # HTTPS only: with a key and no -s3.port.https, weed serves TLS on -s3.port (and on its copy of
+            # that port on 127.0.0.1) and opens no plain-HTTP S3 port; the certificate is the control
+            # plane's authority's, issued for the address bound.
+            *s3_tls_flags(cert_file, key_file),
             f"-s3.config={identities}",  # without it SeaweedFS accepts any key
             f"-s3.localSocket={self.data_dir / 's3.sock'}",
             "-s3.port.iceberg=0", "-s3.port.lance=0",
@@ -520,9 +538,13 @@ class SeaweedS3Service(Service):
 
     def _root_client(self, timeout: float) -> Minio:
         assert self.secrets is not None
-        return s3_client(
-            self.endpoint, self.secrets.s3_root_access_key, self.secrets.s3_root_secret_key, timeout=timeout
+        root = S3Credentials(
+            self.secrets.s3_root_access_key, self.secrets.s3_root_secret_key, self.secrets.s3_bucket
         )
+        return s3_client(
+            self.endpoint, root, ca_cert=self.secrets.tls_ca_cert, origin="the control plane's secrets",
+            timeout=timeout,
+        )  # fmt: skip
 
     def ready(self, timeout: float) -> None:
         # The S3 port answers before a volume can take writes: ready means an object was written.
@@ -533,6 +555,15 @@ class SeaweedS3Service(Service):
             log.info("created bucket %s", bucket)
         client.put_object(bucket, ".han-ready-probe", io.BytesIO(b"ok"), 2)
         client.remove_object(bucket, ".han-ready-probe")
+
+
+def s3_tls_flags(cert_file: Path, key_file: Path) -> list[str]:
+    """weed's flags for an S3 gateway that speaks HTTPS on its published port and nothing else there.
+
+    ``-s3.port.https`` must stay unset: given, it adds an HTTPS port and keeps ``-s3.port`` in plain HTTP.
+    The gateway's unix socket (``-s3.localSocket``, in the 0700 data directory) stays plain HTTP: weed
+    offers no TLS there, and only this user can enter that directory."""
+    return [f"-s3.cert.file={cert_file}", f"-s3.key.file={key_file}"]
 
 
 def s3_identities(generations: list[ControlPlaneSecrets]) -> dict[str, object]:

@@ -1,4 +1,4 @@
-"""Authenticated health checks: Redis PING, PostgreSQL ``SELECT 1`` and an S3 bucket probe.
+"""Authenticated health checks: Redis PING, PostgreSQL ``SELECT 1`` and an S3 bucket probe (HTTPS).
 
 They plug into :func:`han_worker.selection.probes.probe_all` (which runs them in parallel under one deadline)
 after the TCP layer: an open port only says something listens; these say that *our* service answers
@@ -19,11 +19,11 @@ from minio.error import S3Error
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from han_worker.selection.credentials import Credentials
+from han_worker.selection.credentials import Credentials, S3Credentials
 from han_worker.selection.endpoints import Endpoints, ServiceEndpoint
 from han_worker.selection.probes import Check, CheckFailed, ProbeReport, probe_all
 from han_worker.selection.redis_tls import tls_redis
-from han_worker.selection.tls import TLSConfigError, postgres_tls
+from han_worker.selection.tls import TLSConfigError, postgres_tls, s3_ssl_context
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +91,15 @@ def postgres_check(user: str, password: str, database: str, ca_cert: str, origin
     return check
 
 
-def s3_check(access_key: str, secret_key: str, bucket: str) -> Check:
+def s3_check(access_key: str, secret_key: str, bucket: str, ca_cert: str, origin: str) -> Check:
+    """The bucket exists and these keys reach it, over HTTPS verified against ``ca_cert``."""
+
     def check(service: ServiceEndpoint, timeout: float) -> str:
-        client = s3_client(service, access_key, secret_key, timeout=timeout)
+        try:
+            keys = S3Credentials(access_key, secret_key, bucket)
+            client = s3_client(service, keys, ca_cert=ca_cert, origin=origin, timeout=timeout)
+        except TLSConfigError as exc:
+            raise ProbeFailure(f"s3 {service.address}: {exc}") from exc
         try:
             exists = client.bucket_exists(bucket)
         except S3Error as exc:
@@ -109,14 +115,23 @@ def s3_check(access_key: str, secret_key: str, bucket: str) -> Check:
     return check
 
 
-def s3_client(service: ServiceEndpoint, access_key: str, secret_key: str, *, timeout: float) -> Minio:
-    """An S3 client that gives up after ``timeout`` seconds instead of retrying for minutes."""
+def s3_client(
+    service: ServiceEndpoint, keys: S3Credentials, *, ca_cert: str, origin: str, timeout: float
+) -> Minio:
+    """The one way to an S3 gateway, with ``keys``: HTTPS, the server verified against the control plane's
+    authority ``ca_cert`` only (``origin``: where it came from, for the message when it is missing), and a
+    client that gives up after ``timeout`` seconds instead of retrying for minutes.
+
+    Raises :class:`~han_worker.selection.tls.TLSConfigError` without an authority: never plain HTTP, never
+    verification off."""
     http = urllib3.PoolManager(
         timeout=urllib3.Timeout(connect=timeout, read=timeout),
         retries=urllib3.Retry(total=0),
+        cert_reqs="CERT_REQUIRED",
+        ssl_context=s3_ssl_context(ca_cert, origin),
     )
     return Minio(
-        service.address, access_key=access_key, secret_key=secret_key, secure=False, http_client=http
+        service.address, access_key=keys.access_key, secret_key=keys.secret_key, secure=True, http_client=http
     )
 
 
@@ -133,7 +148,13 @@ def worker_checks(credentials: Credentials, origin: str = "the credentials file"
         "redis": redis_check(
             credentials.redis.user, credentials.redis.password, credentials.tls_ca_cert, origin
         ),
-        "s3": s3_check(credentials.s3.access_key, credentials.s3.secret_key, credentials.s3.bucket),
+        "s3": s3_check(
+            credentials.s3.access_key,
+            credentials.s3.secret_key,
+            credentials.s3.bucket,
+            credentials.tls_ca_cert,
+            origin,
+        ),
     }
 
 

@@ -130,7 +130,8 @@ def require_authority(ca_pem: str, origin: str, service: str) -> str:
 
 def pinned_context(ca_pem: str) -> ssl.SSLContext:
     """A client context that trusts ``ca_pem`` and nothing else (no system store), TLS 1.2 or later, the
-    server's certificate verified and its name checked against the host dialled. Built once per authority."""
+    server's certificate verified and its name (or IP address) checked against the host dialled. Built once
+    per authority and shared by every client of it (Redis's and S3's)."""
     with _lock:
         context = _contexts.get(ca_pem)
         if context is None:
@@ -142,3 +143,18 @@ def pinned_context(ca_pem: str) -> ssl.SSLContext:
 
 
 _contexts: dict[str, ssl.SSLContext] = {}
+
+
+# -- S3 ------------------------------------------------------------------------------------------------
+# The S3 gateway speaks HTTPS only, with a certificate of the same authority, verified with the same context.
+
+
+def s3_ssl_context(ca_pem: str, origin: str) -> ssl.SSLContext:
+    """:func:`pinned_context` for the S3 client (urllib3 under minio), after checking that ``ca_pem`` (from
+    ``origin``) is there and is a certificate: TLSConfigError names the file otherwise."""
+    require_authority(ca_pem, origin, "S3")
+    try:
+        ca_fingerprint(ca_pem)
+    except ValueError as exc:
+        raise TLSConfigError(f"{origin}: field 'tls.ca_cert' {exc}") from exc
+    return pinned_context(ca_pem)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import psycopg
 import redis
 import urllib3
+from minio import Minio
 from minio.error import S3Error
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -23,7 +24,7 @@ from han_worker.selection.credentials import Credentials
 from han_worker.selection.endpoints import ServiceEndpoint
 from han_worker.selection.redis_tls import tls_redis
 from han_worker.selection.resolver import Choice
-from han_worker.selection.tls import postgres_tls
+from han_worker.selection.tls import TLSConfigError, postgres_tls
 from han_worker.store.artifacts import ArtifactStore
 from han_worker.store.ledger import Connection, Ledger
 from han_worker.store.queues import Queues
@@ -130,6 +131,17 @@ def redis_client(
     )
 
 
+def _s3_client(endpoint: ServiceEndpoint, credentials: Credentials, timeout: float, origin: str) -> Minio:
+    """HTTPS to the gateway, verified against the authority in these credentials: a link is opened with the
+    credentials file as it is now, so a new authority there reaches S3 as it reaches PostgreSQL."""
+    try:
+        return s3_client(
+            endpoint, credentials.s3, ca_cert=credentials.tls_ca_cert, origin=origin, timeout=timeout
+        )
+    except TLSConfigError as exc:
+        raise ConnectError(f"s3 {endpoint.address}: {exc}", permanent=True) from exc
+
+
 def open_link(choice: Choice, *, timeout: float, name: str, block_seconds: float = 0.0) -> Link:
     """Connect to ``choice``: the ledger (migrated), Redis (PING) and the object store (lazily)."""
     services, credentials = choice.endpoints.services, choice.credentials
@@ -137,7 +149,7 @@ def open_link(choice: Choice, *, timeout: float, name: str, block_seconds: float
     connect = _postgres_connector(services["postgres"], credentials, timeout, name, origin)
     ledger, beat_ledger = Ledger(connect), Ledger(connect)
     queues = Queues(redis_client(services["redis"], credentials, timeout + block_seconds, origin))
-    s3 = s3_client(services["s3"], credentials.s3.access_key, credentials.s3.secret_key, timeout=timeout)
+    s3 = _s3_client(services["s3"], credentials, timeout, origin)
     link = Link(choice, ledger, beat_ledger, queues, ArtifactStore(s3, credentials.s3.bucket))
     for service, check in (("postgres", ledger.migrate), ("redis", queues.client.ping)):
         try:

@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+from minio import Minio
 
 from han_worker.selection.checks import s3_client
 from han_worker.selection.credentials import Credentials, parse_credentials
@@ -112,8 +113,23 @@ class RunningControlPlane:
     def link_parts(self) -> tuple[Ledger, redis.Redis, Any]:
         """Ledger, Redis (worker user) and S3 client (worker key) of this control plane."""
         credentials = self.worker_credentials()
-        s3 = s3_client(self.service("s3"), credentials.s3.access_key, credentials.s3.secret_key, timeout=5)
-        return self.ledger(), redis_client(self.service("redis"), credentials, 5), s3
+        return (
+            self.ledger(),
+            redis_client(self.service("redis"), credentials, 5),
+            worker_s3(self, credentials),
+        )
+
+
+def worker_s3(
+    control_plane: RunningControlPlane, credentials: Credentials | None = None, timeout: float = 5
+) -> Minio:
+    """An S3 client with the workers' keys (these ``credentials``, else the control plane's credentials file),
+    over HTTPS verified against the authority they carry, as a worker's."""
+    credentials = credentials or control_plane.worker_credentials()
+    return s3_client(
+        control_plane.service("s3"), credentials.s3, ca_cert=credentials.tls_ca_cert,
+        origin="credentials.json", timeout=timeout,
+    )  # fmt: skip
 
 
 def start_control_plane(

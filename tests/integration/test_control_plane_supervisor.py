@@ -23,31 +23,50 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+import urllib3
+from cryptography import x509
+from minio import Minio
 from minio.error import S3Error
 from psycopg.conninfo import make_conninfo
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from han_worker.control_plane.admin_secrets import generate_secrets
 from han_worker.control_plane.hardening.auth import (
     REFUSED,
     UNREACHABLE,
+    authentication_rows,
     postgres_plain_text_row,
     redis_plain_text_attempt,
     redis_plain_text_row,
+    s3_plain_http_row,
 )
 from han_worker.control_plane.hardening.config import pg_hba_rows, redis_config_rows
 from han_worker.control_plane.hardening.report import FAIL, PASS
 from han_worker.control_plane.hardening.state import StateDocuments
 from han_worker.control_plane.layout import Layout, pick_free_ports
 from han_worker.control_plane.pki import Authority
-from han_worker.control_plane.services import valkey_socket
+from han_worker.control_plane.services import SEAWEED_INTERNAL_ADDRESS, SeaweedS3Service, valkey_socket
 from han_worker.selection.checks import ProbeFailure, postgres_check, redis_check, s3_check, s3_client
-from han_worker.selection.credentials import parse_credentials
-from han_worker.selection.endpoints import parse_endpoints
+from han_worker.selection.credentials import S3Credentials, parse_credentials
+from han_worker.selection.endpoints import ServiceEndpoint, parse_endpoints
 from han_worker.selection.redis_tls import PinnedSSLConnection, tls_redis
-from han_worker.selection.tls import TLSConfigError, ca_fingerprint, pinned_context, postgres_tls
+from han_worker.selection.tls import (
+    TLSConfigError,
+    ca_fingerprint,
+    pinned_context,
+    postgres_tls,
+    s3_ssl_context,
+)
+from han_worker.store.artifacts import ArtifactStore, input_key
 from tests.integration.conftest import UnprivilegedEnv
-from tests.integration.control_planes import ADDRESS, RunningControlPlane, child_pids, start_control_plane
+from tests.integration.control_planes import (
+    ADDRESS,
+    RunningControlPlane,
+    child_pids,
+    start_control_plane,
+    worker_s3,
+)
 
 # Only services this module starts itself: `make test` runs it beside the tests that share the testbed.
 pytestmark = pytest.mark.self_contained
@@ -183,8 +202,9 @@ def test_worker_credentials_pass_the_authenticated_probes(control_plane: Running
         credentials.redis.user, credentials.redis.password, credentials.tls_ca_cert, "credentials.json"
     )(control_plane.service("redis"), 5)
     assert "reachable" in s3_check(
-        credentials.s3.access_key, credentials.s3.secret_key, credentials.s3.bucket
-    )(control_plane.service("s3"), 5)
+        credentials.s3.access_key, credentials.s3.secret_key, credentials.s3.bucket,
+        credentials.tls_ca_cert, "credentials.json",
+    )(control_plane.service("s3"), 5)  # fmt: skip
 
 
 @pytest.mark.parametrize("service", ["postgres", "redis", "s3"])
@@ -196,7 +216,7 @@ def test_wrong_credentials_are_refused_with_a_clear_message(control_plane: Runni
             credentials.postgres.user, wrong, credentials.postgres.database, credentials.tls_ca_cert, "c"
         ),
         "redis": redis_check(credentials.redis.user, wrong, credentials.tls_ca_cert, "c"),
-        "s3": s3_check(credentials.s3.access_key, wrong, credentials.s3.bucket),
+        "s3": s3_check(credentials.s3.access_key, wrong, credentials.s3.bucket, credentials.tls_ca_cert, "c"),
     }[service]
     with pytest.raises(ProbeFailure) as failure:
         check(control_plane.service(service), 5)
@@ -428,6 +448,158 @@ def test_harden_check_fails_when_valkeys_socket_directory_is_opened(control_plan
         directory.chmod(0o700)
 
 
+# -- S3: HTTPS only ------------------------------------------------------------------------------------
+
+
+def plain_http_get(host: str, port: int, path: str) -> bytes:
+    """A plain-HTTP request on a raw socket and everything the server sends before it closes."""
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
+        reply = b""
+        while chunk := sock.recv(4096):
+            reply += chunk
+    return reply
+
+
+def test_s3_refuses_plain_http_on_its_published_port(control_plane: RunningControlPlane):
+    s3 = control_plane.service("s3")
+    bucket = control_plane.worker_credentials().s3.bucket
+    # weed also binds the S3 port on 127.0.0.1 when it is bound elsewhere: that copy must be HTTPS too.
+    for host in (s3.host, "127.0.0.1"):
+        reply = plain_http_get(host, s3.port, f"/{bucket}?list-type=2")
+        assert reply == b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+    state = StateDocuments.read(Layout(control_plane.state_dir))
+    row = s3_plain_http_row(state, timeout=5)
+    assert row.result == PASS, row
+    assert "fixed refusal" in row.detail
+    s3_rows = [row for row in authentication_rows(state, timeout=5) if row.target.startswith("s3 ")]
+    assert len(s3_rows) == 5
+    assert all(row.result == PASS for row in s3_rows), s3_rows  # the anonymous attempts went over HTTPS
+
+
+def test_s3_serves_the_control_planes_certificate_over_tls_1_2_or_newer(control_plane: RunningControlPlane):
+    s3, credentials = control_plane.service("s3"), control_plane.worker_credentials()
+    context = s3_ssl_context(credentials.tls_ca_cert, "credentials.json")
+    with (
+        socket.create_connection((s3.host, s3.port), timeout=5) as sock,
+        context.wrap_socket(sock, server_hostname=s3.host) as tls,
+    ):
+        assert tls.version() in ("TLSv1.2", "TLSv1.3")
+        served = x509.load_der_x509_certificate(tls.getpeercert(binary_form=True) or b"")
+    served.verify_directly_issued_by(x509.load_pem_x509_certificate(credentials.tls_ca_cert.encode()))
+    names = served.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == [ADDRESS]
+
+
+@pytest.mark.parametrize("trust", ["the system's store", "another authority"])
+def test_an_s3_client_that_does_not_trust_our_authority_is_refused(
+    control_plane: RunningControlPlane, trust: str
+):
+    s3, credentials = control_plane.service("s3"), control_plane.worker_credentials()
+    if trust == "another authority":
+        other = Authority("another control plane's CA").cert_pem.decode()
+        client = s3_client(s3, credentials.s3, ca_cert=other, origin="another credentials.json", timeout=5)
+    else:
+        http = urllib3.PoolManager(cert_reqs="CERT_REQUIRED", retries=urllib3.Retry(0), timeout=5)
+        client = Minio(
+            s3.address, access_key=credentials.s3.access_key, secret_key=credentials.s3.secret_key,
+            secure=True, http_client=http,
+        )  # fmt: skip
+    with pytest.raises(urllib3.exceptions.MaxRetryError, match="certificate verify failed"):
+        client.bucket_exists(credentials.s3.bucket)
+
+
+def test_an_s3_client_dialling_a_name_the_certificate_does_not_hold_is_refused(
+    control_plane: RunningControlPlane,
+):
+    s3, credentials = control_plane.service("s3"), control_plane.worker_credentials()
+    http = urllib3.PoolManager(
+        cert_reqs="CERT_REQUIRED", ssl_context=s3_ssl_context(credentials.tls_ca_cert, "credentials.json"),
+        server_hostname="impostor.example", retries=urllib3.Retry(0), timeout=5,
+    )  # fmt: skip
+    with pytest.raises(urllib3.exceptions.MaxRetryError, match=r"Hostname mismatch|doesn't match"):
+        http.request("GET", f"https://{s3.address}/")
+
+
+def test_the_workers_key_reaches_only_the_artifacts_bucket_over_https(control_plane: RunningControlPlane):
+    credentials = control_plane.worker_credentials()
+    root_keys = control_plane.secrets["s3"]
+    root = s3_client(
+        control_plane.service("s3"),
+        S3Credentials(root_keys["root_access_key"], root_keys["root_secret_key"], root_keys["bucket"]),
+        ca_cert=credentials.tls_ca_cert, origin="secrets.json", timeout=5,
+    )  # fmt: skip
+    if not root.bucket_exists("another-bucket"):
+        root.make_bucket("another-bucket")
+    root.put_object("another-bucket", "private.txt", io.BytesIO(b"not the workers'"), 16)
+    worker = worker_s3(control_plane, credentials)
+    for attempt in (
+        lambda: next(iter(worker.list_objects("another-bucket")), None),
+        lambda: worker.get_object("another-bucket", "private.txt"),
+        lambda: worker.put_object("another-bucket", "w.txt", io.BytesIO(b"w"), 1),
+    ):
+        with pytest.raises(S3Error) as denied:
+            attempt()
+        assert denied.value.code == "AccessDenied"
+    assert worker.bucket_exists(credentials.s3.bucket)
+
+
+def test_a_pose_input_and_its_results_make_the_round_trip_over_https(
+    control_plane: RunningControlPlane, tmp_path: Path
+):
+    credentials = control_plane.worker_credentials()
+    store = ArtifactStore(worker_s3(control_plane, credentials), credentials.s3.bucket)
+    photo, result = tmp_path / "photo.jpg", tmp_path / "keypoints.json"
+    photo.write_bytes(os.urandom(2 * 1024 * 1024))
+    result.write_text(json.dumps({"keypoints": [[1, 2, 0.9]]}))
+    uploaded = store.upload(input_key("job-s3-tls", "photo.jpg"), photo)
+    downloaded = store.download_inputs({"photo.jpg": uploaded.to_dict()}, tmp_path / "inputs")
+    assert downloaded["photo.jpg"].read_bytes() == photo.read_bytes()
+    outputs = store.upload_outputs("job-s3-tls", 1, {"keypoints.json": result})
+    back = store.download(outputs["keypoints.json"], tmp_path / "back.json")
+    assert back.read_text() == result.read_text()
+
+
+@pytest.fixture
+def plain_http_weed(unprivileged_env: UnprivilegedEnv, tmp_path: Path) -> Iterator[ServiceEndpoint]:
+    """A real weed, S3 gateway and all, started the way the control plane starts it but without the TLS
+    flags: an S3 port weakened on purpose to answer plain HTTP."""
+    ports = pick_free_ports(ADDRESS, 8, also_free_on=[SEAWEED_INTERNAL_ADDRESS])
+    weed = SeaweedS3Service(
+        "s3", ADDRESS, ports[0], tmp_path / "weed.log", server=unprivileged_env.bin_dir / "weed",
+        data_dir=tmp_path / "weed", secrets=generate_secrets(), internal_ports=tuple(ports[1:]),
+    )  # fmt: skip
+    weed.prepare()
+    argv = [arg for arg in weed.argv if not arg.startswith(("-s3.cert.file=", "-s3.key.file="))]
+    with weed.log_file.open("w") as log:
+        process = subprocess.Popen(argv, cwd=weed.cwd, env=weed.env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield weed.endpoint
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_harden_checks_plain_http_row_fails_on_an_s3_port_that_answers_plain_http(
+    control_plane: RunningControlPlane, plain_http_weed: ServiceEndpoint
+):
+    state = StateDocuments.read(Layout(control_plane.state_dir))
+    state.services["s3"] = (plain_http_weed.host, plain_http_weed.port)
+    deadline = time.monotonic() + 60
+    row = s3_plain_http_row(state, timeout=5)
+    while row.detail.startswith("cannot verify") and time.monotonic() < deadline:  # weed is starting
+        time.sleep(0.5)
+        row = s3_plain_http_row(state, timeout=5)
+    assert row.result == FAIL, row
+    bucket = control_plane.worker_credentials().s3.bucket
+    assert row.target == f"s3 {plain_http_weed.address} plain HTTP GET /{bucket}"
+    assert "ACCEPTS plain HTTP: answered plain HTTP: HTTP/1.1 403 Forbidden" in row.detail
+
+
 def test_the_worker_has_least_privilege(control_plane: RunningControlPlane):
     credentials = parse_credentials(control_plane.credentials, "credentials.json")
     client = control_plane.redis_worker()
@@ -436,9 +608,7 @@ def test_the_worker_has_least_privilege(control_plane: RunningControlPlane):
         client.set("other:probe", "1")
     with pytest.raises(redis.exceptions.NoPermissionError):
         client.flushall()
-    s3 = s3_client(
-        control_plane.service("s3"), credentials.s3.access_key, credentials.s3.secret_key, timeout=5
-    )
+    s3 = worker_s3(control_plane, credentials)
     with pytest.raises(S3Error) as denied:
         s3.make_bucket("someone-elses-bucket")
     assert denied.value.code == "AccessDenied"
@@ -459,7 +629,7 @@ def test_a_second_supervisor_on_the_same_state_dir_refuses(
 def test_sigterm_stops_it_and_the_next_start_keeps_the_data(unprivileged_env: UnprivilegedEnv, workdir: Path):
     first = start_control_plane(unprivileged_env, workdir / "restart")
     credentials = parse_credentials(first.credentials, "credentials.json")
-    postgres, s3 = first.service("postgres"), first.service("s3")
+    postgres = first.service("postgres")
     dsn = {
         "user": credentials.postgres.user,
         "password": credentials.postgres.password,
@@ -471,7 +641,7 @@ def test_sigterm_stops_it_and_the_next_start_keeps_the_data(unprivileged_env: Un
         connection.execute("CREATE TABLE kept (value text)")
         connection.execute("INSERT INTO kept VALUES ('before restart')")
     first.redis_worker().set("han:kept", "before restart")
-    client = s3_client(s3, credentials.s3.access_key, credentials.s3.secret_key, timeout=5)
+    client = worker_s3(first, credentials)
     client.put_object(credentials.s3.bucket, "kept.txt", io.BytesIO(b"before restart"), 14)
     children = child_pids(first.process.pid)
 
@@ -493,9 +663,7 @@ def test_sigterm_stops_it_and_the_next_start_keeps_the_data(unprivileged_env: Un
         with psycopg.connect(tls, port=second.service("postgres").port, **dsn) as connection:
             assert connection.execute("SELECT value FROM kept").fetchall() == [("before restart",)]
         assert second.redis_worker().get("han:kept") == b"before restart"
-        client = s3_client(
-            second.service("s3"), credentials.s3.access_key, credentials.s3.secret_key, timeout=5
-        )
+        client = worker_s3(second, credentials)
         assert client.get_object(credentials.s3.bucket, "kept.txt").read() == b"before restart"
     finally:
         assert second.stop() == 0

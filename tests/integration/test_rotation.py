@@ -82,7 +82,13 @@ def admin_checks(secrets: dict[str, dict[str, str]]) -> dict[str, object]:
         "redis": redis_check(
             rd["admin_user"], rd["admin_password"], secrets["tls"]["ca_cert"], "secrets.json"
         ),
-        "s3": s3_check(s3["root_access_key"], s3["root_secret_key"], s3["bucket"]),
+        "s3": s3_check(
+            s3["root_access_key"],
+            s3["root_secret_key"],
+            s3["bucket"],
+            secrets["tls"]["ca_cert"],
+            "secrets.json",
+        ),
     }
 
 

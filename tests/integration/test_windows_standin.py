@@ -26,6 +26,7 @@ import psycopg
 import pytest
 
 from han_worker.selection.checks import s3_client
+from han_worker.selection.credentials import S3Credentials
 from han_worker.selection.endpoints import ServiceEndpoint
 from han_worker.selection.tls import postgres_tls
 from han_worker.store.ledger import JobRecord, Ledger
@@ -131,8 +132,9 @@ class MacClient:
     def s3_object(self, key: str) -> bytes:
         s3 = self.credentials["s3"]
         client = s3_client(
-            ServiceEndpoint(MAC_ADDRESS, MAC_PORTS["s3"]), s3["access_key"], s3["secret_key"], timeout=5
-        )
+            ServiceEndpoint(MAC_ADDRESS, MAC_PORTS["s3"]), S3Credentials(s3["access_key"], s3["secret_key"], s3["bucket"]),
+            ca_cert=self.credentials["tls"]["ca_cert"], origin="the Mac's credentials.json", timeout=5,
+        )  # fmt: skip
         return bytes(client.get_object(s3["bucket"], key).read())
 
 

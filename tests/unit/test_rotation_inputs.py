@@ -5,6 +5,7 @@ rotated credentials file. Rotation against live services is tests/integration/te
 from __future__ import annotations
 
 import dataclasses
+import ssl
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -15,6 +16,8 @@ from han_worker.control_plane.admin_secrets import SecretsError, generate_secret
 from han_worker.control_plane.services import s3_identities
 from han_worker.private_files import write_private_json
 from han_worker.selection.credentials import CredentialsError, parse_credentials
+from han_worker.selection.endpoints import ServiceEndpoint
+from han_worker.store.link import _s3_client
 from tests.unit.test_worker_monitor import make_worker
 
 SECRET_FIELDS = ("postgres_superuser_password", "postgres_password", "redis_admin_password", "redis_password",
@@ -81,6 +84,26 @@ def test_the_worker_reconnects_when_its_credentials_file_was_rotated(tmp_path: P
     assert worker._credentials_rotated(link)
     assert worker._switch.is_set()
     assert "pegasus's credentials were rotated (generation 1 -> 2)" in worker._switch_reason
+
+
+def test_a_new_authority_in_the_credentials_file_reaches_the_s3_client_of_the_next_link(
+    tmp_path: Path,
+) -> None:
+    credentials_file = tmp_path / "cp" / "credentials.json"
+    worker = make_worker(tmp_path, pegasus={"endpoints_file": str(tmp_path / "cp" / "endpoints.json"),
+                                            "credentials_file": str(credentials_file)})  # fmt: skip
+    secrets = generate_secrets()
+    link: Any = SimpleNamespace(
+        source="pegasus", choice=SimpleNamespace(credentials=secrets.worker_credentials())
+    )
+    renewed = secrets.with_authority()  # same generation, same passwords, another authority
+    write_private_json(credentials_file, renewed.worker_credentials().to_dict())
+    assert worker._credentials_rotated(link)  # reconnect, as for PostgreSQL
+    on_disk = worker.selector.credentials_on_disk("pegasus")
+    assert on_disk is not None
+    client: Any = _s3_client(ServiceEndpoint("127.0.0.10", 9000), on_disk, 2.0, "credentials.json")
+    trusted = client._http.connection_pool_kw["ssl_context"].get_ca_certs(binary_form=True)
+    assert trusted == [ssl.PEM_cert_to_DER_cert(renewed.tls_ca_cert)]
 
 
 def test_a_half_written_credentials_file_is_not_a_rotation(tmp_path: Path) -> None:

@@ -4,7 +4,8 @@ PostgreSQL and S3, for the default users, ``minioadmin`` and our own user names.
 Each attempt speaks the service's protocol with exactly the credentials named, nothing more (no password
 file, no GSS detour), and is classified refused, accepted or unreachable. Redis's and PostgreSQL's attempts go
 over TLS without verifying the server (they send no secret of ours); that each refuses plain text is checked
-by its own row.
+by its own row. S3's attempts go over HTTPS verified against the control plane's authority (the gateway speaks
+nothing else); a plain-HTTP request to its port is a row of its own.
 """
 
 from __future__ import annotations
@@ -20,13 +21,16 @@ from dataclasses import dataclass
 
 import psycopg
 import urllib3
-from minio import Minio
 from minio.error import S3Error
 from psycopg.conninfo import make_conninfo
 
 from han_worker.control_plane.admin_secrets import ARTIFACTS_BUCKET, MINIO_DEFAULT_USER
 from han_worker.control_plane.hardening.report import FAIL, PASS, Row
 from han_worker.control_plane.hardening.state import StateDocuments, field
+from han_worker.selection.checks import s3_client
+from han_worker.selection.credentials import S3Credentials
+from han_worker.selection.endpoints import ServiceEndpoint
+from han_worker.selection.tls import TLSConfigError, s3_ssl_context
 
 MINIO_DEFAULT_PASSWORD = MINIO_DEFAULT_USER  # MinIO's default password is its user name
 DEFAULT_BUCKET = ARTIFACTS_BUCKET  # for when the credentials file cannot be read
@@ -236,11 +240,12 @@ def classify_http_status(status: int) -> Outcome:
     return REFUSED, f"HTTP {status} (no access granted)"
 
 
-def s3_anonymous_attempt(host: str, port: int, path: str, timeout: float) -> Outcome:
-    url = f"http://{host}:{port}{path}" if ":" not in host else f"http://[{host}]:{port}{path}"
-    request = urllib.request.Request(url, method="GET")  # noqa: S310 (http to our own endpoint)
+def s3_anonymous_attempt(host: str, port: int, path: str, context: ssl.SSLContext, timeout: float) -> Outcome:
+    """``GET path`` over HTTPS without a signature, the server verified with ``context``."""
+    url = f"https://{host}:{port}{path}" if ":" not in host else f"https://[{host}]:{port}{path}"
+    request = urllib.request.Request(url, method="GET")  # noqa: S310 (https to our own endpoint)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:  # noqa: S310
             return classify_http_status(int(response.status))
     except urllib.error.HTTPError as exc:
         body = exc.read(2000).decode(errors="replace")
@@ -252,37 +257,117 @@ def s3_anonymous_attempt(host: str, port: int, path: str, timeout: float) -> Out
 
 
 def s3_signed_attempt(
-    endpoint: tuple[str, int], keys: tuple[str, str], bucket: str, timeout: float
+    endpoint: tuple[str, int], keys: tuple[str, str], bucket: str, authority: tuple[str, str], timeout: float
 ) -> Outcome:
-    """List ``bucket`` signed with ``keys`` (access key, secret key)."""
+    """List ``bucket`` signed with ``keys`` (access key, secret key), over HTTPS verified against
+    ``authority`` (its certificate, and where it came from)."""
     (host, port), (access_key, secret_key) = endpoint, keys
-    http = urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=timeout, read=timeout), retries=urllib3.Retry(0)
-    )
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    client = Minio(address, access_key=access_key, secret_key=secret_key, secure=False, http_client=http)
     try:
+        client = s3_client(
+            ServiceEndpoint(host, port), S3Credentials(access_key, secret_key, bucket),
+            ca_cert=authority[0], origin=authority[1], timeout=timeout,
+        )  # fmt: skip
         next(iter(client.list_objects(bucket)), None)
     except S3Error as exc:
         return REFUSED, str(exc.code)
     except urllib3.exceptions.HTTPError as exc:
         return UNREACHABLE, type(exc).__name__
+    except TLSConfigError as exc:
+        return UNREACHABLE, str(exc)
     return ACCEPTED, f"listed bucket {bucket}"
+
+
+def s3_authority(state: StateDocuments) -> tuple[str, str]:
+    """The certificate the S3 gateway must show a chain to: the secrets file's authority, else the one
+    published to the workers; empty when neither holds one (the attempts then cannot verify)."""
+    documents = ((state.secrets_doc, "secrets.json"), (state.credentials_doc, "credentials.json"))
+    for document, origin in documents:
+        pem = field(document, "tls", "ca_cert")
+        if pem:
+            return pem, origin
+    return "", "the state directory (neither secrets.json nor credentials.json)"
 
 
 def _s3_attempts(state: StateDocuments, timeout: float) -> Iterator[Attempt]:
     host, port = state.services["s3"]
     endpoint = f"{host}:{port}"
     bucket = field(state.credentials_doc, "s3", "bucket") or DEFAULT_BUCKET
+    authority = s3_authority(state)
+    try:
+        context: ssl.SSLContext | None = s3_ssl_context(*authority)
+    except TLSConfigError as exc:
+        context, no_context = None, str(exc)
     for path, label in (
         ("/", "anonymous list buckets"),
         (f"/{bucket}?list-type=2", f"anonymous list {bucket}"),
         (f"/{bucket}/.han-ready-probe", f"anonymous GET {bucket}/object"),
     ):
-        yield Attempt("s3", endpoint, label, *s3_anonymous_attempt(host, port, path, timeout))
+        outcome = (
+            (UNREACHABLE, no_context)
+            if context is None
+            else s3_anonymous_attempt(host, port, path, context, timeout)
+        )
+        yield Attempt("s3", endpoint, label, *outcome)
     keys = (MINIO_DEFAULT_USER, MINIO_DEFAULT_PASSWORD)
     label = f"signed {MINIO_DEFAULT_USER}/{MINIO_DEFAULT_PASSWORD} list {bucket}"
-    yield Attempt("s3", endpoint, label, *s3_signed_attempt((host, port), keys, bucket, timeout))
+    yield Attempt("s3", endpoint, label, *s3_signed_attempt((host, port), keys, bucket, authority, timeout))
+
+
+# Go's HTTPS servers (weed's S3 gateway among them) answer a plain-HTTP request with this fixed reply and
+# close: no S3 response, no redirect, nothing of the service.
+GO_TLS_REFUSAL = b"Client sent an HTTP request to an HTTPS server"
+
+
+def s3_plain_http_attempt(host: str, port: int, path: str, timeout: float) -> Outcome:
+    """A plain-HTTP ``GET path`` on the S3 port (nothing secret in it): REFUSED when the server closes
+    without an HTTP answer or with Go's fixed HTTPS refusal, ACCEPTED on any other HTTP answer."""
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    request = f"GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n".encode()
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(request)
+            reply = _read_some(sock, 4096)
+    except ConnectionResetError:
+        return REFUSED, "connection reset without an answer"
+    except OSError as exc:
+        return UNREACHABLE, str(exc)
+    return classify_plain_http_reply(reply)
+
+
+def _read_some(sock: socket.socket, limit: int) -> bytes:
+    reply = b""
+    while len(reply) < limit:
+        chunk = sock.recv(limit - len(reply))
+        if not chunk:
+            break
+        reply += chunk
+    return reply
+
+
+def classify_plain_http_reply(reply: bytes) -> Outcome:
+    if not reply:
+        return REFUSED, "closed without an answer"
+    status_line = reply.split(b"\r\n", 1)[0].decode("ascii", "replace")[:60]
+    if not reply.startswith(b"HTTP/"):
+        return REFUSED, f"no HTTP answer ({status_line!r})"
+    if b" 400 " in reply.split(b"\r\n", 1)[0] and GO_TLS_REFUSAL in reply:
+        return REFUSED, "the HTTPS server's fixed refusal (HTTP 400: an HTTP request to an HTTPS server)"
+    location = re.search(rb"(?im)^location:\s*(\S+)", reply)
+    where = f", redirect to {location.group(1).decode('ascii', 'replace')[:80]}" if location else ""
+    return ACCEPTED, f"answered plain HTTP: {status_line}{where}"
+
+
+def s3_plain_http_row(state: StateDocuments, timeout: float) -> Row:
+    """The S3 port must speak HTTPS only: a plain-HTTP request gets no S3 answer and no redirect."""
+    host, port = state.services["s3"]
+    bucket = field(state.credentials_doc, "s3", "bucket") or DEFAULT_BUCKET
+    target = f"s3 {host}:{port} plain HTTP GET /{bucket}"
+    result, detail = s3_plain_http_attempt(host, port, f"/{bucket}?list-type=2", timeout)
+    if result == REFUSED:
+        return Row("auth", target, PASS, f"refused: {detail}")
+    if result == UNREACHABLE:
+        return Row("auth", target, FAIL, f"cannot verify, no answer: {detail}")
+    return Row("auth", target, FAIL, f"ACCEPTS plain HTTP: {detail}")
 
 
 # -- the section ----------------------------------------------------------------------------------------
@@ -307,6 +392,8 @@ def authentication_rows(state: StateDocuments, timeout: float) -> list[Row]:
         rows.append(redis_plain_text_row(state, timeout))
     if "postgres" in state.services:
         rows.append(postgres_plain_text_row(state, timeout))
+    if "s3" in state.services:
+        rows.append(s3_plain_http_row(state, timeout))
     missing = sorted({service for service, _attempts in _ATTEMPTS} - state.services.keys())
     if missing:
         detail = f"no endpoint to test for {', '.join(missing)}"

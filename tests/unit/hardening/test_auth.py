@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
+from han_worker.control_plane.admin_secrets import generate_secrets
 from han_worker.control_plane.hardening.auth import (
     ACCEPTED,
     REFUSED,
     UNREACHABLE,
     Attempt,
     classify_http_status,
+    classify_plain_http_reply,
     classify_plain_text,
     classify_plain_text_reply,
     classify_postgres_error,
     classify_redis_reply,
+    s3_authority,
+    s3_plain_http_row,
 )
 from han_worker.control_plane.hardening.report import FAIL, PASS
+from han_worker.control_plane.hardening.state import StateDocuments
+from han_worker.control_plane.layout import Layout
 
 # -- connection outcomes -------------------------------------------------------------------------------
 
@@ -103,3 +115,91 @@ def test_the_plain_text_row_passes_only_when_refused_before_authentication(
 )
 def test_a_plain_text_ping_counts_as_answered_only_when_redis_replies(reply: bytes, outcome: str) -> None:
     assert classify_plain_text_reply(reply)[0] == outcome
+
+
+# -- S3: HTTPS only ------------------------------------------------------------------------------------
+
+GO_REFUSAL = b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+S3_DENIAL = (
+    b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nServer: SeaweedFS 8000GB 4.48\r\n\r\n"
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code></Error>'
+)
+REDIRECT = b"HTTP/1.1 301 Moved Permanently\r\nLocation: https://127.0.0.10:9000/han-artifacts\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("reply", "outcome", "detail"),
+    [
+        (GO_REFUSAL, REFUSED, "the HTTPS server's fixed refusal"),
+        (b"", REFUSED, "closed without an answer"),
+        (b"\x15\x03\x01\x00\x02\x02\x46", REFUSED, "no HTTP answer"),  # a TLS alert
+        (S3_DENIAL, ACCEPTED, "answered plain HTTP: HTTP/1.1 403 Forbidden"),
+        (REDIRECT, ACCEPTED, "redirect to https://127.0.0.10:9000/han-artifacts"),
+        (b"HTTP/1.1 400 Bad Request\r\n\r\n<Error>", ACCEPTED, "HTTP/1.1 400 Bad Request"),
+    ],
+)
+def test_classify_plain_http_reply(reply: bytes, outcome: str, detail: str) -> None:
+    got = classify_plain_http_reply(reply)
+    assert got[0] == outcome
+    assert detail in got[1]
+
+
+@contextlib.contextmanager
+def serve_once(reply: bytes) -> Iterator[int]:
+    """A listener on the loopback that reads one request, answers ``reply`` and closes."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def answer() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(4096)
+            connection.sendall(reply)
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    yield port
+    listener.close()
+    thread.join(5)
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> StateDocuments:
+    return StateDocuments(Layout(tmp_path), None, None, None, {}, {})
+
+
+@pytest.mark.parametrize(
+    ("reply", "result", "detail"),
+    [
+        (GO_REFUSAL, PASS, "refused: the HTTPS server's fixed refusal"),
+        (S3_DENIAL, FAIL, "ACCEPTS plain HTTP: answered plain HTTP: HTTP/1.1 403 Forbidden"),
+        (REDIRECT, FAIL, "redirect to https://"),
+    ],
+)
+def test_the_plain_http_row_fails_when_the_s3_port_answers_plain_http(
+    state: StateDocuments, reply: bytes, result: str, detail: str
+) -> None:
+    with serve_once(reply) as port:
+        state.services["s3"] = ("127.0.0.1", port)
+        row = s3_plain_http_row(state, timeout=5)
+        assert row.target == f"s3 127.0.0.1:{port} plain HTTP GET /han-artifacts"
+        assert row.result == result
+        assert detail in row.detail
+
+
+def test_the_plain_http_row_cannot_pass_without_an_answer(state: StateDocuments) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+    state.services["s3"] = ("127.0.0.1", port)  # nothing listens there now
+    row = s3_plain_http_row(state, timeout=2)
+    assert (row.result, row.detail.startswith("cannot verify")) == (FAIL, True)
+
+
+def test_the_s3_attempts_trust_the_secrets_authority_else_the_published_one(tmp_path: Path) -> None:
+    secrets = generate_secrets()
+    published = secrets.worker_credentials().to_dict()
+    both = StateDocuments(Layout(tmp_path), None, secrets.to_dict(), published, {}, {})
+    assert s3_authority(both) == (secrets.tls_ca_cert, "secrets.json")
+    workers_only = StateDocuments(Layout(tmp_path), None, None, published, {}, {})
+    assert s3_authority(workers_only) == (secrets.tls_ca_cert, "credentials.json")
+    assert s3_authority(StateDocuments(Layout(tmp_path), None, None, None, {}, {}))[0] == ""
