@@ -16,6 +16,7 @@ from han_worker.cli import endpoints as endpoints_cli
 from han_worker.cli import harden_check
 from han_worker.cli import jobs as jobs_cli
 from han_worker.cli import queues as queues_cli
+from han_worker.cli import scale as scale_cli
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ def build_worker_parser() -> argparse.ArgumentParser:
     endpoints_cli.add_parser(commands)
     jobs_cli.add_parsers(commands)
     queues_cli.add_parser(commands)
+    scale_cli.add_parser(commands)
     harden_check.add_parser(commands)
     return parser
 

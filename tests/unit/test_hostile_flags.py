@@ -42,7 +42,7 @@ HOSTILE_PORTS = st.one_of(
 # Which hostile family each option gets, by its destination. A flag missing here fails the coverage test.
 FAMILIES: dict[str, st.SearchStrategy[str]] = {
     **dict.fromkeys(("config", "endpoints_file", "credentials_file", "mac_credentials_file", "input",
-                     "state_dir", "env_dir"), HOSTILE_PATHS),
+                     "state_dir", "env_dir", "pool", "state"), HOSTILE_PATHS),
     **dict.fromkeys(("probe_timeout", "timeout", "wait", "wait_workers", "start_timeout", "max_attempts",
                      "limit"), HOSTILE_NUMBER_TEXT),
     **dict.fromkeys(("mac_port", "port"), HOSTILE_PORTS),
@@ -57,6 +57,7 @@ FAMILIES: dict[str, st.SearchStrategy[str]] = {
 CONTEXT: dict[tuple[str, str], list[str]] = {
     ("han-worker", "submit"): ["--kind", "noop"],
     ("han-worker", "run"): ["--queues", "noop"],
+    ("han-worker", "scale"): ["--pool", "/nonexistent/han/pool.json", "--state", "/nonexistent/han/state.json"],
     ("han-worker", "harden-check"): ["--bind-address", "127.0.0.10", "--state-dir", "/nonexistent/han"],
     ("han-control-plane", "run"): ["--bind", "127.0.0.10", "--launch-mode", "slurm", "--state-dir", "/dev/null/x"],
     ("han-control-plane", "start"): ["--bind", "127.0.0.10", "--state-dir", "/dev/null/x"],

@@ -1,0 +1,191 @@
+"""The scaler: at every tick, read the pool's picture (snapshot.py), decide (policy.py) and submit the worker
+jobs decided, then sleep until the next tick or a submission to one of the pool's queues, whichever comes
+first.
+
+What must survive a restart of the scaler lives in its state file, not in memory: the worker jobs it
+submitted that have not registered yet (to tell an allocation that died before its worker registered) and
+the failures in a row (for the back-off and the pause). Everything else is read afresh each tick. A pause
+lasts until the operator resumes the pool (``han-worker scale --resume``, which the role runs when it
+writes a changed pool file).
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from han_worker.fields import FieldReader
+from han_worker.private_files import TrustedFileError, read_trusted_json, write_private_json
+from han_worker.scaling.policy import Decision, Demand, Failures, Supply, decide
+from han_worker.scaling.pool import PoolSettings
+from han_worker.scaling.snapshot import read_backlog, supply
+from han_worker.slurm import COMMAND_ENVIRONMENT, QueuedJob, is_alive, parse_squeue, squeue_argv
+from han_worker.store.link import Link
+from han_worker.store.queues import stream_key
+
+log = logging.getLogger(__name__)
+
+SLURM_TIMEOUT = 30.0  # seconds an sbatch or squeue may take on a busy slurmctld
+
+
+class StateFileError(ValueError):
+    """The scaler's state file cannot be read; the message names it."""
+
+
+@dataclass
+class ScalerState:
+    """Worker jobs submitted and not registered yet (job id -> submission time), and failures in a row."""
+
+    submitted: dict[str, float] = field(default_factory=dict)
+    failures: Failures = field(default_factory=Failures)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"submitted": dict(self.submitted), "failures": asdict(self.failures)}
+
+
+def load_state(path: Path) -> ScalerState:
+    if not path.exists():
+        return ScalerState()
+    try:
+        data = read_trusted_json(path)
+    except TrustedFileError as exc:
+        raise StateFileError(str(exc)) from exc
+    fields = FieldReader(data, str(path), StateFileError)
+    submitted = fields.child("submitted")
+    failures = fields.child("failures")
+    return ScalerState(
+        submitted={job_id: submitted.seconds(job_id, 0.0, 0.0, 1e12) for job_id in submitted.data},
+        failures=Failures(
+            submissions=failures.integer("submissions", 0, 1_000_000),
+            starts=failures.integer("starts", 0, 1_000_000),
+            last_at=failures.seconds("last_at", 0.0, 0.0, 1e12),
+            last_error=failures.string("last_error") if failures.data.get("last_error") else "",
+        ),
+    )
+
+
+Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
+
+
+def run_slurm(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        list(argv), capture_output=True, text=True, timeout=SLURM_TIMEOUT, check=False,
+        env={**_plain_environment(), **COMMAND_ENVIRONMENT},
+    )  # fmt: skip
+
+
+def _plain_environment() -> dict[str, str]:
+    """What Slurm's commands need from ours (PATH, HOME, USER): none of the caller's other variables."""
+    return {key: os.environ[key] for key in ("PATH", "HOME", "USER", "LOGNAME") if key in os.environ}
+
+
+class Scaler:
+    def __init__(
+        self, settings: PoolSettings, link: Link, state_file: Path, *, run: Runner = run_slurm,
+        clock: Callable[[], float] = time.time,
+    ) -> None:  # fmt: skip
+        self.settings = settings
+        self.link = link
+        self.state_file = state_file
+        self.state = load_state(state_file)
+        self.run = run
+        self.clock = clock
+        self._last_reason = ""
+
+    # -- one tick ----------------------------------------------------------------------------------
+
+    def tick(self) -> Decision:
+        pool = self.settings.pool
+        backlog = read_backlog(self.link.ledger.connection(), pool)
+        registry = self.link.queues.workers()
+        jobs = self._our_jobs()
+        self._account_for_starts(registry, jobs)
+        have = supply(pool, registry, jobs, backlog.demand)
+        decision = self._decide(backlog.demand, have)
+        submitted = self._submit(decision.submit) if decision.submit else 0
+        self._save()
+        self._explain(decision, submitted)
+        return decision
+
+    def _decide(self, demand: Demand, have: Supply) -> Decision:
+        return decide(demand, have, self.settings.limits, self.state.failures, self.clock())
+
+    def _our_jobs(self) -> list[QueuedJob]:
+        squeue = self.settings.slurm_program("squeue")
+        result = self.run(squeue_argv(squeue, name=self.settings.pool.job_name, user=getpass.getuser()))
+        if result.returncode != 0:
+            raise SlurmError(f"squeue: {result.stderr.strip() or f'exit {result.returncode}'}")
+        return parse_squeue(result.stdout)
+
+    def _account_for_starts(self, registry: Sequence[Mapping[str, str]], jobs: Sequence[QueuedJob]) -> None:
+        """Submitted jobs whose worker registered: a start that worked. Submitted jobs that ended (or that
+        Slurm no longer knows) before their worker registered: a failed start."""
+        registered = {entry.get("slurm_job_id", "") for entry in registry}
+        alive = {job.job_id for job in jobs if is_alive(job)}
+        states = {job.job_id: job.state for job in jobs}
+        for job_id in list(self.state.submitted):
+            if job_id in registered:
+                del self.state.submitted[job_id]
+                self.state.failures = replace(self.state.failures, starts=0)
+            elif job_id not in alive:
+                del self.state.submitted[job_id]
+                ended = states.get(job_id, "gone from Slurm's queue")
+                self._failed(
+                    starts=1, error=f"worker job {job_id} ended ({ended}) before its worker registered"
+                )
+
+    def _submit(self, count: int) -> int:
+        for done in range(count):
+            result = self.run(self.settings.sbatch_argv())
+            job_id = result.stdout.strip().split(";")[0]
+            if result.returncode != 0 or not job_id.isdigit():
+                self._failed(
+                    submissions=1, error=(result.stderr.strip() or f"sbatch exit {result.returncode}")
+                )
+                return done
+            self.state.submitted[job_id] = self.clock()
+            self.state.failures = replace(self.state.failures, submissions=0)
+            log.info("submitted worker job %s (%s)", job_id, self.settings.pool.job_name)
+        return count
+
+    def _failed(self, *, submissions: int = 0, starts: int = 0, error: str) -> None:
+        failures = self.state.failures
+        self.state.failures = Failures(
+            failures.submissions + submissions, failures.starts + starts, self.clock(), error[:500]
+        )
+        log.warning("%s", error)
+
+    def _save(self) -> None:
+        write_private_json(self.state_file, self.state.to_dict())
+
+    def _explain(self, decision: Decision, submitted: int) -> None:
+        """One line per tick that changes something, or whose reason changed (not one every few seconds)."""
+        if submitted or decision.reason != self._last_reason:
+            level = logging.WARNING if decision.paused else logging.INFO
+            log.log(level, "%s: %s", self.settings.pool.job_name, decision.reason)
+        self._last_reason = decision.reason
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    def wait_for_work(self) -> None:
+        """Until the next tick, or until a job is submitted to one of the pool's queues."""
+        streams: dict[str | bytes | memoryview, str | bytes | int | memoryview] = {
+            stream_key(queue): "$" for queue in self.settings.pool.queues
+        }
+        self.link.queues.client.xread(streams, count=1, block=int(self.settings.tick_seconds * 1000))
+
+    def resume(self) -> None:
+        """The operator fixed what made the pool pause: forget the failures."""
+        self.state.failures = Failures()
+        self._save()
+        log.info("%s: resumed (failures forgotten)", self.settings.pool.job_name)
+
+
+class SlurmError(RuntimeError):
+    """A Slurm command the scaler needs did not answer."""

@@ -1,0 +1,139 @@
+"""Elastic workers on the testbed's real Slurm (issue 20): from zero workers, a burst of jobs makes
+``han-worker scale`` submit worker jobs up to the pool's limits, every job succeeds once, and once the queue
+is empty every worker leaves by itself (``idle_timeout_seconds``) and gives its allocation back.
+
+The pool, its worker jobs and the control plane are this module's own (their own job name, state directory
+and address): `make test` runs it beside the tests that share the inventory's control planes. The worker
+jobs run the test venv's ``han-worker run`` as the cluster user, as the role's job script runs the env's.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from han_worker.slurm import WAITING_STATES, is_alive, parse_squeue, squeue_argv
+from tests.integration.conftest import UnprivilegedEnv
+from tests.integration.control_planes import (
+    RunningControlPlane,
+    han_worker,
+    start_control_plane,
+    wait_for,
+    worker_settings,
+    write_private_file,
+)
+
+pytestmark = pytest.mark.own_names
+
+ADDRESS = "127.0.0.75"  # no other test or benchmark uses it
+JOBS = 12
+MAX_WORKERS, MAX_PENDING = 3, 2
+
+
+class Pool:
+    def __init__(self, env: UnprivilegedEnv, workdir: Path, control_plane: RunningControlPlane) -> None:
+        self.env, self.workdir, self.cp = env, workdir, control_plane
+        self.job_name = f"han-test-elastic-{uuid.uuid4().hex[:8]}"
+        self.worker_config = write_private_file(env, workdir / "worker.json", json.dumps(worker_settings(
+            control_plane, workdir / "spool", queues=["noop"], idle_timeout_seconds=3)))  # fmt: skip
+        script = write_private_file(env, workdir / "worker.sbatch", "#!/bin/bash -eu\nexec "
+                                    f"{env.bin_dir / 'han-worker'} run --config {self.worker_config}\n", 0o700)  # fmt: skip
+        self.file = write_private_file(env, workdir / "pool.json", json.dumps({
+            "job_name": self.job_name, "queues": ["noop"], "script": str(script), "tick_seconds": 1,
+            "sbatch": {"time": "10:00", "output": str(workdir / "slurm-%j.out"), "chdir": str(workdir),
+                       "cpus_per_task": 1, "mem": "500M"},
+            "limits": {"max_workers": MAX_WORKERS, "max_pending": MAX_PENDING, "horizon_seconds": 5},
+        }))  # fmt: skip
+        self.state = workdir / "scaler-state.json"
+
+    def squeue(self) -> list[str]:
+        """The states of the pool's worker jobs that are alive."""
+        listed = subprocess.run(squeue_argv("squeue", name=self.job_name), capture_output=True, text=True,
+                                check=True)  # fmt: skip
+        return [job.state for job in parse_squeue(listed.stdout) if is_alive(job)]
+
+
+@pytest.fixture
+def pool(unprivileged_env: UnprivilegedEnv, workdir: Path) -> Iterator[Pool]:
+    control_plane = start_control_plane(unprivileged_env, workdir / "cp", address=ADDRESS)
+    made = Pool(unprivileged_env, workdir, control_plane)
+    try:
+        yield made
+    finally:
+        subprocess.run(["scancel", f"--name={made.job_name}"], check=False)
+        control_plane.shutdown()
+
+
+class Sampler(threading.Thread):
+    """squeue every half second: the most worker jobs alive, and waiting, at any moment."""
+
+    def __init__(self, pool: Pool) -> None:
+        super().__init__(daemon=True)
+        self.pool, self.stopping = pool, threading.Event()
+        self.most_alive = self.most_waiting = 0
+
+    def run(self) -> None:
+        while not self.stopping.wait(0.5):
+            states = self.pool.squeue()
+            self.most_alive = max(self.most_alive, len(states))
+            self.most_waiting = max(self.most_waiting, sum(state in WAITING_STATES for state in states))
+
+
+def test_a_burst_from_zero_workers_scales_up_within_the_limits_and_every_worker_leaves_when_done(
+    pool: Pool,
+) -> None:
+    client = worker_settings(pool.cp, pool.workdir / "spool-client")
+    config = write_private_file(pool.env, pool.workdir / "client.json", json.dumps(client))
+    jobs = []
+    for _ in range(JOBS):
+        submitted = han_worker(pool.env, "submit", "--config", str(config), "--kind", "sleep",
+                               "--param", "seconds=1")  # fmt: skip
+        assert submitted.returncode == 0, submitted.stderr
+        jobs.append(submitted.stdout.strip())
+    assert pool.squeue() == [], "no worker before the scaler"
+
+    sampler = Sampler(pool)
+    sampler.start()
+    log = pool.workdir / "scaler.log"
+    with log.open("w") as scaler_output:
+        scaler = subprocess.Popen(
+            pool.env.argv("han-worker", "scale", "--config", str(pool.worker_config), "--pool", str(pool.file),
+                          "--state", str(pool.state)),
+            stdout=scaler_output, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+    ledger = pool.cp.ledger()
+    try:
+        wait_for(lambda: all(ledger.status(job) == "succeeded" for job in jobs), 180,
+                 f"the {JOBS} jobs to succeed", interval=0.5)  # fmt: skip
+        wait_for(
+            lambda: pool.squeue() == [], 60, "every worker job to end (idle_timeout_seconds 3)", interval=0.5
+        )
+        records = [ledger.job(job) for job in jobs]
+    finally:
+        sampler.stopping.set()
+        scaler.send_signal(signal.SIGTERM)
+        assert scaler.wait(30) == 0, log.read_text()
+        ledger.close()
+    output = log.read_text()
+    assert sampler.most_alive <= MAX_WORKERS, output
+    assert sampler.most_waiting <= MAX_PENDING, output
+    assert [record.attempts if record else None for record in records] == [1] * JOBS, (
+        "none killed, none run twice"
+    )
+    workers = {record.worker_id for record in records if record}
+    assert len(workers) >= 2, f"the work was spread over more than one worker job: {workers}"
+    worker_jobs = output.count("submitted worker job")
+    assert 2 <= worker_jobs <= MAX_WORKERS + 2, output  # a worker that left may be replaced while work remains
+    assert "no backlog" in output
+    assert "paused" not in output, output
+    assert "failed" not in output, output
+    state = json.loads(pool.state.read_text())
+    assert state["failures"]["starts"] == 0
+    assert state["submitted"] == {}, "every worker job registered"
