@@ -12,6 +12,7 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -78,6 +79,12 @@ class SlurmControlPlane:
             password=credentials["password"], dbname=credentials["database"], connect_timeout=5,  # type: ignore[index]
         )  # fmt: skip
 
+    @property
+    def escrow_file(self) -> Path:
+        """The controller's ansible-vault copy of this control plane's secrets (the testbed turns escrow on):
+        named after the host and the state directory, not the host alone, so it is not the inventory's."""
+        return Path.home() / ".han" / "escrow" / f"{PEGASUS_HOST}-test-{self.name}-secrets.vault"
+
     def postgres_log(self) -> str:
         return ssh(PEGASUS, f"cat {self.state_dir}/logs/postgres.log").stdout
 
@@ -88,6 +95,7 @@ def slurm_control_plane(request: pytest.FixtureRequest) -> Iterator[SlurmControl
     yield running
     running.stop()
     ssh(PEGASUS, f"rm -rf {running.state_dir}")
+    running.escrow_file.unlink(missing_ok=True)
 
 
 def test_start_status_logs_stop_on_pegasus(slurm_control_plane: SlurmControlPlane) -> None:
@@ -104,6 +112,7 @@ def test_start_status_logs_stop_on_pegasus(slurm_control_plane: SlurmControlPlan
     again = slurm_control_plane.start()
     assert recap(again, PEGASUS_HOST)["changed"] == 0, again.stdout[-3000:]
     assert len(jobs(slurm_control_plane.name)) == 2
+    assert slurm_control_plane.escrow_file.stat().st_mode & 0o777 == 0o600
 
     # A control plane started by a version before TLS publishes credentials without its authority: the
     # role's wait stops at its first answer (not after control_plane_start_timeout) and says to restart it.

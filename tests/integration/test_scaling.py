@@ -92,7 +92,7 @@ def test_a_burst_from_zero_workers_scales_up_within_the_limits_and_every_worker_
     client = worker_settings(pool.cp, pool.workdir / "spool-client")
     config = write_private_file(pool.env, pool.workdir / "client.json", json.dumps(client))
     jobs = []
-    for _ in range(JOBS):
+    for _index in range(JOBS):
         submitted = han_worker(pool.env, "submit", "--config", str(config), "--kind", "sleep",
                                "--param", "seconds=1")  # fmt: skip
         assert submitted.returncode == 0, submitted.stderr
@@ -130,7 +130,9 @@ def test_a_burst_from_zero_workers_scales_up_within_the_limits_and_every_worker_
     workers = {record.worker_id for record in records if record}
     assert len(workers) >= 2, f"the work was spread over more than one worker job: {workers}"
     worker_jobs = output.count("submitted worker job")
-    assert 2 <= worker_jobs <= MAX_WORKERS + 2, output  # a worker that left may be replaced while work remains
+    assert 2 <= worker_jobs <= MAX_WORKERS + 2, (
+        output
+    )  # a worker that left may be replaced while work remains
     assert "no backlog" in output
     assert "paused" not in output, output
     assert "failed" not in output, output

@@ -34,7 +34,7 @@ def ledger(unprivileged_env: UnprivilegedEnv, workdir: Path) -> Iterator[Ledger]
 
 
 def submit(ledger: Ledger, queue: str, count: int) -> list[str]:
-    ids = [str(uuid.uuid4()) for _ in range(count)]
+    ids = [str(uuid.uuid4()) for _index in range(count)]
     ledger.insert_jobs([NewJob(job_id, "noop", queue, {}, {}, 3) for job_id in ids])
     return ids
 

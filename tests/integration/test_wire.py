@@ -83,7 +83,7 @@ class LeakControl:
         self.thread.start()
 
     def _drain(self) -> None:
-        connection, _ = self.server.accept()
+        connection, _address = self.server.accept()
         with connection:
             while connection.recv(65536):
                 pass

@@ -293,10 +293,12 @@ def _s3_attempts(state: StateDocuments, timeout: float) -> Iterator[Attempt]:
     endpoint = f"{host}:{port}"
     bucket = field(state.credentials_doc, "s3", "bucket") or DEFAULT_BUCKET
     authority = s3_authority(state)
+    context: ssl.SSLContext | None = None
+    no_context = ""  # why there is no context: every anonymous attempt then cannot be made
     try:
-        context: ssl.SSLContext | None = s3_ssl_context(*authority)
+        context = s3_ssl_context(*authority)
     except TLSConfigError as exc:
-        context, no_context = None, str(exc)
+        no_context = str(exc)
     for path, label in (
         ("/", "anonymous list buckets"),
         (f"/{bucket}?list-type=2", f"anonymous list {bucket}"),

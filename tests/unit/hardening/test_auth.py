@@ -151,7 +151,7 @@ def serve_once(reply: bytes) -> Iterator[int]:
     port = listener.getsockname()[1]
 
     def answer() -> None:
-        connection, _ = listener.accept()
+        connection, _address = listener.accept()
         with connection:
             connection.recv(4096)
             connection.sendall(reply)
