@@ -43,8 +43,9 @@ class RequestError(ValueError):
     """A bad request; the message names the flag (or argument) at fault."""
 
 
-def connect(config: WorkerConfig, name: str) -> Link:
-    """The control plane the worker configuration selects, connected; ConnectError when unhealthy."""
+def connect(config: WorkerConfig, name: str, block_seconds: float = 0.0) -> Link:
+    """The control plane the worker configuration selects, connected; ConnectError when unhealthy.
+    ``block_seconds``: how long a Redis read of this link may block (added to its socket timeout)."""
     choice = Selector(config).choose_after_refusal(settle_seconds=REFUSAL_SETTLE_SECONDS)
     failures = [result for result in choice.probes if not result.ok]
     if failures:
@@ -52,7 +53,7 @@ def connect(config: WorkerConfig, name: str) -> Link:
             f"{choice.source} is unhealthy: " + "; ".join(map(str, failures)),
             permanent=bool(authentication_failures(failures)),
         )
-    return open_link(choice, timeout=config.probe_timeout_seconds, name=name)
+    return open_link(choice, timeout=config.probe_timeout_seconds, name=name, block_seconds=block_seconds)
 
 
 def _json_value(text: str) -> object:

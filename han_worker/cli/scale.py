@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     try:  # every input first (the flags, then the pool's file), then the control plane
         config = load_config(args)
         settings = _pool_settings(args.pool)
-        link = client.connect(config, name="han-worker scale")
+        # Between ticks the scaler blocks on the pool's streams for up to tick_seconds (Scaler.wait_for_work).
+        link = client.connect(config, name="han-worker scale", block_seconds=settings.tick_seconds)
     except (WorkerConfigError, EndpointsError, PoolFileError) as exc:
         return fail("scale", exc)
     except ConnectError as exc:

@@ -45,8 +45,10 @@ class Pool:
             control_plane, workdir / "spool", queues=["noop"], idle_timeout_seconds=3)))  # fmt: skip
         script = write_private_file(env, workdir / "worker.sbatch", "#!/bin/bash -eu\nexec "
                                     f"{env.bin_dir / 'han-worker'} run --config {self.worker_config}\n", 0o700)  # fmt: skip
+        # A tick longer than the client's probe timeout (2 s): the scaler's blocking read between ticks must
+        # outlast its Redis socket's timeout.
         self.file = write_private_file(env, workdir / "pool.json", json.dumps({
-            "job_name": self.job_name, "queues": ["noop"], "script": str(script), "tick_seconds": 1,
+            "job_name": self.job_name, "queues": ["noop"], "script": str(script), "tick_seconds": 3,
             "sbatch": {"time": "10:00", "output": str(workdir / "slurm-%j.out"), "chdir": str(workdir),
                        "cpus_per_task": 1, "mem": "500M"},
             "limits": {"max_workers": MAX_WORKERS, "max_pending": MAX_PENDING, "horizon_seconds": 5},
