@@ -9,6 +9,7 @@ control plane's files directly: root may not use the trusted-file readers on the
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -22,6 +23,7 @@ import pytest
 import redis
 from minio import Minio
 
+from han_worker.control_plane.hardening.listen import parse_ss
 from han_worker.selection.checks import s3_client
 from han_worker.selection.credentials import Credentials, parse_credentials
 from han_worker.selection.endpoints import ServiceEndpoint, parse_endpoints
@@ -247,3 +249,33 @@ def child_pids(parent: int) -> set[int]:
         ["ps", "-o", "pid=", "--ppid", str(parent)], capture_output=True, text=True, check=False
     ).stdout
     return {int(pid) for pid in output.split()}
+
+
+def process_tree(root: int) -> set[int]:
+    """``root`` and every process below it now (a supervisor and its services' own children)."""
+    tree, frontier = {root}, [root]
+    while frontier:
+        children = child_pids(frontier.pop()) - tree
+        tree |= children
+        frontier += children
+    return tree
+
+
+def weed_ports(control_plane: RunningControlPlane) -> list[tuple[str, int]]:
+    """Every TCP port the control plane's weed listens on but the published S3 gateway."""
+    ss = subprocess.run(["ss", "-H", "-l", "-n", "-p", "-t"], capture_output=True, text=True, check=True)
+    tree = process_tree(control_plane.process.pid)
+    s3_port = control_plane.service("s3").port
+    found = [
+        (item.address, item.port)
+        for item in parse_ss(ss.stdout)
+        if set(item.pids) & tree and "weed" in item.programs and item.port != s3_port
+    ]
+    assert len(found) >= 7, found  # master, volume and filer, each HTTP and gRPC, and the S3 gateway's gRPC
+    return sorted(found)
+
+
+def reload_postgres(data_dir: Path) -> None:
+    """SIGHUP to the postmaster (its pid is postmaster.pid's first line): it reads pg_hba.conf again."""
+    os.kill(int((data_dir / "postmaster.pid").read_text().split()[0]), signal.SIGHUP)
+    time.sleep(1.0)  # the reload is asynchronous

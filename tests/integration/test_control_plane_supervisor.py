@@ -9,7 +9,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import socket
 import ssl
 import stat
@@ -64,6 +63,7 @@ from tests.integration.control_planes import (
     ADDRESS,
     RunningControlPlane,
     child_pids,
+    reload_postgres,
     start_control_plane,
     worker_s3,
 )
@@ -290,12 +290,6 @@ def test_harden_checks_plain_text_row_passes_on_a_tls_only_postgres(control_plan
     row = postgres_plain_text_row(state, timeout=5)
     assert row.result == PASS, row
     assert "no encryption" in row.detail
-
-
-def reload_postgres(data_dir: Path) -> None:
-    """SIGHUP to the postmaster (its pid is postmaster.pid's first line): it reads pg_hba.conf again."""
-    os.kill(int((data_dir / "postmaster.pid").read_text().split()[0]), signal.SIGHUP)
-    time.sleep(1.0)  # the reload is asynchronous
 
 
 def test_harden_checks_plain_text_row_fails_on_a_postgres_weakened_to_accept_it(

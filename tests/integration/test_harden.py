@@ -9,6 +9,7 @@ under load (jobs flowing through real workers) is tests/integration/test_rotatio
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -16,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +29,7 @@ from tests.integration.conftest import UnprivilegedEnv, recap
 from tests.integration.control_planes import (
     RunningControlPlane,
     han_worker,
+    reload_postgres,
     start_control_plane,
     wait_for,
 )
@@ -246,12 +247,6 @@ def test_postgres_with_tls_off_fails_naming_its_port(weak: RunningControlPlane) 
     assert "pg_hba.conf" in message
 
 
-def reload_postgres(data_dir: Path) -> None:
-    """SIGHUP to the postmaster (postmaster.pid's first line): it reads pg_hba.conf again, asynchronously."""
-    os.kill(int((data_dir / "postmaster.pid").read_text().split()[0]), signal.SIGHUP)
-    time.sleep(1.0)
-
-
 # A SeaweedFS component started without its key: a stand-in supervisor (it holds the lock of a state
 # directory of its own, as a control plane does) whose child is a `weed master` with no security.toml
 # (neither in its working directory nor in its HOME), on the node's 127.0.0.1 as the real ones listen.
@@ -276,23 +271,29 @@ finally:
 """
 
 
-@pytest.fixture
-def weed_without_key(unprivileged_env: UnprivilegedEnv, workdir: Path) -> Iterator[tuple[Path, int]]:
-    state = workdir / "weed-without-key"
+@contextlib.contextmanager
+def stand_in_supervisor(env: UnprivilegedEnv, state: Path, script: str, *args: str) -> Iterator[int]:
+    """``script`` run by Python as the cluster user in a session of its own, holding ``state``'s supervisor
+    lock as a control plane does; yields the port it prints first, and kills its whole session afterwards."""
     state.mkdir(mode=0o700, exist_ok=True)
-    shutil.chown(state, unprivileged_env.user, unprivileged_env.user)
-    argv = ["setpriv", f"--reuid={unprivileged_env.user}", f"--regid={unprivileged_env.user}", "--init-groups",
-            "--", "/usr/bin/python3", "-c", WEED_WITHOUT_KEY, str(state),
-            str(unprivileged_env.bin_dir / "weed")]  # fmt: skip
+    shutil.chown(state, env.user, env.user)
+    argv = ["setpriv", f"--reuid={env.user}", f"--regid={env.user}", "--init-groups", "--",
+            "/usr/bin/python3", "-c", script, str(state), *args]  # fmt: skip
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert process.stdout is not None
-        port = int(process.stdout.readline())
-        wait_for(lambda: http_status(f"http://127.0.0.1:{port}/dir/status") == 200, 60, "weed master")
-        yield state, port
+        yield int(process.stdout.readline())
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(10)
+
+
+@pytest.fixture
+def weed_without_key(unprivileged_env: UnprivilegedEnv, workdir: Path) -> Iterator[tuple[Path, int]]:
+    state, weed = workdir / "weed-without-key", str(unprivileged_env.bin_dir / "weed")
+    with stand_in_supervisor(unprivileged_env, state, WEED_WITHOUT_KEY, weed) as port:
+        wait_for(lambda: http_status(f"http://127.0.0.1:{port}/dir/status") == 200, 60, "weed master")
+        yield state, port
 
 
 def http_status(url: str) -> int | None:
@@ -333,19 +334,9 @@ time.sleep(120)
 @pytest.fixture
 def any_address_listener(unprivileged_env: UnprivilegedEnv, workdir: Path) -> Iterator[tuple[Path, int]]:
     state = workdir / "any-address"
-    state.mkdir(mode=0o700, exist_ok=True)
-    shutil.chown(state, unprivileged_env.user, unprivileged_env.user)
-    argv = ["setpriv", f"--reuid={unprivileged_env.user}", f"--regid={unprivileged_env.user}", "--init-groups",
-            "--", "/usr/bin/python3", "-c", LISTENER, str(state)]  # fmt: skip
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout is not None
-        port = int(process.stdout.readline())
+    with stand_in_supervisor(unprivileged_env, state, LISTENER) as port:
         wait_for(lambda: (state / "supervisor.lock").read_text().strip().isdigit(), 10, "the lock")
         yield state, port
-    finally:
-        process.kill()
-        process.wait(10)
 
 
 def test_a_bind_to_every_interface_fails_naming_it(any_address_listener: tuple[Path, int]) -> None:

@@ -17,12 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from han_worker.control_plane.hardening.listen import parse_ss
 from han_worker.control_plane.layout import Layout
 from han_worker.control_plane.services import valkey_socket
 from tests.conftest import REPO
 from tests.integration.conftest import UnprivilegedEnv
-from tests.integration.control_planes import RunningControlPlane, start_control_plane
+from tests.integration.control_planes import RunningControlPlane, start_control_plane, weed_ports
 
 # Only services this module starts itself: `make test` runs it beside the tests that share the testbed.
 pytestmark = pytest.mark.self_contained
@@ -35,31 +34,6 @@ def control_plane(unprivileged_env: UnprivilegedEnv, workdir: Path) -> Iterator[
     running = start_control_plane(unprivileged_env, workdir / "cp")
     yield running
     running.stop()
-
-
-def process_tree(root: int) -> set[int]:
-    pids, frontier = {root}, [root]
-    while frontier:
-        children = subprocess.run(
-            ["ps", "-o", "pid=", "--ppid", str(frontier.pop())], capture_output=True, text=True, check=False
-        ).stdout.split()
-        frontier += [int(pid) for pid in children]
-        pids |= {int(pid) for pid in children}
-    return pids
-
-
-def weed_ports(control_plane: RunningControlPlane) -> list[tuple[str, int]]:
-    """Every TCP port the control plane's weed listens on but the published S3 gateway."""
-    ss = subprocess.run(["ss", "-H", "-l", "-n", "-p", "-t"], capture_output=True, text=True, check=True)
-    tree = process_tree(control_plane.process.pid)
-    s3_port = control_plane.service("s3").port
-    found = [
-        (item.address, item.port)
-        for item in parse_ss(ss.stdout)
-        if set(item.pids) & tree and "weed" in item.programs and item.port != s3_port
-    ]
-    assert len(found) >= 7, found  # master, volume and filer, each HTTP and gRPC, and the S3 gateway's gRPC
-    return sorted(found)
 
 
 def as_nobody(env: UnprivilegedEnv, targets: dict[str, object]) -> list[dict[str, object]]:

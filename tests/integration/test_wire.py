@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,15 +24,14 @@ from pathlib import Path
 import matplotlib.cbook
 import pytest
 
-from han_worker.control_plane.hardening.listen import parse_ss
 from tests.integration.conftest import UnprivilegedEnv
 from tests.integration.control_planes import (
     RunningControlPlane,
-    child_pids,
     han_worker,
     start_control_plane,
     start_worker,
     wait_for,
+    weed_ports,
     worker_settings,
     write_private_file,
 )
@@ -58,19 +56,6 @@ def control_plane(unprivileged_env: UnprivilegedEnv, workdir: Path) -> Iterator[
     running = start_control_plane(unprivileged_env, workdir / "cp", address=ADDRESS)
     yield running
     running.shutdown()
-
-
-def weed_internal_ports(control_plane: RunningControlPlane) -> list[int]:
-    """The ports the control plane's SeaweedFS listens on at the node's 127.0.0.1 (master, volume, filer)."""
-    tree, frontier = {control_plane.process.pid}, [control_plane.process.pid]
-    while frontier:
-        children = child_pids(frontier.pop()) - tree
-        tree |= children
-        frontier += children
-    ss = subprocess.run(["ss", "-Hlntp"], capture_output=True, text=True, check=True).stdout
-    ports = [item.port for item in parse_ss(ss) if set(item.pids) & tree and item.address == "127.0.0.1"]
-    assert len(ports) >= 6, ss  # master, volume and filer, each HTTP and gRPC
-    return ports
 
 
 class LeakControl:
@@ -139,7 +124,9 @@ def pose_job_on_the_wire(
     photo = workdir / "person.jpg"
     shutil.copyfile(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False), photo)
     shutil.chown(photo, env.user, env.user)
-    internal = " or ".join(f"port {port}" for port in weed_internal_ports(control_plane))
+    internal = " or ".join(
+        f"port {port}" for address, port in weed_ports(control_plane) if address == "127.0.0.1"
+    )
     tcpdump = Tcpdump(workdir / "wire.pcap", f"host {ADDRESS} or (host 127.0.0.1 and ({internal}))")
     leak, control = LeakControl(), control_plane.worker_credentials().redis.password.encode()
     try:
