@@ -48,7 +48,7 @@ class PoolSettings:
 
     def sbatch_argv(self) -> list[str]:
         """``sbatch`` for one worker job of the pool: its name, options, no exported environment."""
-        program = str(Path(self.slurm_bin_dir, "sbatch")) if self.slurm_bin_dir else "sbatch"
+        program = self.slurm_program("sbatch")
         options = [f"--{name.replace('_', '-')}={value}" for name, value in self.sbatch.items()]
         return [program, "--parsable", f"--job-name={self.pool.job_name}", *options, "--export=NONE",
                 str(self.script)]  # fmt: skip

@@ -16,7 +16,7 @@ import logging
 import os
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -70,9 +70,6 @@ def load_state(path: Path) -> ScalerState:
     )
 
 
-Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
-
-
 def run_slurm(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         list(argv), capture_output=True, text=True, timeout=SLURM_TIMEOUT, check=False,
@@ -86,16 +83,11 @@ def _plain_environment() -> dict[str, str]:
 
 
 class Scaler:
-    def __init__(
-        self, settings: PoolSettings, link: Link, state_file: Path, *, run: Runner = run_slurm,
-        clock: Callable[[], float] = time.time,
-    ) -> None:  # fmt: skip
+    def __init__(self, settings: PoolSettings, link: Link, state_file: Path) -> None:
         self.settings = settings
         self.link = link
         self.state_file = state_file
         self.state = load_state(state_file)
-        self.run = run
-        self.clock = clock
         self._last_reason = ""
 
     # -- one tick ----------------------------------------------------------------------------------
@@ -114,11 +106,11 @@ class Scaler:
         return decision
 
     def _decide(self, demand: Demand, have: Supply) -> Decision:
-        return decide(demand, have, self.settings.limits, self.state.failures, self.clock())
+        return decide(demand, have, self.settings.limits, self.state.failures, time.time())
 
     def _our_jobs(self) -> list[QueuedJob]:
         squeue = self.settings.slurm_program("squeue")
-        result = self.run(squeue_argv(squeue, name=self.settings.pool.job_name, user=getpass.getuser()))
+        result = run_slurm(squeue_argv(squeue, name=self.settings.pool.job_name, user=getpass.getuser()))
         if result.returncode != 0:
             raise SlurmError(f"squeue: {result.stderr.strip() or f'exit {result.returncode}'}")
         return parse_squeue(result.stdout)
@@ -142,14 +134,14 @@ class Scaler:
 
     def _submit(self, count: int) -> int:
         for done in range(count):
-            result = self.run(self.settings.sbatch_argv())
+            result = run_slurm(self.settings.sbatch_argv())
             job_id = result.stdout.strip().split(";")[0]
             if result.returncode != 0 or not job_id.isdigit():
                 self._failed(
                     submissions=1, error=(result.stderr.strip() or f"sbatch exit {result.returncode}")
                 )
                 return done
-            self.state.submitted[job_id] = self.clock()
+            self.state.submitted[job_id] = time.time()
             self.state.failures = replace(self.state.failures, submissions=0)
             log.info("submitted worker job %s (%s)", job_id, self.settings.pool.job_name)
         return count
@@ -157,7 +149,7 @@ class Scaler:
     def _failed(self, *, submissions: int = 0, starts: int = 0, error: str) -> None:
         failures = self.state.failures
         self.state.failures = Failures(
-            failures.submissions + submissions, failures.starts + starts, self.clock(), error[:500]
+            failures.submissions + submissions, failures.starts + starts, time.time(), error[:500]
         )
         log.warning("%s", error)
 
