@@ -5,9 +5,11 @@ as the credentials file that workers read. Known defaults and short passwords ar
 any service is configured with them.
 
 The file also holds the control plane's certificate authority (``tls``: its certificate and private key),
-made once, with the first secrets, and kept across starts and rotations: every client of the control plane
-verifies its servers against it, so it must not change under them. Its certificate (public) goes to the
-workers with their credentials; its key never leaves this file.
+made with the first secrets and kept across starts. Every client of the control plane verifies its servers
+against it, so it never changes under them: a rotation makes a new one with the other secrets, the workers
+are given both, and only once every worker holds both do the servers switch to the new one
+(han_worker.control_plane.rotation). Its certificate (public) goes to the workers with their credentials;
+its key never leaves this file.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from han_worker.control_plane.pki import STABLE_AUTHORITY_VALIDITY, Authority
 from han_worker.fields import FieldReader
 from han_worker.private_files import StrPath, TrustedFileError, read_trusted_json, write_private_json
 from han_worker.selection.credentials import Credentials, PostgresCredentials, RedisCredentials, S3Credentials
+from han_worker.selection.tls import authority_bundle
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +62,16 @@ class ControlPlaneSecrets:
     tls_ca_cert: str = ""
     tls_ca_key: str = field(default="", repr=False)
 
-    def worker_credentials(self) -> Credentials:
-        """The worker's share: least-privilege users and the authority's certificate, no admin secret."""
+    def worker_credentials(self, also_trusted: str = "") -> Credentials:
+        """The worker's share: least-privilege users and the authority's certificate, no admin secret.
+
+        ``also_trusted``: the certificate of the authority a rotation replaces, trusted until it retires."""
         return Credentials(
             postgres=PostgresCredentials(self.postgres_user, self.postgres_password, self.postgres_database),
             redis=RedisCredentials(self.redis_user, self.redis_password),
             s3=S3Credentials(self.s3_access_key, self.s3_secret_key, self.s3_bucket),
             generation=self.generation,
-            tls_ca_cert=self.tls_ca_cert,
+            tls_ca_cert=authority_bundle(self.tls_ca_cert, also_trusted),
         )
 
     def with_authority(self) -> ControlPlaneSecrets:
@@ -81,11 +86,12 @@ class ControlPlaneSecrets:
         return Authority.load(self.tls_ca_cert.encode(), self.tls_ca_key.encode())
 
     def rotated(self) -> ControlPlaneSecrets:
-        """The next generation: every password and S3 key new; user names, database and bucket kept.
+        """The next generation: every password, S3 key and the certificate authority new; user names,
+        database and bucket kept.
 
         S3 keys are the identities' names to SeaweedFS, so both generations can be valid at once."""
         return replace(
-            self,
+            self.with_authority(),
             postgres_superuser_password=_token(),
             postgres_password=_token(),
             redis_admin_password=_token(),
@@ -124,6 +130,21 @@ class ControlPlaneSecrets:
             },
             **tls,
         }
+
+
+def serving_generation(
+    current: ControlPlaneSecrets, previous: ControlPlaneSecrets | None
+) -> ControlPlaneSecrets:
+    """The generation whose authority issues the servers' certificates: while a rotation is in progress, the
+    one it replaces (a worker that has not read the new credentials yet trusts only that one); else the
+    current one. The rotation's retire phase switches the servers before it forgets the previous one."""
+    return previous if previous is not None and previous.tls_ca_cert else current
+
+
+def trusted_authorities(current: ControlPlaneSecrets, previous: ControlPlaneSecrets | None) -> str:
+    """The authorities a client of the control plane trusts (PEM): the current one, and while a rotation is
+    in progress the one it replaces."""
+    return authority_bundle(current.tls_ca_cert, previous.tls_ca_cert if previous is not None else "")
 
 
 def _password(fields: FieldReader, key: str) -> str:

@@ -33,7 +33,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import psycopg
@@ -41,17 +41,30 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from han_worker.control_plane.admin_secrets import ControlPlaneSecrets, load_secrets
+from han_worker.control_plane.admin_secrets import ControlPlaneSecrets, load_secrets, trusted_authorities
 from han_worker.control_plane.layout import Layout
 from han_worker.control_plane.seaweed_security import SECURITY_DIR, renew_jwt_keys
-from han_worker.control_plane.services import identities_file, s3_identities, set_password
+from han_worker.control_plane.services import (
+    STUNNEL_CONFIG,
+    certificate_sites,
+    identities_file,
+    s3_identities,
+    set_password,
+    write_server_certificate,
+)
 from han_worker.private_files import write_private_json
 from han_worker.selection.checks import postgres_check, redis_check, s3_check, worker_checks
-from han_worker.selection.credentials import CredentialsError, load_credentials_file
-from han_worker.selection.endpoints import Endpoints, EndpointsError, ServiceEndpoint, load_endpoints_file
+from han_worker.selection.credentials import Credentials, CredentialsError, load_credentials_file
+from han_worker.selection.endpoints import (
+    Endpoints,
+    EndpointsError,
+    ServiceEndpoint,
+    load_endpoints_file,
+    write_endpoints_file,
+)
 from han_worker.selection.probes import Check, CheckFailed
 from han_worker.selection.redis_tls import tls_redis
-from han_worker.selection.tls import postgres_tls
+from han_worker.selection.tls import ca_fingerprint, ca_fingerprints, postgres_tls
 from han_worker.store.queues import WORKER_PREFIX
 
 log = logging.getLogger(__name__)
@@ -141,49 +154,73 @@ def begin(layout: Layout, timeout: float) -> RotationReport:
             report.step(f"recorded generation {current.generation} (generation {previous.generation} kept)")
         else:
             report.step(f"resuming the rotation to generation {current.generation}")
-        services = endpoints.services
+        services, trust = endpoints.services, _trust(current, previous)
         # Valkey and SeaweedFS take a second password, so they go first. A PostgreSQL role has one:
         # from its ALTER ROLE until the workers' file is rewritten, a client holding the old file is
         # refused. Publishing right after it keeps that window to milliseconds, and han-worker's
         # clients re-read the file when refused (connection.Selector.choose_after_refusal).
-        report.apply(_redis_add(services["redis"], current, previous, timeout))
-        report.apply(_s3_apply(layout, services["s3"], [current, previous], timeout))
-        report.apply(_postgres_begin(services["postgres"], current, previous, timeout))
-        published = layout.credentials_file
-        if _published_generation(layout) != current.generation:
-            write_private_json(published, current.worker_credentials().to_dict())
-            report.changed = True
-            report.step(f"published the workers' generation {current.generation} in {published}")
-        _check_works(endpoints, current, timeout)
+        report.apply(_redis_add(services["redis"], current, previous, trust, timeout))
+        plane = LivePlane(layout, endpoints, trust, timeout)
+        report.apply(_s3_apply(plane, [current, previous]))
+        report.apply(_postgres_begin(services["postgres"], current, previous, trust, timeout))
+        # The workers' share trusts both authorities: the servers keep the old one's certificates until
+        # the retire phase, which switches them once every worker holds this file.
+        credentials = current.worker_credentials(also_trusted=previous.tls_ca_cert)
+        report.apply(_publish_credentials(layout, credentials))
+        _check_works(endpoints, credentials, timeout)
         return report
 
 
-def _published_generation(layout: Layout) -> int | None:
+def _publish_credentials(layout: Layout, credentials: Credentials) -> str | None:
+    """Write the workers' credentials file unless it holds exactly ``credentials`` already."""
+    published = layout.credentials_file
     try:
-        return load_credentials_file(layout.credentials_file).generation
+        unchanged = load_credentials_file(published) == credentials
     except CredentialsError:
+        unchanged = False
+    if unchanged:
         return None
+    write_private_json(published, credentials.to_dict())
+    trusted = len(ca_fingerprints(credentials.tls_ca_cert))
+    return (
+        f"published the workers' generation {credentials.generation} in {published} "
+        f"({trusted} certificate authorit{'ies' if trusted > 1 else 'y'})"
+    )
 
 
-def _authority(secrets: ControlPlaneSecrets) -> tuple[str, str]:
-    """The certificate authority the clients of PostgreSQL and Redis verify the server with, and where it
-    comes from."""
-    if not secrets.tls_ca_cert:
+# The authorities (PEM) a rotation's clients verify the servers with, and where they come from.
+Trust = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class LivePlane:
+    """The serving control plane a phase works on, and how its clients reach it."""
+
+    layout: Layout
+    endpoints: Endpoints
+    trust: Trust
+    timeout: float
+
+
+def _trust(current: ControlPlaneSecrets, previous: ControlPlaneSecrets) -> Trust:
+    """Both generations' authorities: until the retire phase switches them, the servers show certificates
+    of the previous one; after it, of the current one."""
+    if not current.tls_ca_cert or not previous.tls_ca_cert:
         raise RotationError(
             "the secrets file holds no certificate authority: its control plane was started by a version "
             "without TLS; restart it (the start adds one), then rotate"
         )
-    return secrets.tls_ca_cert, "the control plane's secrets"
+    return trusted_authorities(current, previous), "the control plane's secrets"
 
 
 def _postgres_admin(
-    endpoint: ServiceEndpoint, candidates: list[ControlPlaneSecrets], timeout: float
+    endpoint: ServiceEndpoint, candidates: list[ControlPlaneSecrets], trust: Trust, timeout: float
 ) -> psycopg.Connection[tuple[object, ...]]:
     last: Exception | None = None
     for secrets in candidates:
         try:
             return psycopg.connect(
-                postgres_tls(*_authority(secrets)),
+                postgres_tls(*trust),
                 host=endpoint.host, port=endpoint.port, dbname="postgres",
                 user=secrets.postgres_superuser, password=secrets.postgres_superuser_password,
                 connect_timeout=max(1, round(timeout)), autocommit=True,
@@ -199,17 +236,18 @@ def _postgres_begin(
     endpoint: ServiceEndpoint,
     current: ControlPlaneSecrets,
     previous: ControlPlaneSecrets,
+    trust: Trust,
     timeout: float,
 ) -> str | None:
     superuser = postgres_check(
-        current.postgres_superuser, current.postgres_superuser_password, "postgres", *_authority(current)
+        current.postgres_superuser, current.postgres_superuser_password, "postgres", *trust
     )
     worker = postgres_check(
-        current.postgres_user, current.postgres_password, current.postgres_database, *_authority(current)
+        current.postgres_user, current.postgres_password, current.postgres_database, *trust
     )
     if _accepted(superuser, endpoint, timeout) and _accepted(worker, endpoint, timeout):
         return None
-    with _postgres_admin(endpoint, [current, previous], timeout) as connection:
+    with _postgres_admin(endpoint, [current, previous], trust, timeout) as connection:
         set_password(connection, current.postgres_user, current.postgres_password)
         set_password(connection, current.postgres_superuser, current.postgres_superuser_password)
     return f"postgres {endpoint.address}: new passwords set (open sessions keep theirs)"
@@ -219,12 +257,12 @@ def _postgres_begin(
 
 
 def _redis_admin(
-    endpoint: ServiceEndpoint, candidates: list[ControlPlaneSecrets], timeout: float
+    endpoint: ServiceEndpoint, candidates: list[ControlPlaneSecrets], trust: Trust, timeout: float
 ) -> redis.Redis:
     last: Exception | None = None
     for secrets in candidates:
         client = tls_redis(
-            endpoint.host, endpoint.port, *_authority(secrets), decode_responses=True,
+            endpoint.host, endpoint.port, *trust, decode_responses=True,
             username=secrets.redis_admin_user, password=secrets.redis_admin_password,
             socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0),
         )  # fmt: skip
@@ -262,9 +300,10 @@ def _redis_add(
     endpoint: ServiceEndpoint,
     current: ControlPlaneSecrets,
     previous: ControlPlaneSecrets,
+    trust: Trust,
     timeout: float,
 ) -> str | None:
-    client = _redis_admin(endpoint, [current, previous], timeout)
+    client = _redis_admin(endpoint, [current, previous], trust, timeout)
     changed = False
     try:
         for user, password in _redis_users(current):
@@ -281,9 +320,10 @@ def _redis_remove(
     endpoint: ServiceEndpoint,
     current: ControlPlaneSecrets,
     previous: ControlPlaneSecrets,
+    trust: Trust,
     timeout: float,
 ) -> str | None:
-    client = _redis_admin(endpoint, [current], timeout)
+    client = _redis_admin(endpoint, [current], trust, timeout)
     changed = False
     try:
         for (user, old), (_same_user, new) in zip(_redis_users(previous), _redis_users(current), strict=True):
@@ -300,23 +340,27 @@ def _redis_remove(
 
 
 def _s3_apply(
-    layout: Layout,
-    endpoint: ServiceEndpoint,
-    generations: list[ControlPlaneSecrets],
-    timeout: float,
-    retired: ControlPlaneSecrets | None = None,
+    plane: LivePlane, generations: list[ControlPlaneSecrets], retired: ControlPlaneSecrets | None = None
 ) -> str | None:
     """Write the identities of ``generations`` and make SeaweedFS re-read them (SIGHUP); wait until the
     newest keys work and, when ``retired`` is given, its keys no longer do (the reload is asynchronous).
 
     Returns what it did, or None when SeaweedFS already held exactly these keys."""
+    layout, endpoint, trust, timeout = (
+        plane.layout,
+        plane.endpoints.services["s3"],
+        plane.trust,
+        plane.timeout,
+    )
     path = identities_file(layout.data_dir("s3"))
     wanted = s3_identities(generations)
     newest = generations[0]
 
     def settled() -> bool:
-        accepts_new = _accepted(_s3_root_check(newest), endpoint, timeout)
-        return accepts_new and (retired is None or not _accepted(_s3_root_check(retired), endpoint, timeout))
+        accepts_new = _accepted(_s3_root_check(newest, trust), endpoint, timeout)
+        return accepts_new and (
+            retired is None or not _accepted(_s3_root_check(retired, trust), endpoint, timeout)
+        )
 
     try:
         unchanged = json.loads(path.read_text()) == wanted
@@ -337,7 +381,11 @@ def _s3_apply(
 
 def _seaweed_pid(identities: Path) -> int:
     """The SeaweedFS process of ours that reads ``identities`` (started with -s3.config=<it>)."""
-    wanted = f"-s3.config={identities}".encode()
+    return _pid_reading(f"-s3.config={identities}".encode())
+
+
+def _pid_reading(wanted: bytes) -> int:
+    """The process of this user on this host with ``wanted`` as one of its arguments."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -350,15 +398,13 @@ def _seaweed_pid(identities: Path) -> int:
         if wanted in argv:
             return int(entry.name)
     raise RotationError(
-        f"no SeaweedFS process of this user reads {identities} on this host: run the rotation on the control "
-        "plane's node, as its user (harden.yml does, inside the Slurm job)"
+        f"no process of this user on this host was started with {wanted.decode()!r}: run the rotation on "
+        "the control plane's node, as its user (harden.yml does, inside the Slurm job)"
     )
 
 
-def _s3_root_check(secrets: ControlPlaneSecrets) -> Check:
-    return s3_check(
-        secrets.s3_root_access_key, secrets.s3_root_secret_key, secrets.s3_bucket, *_authority(secrets)
-    )
+def _s3_root_check(secrets: ControlPlaneSecrets, trust: Trust) -> Check:
+    return s3_check(secrets.s3_root_access_key, secrets.s3_root_secret_key, secrets.s3_bucket, *trust)
 
 
 # -- retire ------------------------------------------------------------------------------------------------
@@ -378,14 +424,17 @@ def retire(layout: Layout, timeout: float, wait_workers: float) -> RotationRepor
                 "`han-control-plane rotate` (begin) again first"
             )
         endpoints = _live_endpoints(layout)
-        _wait_for_workers(endpoints.services["redis"], current, timeout, wait_workers, report)
-        services = endpoints.services
-        report.apply(_redis_remove(services["redis"], current, previous, timeout))
-        report.apply(_s3_apply(layout, services["s3"], [current], timeout, retired=previous))
-        still_accepted = _old_still_accepted(endpoints, previous, timeout)
+        services, trust = endpoints.services, _trust(current, previous)
+        plane = LivePlane(layout, endpoints, trust, timeout)
+        _wait_for_workers(plane, current, wait_workers, report)
+        report.apply(_redis_remove(services["redis"], current, previous, trust, timeout))
+        report.apply(_s3_apply(plane, [current], retired=previous))
+        still_accepted = _old_still_accepted(endpoints, previous, trust, timeout)
         if still_accepted:
             raise RotationError("old credentials are still accepted: " + "; ".join(still_accepted))
         report.step(f"every old credential (generation {previous.generation}) is refused")
+        if current.tls_ca_cert != previous.tls_ca_cert:
+            _retire_authority(plane, current, report)
         layout.previous_secrets_file.unlink()
         report.changed = True
         report.step(f"forgot generation {previous.generation}")
@@ -403,14 +452,10 @@ def _registered_generations(client: redis.Redis) -> dict[str, str]:
 
 
 def _wait_for_workers(
-    endpoint: ServiceEndpoint,
-    current: ControlPlaneSecrets,
-    timeout: float,
-    wait: float,
-    report: RotationReport,
+    plane: LivePlane, current: ControlPlaneSecrets, wait: float, report: RotationReport
 ) -> None:
     deadline = time.monotonic() + wait
-    client = _redis_admin(endpoint, [current], timeout)
+    client = _redis_admin(plane.endpoints.services["redis"], [current], plane.trust, plane.timeout)
     try:
         while True:
             behind = {
@@ -433,18 +478,20 @@ def _wait_for_workers(
         client.close()
 
 
-def _old_still_accepted(endpoints: Endpoints, previous: ControlPlaneSecrets, timeout: float) -> list[str]:
+def _old_still_accepted(
+    endpoints: Endpoints, previous: ControlPlaneSecrets, trust: Trust, timeout: float
+) -> list[str]:
     """Each old credential that a service still accepts, named (user and service, never the secret)."""
-    old_worker = worker_checks(previous.worker_credentials())
+    old_worker = worker_checks(replace(previous.worker_credentials(), tls_ca_cert=trust[0]), trust[1])
     checks: list[tuple[str, str, Check]] = [
         ("postgres", previous.postgres_superuser,
          postgres_check(previous.postgres_superuser, previous.postgres_superuser_password, "postgres",
-                        *_authority(previous))),
+                        *trust)),
         ("postgres", previous.postgres_user, old_worker["postgres"]),
         ("redis", previous.redis_admin_user,
-         redis_check(previous.redis_admin_user, previous.redis_admin_password, *_authority(previous))),
+         redis_check(previous.redis_admin_user, previous.redis_admin_password, *trust)),
         ("redis", previous.redis_user, old_worker["redis"]),
-        ("s3", previous.s3_root_access_key, _s3_root_check(previous)),
+        ("s3", previous.s3_root_access_key, _s3_root_check(previous, trust)),
         ("s3", previous.s3_access_key, old_worker["s3"]),
     ]  # fmt: skip
     accepted = []
@@ -477,13 +524,69 @@ def _accepted(check: Check, endpoint: ServiceEndpoint, timeout: float) -> bool:
     return True
 
 
-def _check_works(endpoints: Endpoints, current: ControlPlaneSecrets, timeout: float) -> None:
-    for service, check in worker_checks(current.worker_credentials()).items():
+def _check_works(endpoints: Endpoints, credentials: Credentials, timeout: float) -> None:
+    for service, check in worker_checks(credentials).items():
         endpoint = endpoints.services[service]
         try:
             check(endpoint, timeout)
         except CheckFailed as exc:
             raise RotationError(f"the workers' new credentials do not work yet: {exc}") from None
+
+
+# -- the certificate authority ------------------------------------------------------------------------------
+
+
+def _retire_authority(plane: LivePlane, current: ControlPlaneSecrets, report: RotationReport) -> None:
+    """Switch every server to a certificate of the current authority, then name only it to the workers.
+
+    Every registered worker holds both authorities by now (the begin phase published them together), so the
+    switch breaks no connection, open or new. Order: the servers first, then the endpoints file's
+    fingerprint, then the credentials file; each step can be repeated, so a retire that fails midway is run
+    again (a supervisor that restarts meanwhile serves the previous authority again, as begin left it)."""
+    layout, endpoints, timeout = plane.layout, plane.endpoints, plane.timeout
+    only_current = current.worker_credentials()
+    if not _works(endpoints, only_current, timeout):
+        authority = current.authority()
+        for site in certificate_sites(layout):
+            endpoint = endpoints.services[site.service]
+            write_server_certificate(authority, site.common_name, endpoint.host, site.directory)
+        _reload_certificates(plane, current)
+        _wait_until(
+            lambda: _works(endpoints, only_current, timeout),
+            timeout,
+            "the servers do not all show a certificate of the new authority after their reload: "
+            + "; ".join(_failures(endpoints, only_current, timeout)),
+        )
+        report.apply("every server shows a certificate of the new authority")
+    fingerprint = ca_fingerprint(current.tls_ca_cert)
+    if endpoints.tls_ca_sha256 != fingerprint:
+        write_endpoints_file(layout.endpoints_file, replace(endpoints, tls_ca_sha256=fingerprint))
+        report.apply(f"the endpoints file names the new authority (SHA-256 {fingerprint[:16]}...)")
+    report.apply(_publish_credentials(layout, only_current))
+
+
+def _works(endpoints: Endpoints, credentials: Credentials, timeout: float) -> bool:
+    return not _failures(endpoints, credentials, timeout)
+
+
+def _failures(endpoints: Endpoints, credentials: Credentials, timeout: float) -> list[str]:
+    failures = []
+    for service, check in worker_checks(credentials).items():
+        try:
+            check(endpoints.services[service], timeout)
+        except CheckFailed as exc:
+            failures.append(str(exc))
+    return failures
+
+
+def _reload_certificates(plane: LivePlane, current: ControlPlaneSecrets) -> None:
+    """Make each server read its new certificate: PostgreSQL on a configuration reload, stunnel on SIGHUP,
+    SeaweedFS's S3 gateway by itself (it re-reads its certificate every few seconds: TLS_REFRESH_INTERVAL)."""
+    postgres = plane.endpoints.services["postgres"]
+    with _postgres_admin(postgres, [current], plane.trust, plane.timeout) as connection:
+        connection.execute("SELECT pg_reload_conf()")
+    stunnel_config_file = plane.layout.data_dir("redis-tls") / STUNNEL_CONFIG
+    os.kill(_pid_reading(str(stunnel_config_file).encode()), signal.SIGHUP)
 
 
 def _wait_until(condition: Callable[[], bool], timeout: float, message: str) -> None:

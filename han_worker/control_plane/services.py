@@ -26,10 +26,14 @@ from psycopg import sql
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from han_worker.control_plane.admin_secrets import ControlPlaneSecrets
+from han_worker.control_plane.admin_secrets import (
+    ControlPlaneSecrets,
+    serving_generation,
+    trusted_authorities,
+)
 from han_worker.control_plane.binaries import ServerBinaries
 from han_worker.control_plane.layout import Layout
-from han_worker.control_plane.pki import write_private_file
+from han_worker.control_plane.pki import Authority, write_private_file
 from han_worker.control_plane.seaweed_security import SECURITY_DIR, write_security_config
 from han_worker.private_files import write_private_json
 from han_worker.selection.checks import redis_check, s3_client
@@ -76,6 +80,16 @@ class Service:
     def use_secrets(self, secrets: ControlPlaneSecrets, previous: ControlPlaneSecrets | None) -> None:
         """Take the secrets file's current generation (a rotation may have changed it since the start)."""
         self.secrets, self.previous = secrets, previous
+
+    def serving_authority(self) -> Authority:
+        """The authority that issues this server's certificate (:func:`serving_generation`)."""
+        assert self.secrets is not None
+        return serving_generation(self.secrets, self.previous).authority()
+
+    def trusted_authorities(self) -> str:
+        """What the supervisor's own clients of this server verify it with (both authorities mid-rotation)."""
+        assert self.secrets is not None
+        return trusted_authorities(self.secrets, self.previous)
 
     def generations(self) -> list[ControlPlaneSecrets]:
         """The generations of secrets the server accepts: the current one, and the one a rotation replaces."""
@@ -176,9 +190,8 @@ class PostgresService(Service):
 
     def _write_server_certificate(self) -> tuple[Path, Path]:
         """PostgreSQL's certificate (the key 0600, as it requires), see :func:`write_server_certificate`."""
-        assert self.secrets is not None
-        name = "han control plane postgres"
-        return write_server_certificate(self.secrets, name, self.address, self.data_dir)
+        name = CERTIFICATE_NAMES["postgres"]
+        return write_server_certificate(self.serving_authority(), name, self.address, self.data_dir)
 
     def _admin_connection(
         self, timeout: float, dbname: str = "postgres", secrets: ControlPlaneSecrets | None = None
@@ -186,7 +199,7 @@ class PostgresService(Service):
         secrets = secrets or self.secrets
         assert secrets is not None
         return psycopg.connect(
-            postgres_tls(secrets.tls_ca_cert, "the control plane's secrets"),
+            postgres_tls(self.trusted_authorities(), "the control plane's secrets"),
             host=self.address,
             port=self.port,
             user=secrets.postgres_superuser,
@@ -236,14 +249,41 @@ POSTMASTER_PID = "postmaster.pid"
 SERVER_CERT, SERVER_KEY = "server.crt", "server.key"
 
 
+# The common name of each published service's certificate.
+CERTIFICATE_NAMES = {
+    "postgres": "han control plane postgres",
+    "redis": "han control plane redis",
+    "s3": "han control plane s3",
+}
+
+
+@dataclass(frozen=True)
+class CertificateSite:
+    """Where a published service's server certificate lives (SERVER_CERT and SERVER_KEY in ``directory``)."""
+
+    service: str  # its name in the endpoints file
+    common_name: str
+    directory: Path
+
+
+def certificate_sites(layout: Layout) -> list[CertificateSite]:
+    """Every server certificate of a control plane: PostgreSQL's, stunnel's (Redis) and the S3 gateway's."""
+    directories = {"postgres": "postgres", "redis": "redis-tls", "s3": "s3"}
+    return [
+        CertificateSite(service, CERTIFICATE_NAMES[service], layout.data_dir(directory))
+        for service, directory in directories.items()
+    ]
+
+
 def write_server_certificate(
-    secrets: ControlPlaneSecrets, common_name: str, address: str, directory: Path
+    authority: Authority, common_name: str, address: str, directory: Path
 ) -> tuple[Path, Path]:
     """A certificate for the address bound and the node's names, issued at every start by the control
     plane's authority (kept in the secrets file), written to ``directory`` (0600 both); returns the files.
 
-    A restart therefore always serves a certificate of the authority the secrets file holds now."""
-    issued = secrets.authority().issue(common_name, node_names(), [address])
+    A restart therefore always serves a certificate of the authority the secrets file says is serving
+    (:func:`han_worker.control_plane.admin_secrets.serving_generation`)."""
+    issued = authority.issue(common_name, node_names(), [address])
     cert_file, key_file = directory / SERVER_CERT, directory / SERVER_KEY
     write_private_file(key_file, issued.key_pem)
     write_private_file(cert_file, issued.cert_pem)
@@ -388,6 +428,7 @@ def valkey_listen_lines(socket_path: Path) -> list[str]:
 
 # stunnel's own name for the TLS service in its configuration file (its log lines name it).
 STUNNEL_SERVICE = "redis"
+STUNNEL_CONFIG = "stunnel.conf"  # in its data directory
 
 
 @dataclass
@@ -408,11 +449,10 @@ class StunnelService(Service):
         assert self.secrets is not None
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.data_dir.chmod(0o700)
-        issued = self.secrets.authority().issue("han control plane redis", node_names(), [self.address])
-        cert_file, key_file = self.data_dir / SERVER_CERT, self.data_dir / SERVER_KEY
-        write_private_file(key_file, issued.key_pem)
-        write_private_file(cert_file, issued.cert_pem)
-        config = self.data_dir / "stunnel.conf"
+        cert_file, key_file = write_server_certificate(
+            self.serving_authority(), CERTIFICATE_NAMES["redis"], self.address, self.data_dir
+        )
+        config = self.data_dir / STUNNEL_CONFIG
         text = stunnel_config(f"{self.address}:{self.port}", self.socket_path, cert_file, key_file)
         write_private_file(config, text.encode())
         self.argv = [str(self.server), str(config)]
@@ -422,7 +462,7 @@ class StunnelService(Service):
         check = redis_check(
             self.secrets.redis_admin_user,
             self.secrets.redis_admin_password,
-            self.secrets.tls_ca_cert,
+            self.trusted_authorities(),
             "the control plane's secrets",
         )
         check(self.endpoint, timeout)
@@ -457,6 +497,8 @@ def stunnel_config(accept: str, socket_path: Path, cert_file: Path, key_file: Pa
 # bench and the drill kill it every round): its writes are in the files already, and a cut upload is retried
 # by its worker from the spool.
 SEAWEED_STOP_GRACE_S = 3.0
+# weed >= 4.2x reads this (certreload.RefreshIntervalEnv) for its HTTPS and gRPC certificates.
+TLS_REFRESH_ENV, TLS_REFRESH_INTERVAL = "WEED_TLS_CERT_REFRESH_INTERVAL", "2s"
 
 
 @dataclass
@@ -490,7 +532,7 @@ class SeaweedS3Service(Service):
             self.data_dir / SECURITY_DIR, [SEAWEED_INTERNAL_ADDRESS, self.address]
         )
         cert_file, key_file = write_server_certificate(
-            self.secrets, "han control plane s3", self.address, self.data_dir
+            self.serving_authority(), CERTIFICATE_NAMES["s3"], self.address, self.data_dir
         )
         self.argv = [
             str(self.server), f"-config_dir={security}", "server",
@@ -530,7 +572,9 @@ class SeaweedS3Service(Service):
         tmp = self.data_dir / "tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(mode=0o700)
-        self.env = {**os.environ, "TMPDIR": str(tmp)}
+        # The S3 gateway re-reads its certificate this often, so that a rotation's new one is served within
+        # seconds (weed's default is 5 h); a look at two files' modification times, nothing more.
+        self.env = {**os.environ, "TMPDIR": str(tmp), TLS_REFRESH_ENV: TLS_REFRESH_INTERVAL}
 
     def _identities(self) -> dict[str, object]:
         assert self.secrets is not None
@@ -542,7 +586,7 @@ class SeaweedS3Service(Service):
             self.secrets.s3_root_access_key, self.secrets.s3_root_secret_key, self.secrets.s3_bucket
         )
         return s3_client(
-            self.endpoint, root, ca_cert=self.secrets.tls_ca_cert, origin="the control plane's secrets",
+            self.endpoint, root, ca_cert=self.trusted_authorities(), origin="the control plane's secrets",
             timeout=timeout,
         )  # fmt: skip
 

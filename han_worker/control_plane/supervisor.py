@@ -32,7 +32,12 @@ from typing import IO
 
 from han_worker import processes
 from han_worker.control_plane import ownership, takeover, walltime
-from han_worker.control_plane.admin_secrets import ControlPlaneSecrets, ensure_secrets, load_secrets
+from han_worker.control_plane.admin_secrets import (
+    ControlPlaneSecrets,
+    ensure_secrets,
+    load_secrets,
+    serving_generation,
+)
 from han_worker.control_plane.binaries import BinaryNotFound, find_binaries
 from han_worker.control_plane.incidents import CrashHistory, clear_failure, record_failure
 from han_worker.control_plane.layout import Layout, pick_free_ports
@@ -40,6 +45,7 @@ from han_worker.control_plane.leftovers import clear_leftovers, stale_seaweed_so
 from han_worker.control_plane.services import SEAWEED_INTERNAL_ADDRESS, Placement, Service, build_services
 from han_worker.private_files import read_trusted_json, write_private_json
 from han_worker.selection.checks import authenticated_probe, worker_checks
+from han_worker.selection.credentials import Credentials
 from han_worker.selection.endpoints import (
     SCHEMA,
     Endpoints,
@@ -203,6 +209,11 @@ def mark_stale(layout: Layout) -> None:
         log.info("marked %s stale (epoch %d)", layout.endpoints_file, current.epoch)
 
 
+def workers_share(secrets: ControlPlaneSecrets, previous: ControlPlaneSecrets | None) -> Credentials:
+    """The credentials the workers get: mid-rotation they trust both authorities."""
+    return secrets.worker_credentials(also_trusted=previous.tls_ca_cert if previous is not None else "")
+
+
 def next_epoch(layout: Layout) -> int:
     try:
         previous = int(layout.epoch_file.read_text().strip())
@@ -343,7 +354,9 @@ class Supervisor:
                 )
             time.sleep(0.2)
 
-    def _endpoints(self, epoch: int, secrets: ControlPlaneSecrets) -> Endpoints:
+    def _endpoints(
+        self, epoch: int, secrets: ControlPlaneSecrets, previous: ControlPlaneSecrets | None
+    ) -> Endpoints:
         job_id = walltime.job_id() if self.config.launch_mode == "slurm" else None
         return Endpoints(
             schema=SCHEMA,
@@ -359,13 +372,15 @@ class Supervisor:
                 for child in self.children
                 if child.service.published
             },
-            tls_ca_sha256=ca_fingerprint(secrets.tls_ca_cert),
+            tls_ca_sha256=ca_fingerprint(serving_generation(secrets, previous).tls_ca_cert),
         )
 
     def _publish(self, secrets: ControlPlaneSecrets) -> None:
-        credentials = secrets.worker_credentials()
-        endpoints = self._endpoints(next_epoch(self.layout), secrets)
-        self._probe_as_worker(secrets, endpoints)
+        # Mid-rotation the servers show the previous authority's certificates and the workers get both.
+        previous = self._previous_secrets()
+        credentials = workers_share(secrets, previous)
+        endpoints = self._endpoints(next_epoch(self.layout), secrets, previous)
+        self._probe_as_worker(credentials, endpoints)
         write_private_json(self.layout.credentials_file, credentials.to_dict())
         write_endpoints_file(self.layout.endpoints_file, endpoints)
         self.published = endpoints
@@ -376,10 +391,10 @@ class Supervisor:
             ", ".join(f"{name} {svc.address}" for name, svc in endpoints.services.items()),
         )
 
-    def _probe_as_worker(self, secrets: ControlPlaneSecrets, endpoints: Endpoints) -> None:
+    def _probe_as_worker(self, credentials: Credentials, endpoints: Endpoints) -> None:
         # The contract: published (or kept published) only while the workers' own credentials work on every
         # service.
-        checks = worker_checks(secrets.worker_credentials(), str(self.layout.secrets_file))
+        checks = worker_checks(credentials, str(self.layout.secrets_file))
         report = authenticated_probe(checks, timeout=10.0)(endpoints)
         if not report.healthy:
             failures = "; ".join(str(result) for result in report.failures)
@@ -454,9 +469,9 @@ class Supervisor:
         """Start ``child`` again on the same ports, as at a start: with the secrets file's current generation,
         after clearing what the dead process left (ours, and reaped: provably gone), ready, bootstrapped, and
         then the workers' probe on the published endpoints."""
-        secrets = load_secrets(self.layout.secrets_file)
+        secrets, previous = load_secrets(self.layout.secrets_file), self._previous_secrets()
         service = child.service
-        service.use_secrets(secrets, self._previous_secrets())
+        service.use_secrets(secrets, previous)
         child.close_log()
         service.prepare()
         clear_leftovers(service, same_host=True, ports=service.ports)
@@ -466,7 +481,7 @@ class Supervisor:
             return
         service.bootstrap()
         if self.published is not None:
-            self._probe_as_worker(secrets, self.published)
+            self._probe_as_worker(workers_share(secrets, previous), self.published)
 
     def _stop_all(self) -> None:
         stoppers = [

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from han_worker.fields import FieldReader
 from han_worker.private_files import StrPath, TrustedFileError, read_trusted_json
-from han_worker.selection.tls import certificate_der
+from han_worker.selection.tls import certificate_ders
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,8 @@ class Credentials:
     # Counts rotations (han-control-plane rotate): a worker reports the one it uses, so a rotation knows
     # when every worker has moved to the new credentials.
     generation: int = 1
-    # The control plane's certificate authority (PEM, public): clients verify its servers against it.
+    # The control plane's certificate authority (PEM, public): clients verify its servers against it. Two
+    # certificates while the control plane rotates its authority (the retiring one and its successor).
     tls_ca_cert: str = ""
 
     def to_dict(self) -> dict[str, object]:
@@ -114,7 +115,7 @@ def _ca_cert(fields: FieldReader, origin: str) -> str:
     tls = fields.child("tls")
     pem = tls.string("ca_cert")
     try:
-        certificate_der(pem)
+        certificate_ders(pem)
     except ValueError as exc:
         tls.fail("ca_cert", f" {exc}")
     return pem

@@ -24,7 +24,7 @@ from han_worker.selection.endpoints import (
 from han_worker.selection.policy import SelectionError, select
 from han_worker.selection.probes import ProbeReport, ProbeResult, probe_all
 from han_worker.selection.slurm_job import slurm_job_alive
-from han_worker.selection.tls import ca_fingerprint
+from han_worker.selection.tls import ca_fingerprints
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +70,11 @@ def check_same_authority(endpoints: Endpoints, credentials: Credentials, origin:
     to another control plane (or an older one), and its servers could not be verified with them."""
     if endpoints.tls_ca_sha256 is None:
         return
-    carried = ca_fingerprint(credentials.tls_ca_cert)
-    if carried != endpoints.tls_ca_sha256:
+    carried = ca_fingerprints(credentials.tls_ca_cert)
+    if endpoints.tls_ca_sha256 not in carried:
+        shown = " and ".join(f"{fingerprint[:16]}..." for fingerprint in carried)
         raise EndpointsError(
-            f"{origin}: its certificate authority (SHA-256 {carried[:16]}...) is not the one of the control "
+            f"{origin}: its certificate authority (SHA-256 {shown}) is not the one of the control "
             f"plane that published the endpoints file (tls_ca_sha256 {endpoints.tls_ca_sha256[:16]}...): "
             "copy the credentials.json published beside that endpoints file"
         )

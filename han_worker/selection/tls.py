@@ -45,11 +45,23 @@ class TLSConfigError(ValueError):
 
 def certificate_der(pem: str) -> bytes:
     """The DER bytes of the one PEM certificate in ``pem``; ValueError when there is not exactly one."""
+    ders = certificate_ders(pem, most=1)
+    return ders[0]
+
+
+# A client trusts one authority, or two while its control plane rotates its certificates (the one that issued
+# the servers' certificates until then, and its successor): han_worker.control_plane.rotation.
+MAX_AUTHORITIES = 2
+
+
+def certificate_ders(pem: str, most: int = MAX_AUTHORITIES) -> list[bytes]:
+    """The DER bytes of each PEM certificate in ``pem``; ValueError unless there are 1 to ``most``."""
     blocks = _PEM_CERTIFICATE.findall(pem)
-    if len(blocks) != 1:
-        raise ValueError(f"holds {len(blocks)} PEM certificates, expected exactly one")
+    if not 1 <= len(blocks) <= most:
+        expected = "exactly one" if most == 1 else f"1 to {most}"
+        raise ValueError(f"holds {len(blocks)} PEM certificates, expected {expected}")
     try:
-        return base64.b64decode("".join(blocks[0].split()), validate=True)
+        return [base64.b64decode("".join(block.split()), validate=True) for block in blocks]
     except binascii.Error as exc:
         raise ValueError(f"is not valid base64 PEM: {exc}") from exc
 
@@ -59,10 +71,27 @@ def ca_fingerprint(pem: str) -> str:
     return hashlib.sha256(certificate_der(pem)).hexdigest()
 
 
+def ca_fingerprints(pem: str) -> list[str]:
+    """The SHA-256 fingerprint of each authority in ``pem`` (one, or two during a rotation)."""
+    return [hashlib.sha256(der).hexdigest() for der in certificate_ders(pem)]
+
+
+def authority_bundle(*pems: str) -> str:
+    """One PEM text holding each distinct certificate of ``pems`` once, in order (empty ones skipped)."""
+    seen: list[str] = []
+    for pem in pems:
+        for block in _PEM_CERTIFICATE.finditer(pem):
+            text = block.group(0)
+            if text not in seen:
+                seen.append(text)
+    return "".join(f"{text}\n" for text in seen)
+
+
 def ca_file(pem: str) -> Path:
     """A file holding ``pem`` for libpq's ``sslrootcert``, in a directory only this user can enter; the same
     path for the same certificate. Written once per process, atomically (other processes may read it)."""
-    fingerprint = ca_fingerprint(pem)
+    # Named after the whole bundle: during a rotation a client trusts two authorities.
+    fingerprint = hashlib.sha256(b"".join(certificate_ders(pem))).hexdigest()
     with _lock:
         path = _files.get(fingerprint)
         if path is not None and path.exists():
@@ -154,7 +183,7 @@ def s3_ssl_context(ca_pem: str, origin: str) -> ssl.SSLContext:
     ``origin``) is there and is a certificate: TLSConfigError names the file otherwise."""
     require_authority(ca_pem, origin, "S3")
     try:
-        ca_fingerprint(ca_pem)
+        certificate_ders(ca_pem)
     except ValueError as exc:
         raise TLSConfigError(f"{origin}: field 'tls.ca_cert' {exc}") from exc
     return pinned_context(ca_pem)

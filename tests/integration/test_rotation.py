@@ -1,5 +1,6 @@
 """Credential rotation under load (issue 7): jobs keep flowing, every one succeeds, and afterwards every
-old credential is refused while the new ones work.
+old credential is refused while the new ones work. The certificate authority rotates with them (issue 17):
+the workers trust both between the phases, and the servers show the new one's certificates after the retire.
 
 A real control plane (PostgreSQL, Valkey, SeaweedFS) and two real workers, as the cluster account; a
 thread submits ``sleep`` jobs (each uploads an output to S3) through ``han-worker submit`` the whole
@@ -9,12 +10,14 @@ time. ``han-control-plane rotate`` runs in between, then ``rotate --retire``.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import shutil
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg
@@ -31,7 +34,7 @@ from han_worker.selection.endpoints import ServiceEndpoint
 from han_worker.selection.policy import SelectionError
 from han_worker.selection.probes import CheckFailed
 from han_worker.selection.resolver import Selector
-from han_worker.selection.tls import postgres_tls
+from han_worker.selection.tls import ca_fingerprint, ca_fingerprints, postgres_tls
 from tests.integration.conftest import UnprivilegedEnv
 from tests.integration.control_planes import (
     RunningControlPlane,
@@ -73,23 +76,35 @@ def refused(check: object, endpoint: ServiceEndpoint) -> str | None:
     return None
 
 
-def admin_checks(secrets: dict[str, dict[str, str]]) -> dict[str, object]:
+def admin_checks(secrets: dict[str, dict[str, str]], trusted: str = "") -> dict[str, object]:
+    """The admin users' checks, verifying the servers with ``trusted`` (default: the secrets' authority)."""
     pg, rd, s3 = secrets["postgres"], secrets["redis"], secrets["s3"]
+    ca = trusted or secrets["tls"]["ca_cert"]
     return {
-        "postgres": postgres_check(
-            pg["superuser"], pg["superuser_password"], "postgres", secrets["tls"]["ca_cert"], "secrets.json"
-        ),
-        "redis": redis_check(
-            rd["admin_user"], rd["admin_password"], secrets["tls"]["ca_cert"], "secrets.json"
-        ),
-        "s3": s3_check(
-            s3["root_access_key"],
-            s3["root_secret_key"],
-            s3["bucket"],
-            secrets["tls"]["ca_cert"],
-            "secrets.json",
-        ),
+        "postgres": postgres_check(pg["superuser"], pg["superuser_password"], "postgres", ca, "secrets.json"),
+        "redis": redis_check(rd["admin_user"], rd["admin_password"], ca, "secrets.json"),
+        "s3": s3_check(s3["root_access_key"], s3["root_secret_key"], s3["bucket"], ca, "secrets.json"),
     }
+
+
+def trusting(credentials: Credentials, authority: str) -> Credentials:
+    """``credentials`` verifying the servers with ``authority`` only."""
+    return replace(credentials, tls_ca_cert=authority)
+
+
+def assert_servers_show(
+    plane: RunningControlPlane, credentials: Credentials, shown: str, not_shown: str
+) -> None:
+    """Every service's certificate chains to ``shown`` and not to ``not_shown``: a client trusting only the
+    latter is refused in its TLS handshake."""
+    for name, check in worker_checks(trusting(credentials, shown)).items():
+        assert refused(check, plane.service(name)) is None, f"{name} does not show the expected authority"
+    for name, check in worker_checks(trusting(credentials, not_shown)).items():
+        message = str(refused(check, plane.service(name)))
+        assert VERIFY_FAILED.search(message), f"{name} accepted a client of the other authority: {message}"
+
+
+VERIFY_FAILED = re.compile(r"certificate[ _]verify[ _]failed", re.IGNORECASE)
 
 
 class Load(threading.Thread):
@@ -145,6 +160,7 @@ def test_rotation_under_load_loses_no_job_and_old_credentials_are_refused(
     env = unprivileged_env
     old_credentials: Credentials = plane.worker_credentials()
     old_secrets = plane.secrets
+    old_ca = old_secrets["tls"]["ca_cert"]
     services = {name: plane.service(name) for name in ("postgres", "redis", "s3")}
     load = Load(env, config)
     load.start()
@@ -158,6 +174,15 @@ def test_rotation_under_load_loses_no_job_and_old_credentials_are_refused(
         new_credentials = plane.worker_credentials()
         assert new_credentials.generation == begun["generation"]
         assert new_credentials.s3.access_key != old_credentials.s3.access_key
+        # A new authority, which the workers now trust beside the old one; the servers still show the old.
+        new_ca = plane.secrets["tls"]["ca_cert"]
+        assert new_ca != old_ca
+        assert ca_fingerprints(new_credentials.tls_ca_cert) == [
+            ca_fingerprint(new_ca),
+            ca_fingerprint(old_ca),
+        ]
+        assert plane.endpoints["tls_ca_sha256"] == ca_fingerprint(old_ca)
+        assert_servers_show(plane, new_credentials, shown=old_ca, not_shown=new_ca)
         # Between the phases: Redis and S3 accept both generations; PostgreSQL has one password per role.
         old_worker = worker_checks(old_credentials)
         assert refused(old_worker["redis"], services["redis"]) is None
@@ -171,6 +196,7 @@ def test_rotation_under_load_loses_no_job_and_old_credentials_are_refused(
         retired = rotate(env, plane, "--retire", "--wait-workers", "60")
         assert retired["changed"] is True
         assert "every registered worker uses generation 2" in retired["steps"]  # type: ignore[operator]
+        assert "every server shows a certificate of the new authority" in retired["steps"]  # type: ignore[operator]
         wait_for(lambda: len(load.jobs) >= jobs_at_retire + 5, 60, "jobs flowing after the rotation")
     finally:
         load.stop.set()
@@ -183,10 +209,18 @@ def test_rotation_under_load_loses_no_job_and_old_credentials_are_refused(
              f"all {len(load.jobs)} jobs to succeed")  # fmt: skip
     assert len(load.jobs) >= 10
 
-    # Afterwards: every old credential, worker's and admin's, is refused; the new ones work.
-    for checks in (worker_checks(old_credentials), admin_checks(old_secrets)):
+    # Afterwards: the servers show the new authority only, which alone the workers' file names.
+    retired_credentials = plane.worker_credentials()
+    assert retired_credentials.tls_ca_cert == new_ca
+    assert plane.endpoints["tls_ca_sha256"] == ca_fingerprint(new_ca)
+    assert_servers_show(plane, retired_credentials, shown=new_ca, not_shown=old_ca)
+    # Every old credential, worker's and admin's, is refused by its service (past the TLS handshake, with
+    # the new authority); the new ones work.
+    for checks in (worker_checks(trusting(old_credentials, new_ca)), admin_checks(old_secrets, new_ca)):
         for name, check in checks.items():
-            assert refused(check, services[name]) is not None, f"old {name} credentials still accepted"
+            message = refused(check, services[name])
+            assert message is not None, f"old {name} credentials still accepted"
+            assert not VERIFY_FAILED.search(message), message
     for checks in (worker_checks(plane.worker_credentials()), admin_checks(plane.secrets)):
         for name, check in checks.items():
             assert refused(check, services[name]) is None, f"new {name} credentials refused"
@@ -258,10 +292,19 @@ def test_a_rotation_interrupted_after_recording_its_secrets_is_finished_by_the_n
             "an interrupted rotation had left the old superuser password; set the new one" in plane.output()
         ), plane.output()[-3000:]
         assert plane.worker_credentials().generation == new.generation
+        # Started mid-rotation: the servers show the previous authority, the workers trust both.
+        assert ca_fingerprints(plane.worker_credentials().tls_ca_cert) == [
+            ca_fingerprint(new.tls_ca_cert),
+            ca_fingerprint(old.tls_ca_cert),
+        ]
+        assert plane.endpoints["tls_ca_sha256"] == ca_fingerprint(old.tls_ca_cert)
         begun = rotate(env, plane)
         assert f"resuming the rotation to generation {new.generation}" in begun["steps"]  # type: ignore[operator]
         retired = rotate(env, plane, "--retire", "--wait-workers", "0")
         assert f"every old credential (generation {old.generation}) is refused" in retired["steps"]  # type: ignore[operator]
+        assert "every server shows a certificate of the new authority" in retired["steps"]  # type: ignore[operator]
+        assert plane.worker_credentials().tls_ca_cert == new.tls_ca_cert
+        assert plane.endpoints["tls_ca_sha256"] == ca_fingerprint(new.tls_ca_cert)
         services = {name: plane.service(name) for name in ("postgres", "redis", "s3")}
         for name, check in admin_checks(plane.secrets).items():
             assert refused(check, services[name]) is None, f"new {name} admin credentials refused"

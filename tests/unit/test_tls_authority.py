@@ -20,6 +20,8 @@ from han_worker.control_plane.admin_secrets import (
     generate_secrets,
     load_secrets,
     parse_secrets,
+    serving_generation,
+    trusted_authorities,
 )
 from han_worker.control_plane.pki import Authority
 from han_worker.control_plane.services import PostgresService, hba_lines, node_names
@@ -65,15 +67,36 @@ def test_a_secrets_file_from_before_tls_gets_an_authority_once(state_dir: Path) 
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
-def test_a_rotation_keeps_the_authority_and_the_worker_gets_its_certificate_only() -> None:
+def test_a_rotation_makes_a_new_authority_and_the_workers_trust_both_until_it_retires() -> None:
     secrets = generate_secrets()
     rotated = secrets.rotated()
-    assert (rotated.tls_ca_cert, rotated.tls_ca_key) == (secrets.tls_ca_cert, secrets.tls_ca_key)
+    assert rotated.tls_ca_cert != secrets.tls_ca_cert
+    assert rotated.tls_ca_key != secrets.tls_ca_key
+    rotated.authority()  # its key belongs to its certificate
+    mid_rotation = rotated.worker_credentials(also_trusted=secrets.tls_ca_cert).to_dict()
+    assert tls.ca_fingerprints(mid_rotation["tls"]["ca_cert"]) == [  # type: ignore[index]
+        ca_fingerprint(rotated.tls_ca_cert),
+        ca_fingerprint(secrets.tls_ca_cert),
+    ]
+    assert parse_credentials(mid_rotation, "c.json").tls_ca_cert == mid_rotation["tls"]["ca_cert"]  # type: ignore[index]
     document = rotated.worker_credentials().to_dict()
-    assert document["tls"] == {"ca_cert": secrets.tls_ca_cert}
-    assert secrets.tls_ca_key not in json.dumps(document)
+    assert document["tls"] == {"ca_cert": rotated.tls_ca_cert}
+    for key in (secrets.tls_ca_key, rotated.tls_ca_key):
+        assert key not in json.dumps(mid_rotation)
+        assert key not in repr(rotated)
     assert "ca_key" not in repr(secrets)
-    assert secrets.tls_ca_key not in repr(secrets)
+
+
+def test_the_servers_show_the_previous_authority_until_the_rotation_retires() -> None:
+    secrets = generate_secrets()
+    rotated = secrets.rotated()
+    assert serving_generation(rotated, secrets) is secrets
+    assert serving_generation(rotated, None) is rotated
+    assert tls.ca_fingerprints(trusted_authorities(rotated, secrets)) == [
+        ca_fingerprint(rotated.tls_ca_cert),
+        ca_fingerprint(secrets.tls_ca_cert),
+    ]
+    assert trusted_authorities(secrets, secrets) == secrets.tls_ca_cert  # one copy of each
 
 
 def test_a_key_that_does_not_belong_to_the_certificate_is_refused() -> None:
@@ -120,14 +143,25 @@ def test_credentials_without_an_authority_are_refused_naming_the_file_and_the_fi
     assert wait["vars"]["_control_plane_predates_tls"] in message
 
 
-def test_credentials_with_something_else_than_one_certificate_are_refused() -> None:
+def test_credentials_with_something_else_than_one_or_two_certificates_are_refused() -> None:
     document = generate_secrets().worker_credentials().to_dict()
     document["tls"] = {"ca_cert": "-----BEGIN CERTIFICATE-----\nabc\n-----END CERTIFICATE-----\n"}
     with pytest.raises(CredentialsError, match=r"field 'tls.ca_cert' is not valid base64 PEM"):
         parse_credentials(document, "credentials.json")
     document["tls"] = {"ca_cert": "no certificate at all"}
-    with pytest.raises(CredentialsError, match="holds 0 PEM certificates"):
+    with pytest.raises(CredentialsError, match="holds 0 PEM certificates, expected 1 to 2"):
         parse_credentials(document, "credentials.json")
+    document["tls"] = {"ca_cert": "".join(generate_secrets().tls_ca_cert for _each in range(3))}
+    with pytest.raises(CredentialsError, match="holds 3 PEM certificates, expected 1 to 2"):
+        parse_credentials(document, "credentials.json")
+
+
+def test_a_bundle_gets_its_own_file_holding_both_authorities() -> None:
+    first, second = generate_secrets().tls_ca_cert, generate_secrets().tls_ca_cert
+    bundle = tls.authority_bundle(first, second)
+    assert ca_file(bundle) not in {ca_file(first), ca_file(second)}
+    assert ca_file(bundle).read_text() == bundle == first + second
+    assert tls.pinned_context(bundle).cert_store_stats()["x509_ca"] == 2
 
 
 def test_clients_verify_full_against_a_private_copy_of_the_authority() -> None:
@@ -185,6 +219,8 @@ def test_endpoints_and_credentials_of_different_control_planes_are_refused() -> 
     check_same_authority(published, ours.worker_credentials(), "c.json")
     with pytest.raises(EndpointsError, match=r"c.json: its certificate authority .* is not the one"):
         check_same_authority(published, theirs.worker_credentials(), "c.json")
+    # Mid-rotation the workers hold the new authority and ours, which the endpoints file still names.
+    check_same_authority(published, theirs.worker_credentials(also_trusted=ours.tls_ca_cert), "c.json")
 
 
 def test_postgres_is_configured_for_tls_with_a_fresh_certificate_at_each_start(tmp_path: Path) -> None:

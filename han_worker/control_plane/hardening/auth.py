@@ -26,7 +26,7 @@ from psycopg.conninfo import make_conninfo
 
 from han_worker.control_plane.admin_secrets import ARTIFACTS_BUCKET, MINIO_DEFAULT_USER
 from han_worker.control_plane.hardening.report import FAIL, PASS, Row
-from han_worker.control_plane.hardening.state import StateDocuments, field
+from han_worker.control_plane.hardening.state import StateDocuments, field, trusted_authority
 from han_worker.selection.checks import s3_client
 from han_worker.selection.credentials import S3Credentials
 from han_worker.selection.endpoints import ServiceEndpoint
@@ -277,22 +277,11 @@ def s3_signed_attempt(
     return ACCEPTED, f"listed bucket {bucket}"
 
 
-def s3_authority(state: StateDocuments) -> tuple[str, str]:
-    """The certificate the S3 gateway must show a chain to: the secrets file's authority, else the one
-    published to the workers; empty when neither holds one (the attempts then cannot verify)."""
-    documents = ((state.secrets_doc, "secrets.json"), (state.credentials_doc, "credentials.json"))
-    for document, origin in documents:
-        pem = field(document, "tls", "ca_cert")
-        if pem:
-            return pem, origin
-    return "", "the state directory (neither secrets.json nor credentials.json)"
-
-
 def _s3_attempts(state: StateDocuments, timeout: float) -> Iterator[Attempt]:
     host, port = state.services["s3"]
     endpoint = f"{host}:{port}"
     bucket = field(state.credentials_doc, "s3", "bucket") or DEFAULT_BUCKET
-    authority = s3_authority(state)
+    authority = trusted_authority(state)
     context: ssl.SSLContext | None = None
     no_context = ""  # why there is no context: every anonymous attempt then cannot be made
     try:

@@ -13,7 +13,7 @@ import redis
 from han_worker.control_plane.admin_secrets import KNOWN_DEFAULTS, MIN_PASSWORD_LENGTH, MINIO_DEFAULT_USER
 from han_worker.control_plane.hardening.files import mode_row
 from han_worker.control_plane.hardening.report import FAIL, PASS, WARN, Row
-from han_worker.control_plane.hardening.state import StateDocuments, field, read_json
+from han_worker.control_plane.hardening.state import StateDocuments, field, read_json, trusted_authority
 from han_worker.control_plane.layout import Layout
 from han_worker.control_plane.services import identities_file
 from han_worker.selection.redis_tls import tls_redis
@@ -121,7 +121,7 @@ def redis_config_rows(state: StateDocuments, timeout: float, uid: int | None = N
         ]
     try:
         client = tls_redis(
-            host, port, field(state.secrets_doc, "tls", "ca_cert") or "", str(state.layout.secrets_file),
+            host, port, *trusted_authority(state),
             username=admin_user, password=admin_password, socket_timeout=timeout,
             socket_connect_timeout=timeout, decode_responses=True,
         )  # fmt: skip

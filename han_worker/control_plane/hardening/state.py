@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from han_worker.control_plane.layout import Layout
+from han_worker.selection.tls import authority_bundle
 
 MIN_SECRET_LENGTH = 6  # shorter values would match by chance; real secrets are >= 16 characters
 _SECRET_KEY = re.compile(r"password|secret|ca_key", re.IGNORECASE)
@@ -106,3 +107,15 @@ class StateDocuments:
             secrets=secret_values(documents),
             services=published_services(endpoints or {}),
         )
+
+
+def trusted_authority(state: StateDocuments) -> tuple[str, str]:
+    """The certificate authorities the checks verify the servers with, and where they come from: the secrets
+    file's and the one(s) published to the workers (during a rotation the servers still show the previous
+    authority's certificates, which only the published file names). Empty when neither file holds one (the
+    attempts then cannot verify)."""
+    documents = ((state.secrets_doc, "secrets.json"), (state.credentials_doc, "credentials.json"))
+    found = [(pem, origin) for document, origin in documents if (pem := field(document, "tls", "ca_cert"))]
+    if not found:
+        return "", "the state directory (neither secrets.json nor credentials.json)"
+    return authority_bundle(*(pem for pem, _origin in found)), " and ".join(origin for _pem, origin in found)

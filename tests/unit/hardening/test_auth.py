@@ -22,12 +22,12 @@ from han_worker.control_plane.hardening.auth import (
     classify_plain_text_reply,
     classify_postgres_error,
     classify_redis_reply,
-    s3_authority,
     s3_plain_http_row,
 )
 from han_worker.control_plane.hardening.report import FAIL, PASS
-from han_worker.control_plane.hardening.state import StateDocuments
+from han_worker.control_plane.hardening.state import StateDocuments, trusted_authority
 from han_worker.control_plane.layout import Layout
+from han_worker.selection.tls import ca_fingerprint, ca_fingerprints
 
 # -- connection outcomes -------------------------------------------------------------------------------
 
@@ -195,11 +195,19 @@ def test_the_plain_http_row_cannot_pass_without_an_answer(state: StateDocuments)
     assert (row.result, row.detail.startswith("cannot verify")) == (FAIL, True)
 
 
-def test_the_s3_attempts_trust_the_secrets_authority_else_the_published_one(tmp_path: Path) -> None:
+def test_the_checks_trust_the_secrets_authority_and_the_published_ones(tmp_path: Path) -> None:
     secrets = generate_secrets()
     published = secrets.worker_credentials().to_dict()
     both = StateDocuments(Layout(tmp_path), None, secrets.to_dict(), published, {}, {})
-    assert s3_authority(both) == (secrets.tls_ca_cert, "secrets.json")
+    assert trusted_authority(both) == (secrets.tls_ca_cert, "secrets.json and credentials.json")
     workers_only = StateDocuments(Layout(tmp_path), None, None, published, {}, {})
-    assert s3_authority(workers_only) == (secrets.tls_ca_cert, "credentials.json")
-    assert s3_authority(StateDocuments(Layout(tmp_path), None, None, None, {}, {}))[0] == ""
+    assert trusted_authority(workers_only) == (secrets.tls_ca_cert, "credentials.json")
+    assert trusted_authority(StateDocuments(Layout(tmp_path), None, None, None, {}, {}))[0] == ""
+    # Mid-rotation: the secrets hold the new authority, the workers' file both; the servers show the old one's.
+    rotated = secrets.rotated()
+    mid_rotation = rotated.worker_credentials(also_trusted=secrets.tls_ca_cert).to_dict()
+    documents = StateDocuments(Layout(tmp_path), None, rotated.to_dict(), mid_rotation, {}, {})
+    assert ca_fingerprints(trusted_authority(documents)[0]) == [
+        ca_fingerprint(rotated.tls_ca_cert),
+        ca_fingerprint(secrets.tls_ca_cert),
+    ]
