@@ -618,10 +618,15 @@ class Worker:
         on_disk = self.selector.credentials_on_disk(link.source)
         if on_disk is None or on_disk == link.choice.credentials:
             return False
-        self.request_switch(
-            f"{link.source}'s credentials were rotated (generation {link.choice.credentials.generation} -> "
-            f"{on_disk.generation})"
-        )
+        held = link.choice.credentials.generation
+        if on_disk.generation != held:
+            self.request_switch(
+                f"{link.source}'s credentials were rotated (generation {held} -> {on_disk.generation})"
+            )
+        else:  # a rotation's retire phase: the same credentials, with the new certificate authority only
+            self.request_switch(
+                f"{link.source}'s credentials were republished (generation {held}, other authorities)"
+            )
         return True
 
     def _problem(self, link: Link) -> str | None:

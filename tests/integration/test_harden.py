@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from han_worker.selection.tls import ca_fingerprints
 from tests.conftest import run_ansible
 from tests.integration.conftest import UnprivilegedEnv, recap
 from tests.integration.control_planes import (
@@ -134,9 +135,13 @@ def test_rotate_true_rotates_every_credential_then_verifies() -> None:
         assert after["redis"]["password"] != before[host]["redis"]["password"]
         assert after["s3"]["access_key"] != before[host]["s3"]["access_key"]
         # begin, the escrow of the new secrets, retire; on Pegasus also the workers' copy of the Mac's
-        # credentials when workers were configured there (the drill does). The verification changes nothing.
+        # credentials when workers were configured there (the drill does), twice: after begin (both
+        # authorities) and after retire (the new one only). The verification changes nothing.
         copies = host == PEGASUS_HOST and Path(home, ".han/worker/config").is_dir()
-        assert recap(result, host)["changed"] == 3 + copies
+        assert recap(result, host)["changed"] == 3 + 2 * copies
+        # The certificate authority rotated too: the workers' file names the new one only.
+        assert after["tls"]["ca_cert"] != before[host]["tls"]["ca_cert"]
+        assert len(ca_fingerprints(after["tls"]["ca_cert"])) == 1
         assert re.search(rf"All \d+ hardening checks passed or warned on {host}\.", result.stdout)
         for secret in (after["redis"]["password"], after["postgres"]["password"], after["s3"]["secret_key"]):
             assert secret not in result.stdout

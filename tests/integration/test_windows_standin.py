@@ -28,7 +28,7 @@ import pytest
 from han_worker.selection.checks import s3_client
 from han_worker.selection.credentials import S3Credentials
 from han_worker.selection.endpoints import ServiceEndpoint
-from han_worker.selection.tls import postgres_tls
+from han_worker.selection.tls import ca_fingerprints, postgres_tls
 from han_worker.store.ledger import JobRecord, Ledger
 from tests.conftest import run_ansible
 from tests.integration.conftest import UnprivilegedEnv, recap
@@ -295,11 +295,15 @@ def test_a_rotation_moves_the_running_standin_to_the_macs_new_credentials(
     assert after["generation"] == before.get("generation", 1) + 1
     assert json.loads(copy.read_text()) == after
     assert copy.stat().st_mode & 0o777 == 0o600
-    assert recap(result, HOST)["changed"] == 1  # the copy; no drain, no restart
+    # The copy, after the begin phase and again after the retire phase (its new authority only); no drain, no
+    # restart.
+    assert recap(result, HOST)["changed"] == 2
+    assert len(ca_fingerprints(after["tls"]["ca_cert"])) == 1
     assert standin_worker_pid() == worker
     log = (STANDIN_DIR / "logs" / "worker.log").read_text()
     old, new = before.get("generation", 1), after["generation"]
     assert f"mac's credentials were rotated (generation {old} -> {new})" in log
+    assert f"mac's credentials were republished (generation {new}, other authorities)" in log
     assert f"every old credential (generation {old}) is refused" in result.stdout
     for secret in (after["redis"]["password"], after["postgres"]["password"], after["s3"]["secret_key"]):
         assert secret not in result.stdout
