@@ -99,9 +99,7 @@ def queue(snapshot: Snapshot, name: str) -> tuple[int, int, float]:
     return figures.waiting, figures.running, figures.oldest_waiting_seconds
 
 
-def test_the_snapshot_counts_waiting_running_finished_and_failed_jobs(
-    link: Link, worker_request: None
-) -> None:
+def test_the_snapshot_counts_the_jobs_waiting_before_any_worker_runs(link: Link) -> None:
     before = take_snapshot(link)
     assert before.control_plane.source == "pegasus"
     assert before.control_plane.walltime_left_seconds is None  # direct launch: no walltime
