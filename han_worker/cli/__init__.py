@@ -17,6 +17,7 @@ from han_worker.cli import harden_check
 from han_worker.cli import jobs as jobs_cli
 from han_worker.cli import queues as queues_cli
 from han_worker.cli import scale as scale_cli
+from han_worker.cli import top as top_cli
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ def build_worker_parser() -> argparse.ArgumentParser:
     jobs_cli.add_parsers(commands)
     queues_cli.add_parser(commands)
     scale_cli.add_parser(commands)
+    top_cli.add_parser(commands)
     harden_check.add_parser(commands)
     return parser
 

@@ -42,6 +42,7 @@ from han_worker.backends import (
 )
 from han_worker.backends.base import Backend, unavailable_reason, warm_up
 from han_worker.config import WorkerConfig
+from han_worker.control_plane import walltime
 from han_worker.selection.endpoints import EndpointsError, EndpointsGone, format_time, load_endpoints_file
 from han_worker.selection.policy import FailoverGate, PegasusDown
 from han_worker.selection.resolver import Choice, Selector, authentication_failures
@@ -102,6 +103,13 @@ def slurm_job_label(env: Mapping[str, str]) -> str:
         return f"{array_job}_{task}"
     job = env.get("SLURM_JOB_ID", "")
     return job if job.isdigit() else ""
+
+
+def _walltime_end(slurm_job_id: str) -> str:
+    """When this worker's Slurm job ends (its walltime), as the registry shows it; "" outside Slurm or when
+    Slurm cannot tell (then the worker shows no walltime)."""
+    end = walltime.job_end_time(slurm_job_id) if slurm_job_id else None
+    return "" if end is None else format_time(end)
 
 
 def platform_here() -> WorkerPlatform:
@@ -177,6 +185,7 @@ class Worker:
         self.jobs_done = 0
         self.commits_before = 0  # ledger commits on control planes we left
         self.started_at = format_time(datetime.now(timezone.utc))
+        self.walltime_end = ""  # the Slurm job's end (han-worker top, /metrics); asked once, in run()
         self._switch = threading.Event()
         self._switch_reason = ""
         self._pegasus_ok = 0
@@ -203,6 +212,7 @@ class Worker:
                 self.platform.recorded,
             )  # fmt: skip
         self._install_signal_handlers()
+        self.walltime_end = _walltime_end(self.identity.slurm_job_id)
         scratch.remove_abandoned()  # what killed workers before us left (a keeper's restart, an earlier task)
         serving = threading.Thread(target=self._serve_until_stopped, name="serving", daemon=True)
         serving.start()  # it warms the backends up while this thread connects, and serves once registered
@@ -679,6 +689,7 @@ class Worker:
             "credentials_generation": link.choice.credentials.generation,  # see control_plane/rotation.py
             "reason": link.choice.reason[:500],
             "started_at": self.started_at,
+            "walltime_end": self.walltime_end,
             "heartbeat_at": format_time(datetime.now(timezone.utc)),
             "jobs_done": self.jobs_done,
             "ledger_commits": self.commits_before + link.ledger.commits,

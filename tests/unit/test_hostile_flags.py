@@ -44,7 +44,7 @@ FAMILIES: dict[str, st.SearchStrategy[str]] = {
     **dict.fromkeys(("config", "endpoints_file", "credentials_file", "mac_credentials_file", "input",
                      "state_dir", "env_dir", "pool", "state"), HOSTILE_PATHS),
     **dict.fromkeys(("probe_timeout", "timeout", "wait", "wait_workers", "start_timeout", "max_attempts",
-                     "limit"), HOSTILE_NUMBER_TEXT),
+                     "limit", "interval"), HOSTILE_NUMBER_TEXT),
     **dict.fromkeys(("mac_port", "port"), HOSTILE_PORTS),
     **dict.fromkeys(("mac_host", "bind", "bind_address"), HOSTILE_HOSTS),
     **dict.fromkeys(("bind_network", "client_network"), HOSTILE_NETWORKS),

@@ -75,6 +75,8 @@ API_PACKAGES = [
     "psycopg[binary]==3.3.9",
     "cryptography==50.0.2",
     "minio==7.2.20",
+    "prometheus-client==0.26.0",
+    "rich==15.0.0",
 ]
 # What `import mediapipe.solutions.pose` needs once mediapipe is installed without its dependencies.
 POSE_RUNTIME = [

@@ -1,0 +1,139 @@
+"""A snapshot in Prometheus's text exposition format, through ``prometheus_client``.
+
+Names follow Prometheus's conventions: the ``han_`` prefix, base units (seconds), ``_total`` on counters, Unix
+times as ``_timestamp_seconds``. No label takes a job id. The ``worker`` label is a worker process's id: as
+many values at once as there are live workers, a new one when a worker restarts; it is what lets a rule see a
+worker go. The alert rules in ``monitoring/prometheus/`` are written against these names.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable, Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from han_worker.observe.snapshot import WORKER_STATES, Snapshot, WorkerFigures
+
+log = logging.getLogger(__name__)
+
+_WORKER_LABELS = ("worker", "host", "platform")
+
+
+class SnapshotCollector(Collector):
+    """The metric families of one snapshot (collected once: a scrape takes a snapshot of its own)."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterable[Metric]:
+        yield from _control_plane(self.snapshot)
+        yield from _queues(self.snapshot)
+        yield _finished(self.snapshot)
+        yield from _workers(self.snapshot.workers)
+
+
+def exposition(snapshot: Snapshot) -> str:
+    """The snapshot as the text a ``/metrics`` endpoint answers (content type: prometheus_client's
+    CONTENT_TYPE_LATEST)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(snapshot))
+    return generate_latest(registry).decode()
+
+
+def _control_plane(snapshot: Snapshot) -> Iterator[Metric]:
+    plane = snapshot.control_plane
+    info = GaugeMetricFamily(
+        "han_control_plane_info",
+        "The control plane this snapshot was read from (1).",
+        labels=["source", "node"],
+    )
+    info.add_metric([plane.source, plane.node], 1)
+    yield info
+    for name, text, value in (
+        ("han_control_plane_epoch", "Epoch of the control plane, bumped at every start.", plane.epoch),
+        ("han_control_plane_start_time_seconds", "When the control plane started (Unix time).",
+         plane.started_at.timestamp()),
+        ("han_control_plane_walltime_left_seconds", "Walltime left of the control plane's Slurm job.",
+         plane.walltime_left_seconds),
+        ("han_control_plane_successors_queued", "Slurm jobs queued to take over at the walltime.",
+         plane.successors_queued),
+    ):  # fmt: skip
+        # unknown is absent, never 0: a rule must not read "no successor" from "no idea"
+        if value is not None:
+            family = GaugeMetricFamily(name, text, labels=["source"])
+            family.add_metric([plane.source], value)
+            yield family
+
+
+def _queues(snapshot: Snapshot) -> Iterator[Metric]:
+    families = {
+        "waiting": GaugeMetricFamily("han_queue_jobs_waiting", "Jobs queued, not started.", labels=["queue"]),
+        "running": GaugeMetricFamily("han_queue_jobs_running", "Jobs running now.", labels=["queue"]),
+        "oldest": GaugeMetricFamily(
+            "han_queue_oldest_waiting_job_age_seconds",
+            "Age of the oldest job waiting to start, since its submission (0: none waits).",
+            labels=["queue"],
+        ),
+    }
+    for queue in snapshot.queues:
+        families["waiting"].add_metric([queue.queue], queue.waiting)
+        families["running"].add_metric([queue.queue], queue.running)
+        families["oldest"].add_metric([queue.queue], queue.oldest_waiting_seconds)
+    yield from families.values()
+
+
+def _finished(snapshot: Snapshot) -> Metric:
+    family = CounterMetricFamily(
+        "han_jobs_finished",
+        "Jobs finished, by queue, kind and outcome (succeeded, failed, dead), as the ledger counts them.",
+        labels=["queue", "kind", "outcome"],
+    )
+    for finished in snapshot.finished:
+        family.add_metric([finished.queue, finished.kind, finished.outcome], finished.count)
+    return family
+
+
+def _workers(workers: Iterable[WorkerFigures]) -> Iterator[Metric]:
+    workers = list(workers)
+    counts = GaugeMetricFamily(
+        "han_workers", "Live workers by state (busy, idle, draining), platform and host.",
+        labels=["state", "platform", "host"],
+    )  # fmt: skip
+    by_kind = Counter((worker.state, worker.platform, worker.host) for worker in workers)
+    for worker in workers:  # every state of every (platform, host) seen: a state that empties reads 0
+        for state in WORKER_STATES:
+            by_kind.setdefault((state, worker.platform, worker.host), 0)
+    for (state, platform, host), count in sorted(by_kind.items()):
+        counts.add_metric([state, platform, host], count)
+    yield counts
+    yield from _per_worker(workers)
+
+
+def _per_worker(workers: list[WorkerFigures]) -> Iterator[Metric]:
+    up = GaugeMetricFamily(
+        "han_worker_up", "A worker registered and heartbeating (1).", labels=_WORKER_LABELS
+    )
+    draining = GaugeMetricFamily(
+        "han_worker_draining", "1 while the worker drains (leaving on purpose).", labels=_WORKER_LABELS
+    )
+    walltime = GaugeMetricFamily(
+        "han_worker_walltime_left_seconds", "Walltime left of the worker's Slurm job.", labels=_WORKER_LABELS
+    )
+    busy = GaugeMetricFamily(
+        "han_worker_current_job_seconds",
+        "How long the worker's job in flight has run.",
+        labels=_WORKER_LABELS,
+    )
+    for worker in workers:
+        labels = [worker.worker_id, worker.host, worker.platform]
+        up.add_metric(labels, 1)
+        draining.add_metric(labels, int(worker.state == "draining"))
+        if worker.walltime_left_seconds is not None:
+            walltime.add_metric(labels, worker.walltime_left_seconds)
+        if worker.job_seconds is not None:
+            busy.add_metric(labels, worker.job_seconds)
+    yield from (up, draining, walltime, busy)
