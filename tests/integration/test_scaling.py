@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from han_worker.scaling.snapshot import RUN_TIME_SAMPLE
 from han_worker.slurm import WAITING_STATES, is_alive, parse_squeue, squeue_argv
 from han_worker.store.ledger import Ledger, NewJob
 from tests.integration.conftest import UnprivilegedEnv
@@ -159,17 +160,18 @@ def test_a_burst_from_zero_workers_scales_up_within_the_limits_and_every_worker_
 
 
 def ran_for_an_hour(ledger: Ledger, kind: str) -> None:
-    """History: a job of ``kind`` that succeeded after an hour (in the ledger only, not in a queue)."""
-    job_id = str(uuid.uuid4())
-    ledger.insert_jobs([NewJob(job_id, kind, "noop", {}, {}, 3)])
+    """History: as many jobs of ``kind`` as the typical run time is taken from, each of which succeeded after an
+    hour, the latest of all (the module's control planes share a ledger; the burst's sleep jobs ran 1 s)."""
+    job_ids = [str(uuid.uuid4()) for _index in range(RUN_TIME_SAMPLE)]
+    ledger.insert_jobs([NewJob(job_id, kind, "noop", {}, {}, 3) for job_id in job_ids])
     with ledger.connection().transaction():
         ledger.connection().execute(
-            "UPDATE jobs SET status = 'succeeded', attempts = 1 WHERE id = %s", (job_id,)
+            "UPDATE jobs SET status = 'succeeded', attempts = 1 WHERE id = ANY(%s::uuid[])", (job_ids,)
         )
         ledger.connection().execute(
             """INSERT INTO job_attempts (job_id, attempt, worker_id, started_at, finished_at, outcome)
-               VALUES (%s, 1, 'w', now() - interval '1 hour', now(), 'succeeded')""",
-            (job_id,),
+               SELECT id, 1, 'w', now() - interval '1 hour', now(), 'succeeded' FROM unnest(%s::uuid[]) AS id""",
+            (job_ids,),
         )
 
 
