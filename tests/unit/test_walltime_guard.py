@@ -38,3 +38,13 @@ def test_a_kind_without_history_fits_any_time_left_but_none() -> None:
     assert refusal(0.0, {}, ("pose",), lambda: "pose") == (
         "0s of walltime left, too little for a pose job (no history)"
     )
+
+
+def test_a_job_no_fresh_worker_could_finish_is_taken_rather_than_refused_by_every_worker() -> None:
+    hour_long = {"train": 3600.0}
+    # 10 min left of a 30 min limit: a fresh worker could not finish an hour-long job either.
+    assert refusal(600.0, hour_long, ("train",), lambda: "train", time_limit=1800.0) is None
+    # Of a 2 h limit, a fresh worker could: this one leaves it.
+    assert refusal(600.0, hour_long, ("train",), lambda: "train", time_limit=7200.0) == (
+        "600s of walltime left, too little for a train job (a typical train job runs 3600s)"
+    )
