@@ -28,6 +28,7 @@ from han_worker.cli.options import (
     positive_seconds,
 )
 from han_worker.config import WorkerConfig, WorkerConfigError
+from han_worker.scaling.scaler import StateFileError, describe_state, format_state
 from han_worker.selection.endpoints import EndpointsError
 from han_worker.selection.resolver import Selector
 from han_worker.store.link import SERVICE_ERRORS, ConnectError, Link, describe
@@ -157,6 +158,8 @@ def _add_status(commands: Commands[argparse.ArgumentParser]) -> None:
         metavar="N",
         help="pending and dead jobs to list (default: 10)",
     )
+    scaler_help = "also show an elastic pool's scaler: its last decision and why (han-worker scale's --state)"
+    status.add_argument("--scaler-state", type=path_argument, metavar="FILE", help=scaler_help)
     status.set_defaults(handler=_status)
 
 
@@ -231,11 +234,23 @@ def _wait(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    scaler = None
+    if args.scaler_state is not None:  # read before connecting: a bad file is the input's fault
+        try:
+            scaler = describe_state(args.scaler_state)
+        except StateFileError as exc:
+            return fail("status", f"--scaler-state: {exc}")
+
     def work(link: Link, _config: WorkerConfig) -> int:
         report = client.status(link, args.limit)
-        print(
-            json.dumps(report.to_dict(), indent=2, default=str) if args.json else client.format_status(report)
-        )
+        if args.json:
+            print(
+                json.dumps(
+                    {**report.to_dict(), **({"scaler": scaler} if scaler else {})}, indent=2, default=str
+                )
+            )
+        else:
+            print(client.format_status(report) + (f"\n{format_state(scaler)}" if scaler else ""))
         return EXIT_OK
 
     return _connected(args, work)

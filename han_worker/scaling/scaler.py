@@ -40,13 +40,15 @@ class StateFileError(ValueError):
 
 @dataclass
 class ScalerState:
-    """Worker jobs submitted and not registered yet (job id -> submission time), and failures in a row."""
+    """Worker jobs submitted and not registered yet (job id -> submission time), failures in a row, and the
+    last decision (what ``han-worker status --scaler-state`` shows; the scaler itself never reads it back)."""
 
     submitted: dict[str, float] = field(default_factory=dict)
     failures: Failures = field(default_factory=Failures)
+    last: dict[str, object] = field(default_factory=dict)  # pool, at, reason, paused, submitted
 
     def to_dict(self) -> dict[str, object]:
-        return {"submitted": dict(self.submitted), "failures": asdict(self.failures)}
+        return {"submitted": dict(self.submitted), "failures": asdict(self.failures), "last": dict(self.last)}
 
 
 def load_state(path: Path) -> ScalerState:
@@ -67,6 +69,43 @@ def load_state(path: Path) -> ScalerState:
             last_at=failures.seconds("last_at", 0.0, 0.0, 1e12),
             last_error=failures.string("last_error") if failures.data.get("last_error") else "",
         ),
+        last=_last_decision(fields),
+    )
+
+
+def _last_decision(fields: FieldReader) -> dict[str, object]:
+    if not isinstance(fields.data.get("last"), dict) or not fields.data["last"]:
+        return {}
+    last = fields.child("last")
+    return {
+        "pool": last.string("pool"),
+        "at": last.seconds("at", 0.0, 0.0, 1e12),
+        "reason": last.string("reason"),
+        "paused": bool(last.data.get("paused")),
+        "submitted": last.integer("submitted", 0, 1_000_000),
+    }
+
+
+def describe_state(path: Path, now: float | None = None) -> dict[str, object]:
+    """What ``han-worker status --scaler-state`` shows: the last decision and its age, the failures in a row
+    and the worker jobs on their way; ``state: none`` before the scaler's first tick."""
+    state = load_state(path)
+    if not state.last:
+        return {"file": str(path), "state": "none"}
+    age = max(0.0, (time.time() if now is None else now) - float(str(state.last["at"])))
+    return {
+        "file": str(path), "state": "paused" if state.last["paused"] else "scaling",
+        "age_seconds": round(age), **state.last, "failures": asdict(state.failures),
+        "on_the_way": sorted(state.submitted),
+    }  # fmt: skip
+
+
+def format_state(summary: Mapping[str, object]) -> str:
+    """One line per scaler: ``scaler han-pose-worker: paused, 12 s ago: paused after 3 ...``."""
+    if summary.get("state") == "none":
+        return f"scaler: no decision yet ({summary['file']})"
+    return (
+        f"scaler {summary['pool']}: {summary['state']}, {summary['age_seconds']} s ago: {summary['reason']}"
     )
 
 
@@ -101,6 +140,8 @@ class Scaler:
         have = supply(pool, registry, jobs, backlog.demand)
         decision = self._decide(backlog.demand, have)
         submitted = self._submit(decision.submit) if decision.submit else 0
+        self.state.last = {"pool": pool.job_name, "at": time.time(), "reason": decision.reason,
+                           "paused": decision.paused, "submitted": submitted}  # fmt: skip
         self._save()
         self._explain(decision, submitted)
         return decision

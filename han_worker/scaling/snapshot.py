@@ -37,6 +37,18 @@ SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY seconds) FROM (
     ORDER BY a.finished_at DESC LIMIT %(sample)s
 ) AS recent
 """
+# The same estimate per kind, for a worker deciding whether it can finish a job (walltime_guard.py).
+_TYPICAL_RUN_BY_KIND = """
+SELECT served.kind, (
+    SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY seconds) FROM (
+        SELECT extract(epoch FROM a.finished_at - a.started_at)::float8 AS seconds
+        FROM job_attempts a JOIN jobs j ON j.id = a.job_id
+        WHERE a.outcome = 'succeeded' AND j.kind = served.kind
+          AND a.finished_at > now() - make_interval(days => 7)
+        ORDER BY a.finished_at DESC LIMIT %(sample)s
+    ) AS recent
+) FROM unnest(%(kinds)s::text[]) AS served(kind)
+"""
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,15 @@ def read_backlog(connection: Connection, pool: Pool) -> Backlog:
         cursor.execute(_TYPICAL_RUN, parameters)
         (typical,) = cursor.fetchone() or (None,)
     return Backlog(Demand(int(waiting), None if typical is None else float(typical)), float(oldest))
+
+
+def read_typical_runs(connection: Connection, kinds: Iterable[str]) -> dict[str, float]:
+    """Kind -> the median run time of its recent successes (as :func:`read_backlog` reads it for a pool);
+    a kind without history is absent."""
+    with connection.cursor() as cursor:
+        cursor.execute(_TYPICAL_RUN_BY_KIND, {"kinds": sorted(set(kinds)), "sample": RUN_TIME_SAMPLE})
+        rows = cursor.fetchall()
+    return {str(kind): float(seconds) for kind, seconds in rows if seconds is not None}
 
 
 def supply(

@@ -64,6 +64,7 @@ from han_worker.worker.attempt import (
     run_attempt,
 )
 from han_worker.worker.reconciler import reconcile
+from han_worker.worker.walltime_guard import WalltimeGuard
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +174,7 @@ class Worker:
         self.selector = selector
         self.platform = platform_here()
         self.identity = Identity.here(self.platform.recorded)
+        self.walltime = WalltimeGuard(self.identity.slurm_job_id, tuple(backends))
         self.spool = Spool(config.spool_dir)
         self.clock = DrainClock(config.drain_grace_seconds)
         self.stopping = threading.Event()
@@ -487,7 +489,8 @@ class Worker:
 
     def _claim(self, link: Link, delivery: Delivery) -> Claim | None:
         """Start an attempt of the delivered job; None when there is nothing to run (entry dealt with)."""
-        if self.stopping.is_set():  # arrived while we were asked to stop: hand it to another worker
+        # Arrived while we were asked to stop, or too long for our walltime: hand it to another worker.
+        if self.stopping.is_set() or self._cannot_finish(link, delivery):
             self._hand_back(link, delivery)
             return None
         lease = self.config.lease_seconds
@@ -495,6 +498,14 @@ class Worker:
         if claim is None:
             self._refused(link, delivery)
         return claim
+
+    def _cannot_finish(self, link: Link, delivery: Delivery) -> bool:
+        """Too little walltime left for the job: this worker drains (every later job would be refused too)."""
+        reason = self.walltime.refusal(link.ledger.connection(), link.source, delivery.job_id)
+        if reason is not None:
+            log.info("job %s left to another worker: %s; leaving", delivery.job_id, reason)
+            self.stop()
+        return reason is not None
 
     def _hand_back(self, link: Link, delivery: Delivery) -> None:
         link.queues.enqueue(delivery.queue, delivery.job_id)
@@ -558,7 +569,7 @@ class Worker:
             return None
         try:
             delivery = self._next_delivery(None)  # no waiting: a result is never held up
-            if delivery is not None and self.stopping.is_set():  # the stop came meanwhile
+            if delivery is not None and (self.stopping.is_set() or self._cannot_finish(link, delivery)):
                 self._hand_back(link, delivery)
                 return None
         except CONTROL_PLANE_ERRORS as exc:  # the result goes in alone; the loop deals with Redis next

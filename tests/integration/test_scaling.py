@@ -1,6 +1,7 @@
 """Elastic workers on the testbed's real Slurm (issue 20): from zero workers, a burst of jobs makes
 ``han-worker scale`` submit worker jobs up to the pool's limits, every job succeeds once, and once the queue
-is empty every worker leaves by itself (``idle_timeout_seconds``) and gives its allocation back.
+is empty every worker leaves by itself (``idle_timeout_seconds``) and gives its allocation back. A worker
+job leaves a job it cannot finish before its walltime to a worker that can, unclaimed.
 
 The pool, its worker jobs and the control plane are this module's own (their own job name, state directory
 and address): `make test` runs it beside the tests that share the inventory's control planes. The worker
@@ -19,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from han_worker.scaling.snapshot import RUN_TIME_SAMPLE
 from han_worker.slurm import WAITING_STATES, is_alive, parse_squeue, squeue_argv
+from han_worker.store.ledger import Ledger, NewJob
 from tests.integration.conftest import UnprivilegedEnv
 from tests.integration.control_planes import (
     RunningControlPlane,
@@ -54,6 +57,19 @@ class Pool:
             "limits": {"max_workers": MAX_WORKERS, "max_pending": MAX_PENDING, "horizon_seconds": 5},
         }))  # fmt: skip
         self.state = workdir / "scaler-state.json"
+        self.script = script
+
+    def sbatch(self, time_limit: str) -> str:
+        """Submit one worker job of the pool by hand, as the cluster user; its job id."""
+        env = self.env
+        submitted = subprocess.run(
+            ["setpriv", f"--reuid={env.user}", f"--regid={env.user}", "--init-groups", "--", "sbatch",
+             "--parsable", f"--job-name={self.job_name}", f"--time={time_limit}", "--cpus-per-task=1",
+             "--mem=500M", f"--output={self.workdir / 'slurm-%j.out'}", f"--chdir={self.workdir}",
+             "--export=NONE", str(self.script)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return submitted.stdout.strip().split(";")[0]
 
     def squeue(self) -> list[str]:
         """The states of the pool's worker jobs that are alive."""
@@ -141,3 +157,48 @@ def test_a_burst_from_zero_workers_scales_up_within_the_limits_and_every_worker_
     state = json.loads(pool.state.read_text())
     assert state["failures"]["starts"] == 0
     assert state["submitted"] == {}, "every worker job registered"
+
+
+def ran_for_an_hour(ledger: Ledger, kind: str) -> None:
+    """History: as many jobs of ``kind`` as the typical run time is taken from, each of which succeeded after an
+    hour, the latest of all (the module's control planes share a ledger; the burst's sleep jobs ran 1 s)."""
+    job_ids = [str(uuid.uuid4()) for _index in range(RUN_TIME_SAMPLE)]
+    ledger.insert_jobs([NewJob(job_id, kind, "noop", {}, {}, 3) for job_id in job_ids])
+    with ledger.connection().transaction():
+        ledger.connection().execute(
+            "UPDATE jobs SET status = 'succeeded', attempts = 1 WHERE id = ANY(%s::uuid[])", (job_ids,)
+        )
+        ledger.connection().execute(
+            """INSERT INTO job_attempts (job_id, attempt, worker_id, started_at, finished_at, outcome)
+               SELECT id, 1, 'w', now() - interval '1 hour', now(), 'succeeded' FROM unnest(%s::uuid[]) AS id""",
+            (job_ids,),
+        )
+
+
+def test_a_worker_leaves_a_job_it_cannot_finish_before_its_walltime_to_a_worker_that_can(pool: Pool) -> None:
+    client = worker_settings(pool.cp, pool.workdir / "spool-client")
+    config = write_private_file(pool.env, pool.workdir / "client.json", json.dumps(client))
+    submitted = han_worker(pool.env, "submit", "--config", str(config), "--kind", "sleep", "--param",
+                           "seconds=1")  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    job = submitted.stdout.strip()
+    ledger = pool.cp.ledger()
+    try:
+        ran_for_an_hour(ledger, "sleep")  # a typical sleep job runs an hour; the worker job has ten minutes
+        worker_job = pool.sbatch("10:00")
+        wait_for(lambda: pool.squeue() == [], 120, f"worker job {worker_job} to leave", interval=0.5)
+        output = (pool.workdir / f"slurm-{worker_job}.out").read_text()
+        record = ledger.job(job)
+        assert record is not None
+        assert (record.status, record.attempts) == ("queued", 0), output
+        assert f"job {job} left to another worker: " in output, output
+        assert "too little for a sleep job (a typical sleep job runs 3600s)" in output, output
+
+        # A worker without a walltime (outside Slurm) takes it, and leaves once idle.
+        outside = han_worker(pool.env, "run", "--config", str(pool.worker_config), timeout=60)
+        assert outside.returncode == 0, outside.stderr
+        record = ledger.job(job)
+        assert record is not None
+        assert (record.status, record.attempts) == ("succeeded", 1), outside.stderr
+    finally:
+        ledger.close()

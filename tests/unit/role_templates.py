@@ -37,3 +37,9 @@ def render(variables: dict[str, Any], template: Path) -> str:
     )
     assert isinstance(rendered, str)
     return rendered
+
+
+def render_text(variables: dict[str, Any], text: object) -> str:
+    """A task's templated string (an assert's message, a loop item's field) as the task would see it."""
+    templar = Templar(loader=DataLoader(), variables=variables)
+    return str(templar.template(trust_as_template(str(text))))

@@ -1,0 +1,149 @@
+"""Role pegasus_worker in elastic mode on the testbed (issue 20): the play writes the pool's file and runs the
+scaler (``han-worker scale``) as a Slurm job of its own, a second run and check mode change nothing, a burst of
+jobs is served by worker jobs the scaler submits, which leave when the queue is empty, and stopping ends the
+scaler and its workers.
+
+Everything here is this module's own: a control plane on 127.0.0.76 (a process of the cluster user), the
+pool's and the scaler's Slurm job names, the state directory; the workers serve queue noop and ask for no GPU.
+The role runs this checkout's han_worker (the test venv), through ``pegasus_worker_env_bin_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from han_worker.scaling.pool import parse_pool
+from han_worker.slurm import is_alive, parse_squeue, squeue_argv
+from tests.conftest import run_ansible
+from tests.integration.conftest import UnprivilegedEnv, recap
+from tests.integration.control_planes import (
+    RunningControlPlane,
+    han_worker,
+    start_control_plane,
+    wait_for,
+    worker_settings,
+    write_private_file,
+)
+
+pytestmark = pytest.mark.own_names
+
+ADDRESS = "127.0.0.76"  # no other test or benchmark uses it
+PEGASUS_HOST = "pegasus-login"
+POOL_JOB = f"han-test-elastic-{uuid.uuid4().hex[:6]}"
+SCALER_JOB = f"{POOL_JOB}-scaler"
+STATE_DIR = Path("/home/pegasus/.han") / POOL_JOB
+JOBS = 4
+
+
+class Deployment:
+    def __init__(self, env: UnprivilegedEnv, control_plane: RunningControlPlane) -> None:
+        self.env, self.cp = env, control_plane
+        self.variables: dict[str, object] = {
+            "pegasus_worker_scaling": "elastic",
+            "pegasus_worker_control_plane_mode": "pegasus",
+            "pegasus_worker_queues": "noop",
+            "pegasus_worker_slurm_job_name": POOL_JOB,
+            "pegasus_worker_state_dir": str(STATE_DIR),
+            "pegasus_worker_env_bin_dir": str(env.bin_dir),
+            "pegasus_worker_endpoints_file": str(control_plane.state_dir / "endpoints.json"),
+            "pegasus_worker_slurm_partition": "batch",
+            "pegasus_worker_slurm_gres": "",
+            "pegasus_worker_slurm_cpus": 1,
+            "pegasus_worker_slurm_mem": "500M",
+            "pegasus_worker_slurm_time": "10:00",
+            "pegasus_worker_drain_grace": 5,
+            "pegasus_worker_max": 2,
+            "pegasus_worker_max_pending": 1,
+            "pegasus_worker_idle_timeout": 3,
+            "pegasus_worker_scaler_horizon": 5,
+            "pegasus_worker_scaler_slurm_time": "10:00",
+            "pegasus_worker_stop_timeout": 60,
+        }
+
+    def play(self, *args: str, **changes: object) -> subprocess.CompletedProcess[str]:
+        variables = json.dumps({**self.variables, **changes})
+        return run_ansible("ansible-playbook", "playbooks/pegasus_worker.yml", "-e", variables, *args)
+
+
+def alive(name: str) -> list[str]:
+    """The states of the jobs of that name that are pending or running."""
+    listed = subprocess.run(squeue_argv("squeue", name=name), capture_output=True, text=True, check=True)
+    return [job.state for job in parse_squeue(listed.stdout) if is_alive(job)]
+
+
+@pytest.fixture(scope="module")
+def deployment(unprivileged_env: UnprivilegedEnv, workdir: Path) -> Iterator[Deployment]:
+    control_plane = start_control_plane(unprivileged_env, workdir / "cp", address=ADDRESS)
+    made = Deployment(unprivileged_env, control_plane)
+    try:
+        yield made
+    finally:
+        made.play("-e", "state=stopped")
+        for name in (SCALER_JOB, POOL_JOB):
+            subprocess.run(["scancel", f"--name={name}"], check=False)
+        control_plane.shutdown()
+        subprocess.run(["rm", "-rf", str(STATE_DIR)], check=False)
+
+
+def test_elastic_mode_runs_the_scaler_alone_until_there_is_work_and_a_second_run_changes_nothing(
+    deployment: Deployment,
+) -> None:
+    first = deployment.play()
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr
+    # One scaler runs; the one it queued at its start waits for its end (--dependency=singleton).
+    assert sorted(alive(SCALER_JOB)) == ["PENDING", "RUNNING"], first.stdout[-3000:]
+    assert alive(POOL_JOB) == [], "no backlog, no worker job"
+    settings = parse_pool(json.loads((STATE_DIR / "config" / "pool.json").read_text()), "pool.json")
+    assert (settings.pool.job_name, settings.pool.queues, settings.limits.max_workers) == (
+        POOL_JOB,
+        ("noop",),
+        2,
+    )
+    config = json.loads((STATE_DIR / "config" / "worker.json").read_text())
+    assert config["idle_timeout_seconds"] == 3
+
+    second = deployment.play()
+    assert second.returncode == 0, second.stdout[-4000:]
+    assert recap(second, PEGASUS_HOST)["changed"] == 0, second.stdout[-3000:]
+    checked = deployment.play("--check")
+    assert checked.returncode == 0, checked.stdout[-4000:]
+    assert recap(checked, PEGASUS_HOST)["changed"] == 0, checked.stdout[-3000:]
+    assert sorted(alive(SCALER_JOB)) == ["PENDING", "RUNNING"], "the same scaler, not a second one"
+
+
+def test_a_burst_is_served_by_worker_jobs_that_leave_when_the_queue_is_empty(
+    deployment: Deployment, workdir: Path
+) -> None:
+    client = worker_settings(deployment.cp, workdir / "spool-client")
+    config = write_private_file(deployment.env, workdir / "client.json", json.dumps(client))
+    jobs = []
+    for _index in range(JOBS):
+        submitted = han_worker(deployment.env, "submit", "--config", str(config), "--kind", "sleep",
+                               "--param", "seconds=1")  # fmt: skip
+        assert submitted.returncode == 0, submitted.stderr
+        jobs.append(submitted.stdout.strip())
+    ledger = deployment.cp.ledger()
+    try:
+        wait_for(lambda: all(ledger.status(job) == "succeeded" for job in jobs), 180,
+                 f"the {JOBS} jobs to succeed on the pool's workers", interval=0.5)  # fmt: skip
+        records = [ledger.job(job) for job in jobs]
+    finally:
+        ledger.close()
+    assert [record.attempts if record else None for record in records] == [1] * JOBS
+    workers = [record.worker_id or "" if record else "" for record in records]
+    assert all("-slurm" in worker for worker in workers), f"done by Slurm worker jobs: {workers}"
+    wait_for(lambda: alive(POOL_JOB) == [], 60, "every worker job to leave (idle_timeout 3 s)", interval=0.5)
+    assert sorted(alive(SCALER_JOB)) == ["PENDING", "RUNNING"]
+
+
+def test_stopping_ends_the_scaler_and_its_workers(deployment: Deployment) -> None:
+    stopped = deployment.play("-e", "state=stopped")
+    assert stopped.returncode == 0, stopped.stdout[-4000:]
+    assert alive(SCALER_JOB) == []
+    assert alive(POOL_JOB) == []
