@@ -46,6 +46,7 @@ from han_worker.control_plane.layout import Layout
 from han_worker.control_plane.seaweed_security import SECURITY_DIR, renew_jwt_keys
 from han_worker.control_plane.services import (
     STUNNEL_CONFIG,
+    TLS_REFRESH_ENV,
     certificate_sites,
     identities_file,
     s3_identities,
@@ -426,6 +427,9 @@ def retire(layout: Layout, timeout: float, wait_workers: float) -> RotationRepor
         endpoints = _live_endpoints(layout)
         services, trust = endpoints.services, _trust(current, previous)
         plane = LivePlane(layout, endpoints, trust, timeout)
+        new_authority = current.tls_ca_cert != previous.tls_ca_cert
+        if new_authority:
+            _check_certificates_reloadable(layout)  # before anything changes
         _wait_for_workers(plane, current, wait_workers, report)
         report.apply(_redis_remove(services["redis"], current, previous, trust, timeout))
         report.apply(_s3_apply(plane, [current], retired=previous))
@@ -433,7 +437,7 @@ def retire(layout: Layout, timeout: float, wait_workers: float) -> RotationRepor
         if still_accepted:
             raise RotationError("old credentials are still accepted: " + "; ".join(still_accepted))
         report.step(f"every old credential (generation {previous.generation}) is refused")
-        if current.tls_ca_cert != previous.tls_ca_cert:
+        if new_authority:
             _retire_authority(plane, current, report)
         layout.previous_secrets_file.unlink()
         report.changed = True
@@ -563,6 +567,23 @@ def _retire_authority(plane: LivePlane, current: ControlPlaneSecrets, report: Ro
         write_endpoints_file(layout.endpoints_file, replace(endpoints, tls_ca_sha256=fingerprint))
         report.apply(f"the endpoints file names the new authority (SHA-256 {fingerprint[:16]}...)")
     report.apply(_publish_credentials(layout, only_current))
+
+
+def _check_certificates_reloadable(layout: Layout) -> None:
+    """Refuse to retire when the S3 gateway would not re-read its certificate: a control plane started by a
+    version before certificate rotation runs SeaweedFS without TLS_REFRESH_ENV (weed's default: every 5 h)."""
+    pid = _seaweed_pid(identities_file(layout.data_dir("s3")))
+    try:
+        environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError as exc:
+        raise RotationError(f"cannot read SeaweedFS's environment (pid {pid}): {exc}") from None
+    if not any(entry.startswith(f"{TLS_REFRESH_ENV}=".encode()) for entry in environment):
+        raise RotationError(
+            f"SeaweedFS (pid {pid}) was started by a version of the control plane that does not re-read its "
+            "certificate, so its S3 gateway cannot switch to the new certificate authority: restart the "
+            "control plane (playbooks/control_plane.yml -e state=stopped, then without; it serves the old "
+            "authority until the retire phase), then run the retire phase again. Nothing was retired"
+        )
 
 
 def _works(endpoints: Endpoints, credentials: Credentials, timeout: float) -> bool:

@@ -5,15 +5,20 @@ rotated credentials file. Rotation against live services is tests/integration/te
 from __future__ import annotations
 
 import dataclasses
+import os
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from han_worker.control_plane import rotation
 from han_worker.control_plane.admin_secrets import SecretsError, generate_secrets, parse_secrets
-from han_worker.control_plane.services import s3_identities
+from han_worker.control_plane.layout import Layout
+from han_worker.control_plane.services import TLS_REFRESH_ENV, identities_file, s3_identities
 from han_worker.private_files import write_private_json
 from han_worker.selection.credentials import CredentialsError, parse_credentials
 from han_worker.selection.endpoints import ServiceEndpoint
@@ -123,3 +128,28 @@ def test_a_new_generation_alone_counts_as_new_credentials() -> None:
     # The worker compares whole Credentials: a rotation that kept a password would still be noticed.
     credentials = generate_secrets().worker_credentials()
     assert dataclasses.replace(credentials, generation=2) != credentials
+
+
+@pytest.mark.parametrize("reloads", [True, False])
+def test_retire_refuses_early_when_the_s3_gateway_cannot_reload_its_certificate(
+    tmp_path: Path, reloads: bool
+) -> None:
+    """A SeaweedFS started by a version before certificate rotation (no refresh interval in its environment)
+    would show the old authority's certificate for hours: the retire phase says to restart it first."""
+    layout = Layout(tmp_path)
+    identities = identities_file(layout.data_dir("s3"))
+    environment = {"PATH": os.environ["PATH"], **({TLS_REFRESH_ENV: "2s"} if reloads else {})}
+    stand_in = subprocess.Popen(  # a process of ours started with weed's -s3.config argument, like weed
+        [sys.executable, "-c", "import time; time.sleep(60)", f"-s3.config={identities}"], env=environment
+    )
+    try:
+        if reloads:
+            rotation._check_certificates_reloadable(layout)
+        else:
+            with pytest.raises(
+                rotation.RotationError, match=rf"SeaweedFS \(pid {stand_in.pid}\) was started by"
+            ):
+                rotation._check_certificates_reloadable(layout)
+    finally:
+        stand_in.kill()
+        stand_in.wait()
