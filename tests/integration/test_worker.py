@@ -92,8 +92,15 @@ class System:
         return record
 
     def wait_status(self, job_id: str, statuses: set[str], timeout: float) -> JobRecord:
-        return wait_for(lambda: self.job(job_id) if self.job(job_id).status in statuses else None,
-                        timeout, f"job {job_id} to be {' or '.join(sorted(statuses))}")  # fmt: skip
+        try:
+            return wait_for(lambda: self.job(job_id) if self.job(job_id).status in statuses else None,
+                            timeout, f"job {job_id} to be {' or '.join(sorted(statuses))}")  # fmt: skip
+        except pytest.fail.Exception as exc:  # what the workers said is the diagnosis
+            logs = "".join(
+                f"\n--- worker pid {worker.pid} ---\n{worker.output()[-4000:]}" for worker in self.workers
+            )
+            attempts = self.ledger.attempts(job_id)
+            pytest.fail(f"{exc}; the job is {self.job(job_id).status}, attempts {attempts}{logs}")
 
 
 @pytest.fixture(scope="module")
@@ -325,8 +332,11 @@ def test_a_job_run_twice_after_its_lease_expired_records_one_success(system: Sys
 
 
 def test_redis_losing_its_streams_loses_no_job(system: System):
+    # All three are queued before the worker starts, and the first runs long enough to be seen running: a
+    # submission (a whole han-worker process) takes about as long as a short job, so submitting them while
+    # the worker ran let the first finish before the test looked.
+    jobs = [system.submit("sleep", "--param", f"seconds={seconds}") for seconds in (4, 1.5, 1.5)]
     first = system.start_worker("w1")
-    jobs = [system.submit("sleep", "--param", "seconds=1.5") for _index in range(3)]
     running = system.wait_status(jobs[0], {"running"}, 15)
     assert worker_pid(running) == first.pid
     # The worker dies mid-job, then Redis loses every stream (the admin deletes them): only the
