@@ -59,14 +59,15 @@ class Pool:
         self.state = workdir / "scaler-state.json"
         self.script = script
 
-    def sbatch(self, time_limit: str) -> str:
-        """Submit one worker job of the pool by hand, as the cluster user; its job id."""
+    def sbatch(self, time_limit: str, script: Path | None = None) -> str:
+        """Submit one worker job of the pool by hand (its script, or ``script``), as the cluster user; its job
+        id."""
         env = self.env
         submitted = subprocess.run(
             ["setpriv", f"--reuid={env.user}", f"--regid={env.user}", "--init-groups", "--", "sbatch",
              "--parsable", f"--job-name={self.job_name}", f"--time={time_limit}", "--cpus-per-task=1",
              "--mem=500M", f"--output={self.workdir / 'slurm-%j.out'}", f"--chdir={self.workdir}",
-             "--export=NONE", str(self.script)],
+             "--export=NONE", str(script or self.script)],
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         return submitted.stdout.strip().split(";")[0]
@@ -159,9 +160,9 @@ def test_a_burst_from_zero_workers_scales_up_within_the_limits_and_every_worker_
     assert state["submitted"] == {}, "every worker job registered"
 
 
-def ran_for_an_hour(ledger: Ledger, kind: str) -> None:
-    """History: as many jobs of ``kind`` as the typical run time is taken from, each of which succeeded after an
-    hour, the latest of all (the module's control planes share a ledger; the burst's sleep jobs ran 1 s)."""
+def ran_for(ledger: Ledger, kind: str, seconds: int) -> None:
+    """History: as many jobs of ``kind`` as the typical run time is taken from, each of which succeeded after
+    ``seconds``, the latest of all (the module's control planes share a ledger; the burst's sleep jobs ran 1 s)."""
     job_ids = [str(uuid.uuid4()) for _index in range(RUN_TIME_SAMPLE)]
     ledger.insert_jobs([NewJob(job_id, kind, "noop", {}, {}, 3) for job_id in job_ids])
     with ledger.connection().transaction():
@@ -170,8 +171,9 @@ def ran_for_an_hour(ledger: Ledger, kind: str) -> None:
         )
         ledger.connection().execute(
             """INSERT INTO job_attempts (job_id, attempt, worker_id, started_at, finished_at, outcome)
-               SELECT id, 1, 'w', now() - interval '1 hour', now(), 'succeeded' FROM unnest(%s::uuid[]) AS id""",
-            (job_ids,),
+               SELECT id, 1, 'w', now() - make_interval(secs => %s), now(), 'succeeded'
+               FROM unnest(%s::uuid[]) AS id""",
+            (seconds, job_ids),
         )
 
 
@@ -184,15 +186,19 @@ def test_a_worker_leaves_a_job_it_cannot_finish_before_its_walltime_to_a_worker_
     job = submitted.stdout.strip()
     ledger = pool.cp.ledger()
     try:
-        ran_for_an_hour(ledger, "sleep")  # a typical sleep job runs an hour; the worker job has ten minutes
-        worker_job = pool.sbatch("10:00")
+        # A typical sleep job runs 80 s, which the worker job's 2 min limit allows (x 1.25 margin: 100 s), but
+        # its worker starts 30 s into the job: about 88 s are left when the job is delivered.
+        ran_for(ledger, "sleep", 80)
+        late = write_private_file(pool.env, pool.workdir / "late.sbatch",
+                                  f"#!/bin/bash -eu\nsleep 30\nexec {pool.script}\n", 0o700)  # fmt: skip
+        worker_job = pool.sbatch("2:00", late)
         wait_for(lambda: pool.squeue() == [], 120, f"worker job {worker_job} to leave", interval=0.5)
         output = (pool.workdir / f"slurm-{worker_job}.out").read_text()
         record = ledger.job(job)
         assert record is not None
         assert (record.status, record.attempts) == ("queued", 0), output
         assert f"job {job} left to another worker: " in output, output
-        assert "too little for a sleep job (a typical sleep job runs 3600s)" in output, output
+        assert "too little for a sleep job (a typical sleep job runs 80s)" in output, output
 
         # A worker without a walltime (outside Slurm) takes it, and leaves once idle.
         outside = han_worker(pool.env, "run", "--config", str(pool.worker_config), timeout=60)
