@@ -183,7 +183,8 @@ def read_in_flight(connection: Connection, registry: Sequence[Mapping[str, str]]
     ids = sorted({job for entry in registry if (job := _job_id(entry.get("current_job", "")))})
     if not ids:
         return {}
-    return {job_id: started for job_id, started in connection.execute(_IN_FLIGHT, {"ids": ids})}
+    rows = connection.execute(_IN_FLIGHT, {"ids": ids}).fetchall()
+    return {str(job_id): started for job_id, started in rows}
 
 
 def _job_id(text: str) -> str | None:
