@@ -1,8 +1,13 @@
-"""Submitting jobs, waiting for them, and a picture of the whole system: what submit, wait and status do.
+"""The lab's API: submitting jobs, waiting for them, seeing them and fetching their outputs, and a picture of
+the whole system (what ``han-worker submit``, ``wait``, ``status``, ``jobs``, ``show`` and ``fetch`` do).
 
 A submission uploads the inputs first, then records the job in the ledger, then adds it to its
 stream: a worker can never see a job whose inputs are missing, and a job recorded but never
 enqueued (the submitter died in between) is put in its stream by a worker's reconciler.
+
+Every function takes the :class:`~han_worker.store.link.Link` that :func:`connect` opens. Bad arguments raise
+:class:`RequestError` naming the argument (as the command's flag); a control plane that fails raises what its
+service raised (``han_worker.store.link.SERVICE_ERRORS``). See docs/jobs.md.
 """
 
 from __future__ import annotations
@@ -40,6 +45,38 @@ from han_worker.store.link import (
     describe,
     open_link,
 )
+
+__all__ = [
+    "JOBS_LIMIT",
+    "MAX_JOBS_LIMIT",
+    "TERMINAL",
+    "FetchedFile",
+    "JobDetail",
+    "RequestError",
+    "StatusReport",
+    "age",
+    "check_inputs",
+    "check_job_id",
+    "check_limit",
+    "check_output_dir",
+    "check_params",
+    "check_statuses",
+    "connect",
+    "fetch",
+    "format_fetched",
+    "format_job",
+    "format_jobs",
+    "format_status",
+    "jobs",
+    "parse_params",
+    "queue_of",
+    "show",
+    "snapshots",
+    "status",
+    "submit",
+    "submit_many",
+    "wait",
+]
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +202,7 @@ def _check_max_attempts(max_attempts: int) -> int:
 
 
 def queue_of(kind: str) -> str:
+    """The queue of job kind ``kind`` (a registered backend); RequestError naming --kind otherwise."""
     try:
         return get_backend(kind).queue
     except UnknownKind as exc:
@@ -253,6 +291,7 @@ def submit_many(
 
 
 def check_job_id(text: str) -> str:
+    """``text`` as a job id (a UUID, in its canonical form); RequestError naming JOB otherwise."""
     try:
         return str(uuid.UUID(text))
     except ValueError:
@@ -314,6 +353,8 @@ def _control_plane(link: Link) -> dict[str, object]:
 
 
 def status(link: Link, limit: int = 10) -> StatusReport:
+    """The control plane, its workers, the queues' depths, the jobs by status, and up to ``limit`` pending
+    and dead jobs."""
     queues = {backend.queue for backend in load_backends().values()} | set(link.queues.known_queues())
     pending = link.ledger.jobs_with_status("running", limit) + link.ledger.jobs_with_status("queued", limit)
     return StatusReport(
@@ -334,6 +375,7 @@ def _duration(seconds: object) -> str:
 
 
 def format_status(report: StatusReport) -> str:
+    """The status for people: the control plane, the workers, the queues, the jobs by status."""
     plane = report.control_plane
     lines = [
         f"control plane: {plane['source']} epoch {plane['epoch']} on {plane['node']}, "
@@ -576,5 +618,6 @@ def fetch(link: Link, job_id: str, output: Path) -> list[FetchedFile]:
 
 
 def format_fetched(item: FetchedFile) -> str:
+    """One line for people: where an output is, its size, and what :func:`fetch` did with it."""
     what = {"kept": "kept (already there, SHA-256 matches)", "replaced": "replaced (its SHA-256 differed)"}
     return f"{item.path}  {item.size} bytes  {what.get(item.action, item.action)}"

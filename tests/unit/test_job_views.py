@@ -198,3 +198,14 @@ def test_a_fetched_file_line_says_what_was_done(tmp_path: Path):
         "downloaded"
     )
     assert kept.to_dict()["path"] == str(tmp_path / "a.json")
+
+
+def test_the_client_exports_its_api_each_documented():
+    assert {"jobs", "show", "fetch", "submit", "submit_many", "wait", "connect", "status"} <= set(
+        client.__all__
+    )
+    for name in client.__all__:
+        assert hasattr(client, name), name
+        value = getattr(client, name)
+        if callable(value):
+            assert value.__doc__, f"{name} has no docstring"
