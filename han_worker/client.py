@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import stat
 import time
 import uuid
@@ -584,16 +585,16 @@ def _local(destination: Path) -> tuple[str, int] | None:
 
 def _fetch_one(link: Link, name: str, artifact: Artifact, output: Path) -> FetchedFile:
     destination = output / name
-    there = _local(destination)
-    if there == (artifact.sha256, artifact.size):
+    if _local(destination) == (artifact.sha256, artifact.size):
         return FetchedFile(name, destination, artifact.size, artifact.sha256, "kept")
+    existed = os.path.lexists(destination)  # a wrong copy, a link, an unreadable file: replaced
     try:
         link.artifacts.download_replacing(artifact, destination)
     except (ConnectionError, TimeoutError):  # OSErrors of the network, not of the directory
         raise
     except OSError as exc:
         raise RequestError(f"--output: {destination}: cannot be written: {exc.strerror or exc}") from None
-    action = "downloaded" if there is None and not destination.is_symlink() else "replaced"
+    action = "replaced" if existed else "downloaded"
     log.debug("%s %s from %s", action, destination, artifact.key)
     return FetchedFile(name, destination, artifact.size, artifact.sha256, action)
 
