@@ -1,14 +1,21 @@
-"""Submitting jobs, waiting for them, and a picture of the whole system: what submit, wait and status do.
+"""The lab's API: submitting jobs, waiting for them, seeing them and fetching their outputs, and a picture of
+the whole system (what ``han-worker submit``, ``wait``, ``status``, ``jobs``, ``show`` and ``fetch`` do).
 
 A submission uploads the inputs first, then records the job in the ledger, then adds it to its
 stream: a worker can never see a job whose inputs are missing, and a job recorded but never
 enqueued (the submitter died in between) is put in its stream by a worker's reconciler.
+
+Every function takes the :class:`~han_worker.store.link.Link` that :func:`connect` opens. Bad arguments raise
+:class:`RequestError` naming the argument (as the command's flag); a control plane that fails raises what its
+service raised (``han_worker.store.link.SERVICE_ERRORS``). See docs/jobs.md.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import stat
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,8 +28,16 @@ from han_worker.config import WorkerConfig
 from han_worker.fields import INT4_MAX, check_storable_json, decode_json, json_type_name, shown
 from han_worker.selection.endpoints import format_time
 from han_worker.selection.resolver import Selector, authentication_failures
-from han_worker.store.artifacts import ArtifactError, Snapshot, check_name, input_key, take_snapshot
-from han_worker.store.ledger import JobRecord, NewJob
+from han_worker.store.artifacts import (
+    Artifact,
+    ArtifactError,
+    Snapshot,
+    check_name,
+    file_digest,
+    input_key,
+    take_snapshot,
+)
+from han_worker.store.ledger import STATUSES, JobRecord, NewJob
 from han_worker.store.link import (
     CONTROL_PLANE_ERRORS,
     SERVICE_ERRORS,
@@ -32,9 +47,43 @@ from han_worker.store.link import (
     open_link,
 )
 
+__all__ = [
+    "JOBS_LIMIT",
+    "MAX_JOBS_LIMIT",
+    "TERMINAL",
+    "FetchedFile",
+    "JobDetail",
+    "RequestError",
+    "StatusReport",
+    "age",
+    "check_inputs",
+    "check_job_id",
+    "check_limit",
+    "check_output_dir",
+    "check_params",
+    "check_statuses",
+    "connect",
+    "fetch",
+    "format_fetched",
+    "format_job",
+    "format_jobs",
+    "format_status",
+    "jobs",
+    "parse_params",
+    "queue_of",
+    "show",
+    "snapshots",
+    "status",
+    "submit",
+    "submit_many",
+    "wait",
+]
+
 log = logging.getLogger(__name__)
 
 TERMINAL = frozenset({"succeeded", "failed", "dead"})
+JOBS_LIMIT = 50  # jobs listed when no limit is given
+MAX_JOBS_LIMIT = 1000  # a listing is one query and one table on a terminal: never the whole ledger
 # How long a refused client waits for a rotation to publish the credentials file it is about to.
 REFUSAL_SETTLE_SECONDS = 2.0
 
@@ -154,6 +203,7 @@ def _check_max_attempts(max_attempts: int) -> int:
 
 
 def queue_of(kind: str) -> str:
+    """The queue of job kind ``kind`` (a registered backend); RequestError naming --kind otherwise."""
     try:
         return get_backend(kind).queue
     except UnknownKind as exc:
@@ -242,6 +292,7 @@ def submit_many(
 
 
 def check_job_id(text: str) -> str:
+    """``text`` as a job id (a UUID, in its canonical form); RequestError naming JOB otherwise."""
     try:
         return str(uuid.UUID(text))
     except ValueError:
@@ -303,6 +354,8 @@ def _control_plane(link: Link) -> dict[str, object]:
 
 
 def status(link: Link, limit: int = 10) -> StatusReport:
+    """The control plane, its workers, the queues' depths, the jobs by status, and up to ``limit`` pending
+    and dead jobs."""
     queues = {backend.queue for backend in load_backends().values()} | set(link.queues.known_queues())
     pending = link.ledger.jobs_with_status("running", limit) + link.ledger.jobs_with_status("queued", limit)
     return StatusReport(
@@ -323,6 +376,7 @@ def _duration(seconds: object) -> str:
 
 
 def format_status(report: StatusReport) -> str:
+    """The status for people: the control plane, the workers, the queues, the jobs by status."""
     plane = report.control_plane
     lines = [
         f"control plane: {plane['source']} epoch {plane['epoch']} on {plane['node']}, "
@@ -348,3 +402,223 @@ def format_status(report: StatusReport) -> str:
             lines.append(f"  {record['id']}  {record['kind']}  {record['status']}  "
                          f"attempts {record['attempts']}{error}")  # fmt: skip
     return "\n".join(lines)
+
+
+# -- seeing jobs: jobs, show, fetch ---------------------------------------------------------------------
+
+
+def check_statuses(statuses: Iterable[str]) -> list[str]:
+    """``--state`` values: each one of the ledger's statuses (queued, running, succeeded, failed, dead)."""
+    checked = []
+    for status in statuses:
+        if status not in STATUSES:
+            raise RequestError(f"--state: {shown(status)} is not one of {', '.join(STATUSES)}")
+        checked.append(status)
+    return checked
+
+
+def check_limit(limit: int) -> int:
+    """``--limit``: a whole number from 1 to MAX_JOBS_LIMIT."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_JOBS_LIMIT:
+        raise RequestError(f"--limit: {shown(limit)} is not a whole number from 1 to {MAX_JOBS_LIMIT}")
+    return limit
+
+
+def jobs(
+    link: Link, states: Sequence[str] = (), kind: str | None = None, limit: int = JOBS_LIMIT
+) -> list[JobRecord]:
+    """The newest jobs first, at most ``limit`` (1 to 1000) of them: those in one of ``states`` (any when
+    empty) and of ``kind`` (a registered kind; any when None). One bounded query.
+
+    RequestError names the argument at fault (``--state``, ``--kind``, ``--limit``)."""
+    checked = check_statuses(states)
+    if kind is not None:
+        queue_of(kind)
+    return link.ledger.list_jobs(checked, kind, check_limit(limit))
+
+
+def age(since: datetime, now: datetime | None = None) -> str:
+    """How long ago ``since`` was, in its largest unit: 45s, 12m, 3h, 9d."""
+    seconds = max(0, int(((now or datetime.now(timezone.utc)) - since).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _one_line(text: str | None, width: int) -> str:
+    """``text`` on one line of at most ``width`` characters (an error message may span lines)."""
+    flat = " ".join((text or "").split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def format_jobs(records: Sequence[JobRecord], now: datetime | None = None) -> str:
+    """A table for people: id, kind, state, attempts, age (since submission), worker, error."""
+    header = ("JOB", "KIND", "STATE", "ATTEMPTS", "AGE", "WORKER", "ERROR")
+    rows = [
+        (record.id, record.kind, record.status, f"{record.attempts}/{record.max_attempts}",
+         age(record.created_at, now), record.worker_id or "-", _one_line(record.error, 60) or "-")
+        for record in records
+    ]  # fmt: skip
+    if not rows:
+        return "no jobs"
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    )
+
+
+def _iso(value: object) -> object:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+@dataclass(frozen=True)
+class JobDetail:
+    """One job as :func:`show` returns it: its ledger record and each of its attempts, oldest first
+    (attempt, worker_id, host, platform, control_plane, control_plane_epoch, started_at, finished_at, outcome,
+    error)."""
+
+    record: JobRecord
+    attempts: list[dict[str, object]]
+
+    def to_dict(self) -> dict[str, object]:
+        attempts = [{name: _iso(value) for name, value in item.items()} for item in self.attempts]
+        return {**self.record.to_dict(), "attempts": attempts}
+
+
+def show(link: Link, job_id: str) -> JobDetail:
+    """Job ``job_id`` with its attempts: who ran each, where (host, platform, worker id), against which
+    control plane and epoch, when, and how it ended. RequestError (naming JOB) when it is not a UUID or not
+    in the ledger."""
+    job_id = check_job_id(job_id)
+    record = link.ledger.job(job_id)
+    if record is None:
+        raise RequestError(f"JOB: no job {job_id} in the ledger of {link.source}")
+    return JobDetail(record, link.ledger.attempts(job_id))
+
+
+def _when(moment: object) -> str:
+    return moment.isoformat(timespec="seconds") if isinstance(moment, datetime) else "-"
+
+
+def _took(item: Mapping[str, object]) -> str:
+    started, finished = item.get("started_at"), item.get("finished_at")
+    if isinstance(started, datetime) and isinstance(finished, datetime):
+        return f" ({(finished - started).total_seconds():.1f}s)"
+    return ""
+
+
+def format_job(detail: JobDetail) -> str:
+    """One job for people: what it is, where it stands, its outputs, then one line per attempt."""
+    record = detail.record
+    lines = [
+        f"job {record.id}  kind {record.kind}  queue {record.queue}  {record.status}  "
+        f"attempts {record.attempts}/{record.max_attempts}",
+        f"  submitted {_when(record.created_at)}  started {_when(record.started_at)}  "
+        f"finished {_when(record.finished_at)}",
+        f"  params {json.dumps(record.params)}",
+    ]
+    if record.result is not None:
+        lines.append(f"  result {json.dumps(record.result)}")
+    for name, output in sorted((record.outputs or {}).items()):
+        lines.append(f"  output {name}: {output.get('size')} bytes, SHA-256 {output.get('sha256')}")
+    if record.error:
+        lines.append(f"  error: {_one_line(record.error, 200)}")
+    lines.append(f"attempts ({len(detail.attempts)}):")
+    for item in detail.attempts:
+        epoch = item["control_plane_epoch"]
+        lines.append(
+            f"  #{item['attempt']} {item['outcome'] or 'running'}  worker {item['worker_id']} on "
+            f"{item['host'] or '?'} ({item['platform'] or '?'})  "
+            f"control plane {item['control_plane'] or '?'} epoch {'?' if epoch is None else epoch}  "
+            f"started {_when(item['started_at'])}  finished {_when(item['finished_at'])}{_took(item)}"
+        )
+        if item["error"]:
+            lines.append(f"     error: {_one_line(str(item['error']), 200)}")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class FetchedFile:
+    """One output :func:`fetch` wrote or found: ``action`` is downloaded, replaced (a local file with another
+    SHA-256 was there) or kept (already there and correct)."""
+
+    name: str
+    path: Path
+    size: int
+    sha256: str
+    action: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {**self.__dict__, "path": str(self.path)}
+
+
+def check_output_dir(output: Path) -> Path:
+    """``--output``: a directory, or nothing yet (made by :func:`fetch`)."""
+    if output.exists() and not output.is_dir():
+        raise RequestError(f"--output: {output} is not a directory")
+    return output
+
+
+def _outputs_of(link: Link, job_id: str) -> list[tuple[str, Artifact]]:
+    record = link.ledger.job(job_id)
+    if record is None:
+        raise RequestError(f"JOB: no job {job_id} in the ledger of {link.source}")
+    if not record.outputs and record.status != "succeeded":
+        raise RequestError(f"JOB: job {job_id} is {record.status}; it has no outputs to fetch")
+    return [
+        (check_name(name, "output name"), Artifact.from_dict(output, f"output {name!r} of job {job_id}"))
+        for name, output in sorted((record.outputs or {}).items())
+    ]
+
+
+def _local(destination: Path) -> tuple[str, int] | None:
+    """(SHA-256, size) of the regular file at ``destination``, else None (missing, a link, unreadable)."""
+    try:
+        if not stat.S_ISREG(destination.lstat().st_mode):
+            return None
+        return file_digest(destination)
+    except OSError:
+        return None
+
+
+def _fetch_one(link: Link, name: str, artifact: Artifact, output: Path) -> FetchedFile:
+    destination = output / name
+    if _local(destination) == (artifact.sha256, artifact.size):
+        return FetchedFile(name, destination, artifact.size, artifact.sha256, "kept")
+    existed = os.path.lexists(destination)  # a wrong copy, a link, an unreadable file: replaced
+    try:
+        link.artifacts.download_replacing(artifact, destination)
+    except (ConnectionError, TimeoutError):  # OSErrors of the network, not of the directory
+        raise
+    except OSError as exc:
+        raise RequestError(f"--output: {destination}: cannot be written: {exc.strerror or exc}") from None
+    action = "replaced" if existed else "downloaded"
+    log.debug("%s %s from %s", action, destination, artifact.key)
+    return FetchedFile(name, destination, artifact.size, artifact.sha256, action)
+
+
+def fetch(link: Link, job_id: str, output: Path) -> list[FetchedFile]:
+    """Download job ``job_id``'s outputs into directory ``output`` (made when missing), each as
+    ``output/NAME``, checked against the size and SHA-256 the ledger recorded and written atomically
+    (a temporary file in ``output``, renamed). A file already there with the right SHA-256 is kept, one with
+    another is replaced: a fetch can be run again.
+
+    RequestError names JOB (not a UUID, no such job, not finished) or ``--output`` (not a directory, cannot be
+    written); ArtifactError names the object whose bytes are not those the ledger recorded (nothing is written
+    for it)."""
+    job_id = check_job_id(job_id)
+    check_output_dir(output)
+    outputs = _outputs_of(link, job_id)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RequestError(f"--output: {output}: cannot be made: {exc.strerror or exc}") from None
+    return [_fetch_one(link, name, artifact, output) for name, artifact in outputs]
+
+
+def format_fetched(item: FetchedFile) -> str:
+    """One line for people: where an output is, its size, and what :func:`fetch` did with it."""
+    what = {"kept": "kept (already there, SHA-256 matches)", "replaced": "replaced (its SHA-256 differed)"}
+    return f"{item.path}  {item.size} bytes  {what.get(item.action, item.action)}"

@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from han_worker.config import DEFAULT_ENDPOINTS_FILE, Overrides, WorkerConfig, load_worker_config
@@ -76,6 +76,17 @@ def positive_count(text: str) -> int:
     if not (text.isascii() and text.isdigit() and len(text) <= 10) or not 1 <= int(text) <= INT4_MAX:
         raise argparse.ArgumentTypeError(f"{shown(text)} is not a whole number from 1 to {INT4_MAX}")
     return int(text)
+
+
+def count_up_to(maximum: int) -> Callable[[str], int]:
+    """argparse type: a whole number from 1 to ``maximum`` (a listing's length)."""
+
+    def count(text: str) -> int:
+        if not (text.isascii() and text.isdigit() and len(text) <= 10) or not 1 <= int(text) <= maximum:
+            raise argparse.ArgumentTypeError(f"{shown(text)} is not a whole number from 1 to {maximum}")
+        return int(text)
+
+    return count
 
 
 def path_argument(text: str) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -18,6 +19,7 @@ from typing import BinaryIO, cast
 
 from minio import Minio
 from minio.error import S3Error
+from urllib3 import BaseHTTPResponse
 
 from han_worker.fields import MAX_NAME_BYTES, shown, text_problem
 
@@ -173,12 +175,7 @@ class ArtifactStore:
 
         One GET, hashed as it is written: no HEAD first and no second read of the file (what the SDK's
         ``fget_object`` costs), which a job's input would pay on every job."""
-        try:
-            response = self.client.get_object(self.bucket, artifact.key)
-        except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject"):
-                raise ArtifactError(f"{artifact.key}: missing from bucket {self.bucket}") from exc
-            raise
+        response = self._get(artifact)
         try:
             sha256, size = _save(response.stream(_CHUNK), destination)
         finally:
@@ -186,11 +183,41 @@ class ArtifactStore:
             response.release_conn()
         if (sha256, size) != (artifact.sha256, artifact.size):
             destination.unlink(missing_ok=True)
-            raise ArtifactError(
-                f"{artifact.key}: corrupt: {size} bytes with SHA-256 {sha256}, but the ledger recorded "
-                f"{artifact.size} bytes with SHA-256 {artifact.sha256}"
-            )
+            raise _corrupt(artifact, sha256, size)
         return destination
+
+    def download_replacing(self, artifact: Artifact, destination: Path) -> None:
+        """Fetch ``artifact`` into a temporary file beside ``destination`` and rename it over ``destination``
+        once its size and SHA-256 match the ledger (flushed to disk first): ``destination`` is either what
+        it was or the whole, checked object, never a part. ArtifactError (nothing written) otherwise."""
+        response = self._get(artifact)
+        try:
+            handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - renamed, not closed-and-deleted
+                dir=destination.parent, prefix=".han-fetch-", suffix=".part", delete=False
+            )
+            temporary = Path(handle.name)
+            try:
+                with handle:
+                    sha256, size = _copy(response.stream(_CHUNK), cast(BinaryIO, handle))
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                if (sha256, size) != (artifact.sha256, artifact.size):
+                    raise _corrupt(artifact, sha256, size)
+                os.replace(temporary, destination)
+            except BaseException:
+                temporary.unlink(missing_ok=True)
+                raise
+        finally:
+            response.close()
+            response.release_conn()
+
+    def _get(self, artifact: Artifact) -> BaseHTTPResponse:
+        try:
+            return self.client.get_object(self.bucket, artifact.key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject"):
+                raise ArtifactError(f"{artifact.key}: missing from bucket {self.bucket}") from exc
+            raise
 
     def download_inputs(self, inputs: Mapping[str, Mapping[str, object]], directory: Path) -> dict[str, Path]:
         """Every input of a job into ``directory`` (created when there are inputs), keyed by input name."""
@@ -201,6 +228,13 @@ class ArtifactStore:
             artifact = Artifact.from_dict(record, f"input {name!r}")
             local[name] = self.download(artifact, directory / check_name(name, "input name"))
         return local
+
+
+def _corrupt(artifact: Artifact, sha256: str, size: int) -> ArtifactError:
+    return ArtifactError(
+        f"{artifact.key}: corrupt: {size} bytes with SHA-256 {sha256}, but the ledger recorded "
+        f"{artifact.size} bytes with SHA-256 {artifact.sha256}"
+    )
 
 
 def _save(chunks: Iterable[bytes], destination: Path) -> tuple[str, int]:

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 Row = tuple[Any, ...]
 Connection = psycopg.Connection[Row]
 OUTCOMES = ("succeeded", "failed", "crashed", "released")
+STATUSES = ("queued", "running", "succeeded", "failed", "dead")  # the jobs table's CHECK
 _MIGRATION_LOCK = 0x68616E5F6A6F6273  # pg_advisory_xact_lock key ("han_jobs"): one migrator at a time
 
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (
@@ -452,3 +453,21 @@ class Ledger:
             _JOB_COLUMNS, order
         )
         return [JobRecord(*row) for row in self.connection().execute(query, (status, limit))]
+
+    def list_jobs(self, statuses: Sequence[str], kind: str | None, limit: int) -> list[JobRecord]:
+        """The newest ``limit`` jobs (by creation), those with one of ``statuses`` (all when empty) and of
+        ``kind`` (any when None). The filters are written as literal conditions, not ``%s IS NULL OR``,
+        so a listing of queued or running jobs can use the ``jobs_open`` partial index."""
+        unknown = sorted(set(statuses) - set(STATUSES))
+        if unknown:
+            raise ValueError(f"status {unknown!r} is not one of {', '.join(STATUSES)}")
+        conditions: list[sql.Composable] = [sql.SQL("true")]
+        if statuses:
+            listed = sql.SQL(", ").join(sql.Literal(status) for status in sorted(set(statuses)))
+            conditions.append(sql.SQL("status IN ({})").format(listed))
+        if kind is not None:
+            conditions.append(sql.SQL("kind = {}").format(sql.Literal(kind)))
+        query = sql.SQL("SELECT {} FROM jobs WHERE {} ORDER BY created_at DESC, id LIMIT %s").format(
+            _JOB_COLUMNS, sql.SQL(" AND ").join(conditions)
+        )
+        return [JobRecord(*row) for row in self.connection().execute(query, (limit,))]

@@ -42,7 +42,7 @@ HOSTILE_PORTS = st.one_of(
 # Which hostile family each option gets, by its destination. A flag missing here fails the coverage test.
 FAMILIES: dict[str, st.SearchStrategy[str]] = {
     **dict.fromkeys(("config", "endpoints_file", "credentials_file", "mac_credentials_file", "input",
-                     "state_dir", "env_dir", "pool", "state", "scaler_state"), HOSTILE_PATHS),
+                     "state_dir", "env_dir", "pool", "state", "scaler_state", "output"), HOSTILE_PATHS),
     **dict.fromkeys(("probe_timeout", "timeout", "wait", "wait_workers", "start_timeout", "max_attempts",
                      "limit", "interval"), HOSTILE_NUMBER_TEXT),
     **dict.fromkeys(("mac_port", "port"), HOSTILE_PORTS),
@@ -51,19 +51,24 @@ FAMILIES: dict[str, st.SearchStrategy[str]] = {
     **dict.fromkeys(("mode", "source", "launch_mode", "kind", "queues", "check", "job"), HOSTILE_TEXT),
     "param": st.one_of(unstorable_text(), unstorable_text().map(lambda text: "k=" + text)),
     "params_json": HOSTILE_TEXT,
+    "states": st.one_of(HOSTILE_TEXT, st.sampled_from(["Queued", "done", "queued,running", "", " dead"])),
 }  # fmt: skip
 # What each command needs besides the flag under test so that nothing can start even if a value slipped
 # through (the test would then fail on the message, not start a service).
 CONTEXT: dict[tuple[str, str], list[str]] = {
     ("han-worker", "submit"): ["--kind", "noop"],
     ("han-worker", "run"): ["--queues", "noop"],
+    ("han-worker", "fetch"): ["--output", "/nonexistent/han/fetched"],
     ("han-worker", "scale"): ["--pool", "/nonexistent/han/pool.json", "--state", "/nonexistent/han/state.json"],
     ("han-worker", "harden-check"): ["--bind-address", "127.0.0.10", "--state-dir", "/nonexistent/han"],
     ("han-control-plane", "run"): ["--bind", "127.0.0.10", "--launch-mode", "slurm", "--state-dir", "/dev/null/x"],
     ("han-control-plane", "start"): ["--bind", "127.0.0.10", "--state-dir", "/dev/null/x"],
     ("han-control-plane", "rotate"): ["--state-dir", "/dev/null/x"],
 }  # fmt: skip
-POSITIONALS = {("han-worker", "wait"): "00000000-0000-0000-0000-000000000000"}
+POSITIONALS = dict.fromkeys(
+    [("han-worker", "wait"), ("han-worker", "show"), ("han-worker", "fetch")],
+    "00000000-0000-0000-0000-000000000000",
+)
 PROGRAMS: dict[str, tuple[argparse.ArgumentParser, Main]] = {
     "han-worker": (build_worker_parser(), worker_main),
     "han-control-plane": (build_control_plane_parser(), control_plane_main),

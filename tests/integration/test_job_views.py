@@ -1,0 +1,285 @@
+"""``han-worker jobs``, ``show`` and ``fetch`` end to end: jobs submitted to a real control plane and run by a real
+worker, listed and shown as the ledger holds them, and a job's output fetched from S3: checked against the
+SHA-256 the ledger recorded, kept on a second fetch, replaced when the local copy is wrong, refused (naming the
+object) when the object in S3 is not what the ledger recorded.
+
+The control plane is the module's own, on 127.0.0.78; the commands run as the cluster user, as a lab member's."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from han_worker import client
+from han_worker.selection.checks import s3_client
+from han_worker.selection.credentials import S3Credentials
+from han_worker.selection.endpoints import parse_endpoints
+from han_worker.selection.resolver import Choice
+from han_worker.store.artifacts import ArtifactStore
+from han_worker.store.ledger import JobRecord
+from han_worker.store.link import Link
+from han_worker.store.queues import Queues
+from tests.integration.conftest import UnprivilegedEnv
+from tests.integration.control_planes import (
+    RunningControlPlane,
+    WorkerProcess,
+    han_worker,
+    start_control_plane,
+    start_worker,
+    wait_for,
+    worker_settings,
+    write_private_file,
+)
+
+pytestmark = pytest.mark.self_contained
+
+ADDRESS = "127.0.0.78"  # no other test or benchmark uses it
+
+
+@pytest.fixture(scope="module")
+def control_plane(unprivileged_env: UnprivilegedEnv, workdir: Path) -> Iterator[RunningControlPlane]:
+    running = start_control_plane(unprivileged_env, workdir / "cp", address=ADDRESS)
+    yield running
+    running.shutdown()
+
+
+@pytest.fixture(scope="module")
+def link(control_plane: RunningControlPlane) -> Iterator[Link]:
+    """The control plane as a client sees it (built by hand: root may not use the trusted-file readers on the
+    cluster user's files)."""
+    credentials = control_plane.worker_credentials()
+    endpoints = parse_endpoints(control_plane.endpoints, "endpoints.json")
+    ledger, redis_client, s3 = control_plane.link_parts()
+    ledger.migrate()
+    opened = Link(
+        Choice("pegasus", endpoints, credentials, "the test's own"), ledger, control_plane.ledger(),
+        Queues(redis_client), ArtifactStore(s3, credentials.s3.bucket),
+    )  # fmt: skip
+    yield opened
+    opened.close()
+
+
+@pytest.fixture(scope="module")
+def config(unprivileged_env: UnprivilegedEnv, workdir: Path, control_plane: RunningControlPlane) -> Path:
+    document = worker_settings(control_plane, workdir / "spool", mode="pegasus")
+    return write_private_file(unprivileged_env, workdir / "worker.json", json.dumps(document))
+
+
+@pytest.fixture(scope="module")
+def worker(unprivileged_env: UnprivilegedEnv, config: Path) -> Iterator[WorkerProcess]:
+    started = start_worker(unprivileged_env, config)
+    wait_for(
+        lambda: "serving noop" in started.output() or started.process.poll() is not None, 30, "the worker"
+    )
+    assert started.process.poll() is None, started.output()
+    yield started
+    try:
+        started.stop(timeout=15)
+    except subprocess.TimeoutExpired:
+        started.kill()
+
+
+@pytest.fixture(scope="module")
+def finished(link: Link, worker: WorkerProcess) -> dict[str, JobRecord]:
+    """Four jobs run to their end, submitted one after the other (so their order is known): noop, a failure,
+    noop, and last a sleep job with an output in S3."""
+    submitted = {
+        "noop-1": client.submit_many(link, "noop", [{}], 3)[0],
+        "fail": client.submit_many(link, "fail", [{"message": "no person found on purpose"}], 1)[0],
+        "noop-2": client.submit_many(link, "noop", [{}], 3)[0],
+        "sleep": client.submit_many(link, "sleep", [{"seconds": 0.25}], 3)[0],
+    }
+    records = {}
+    for name, job_id in submitted.items():
+        record = client.wait(link, job_id, 60)
+        assert record is not None, f"{name} has not finished: {worker.output()}"
+        records[name] = record
+    assert records["sleep"].status == "succeeded", records["sleep"]
+    assert records["fail"].status == "failed", records["fail"]
+    return records
+
+
+def run(env: UnprivilegedEnv, config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    done = han_worker(env, args[0], "--config", str(config), *args[1:])
+    assert "Traceback" not in done.stderr, done.stderr
+    return done
+
+
+def listed(env: UnprivilegedEnv, config: Path, *flags: str) -> list[str]:
+    done = run(env, config, "jobs", "--json", *flags)
+    assert done.returncode == 0, done.stderr
+    return [item["id"] for item in json.loads(done.stdout)]
+
+
+# -- jobs ----------------------------------------------------------------------------------------------------
+
+
+def test_jobs_lists_the_newest_first_and_filters_by_state_kind_and_limit(
+    unprivileged_env: UnprivilegedEnv, config: Path, finished: dict[str, JobRecord]
+) -> None:
+    ids = {name: record.id for name, record in finished.items()}
+    order = [ids["sleep"], ids["noop-2"], ids["fail"], ids["noop-1"]]
+    assert listed(unprivileged_env, config) == order
+    assert listed(unprivileged_env, config, "--limit", "2") == order[:2]
+    assert listed(unprivileged_env, config, "--state", "failed") == [ids["fail"]]
+    assert listed(unprivileged_env, config, "--state", "failed", "--state", "succeeded") == order
+    assert listed(unprivileged_env, config, "--kind", "noop") == [ids["noop-2"], ids["noop-1"]]
+    assert listed(unprivileged_env, config, "--state", "queued") == []
+
+    table = run(unprivileged_env, config, "jobs", "--kind", "fail")
+    assert table.returncode == 0, table.stderr
+    header, row = table.stdout.splitlines()
+    assert header.split() == ["JOB", "KIND", "STATE", "ATTEMPTS", "AGE", "WORKER", "ERROR"]
+    assert row.split()[:4] == [ids["fail"], "fail", "failed", "1/1"]
+    assert "no person found on purpose" in row
+
+
+def test_jobs_refuses_a_bad_flag_naming_it(unprivileged_env: UnprivilegedEnv, config: Path) -> None:
+    for flags, named in ((["--state", "finished"], "--state"), (["--limit", "0"], "--limit"),
+                         (["--kind", "nothing-such"], "--kind")):  # fmt: skip
+        done = run(unprivileged_env, config, "jobs", *flags)
+        assert done.returncode == 2, done.stderr
+        assert named in done.stderr
+
+
+# -- show ----------------------------------------------------------------------------------------------------
+
+
+def test_show_gives_each_attempt_with_its_worker_host_control_plane_and_epoch(
+    unprivileged_env: UnprivilegedEnv,
+    config: Path,
+    control_plane: RunningControlPlane,
+    finished: dict[str, JobRecord],
+) -> None:
+    job_id = finished["fail"].id
+    done = run(unprivileged_env, config, "show", job_id, "--json")
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    assert (shown["id"], shown["status"], shown["kind"]) == (job_id, "failed", "fail")
+    [attempt] = shown["attempts"]
+    epoch = parse_endpoints(control_plane.endpoints, "endpoints.json").epoch
+    assert attempt["attempt"] == 1
+    assert attempt["worker_id"] == finished["fail"].worker_id
+    assert attempt["platform"] == "linux"
+    assert attempt["host"] == finished["fail"].host
+    assert (attempt["control_plane"], attempt["control_plane_epoch"]) == ("pegasus", epoch)
+    assert attempt["outcome"] == "failed"
+    assert "no person found on purpose" in attempt["error"]
+    assert attempt["started_at"] <= attempt["finished_at"]
+
+    text = run(unprivileged_env, config, "show", job_id)
+    assert text.returncode == 0, text.stderr
+    assert f"job {job_id}  kind fail  queue noop  failed  attempts 1/1" in text.stdout
+    assert f"#1 failed  worker {attempt['worker_id']}" in text.stdout
+    assert f"control plane pegasus epoch {epoch}" in text.stdout
+
+
+@pytest.mark.parametrize("command", ["show", "fetch"])
+def test_a_job_id_that_is_not_a_uuid_or_not_in_the_ledger_exits_2_naming_it(
+    unprivileged_env: UnprivilegedEnv, config: Path, workdir: Path, command: str
+) -> None:
+    output = ["--output", str(workdir / "never")] if command == "fetch" else []
+    not_uuid = run(unprivileged_env, config, command, "job-42", *output)
+    assert not_uuid.returncode == 2
+    assert "JOB: 'job-42' is not a job id" in not_uuid.stderr
+    missing = str(uuid.uuid4())
+    unknown = run(unprivileged_env, config, command, missing, *output)
+    assert unknown.returncode == 2
+    assert f"JOB: no job {missing} in the ledger" in unknown.stderr
+    assert not (workdir / "never").exists()
+
+
+# -- fetch ---------------------------------------------------------------------------------------------------
+
+
+def sleep_output(record: JobRecord) -> tuple[str, str, int]:
+    """(object key, SHA-256, size) the ledger recorded for the sleep job's one output."""
+    assert record.outputs is not None
+    saved = record.outputs["slept.txt"]
+    return str(saved["key"]), str(saved["sha256"]), int(str(saved["size"]))
+
+
+def fetch(env: UnprivilegedEnv, config: Path, job_id: str, output: Path) -> subprocess.CompletedProcess[str]:
+    return run(env, config, "fetch", job_id, "--output", str(output))
+
+
+def test_fetch_downloads_checks_keeps_and_replaces(
+    unprivileged_env: UnprivilegedEnv, config: Path, workdir: Path, finished: dict[str, JobRecord]
+) -> None:
+    record = finished["sleep"]
+    _key, sha256, size = sleep_output(record)
+    output = workdir / "results" / "sleep"
+    fetched = output / "slept.txt"
+
+    first = fetch(unprivileged_env, config, record.id, output)
+    assert first.returncode == 0, first.stderr
+    assert fetched.read_text() == "0.25\n"
+    assert hashlib.sha256(fetched.read_bytes()).hexdigest() == sha256
+    assert fetched.stat().st_size == size
+    assert first.stdout.strip().endswith("downloaded")
+
+    again = fetch(unprivileged_env, config, record.id, output)
+    assert again.returncode == 0, again.stderr
+    assert "kept (already there, SHA-256 matches)" in again.stdout
+
+    fetched.write_text("0.99\n")  # same size, other bytes: only the hash tells
+    repaired = fetch(unprivileged_env, config, record.id, output)
+    assert repaired.returncode == 0, repaired.stderr
+    assert "replaced (its SHA-256 differed)" in repaired.stdout
+    assert fetched.read_text() == "0.25\n"
+    assert sorted(path.name for path in output.iterdir()) == ["slept.txt"]  # no temporary file left
+
+
+def test_fetch_of_a_job_without_outputs_yet_or_into_a_file_exits_2(
+    unprivileged_env: UnprivilegedEnv, config: Path, workdir: Path, link: Link, worker: WorkerProcess
+) -> None:
+    [waiting] = client.submit_many(link, "sleep", [{"seconds": 0.5}], 3)
+    early = fetch(unprivileged_env, config, waiting, workdir / "early")
+    # queued or running, unless the worker was quicker than this command: then it is fetched
+    if early.returncode == 2:
+        assert f"JOB: job {waiting} is " in early.stderr
+        assert not (workdir / "early").exists()
+    else:
+        assert early.returncode == 0, early.stderr
+    a_file = write_private_file(unprivileged_env, workdir / "a-file", "x")
+    into_file = fetch(unprivileged_env, config, waiting, a_file)
+    assert into_file.returncode == 2
+    assert f"--output: {a_file} is not a directory" in into_file.stderr
+    assert client.wait(link, waiting, 60) is not None
+
+
+def test_fetch_refuses_an_object_that_is_not_what_the_ledger_recorded_naming_it(
+    unprivileged_env: UnprivilegedEnv,
+    config: Path,
+    workdir: Path,
+    control_plane: RunningControlPlane,
+    finished: dict[str, JobRecord],
+) -> None:
+    record = finished["sleep"]
+    key, _sha256, _size = sleep_output(record)
+    root_keys = control_plane.secrets["s3"]
+    root = s3_client(
+        control_plane.service("s3"),
+        S3Credentials(root_keys["root_access_key"], root_keys["root_secret_key"], root_keys["bucket"]),
+        ca_cert=control_plane.worker_credentials().tls_ca_cert, origin="secrets.json", timeout=5,
+    )  # fmt: skip
+    root.put_object(root_keys["bucket"], key, io.BytesIO(b"tampered\n"), 9)
+
+    output = workdir / "results" / "tampered"
+    refused = fetch(unprivileged_env, config, record.id, output)
+    assert refused.returncode == 1, refused.stderr
+    assert f"{key}: corrupt" in refused.stderr
+    assert list(output.iterdir()) == []  # neither the bad bytes nor a temporary file
+
+    kept = workdir / "results" / "sleep"  # fetched correctly before: a refused fetch leaves it as it was
+    if (kept / "slept.txt").exists():
+        again = fetch(unprivileged_env, config, record.id, kept)
+        assert again.returncode == 0, again.stderr  # the local copy is right: no download at all
+        assert (kept / "slept.txt").read_text() == "0.25\n"
