@@ -9,6 +9,7 @@ import os
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -139,10 +140,16 @@ def test_retire_refuses_early_when_the_s3_gateway_cannot_reload_its_certificate(
     layout = Layout(tmp_path)
     identities = identities_file(layout.data_dir("s3"))
     environment = {"PATH": os.environ["PATH"], **({TLS_REFRESH_ENV: "2s"} if reloads else {})}
+    argument = f"-s3.config={identities}"
     stand_in = subprocess.Popen(  # a process of ours started with weed's -s3.config argument, like weed
-        [sys.executable, "-c", "import time; time.sleep(60)", f"-s3.config={identities}"], env=environment
+        [sys.executable, "-c", "import time; time.sleep(60)", argument], env=environment
     )
     try:
+        # Until it has exec'd, the child's /proc entry still shows pytest's arguments.
+        cmdline = Path(f"/proc/{stand_in.pid}/cmdline")
+        deadline = time.monotonic() + 10
+        while argument.encode() not in cmdline.read_bytes().split(b"\0") and time.monotonic() < deadline:
+            time.sleep(0.01)
         if reloads:
             rotation._check_certificates_reloadable(layout)
         else:
