@@ -21,13 +21,24 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tests.bench import chaos, control_plane, deploy, dispatch, docs_page, failover, pose, report, selection
+from tests.bench import (
+    chaos,
+    control_plane,
+    deploy,
+    dispatch,
+    docs_page,
+    failover,
+    pose,
+    report,
+    scaling,
+    selection,
+)
 from tests.bench.context import Context
 from tests.conftest import REPO
 
 Benchmark = Callable[[Context], report.Section]
 
-# name in the report -> benchmark, in the order they run (issue 8 parts 3, 2, 1, 4 and 5, issue 19, issue 18).
+# name in the report -> benchmark, in the order they run (issue 8 parts 3, 2, 1, 4 and 5, issues 19, 18 and 20).
 BENCHMARKS: dict[str, Benchmark] = {
     "dispatch": dispatch.benchmark,
     "endpoint_selection": selection.benchmark,
@@ -36,6 +47,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "deploy": deploy.benchmark,
     "pose": pose.benchmark,
     "chaos": chaos.benchmark,
+    "scaling": scaling.benchmark,
 }
 
 
