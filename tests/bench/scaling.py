@@ -379,6 +379,7 @@ def section(plan: Plan, runs: list[tuple[Run, Run]]) -> report.Section:
             "the last finished (the ledger), and the last worker job gone (Slurm's end of it).",
             "Fixed: the pool's max_workers as worker jobs without an idle timeout, registered before the burst, "
             "as role pegasus_worker's fixed array.",
+            "Peak workers is the most worker jobs running at once (squeue every 0.25 s).",
             "Allocation-seconds are Slurm's start to end of each worker job (whole seconds, from the job "
             "completion log: the testbed has no accounting for sacct); idle is that minus the time the "
             "worker spent running jobs (the ledger's attempts). For the fixed array both are over the elastic "
