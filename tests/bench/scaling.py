@@ -277,11 +277,11 @@ def busy_by_slurm_job(attempts: list[tuple[str, float, float]]) -> dict[str, flo
     return busy
 
 
-def allocations_of(slurm_jobs: list[str]) -> dict[str, tuple[float, float]] | None:
+def allocations_of(slurm_jobs: list[str], log: Path = JOBCOMP_LOG) -> dict[str, tuple[float, float]] | None:
     """Slurm's (start, end) of each job, from its job completion log; None until every one is there."""
     found = {
         job: (datetime.fromisoformat(start).timestamp(), datetime.fromisoformat(end).timestamp())
-        for job, start, end in JOBCOMP_LINE.findall(JOBCOMP_LOG.read_text(errors="replace"))
+        for job, start, end in JOBCOMP_LINE.findall(log.read_text(errors="replace"))
         if job in slurm_jobs and start != "Unknown"
     }
     return found if len(found) == len(slurm_jobs) else None

@@ -62,3 +62,32 @@ def test_the_docs_page_renders_the_scaling_section_from_a_full_report(tmp_path: 
     assert "| fixed array of 4 | - | - | 0.1 (0.1-0.1) | 11.5 (11.0-12.0) | never (no idle timeout) |" in page
     assert "- Goal: the elastic pool holds fewer idle allocation-seconds" in page
     docs_page.check_stamp(page, "page")
+
+
+JOBCOMP = """\
+JobId=1608 UserId=pegasus(1001) GroupId=pegasus(1001) Name=han-bench-elastic-1 JobState=COMPLETED Partition=batch \
+TimeLimit=10 StartTime=2026-12-06T13:33:06 EndTime=2026-12-06T13:33:40 NodeList=localhost NodeCnt=1 ProcCnt=1
+JobId=1609 UserId=pegasus(1001) GroupId=pegasus(1001) Name=other JobState=COMPLETED Partition=batch \
+TimeLimit=10 StartTime=2026-12-06T13:33:39 EndTime=2026-12-06T13:33:41 NodeList=localhost NodeCnt=1 ProcCnt=1
+"""
+
+
+def test_allocations_come_from_slurms_job_completion_log_once_every_job_is_in_it(tmp_path: Path) -> None:
+    log = tmp_path / "jobcomp.log"
+    log.write_text(JOBCOMP)
+
+    found = scaling.allocations_of(["1608"], log)
+    assert found is not None
+    start, end = found["1608"]
+    assert end - start == 34
+    assert scaling.allocations_of(["1608", "1610"], log) is None  # 1610 has not ended yet
+
+
+def test_the_time_spent_running_jobs_is_summed_per_slurm_job_from_the_worker_ids() -> None:
+    attempts = [
+        ("localhost-slurm1608-4242-ab12", 100.0, 101.5),
+        ("localhost-slurm1608-4242-ab12", 102.0, 103.0),
+        ("localhost-slurm1611-77-cd34", 100.0, 101.0),
+        ("mac-mini-99-ef56", 100.0, 105.0),  # not a Slurm worker
+    ]
+    assert scaling.busy_by_slurm_job(attempts) == {"1608": 2.5, "1611": 1.0}
