@@ -6,8 +6,9 @@ Each benchmark is a function of the run's :class:`~tests.bench.context.Context` 
 section (:class:`~tests.bench.report.Section`), registered in ``BENCHMARKS``. Figures are printed and
 written, never asserted: the exit status says only whether everything could be measured. ``--smoke`` (what
 CI runs) measures each once, small: about two and a half minutes (one failover round, a cold start and stop
-of the control plane, bootstrap.yml in check mode, a dozen pose jobs, a small chaos round: about 50 s more);
-the full run about 22 minutes (the pose section about 7 of them), and it rewrites
+of the control plane, bootstrap.yml in check mode, a dozen pose jobs, a small chaos round: about 50 s more;
+a burst of 12 jobs through an elastic pool and a fixed array: about 35 s);
+the full run about 24 minutes (the pose section about 7 of them, scaling about 2), and it rewrites
 docs/benchmarks.md from its report (:mod:`tests.bench.docs_page`).
 """
 
