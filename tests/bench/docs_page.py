@@ -33,7 +33,7 @@ INTRO = """\
 
 `make bench` (`python -m tests.bench`) measures, on the local testbed ([testbed.md](testbed.md)), how fast
 jobs are dispatched, how long choosing a control plane and failing over take, what starting, stopping and
-deploying cost, and how close pose jobs come to the bare model's speed. It writes
+deploying cost, how close pose jobs come to the bare model's speed, and what elastic workers save. It writes
 `reports/bench-<UTC time>.{json,md}` ([reports/README.md](../reports/README.md)).
 Figures are medians over the repetitions with (min-max) after them; every comparison is a ratio measured in
 the same run, on the same machine. The machine is shared and has two cores: compare the ratios rather than
@@ -106,6 +106,14 @@ SECTIONS: Mapping[str, str] = {
         "keeper starts a new one, which clears what its dead predecessor left and publishes the next epoch). "
         "The goals: 0 lost, 0 duplicated, the control plane back after each kill with no successor queued, "
         "and the workers back to their count."
+    ),
+    "scaling": (
+        "What elastic workers cost and save (issue 20): from zero workers, a burst of short `sleep` jobs through "
+        "`han-worker scale` on the testbed's Slurm (worker jobs without GRES), beside a fixed array of the pool's "
+        "`max_workers` already running, as role `pegasus_worker`'s fixed mode keeps it. How long until the first "
+        "worker job is submitted, its worker registered and the first job started; when the burst drained and "
+        "when the last worker left (`idle_timeout_seconds`); and the allocation-seconds each pool held idle. "
+        "The goals: fewer idle allocation-seconds than the fixed array, and the burst finished within 15% of it."
     ),
 }
 

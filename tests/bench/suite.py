@@ -6,8 +6,9 @@ Each benchmark is a function of the run's :class:`~tests.bench.context.Context` 
 section (:class:`~tests.bench.report.Section`), registered in ``BENCHMARKS``. Figures are printed and
 written, never asserted: the exit status says only whether everything could be measured. ``--smoke`` (what
 CI runs) measures each once, small: about two and a half minutes (one failover round, a cold start and stop
-of the control plane, bootstrap.yml in check mode, a dozen pose jobs, a small chaos round: about 50 s more);
-the full run about 22 minutes (the pose section about 7 of them), and it rewrites
+of the control plane, bootstrap.yml in check mode, a dozen pose jobs, a small chaos round: about 50 s more;
+a burst of 12 jobs through an elastic pool and a fixed array: about 35 s);
+the full run about 24 minutes (the pose section about 7 of them, scaling about 2), and it rewrites
 docs/benchmarks.md from its report (:mod:`tests.bench.docs_page`).
 """
 
@@ -21,13 +22,24 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tests.bench import chaos, control_plane, deploy, dispatch, docs_page, failover, pose, report, selection
+from tests.bench import (
+    chaos,
+    control_plane,
+    deploy,
+    dispatch,
+    docs_page,
+    failover,
+    pose,
+    report,
+    scaling,
+    selection,
+)
 from tests.bench.context import Context
 from tests.conftest import REPO
 
 Benchmark = Callable[[Context], report.Section]
 
-# name in the report -> benchmark, in the order they run (issue 8 parts 3, 2, 1, 4 and 5, issue 19, issue 18).
+# name in the report -> benchmark, in the order they run (issue 8 parts 3, 2, 1, 4 and 5, issues 19, 18 and 20).
 BENCHMARKS: dict[str, Benchmark] = {
     "dispatch": dispatch.benchmark,
     "endpoint_selection": selection.benchmark,
@@ -36,6 +48,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "deploy": deploy.benchmark,
     "pose": pose.benchmark,
     "chaos": chaos.benchmark,
+    "scaling": scaling.benchmark,
 }
 
 

@@ -86,7 +86,8 @@ def test_a_smoke_report_is_refused(tmp_path: Path) -> None:
 def test_a_report_of_some_benchmarks_is_refused_naming_the_missing_ones(tmp_path: Path) -> None:
     path = write_report(tmp_path, names=["dispatch", "failover"])
     with pytest.raises(
-        docs_page.DocsPageError, match="endpoint_selection, control_plane, deploy, pose, chaos are missing"
+        docs_page.DocsPageError,
+        match="endpoint_selection, control_plane, deploy, pose, chaos, scaling are missing",
     ):
         docs_page.load_report(path)
 
