@@ -529,12 +529,9 @@ def _accepted(check: Check, endpoint: ServiceEndpoint, timeout: float) -> bool:
 
 
 def _check_works(endpoints: Endpoints, credentials: Credentials, timeout: float) -> None:
-    for service, check in worker_checks(credentials).items():
-        endpoint = endpoints.services[service]
-        try:
-            check(endpoint, timeout)
-        except CheckFailed as exc:
-            raise RotationError(f"the workers' new credentials do not work yet: {exc}") from None
+    failures = _failures(endpoints, credentials, timeout)
+    if failures:
+        raise RotationError(f"the workers' new credentials do not work yet: {'; '.join(failures)}")
 
 
 # -- the certificate authority ------------------------------------------------------------------------------

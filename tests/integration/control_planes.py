@@ -28,9 +28,12 @@ from han_worker.selection.checks import s3_client
 from han_worker.selection.credentials import Credentials, parse_credentials
 from han_worker.selection.endpoints import ServiceEndpoint, parse_endpoints
 from han_worker.selection.redis_tls import tls_redis
+from han_worker.selection.resolver import Choice
 from han_worker.selection.tls import postgres_tls
+from han_worker.store.artifacts import ArtifactStore
 from han_worker.store.ledger import Ledger
-from han_worker.store.link import redis_client
+from han_worker.store.link import Link, redis_client
+from han_worker.store.queues import Queues
 from tests.integration.conftest import UnprivilegedEnv
 
 ADDRESS = "127.0.0.10"  # the Pegasus node's private address in the testbed
@@ -120,6 +123,18 @@ class RunningControlPlane:
             redis_client(self.service("redis"), credentials, 5),
             worker_s3(self, credentials),
         )
+
+    def client_link(self) -> Link:
+        """This control plane as a client that chose it sees it, its ledger migrated (built by hand: root may
+        not use the trusted-file readers on the cluster user's files). The caller closes it."""
+        credentials = self.worker_credentials()
+        endpoints = parse_endpoints(self.endpoints, "endpoints.json")
+        ledger, redis_connection, s3 = self.link_parts()
+        ledger.migrate()
+        return Link(
+            Choice("pegasus", endpoints, credentials, "the test's own"), ledger, self.ledger(),
+            Queues(redis_connection), ArtifactStore(s3, credentials.s3.bucket),
+        )  # fmt: skip
 
 
 def worker_s3(

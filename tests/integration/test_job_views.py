@@ -21,11 +21,8 @@ from han_worker import client
 from han_worker.selection.checks import s3_client
 from han_worker.selection.credentials import S3Credentials
 from han_worker.selection.endpoints import parse_endpoints
-from han_worker.selection.resolver import Choice
-from han_worker.store.artifacts import ArtifactStore
 from han_worker.store.ledger import JobRecord
 from han_worker.store.link import Link
-from han_worker.store.queues import Queues
 from tests.integration.conftest import UnprivilegedEnv
 from tests.integration.control_planes import (
     RunningControlPlane,
@@ -52,16 +49,7 @@ def control_plane(unprivileged_env: UnprivilegedEnv, workdir: Path) -> Iterator[
 
 @pytest.fixture(scope="module")
 def link(control_plane: RunningControlPlane) -> Iterator[Link]:
-    """The control plane as a client sees it (built by hand: root may not use the trusted-file readers on the
-    cluster user's files)."""
-    credentials = control_plane.worker_credentials()
-    endpoints = parse_endpoints(control_plane.endpoints, "endpoints.json")
-    ledger, redis_client, s3 = control_plane.link_parts()
-    ledger.migrate()
-    opened = Link(
-        Choice("pegasus", endpoints, credentials, "the test's own"), ledger, control_plane.ledger(),
-        Queues(redis_client), ArtifactStore(s3, credentials.s3.bucket),
-    )  # fmt: skip
+    opened = control_plane.client_link()
     yield opened
     opened.close()
 

@@ -11,30 +11,15 @@ from pathlib import Path
 import pytest
 
 from han_worker import client
-from han_worker.cli import build_worker_parser, worker_main
+from han_worker.cli import build_worker_parser
 from han_worker.client import FetchedFile, JobDetail, RequestError, age, format_job, format_jobs
 from han_worker.store.ledger import JobRecord
+from tests.unit.test_jobs_cli import clean_env, run
 
-ENV = ("CONTROL_PLANE_MODE", "HAN_ENDPOINTS_FILE", "HAN_WORKER_QUEUES", "MAC_LAN_IP")
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=timezone.utc)
 JOB = "5b7c9c1e-8d1e-4c61-9a39-3f1f0e4b2a10"
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in ENV:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = worker_main(list(argv))
-    except SystemExit as exit_:  # argparse's own refusals
-        code = int(exit_.code or 0)
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
+# The CLI tests' clean environment (autouse there) and their way of running a command.
+pytestmark = pytest.mark.usefixtures(clean_env.__name__)
 
 
 def record(**changes: object) -> JobRecord:
