@@ -178,7 +178,7 @@ def _run(args: argparse.Namespace) -> int:
         return fail("run", exc)
 
 
-def _connected(args: argparse.Namespace, work: Callable[[Link, WorkerConfig], int]) -> int:
+def run_connected(args: argparse.Namespace, work: Callable[[Link, WorkerConfig], int]) -> int:
     """Select and connect as ``run`` would, run ``work``, map the errors to exit codes."""
     try:
         config = load_config(args)
@@ -210,7 +210,7 @@ def _submit(args: argparse.Namespace) -> int:
         print(client.submit(link, args.kind, params, inputs, max_attempts))
         return EXIT_OK
 
-    return _connected(args, work)
+    return run_connected(args, work)
 
 
 def _wait(args: argparse.Namespace) -> int:
@@ -230,7 +230,7 @@ def _wait(args: argparse.Namespace) -> int:
             print(f"{record.status}: {detail}")
         return EXIT_OK if record.status == "succeeded" else EXIT_FAILED
 
-    return _connected(args, work)
+    return run_connected(args, work)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -253,4 +253,4 @@ def _status(args: argparse.Namespace) -> int:
             print(client.format_status(report) + (f"\n{format_state(scaler)}" if scaler else ""))
         return EXIT_OK
 
-    return _connected(args, work)
+    return run_connected(args, work)

@@ -12,7 +12,7 @@ import json
 import logging
 
 from han_worker import client
-from han_worker.cli.jobs import _connected
+from han_worker.cli.jobs import run_connected
 from han_worker.cli.options import (
     EXIT_FAILED,
     EXIT_OK,
@@ -98,7 +98,7 @@ def _jobs(args: argparse.Namespace) -> int:
             print(client.format_jobs(records))
         return EXIT_OK
 
-    return _connected(args, work)
+    return run_connected(args, work)
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -115,7 +115,7 @@ def _show(args: argparse.Namespace) -> int:
             print(client.format_job(detail))
         return EXIT_OK
 
-    return _connected(args, work)
+    return run_connected(args, work)
 
 
 def _fetch(args: argparse.Namespace) -> int:
@@ -134,4 +134,4 @@ def _fetch(args: argparse.Namespace) -> int:
             print(client.format_fetched(item))
         return EXIT_OK
 
-    return _connected(args, work)
+    return run_connected(args, work)

@@ -555,8 +555,10 @@ def _retire_authority(plane: LivePlane, current: ControlPlaneSecrets, report: Ro
         _wait_until(
             lambda: _works(endpoints, only_current, timeout),
             timeout,
-            "the servers do not all show a certificate of the new authority after their reload: "
-            + "; ".join(_failures(endpoints, only_current, timeout)),
+            lambda: (
+                "the servers do not all show a certificate of the new authority after their reload: "
+                + "; ".join(_failures(endpoints, only_current, timeout))
+            ),
         )
         report.apply("every server shows a certificate of the new authority")
     fingerprint = ca_fingerprint(current.tls_ca_cert)
@@ -607,9 +609,10 @@ def _reload_certificates(plane: LivePlane, current: ControlPlaneSecrets) -> None
     os.kill(_pid_reading(str(stunnel_config_file).encode()), signal.SIGHUP)
 
 
-def _wait_until(condition: Callable[[], bool], timeout: float, message: str) -> None:
+def _wait_until(condition: Callable[[], bool], timeout: float, message: str | Callable[[], str]) -> None:
+    """Wait for ``condition``; RotationError with ``message`` (or what it returns, asked then) on timeout."""
     deadline = time.monotonic() + max(timeout, 10.0)
     while not condition():
         if time.monotonic() >= deadline:
-            raise RotationError(message)
+            raise RotationError(message if isinstance(message, str) else message())
         time.sleep(0.2)
