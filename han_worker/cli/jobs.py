@@ -58,6 +58,8 @@ config file (JSON; every key optional, unknown keys refused; flags and variables
   drain_grace_seconds (30)       time a job in flight gets to finish after SIGTERM
   reconcile_seconds (30)         how often the ledger and the streams are compared (lost jobs re-enqueued)
   idle_timeout_seconds (0)       leave (exit 0) after this long with nothing to do; 0: never
+  job_timeouts ({})              job kind -> seconds a job may run before it is stopped, e.g. {"pose": 600};
+                                 a job's own submit --timeout wins
 
 """
 WAIT_HELP = """\
