@@ -705,14 +705,15 @@ def requeue(link: Link, job_id: str, states: Sequence[str] = REQUEUEABLE) -> str
     finished (its state is named) or succeeded; naming ``--state`` when it is in none of ``states``."""
     job_id = check_job_id(job_id)
     states = _check_requeue_states(states)
-    record = link.ledger.job(job_id)
-    if record is None:
-        raise RequestError(f"JOB: no job {job_id} in the ledger of {link.source}")
-    queue = link.ledger.requeue(job_id, states)
-    if queue is None:  # its status was not one of states, or changed meanwhile (another requeue): say which
-        raise RequestError(_not_requeued(job_id, link.ledger.status(job_id) or record.status, states))
+    requeued = link.ledger.requeue(job_id, states)
+    if requeued is None:  # not there, or its status is not one of states: say which
+        status = link.ledger.status(job_id)
+        if status is None:
+            raise RequestError(f"JOB: no job {job_id} in the ledger of {link.source}")
+        raise RequestError(_not_requeued(job_id, status, states))
+    queue, previous = requeued
     link.queues.enqueue(queue, job_id)  # a queued job never enqueued is enqueued by a reconciler
-    return record.status
+    return previous
 
 
 def _check_requeue_states(states: Sequence[str]) -> list[str]:

@@ -211,13 +211,19 @@ WHERE ({where}) AND status IN ('queued', 'running')
 RETURNING id::text, status, worker_id
 """
 # Finished jobs {where} with one of %(states)s run again: queued, with a fresh attempt budget (the attempts
-# made so far count as releases: the attempt numbers, the results' fencing tokens, keep increasing).
+# made so far count as releases: the attempt numbers, the results' fencing tokens, keep increasing). The rows
+# are locked first, so that each returns the status it had (two requeues at once: the second finds it queued).
 _REQUEUE = """
 UPDATE jobs SET status = 'queued', releases = attempts, cancel_requested_at = NULL, finished_at = NULL,
     heartbeat_at = now(), error = NULL, result = NULL, outputs = NULL
-WHERE ({where}) AND status = ANY(%(states)s::text[])
-  AND status IN ('dead', 'timed_out', 'failed', 'cancelled')
-RETURNING id::text, queue
+FROM (
+    SELECT id, status FROM jobs
+    WHERE ({where}) AND status = ANY(%(states)s::text[])
+      AND status IN ('dead', 'timed_out', 'failed', 'cancelled')
+    FOR UPDATE
+) AS old
+WHERE jobs.id = old.id
+RETURNING jobs.id::text, jobs.queue, old.status
 """
 
 
@@ -511,21 +517,21 @@ class Ledger:
 
     def _requeue(
         self, where: sql.Composable, params: Mapping[str, object], states: Sequence[str]
-    ) -> list[tuple[str, str]]:
+    ) -> list[tuple[str, str, str]]:
         unknown = sorted(set(states) - set(REQUEUEABLE))
         if unknown:
             raise ValueError(f"state {unknown!r} is not one of {', '.join(REQUEUEABLE)}")
         query = sql.SQL(_REQUEUE).format(where=where)
         cursor = self.connection().execute(query, {**params, "states": list(states)})
         self.commits += 1
-        return [(row[0], row[1]) for row in cursor]
+        return [(row[0], row[1], row[2]) for row in cursor]
 
-    def requeue(self, job_id: str, states: Sequence[str] = REQUEUEABLE) -> str | None:
+    def requeue(self, job_id: str, states: Sequence[str] = REQUEUEABLE) -> tuple[str, str] | None:
         """Queue finished job ``job_id`` again, if its status is one of ``states``, with a fresh attempt
-        budget; its queue, or None (another status, or no such job: :meth:`job` tells which). The caller
-        adds it to that queue's stream (the reconciler would, should that fail)."""
+        budget: (its queue, the status it had), or None (another status, or no such job: :meth:`job` tells
+        which). The caller adds it to that queue's stream (the reconciler would, should that fail)."""
         requeued = self._requeue(sql.SQL("id = %(id)s"), {"id": job_id}, states)
-        return requeued[0][1] if requeued else None
+        return (requeued[0][1], requeued[0][2]) if requeued else None
 
     def orphan_candidates(self, lease: float, min_age: float) -> list[tuple[str, str]]:
         """(job id, queue) of jobs that should be in a stream: queued, or running without a heartbeat."""

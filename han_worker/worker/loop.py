@@ -373,8 +373,10 @@ class Worker:
             inflight = self.inflight
             if inflight is not None:
                 # A job asked to stop for its own reason ends for that reason; else it is given back.
-                outcome = inflight.stop_reason or "released"
-                result = AttemptResult(outcome, error="the worker is draining (the backend did not stop)")
+                error = "the worker is draining (the backend did not stop)"
+                if inflight.stop_reason is not None:
+                    error = f"{inflight.stop_error()}; {error}"
+                result = AttemptResult(inflight.stop_reason or "released", error=error)
                 log_result(inflight.claim, result, record(inflight, result, self.spool).report)
         finally:
             self._recording.release()

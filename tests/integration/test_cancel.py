@@ -388,6 +388,24 @@ def test_a_dead_job_requeued_runs_again(
     assert [outcome for outcome, _error in outcomes(link, job_id)] == ["crashed", "succeeded"]
 
 
+def test_two_requeues_at_once_run_the_job_again_once(control_plane: RunningControlPlane, link: Link) -> None:
+    job_id = str(uuid.uuid4())  # dead, in a queue no worker serves: it stays queued once requeued
+    link.ledger.insert_jobs([NewJob(job_id, "noop", "cancel-race", {}, {}, 1)])
+    assert link.ledger.claim(job_id, "0-1", OWNER, 60) is not None
+    assert link.ledger.finish(job_id, 1, Outcome("crashed", error="lost")) == FinishReport(True, "dead")
+    first, second = forced_race(
+        control_plane,
+        lambda ledger: ledger.requeue(job_id, ["dead"]),
+        lambda ledger: ledger.requeue(job_id, ["dead"]),
+    )
+    assert first == ("cancel-race", "dead")
+    assert second is None  # it waited for the row, then found it queued
+    record = link.ledger.job(job_id)
+    assert record is not None
+    assert (record.status, record.attempts, record.error, record.finished_at) == ("queued", 1, None, None)
+    assert link.ledger.claim(job_id, "0-2", OWNER, 60) is not None  # a fresh budget: attempt 2 of 1 + 1
+
+
 def test_requeue_refuses_a_job_that_has_not_finished_or_has_succeeded_naming_its_state(
     unprivileged_env: UnprivilegedEnv, config: Path, link: Link, worker: WorkerProcess
 ) -> None:
