@@ -219,6 +219,24 @@ def claimed_elsewhere(link: Link) -> str:
     return job_id
 
 
+def test_a_cancelled_job_whose_worker_died_is_recorded_cancelled_by_the_next_claim_not_run(
+    link: Link,
+) -> None:
+    job_id = claimed_elsewhere(link)  # its worker never heartbeats again
+    cancelled = link.ledger.cancel(job_id)
+    assert cancelled == Cancelled(job_id, "running", OWNER.worker_id)
+    time.sleep(1.0)
+    # a worker reclaiming it after its lease (0.5 s here) is refused, and finds the job cancelled
+    assert link.ledger.claim(job_id, "0-2", OWNER, 0.5) is None
+    assert link.ledger.bury_if_exhausted(job_id, 0.5)
+    record = link.ledger.job(job_id)
+    assert record is not None
+    assert (record.status, record.attempts) == ("cancelled", 1)
+    assert str(record.error).startswith("cancelled; its worker was lost before it stopped the job")
+    [(outcome, _error)] = outcomes(link, job_id)
+    assert outcome == "crashed"
+
+
 def forced_race(
     control_plane: RunningControlPlane, first: Callable[[Ledger], object], second: Callable[[Ledger], object]
 ) -> tuple[object, object]:
