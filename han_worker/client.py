@@ -1,5 +1,6 @@
-"""The lab's API: submitting jobs, waiting for them, seeing them and fetching their outputs, and a picture of
-the whole system (what ``han-worker submit``, ``wait``, ``status``, ``jobs``, ``show`` and ``fetch`` do).
+"""The lab's API: submitting jobs, waiting for them, seeing them, fetching their outputs, cancelling and
+requeueing them, and a picture of the whole system (what ``han-worker submit``, ``wait``, ``status``,
+``jobs``, ``show``, ``fetch``, ``cancel`` and ``requeue`` do).
 
 A submission uploads the inputs first, then records the job in the ledger, then adds it to its
 stream: a worker can never see a job whose inputs are missing, and a job recorded but never
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from han_worker.backends import UnknownKind, get_backend, load_backends
 from han_worker.config import WorkerConfig
-from han_worker.fields import INT4_MAX, check_storable_json, decode_json, json_type_name, shown
+from han_worker.fields import INT4_MAX, MAX_SECONDS, check_storable_json, decode_json, json_type_name, shown
 from han_worker.selection.endpoints import format_time
 from han_worker.selection.resolver import Selector, authentication_failures
 from han_worker.store.artifacts import (
@@ -37,7 +38,7 @@ from han_worker.store.artifacts import (
     input_key,
     take_snapshot,
 )
-from han_worker.store.ledger import STATUSES, JobRecord, NewJob
+from han_worker.store.ledger import FINISHED, REQUEUEABLE, STATUSES, JobRecord, NewJob
 from han_worker.store.link import (
     CONTROL_PLANE_ERRORS,
     SERVICE_ERRORS,
@@ -50,20 +51,25 @@ from han_worker.store.link import (
 __all__ = [
     "JOBS_LIMIT",
     "MAX_JOBS_LIMIT",
+    "REQUEUEABLE",
     "TERMINAL",
+    "CancelResult",
     "FetchedFile",
     "JobDetail",
     "RequestError",
     "StatusReport",
     "age",
+    "cancel",
     "check_inputs",
     "check_job_id",
     "check_limit",
     "check_output_dir",
     "check_params",
     "check_statuses",
+    "check_timeout",
     "connect",
     "fetch",
+    "format_cancel",
     "format_fetched",
     "format_job",
     "format_jobs",
@@ -71,6 +77,7 @@ __all__ = [
     "jobs",
     "parse_params",
     "queue_of",
+    "requeue",
     "show",
     "snapshots",
     "status",
@@ -81,7 +88,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TERMINAL = frozenset({"succeeded", "failed", "dead"})
+TERMINAL = frozenset(FINISHED)  # succeeded, failed, dead, cancelled, timed_out: wait returns
 JOBS_LIMIT = 50  # jobs listed when no limit is given
 MAX_JOBS_LIMIT = 1000  # a listing is one query and one table on a terminal: never the whole ledger
 # How long a refused client waits for a rotation to publish the credentials file it is about to.
@@ -202,6 +209,20 @@ def _check_max_attempts(max_attempts: int) -> int:
     return max_attempts
 
 
+def check_timeout(timeout: float | None) -> float | None:
+    """``--timeout`` of a job: None (the worker's per-kind default, if any) or seconds above 0, at most
+    30 days."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise RequestError(f"--timeout: must be a number of seconds, not {type(timeout).__name__}")
+    if not 0 < timeout <= MAX_SECONDS:  # NaN fails this too
+        raise RequestError(
+            f"--timeout: {shown(timeout)} is not a number of seconds above 0, at most {MAX_SECONDS:g}"
+        )
+    return float(timeout)
+
+
 def queue_of(kind: str) -> str:
     """The queue of job kind ``kind`` (a registered backend); RequestError naming --kind otherwise."""
     try:
@@ -231,19 +252,23 @@ def _close(taken: Iterable[Snapshot]) -> None:
         snapshot.close()
 
 
-def submit(
-    link: Link, kind: str, params: Mapping[str, object], inputs: Mapping[str, Path], max_attempts: int
-) -> str:
+def submit(  # noqa: PLR0913 - the API lab code calls since before timeouts; timeout is keyword-only
+    link: Link, kind: str, params: Mapping[str, object], inputs: Mapping[str, Path], max_attempts: int,
+    *, timeout: float | None = None,
+) -> str:  # fmt: skip
     """Check everything, upload the inputs, record the job, enqueue it; returns its id.
 
+    ``timeout``: seconds the job may run (each attempt, from its start on a worker) before it is stopped and
+    recorded ``timed_out`` (retried while attempts are left); None: the worker's default for its kind.
     Every input is read before the first upload; a submission that fails before its job is recorded
     removes the objects it uploaded (best effort, logged)."""
     queue, checked = queue_of(kind), check_params(params)
-    max_attempts = _check_max_attempts(max_attempts)
+    max_attempts, timeout = _check_max_attempts(max_attempts), check_timeout(timeout)
     taken = snapshots(inputs)
     job_id = str(uuid.uuid4())
     try:
-        uploaded = _upload_then_record(link, NewJob(job_id, kind, queue, checked, {}, max_attempts), taken)
+        job = NewJob(job_id, kind, queue, checked, {}, max_attempts, timeout)
+        uploaded = _upload_then_record(link, job, taken)
     finally:
         _close(taken.values())
     log.debug("recorded %s with inputs %s", job_id, uploaded)
@@ -300,7 +325,8 @@ def check_job_id(text: str) -> str:
 
 
 def wait(link: Link, job_id: str, timeout: float) -> JobRecord | None:
-    """The job once it has finished (succeeded, failed or dead), or None after ``timeout`` seconds."""
+    """The job once it has finished (succeeded, failed, dead, cancelled or timed_out), or None after
+    ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     pause = 0.02
     while True:
@@ -408,7 +434,8 @@ def format_status(report: StatusReport) -> str:
 
 
 def check_statuses(statuses: Iterable[str]) -> list[str]:
-    """``--state`` values: each one of the ledger's statuses (queued, running, succeeded, failed, dead)."""
+    """``--state`` values: each one of the ledger's statuses (queued, running, succeeded, failed, dead,
+    cancelled, timed_out)."""
     checked = []
     for status in statuses:
         if status not in STATUSES:
@@ -622,3 +649,87 @@ def format_fetched(item: FetchedFile) -> str:
     """One line for people: where an output is, its size, and what :func:`fetch` did with it."""
     what = {"kept": "kept (already there, SHA-256 matches)", "replaced": "replaced (its SHA-256 differed)"}
     return f"{item.path}  {item.size} bytes  {what.get(item.action, item.action)}"
+
+
+# -- cancelling and running again ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    """What :func:`cancel` did. ``action``: ``cancelled`` (it was queued: it will never run), ``requested``
+    (it is running: its worker stops it at its next heartbeat) or ``finished`` (it had already finished:
+    nothing changed). ``status`` is the job's status after the cancel."""
+
+    job_id: str
+    action: str
+    status: str
+    worker_id: str | None
+
+    def to_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def cancel(link: Link, job_id: str) -> CancelResult:
+    """Cancel job ``job_id``: a queued job at once (no worker starts it after this), a running one at its
+    worker's next heartbeat (its backend is asked to stop, left behind when it does not, and the attempt
+    and the job recorded ``cancelled``); a finished job is left as it is. One conditional UPDATE: a cancel
+    racing a finish leaves exactly one final state. RequestError (naming JOB) when it is not a UUID or not
+    in the ledger."""
+    job_id = check_job_id(job_id)
+    reached = link.ledger.cancel(job_id)
+    if reached is not None:
+        action = "cancelled" if reached.status == "cancelled" else "requested"
+        return CancelResult(job_id, action, reached.status, reached.worker_id)
+    record = link.ledger.job(job_id)
+    if record is None:
+        raise RequestError(f"JOB: no job {job_id} in the ledger of {link.source}")
+    return CancelResult(job_id, "finished", record.status, record.worker_id)
+
+
+def format_cancel(result: CancelResult) -> str:
+    """One line for people: what the cancel did."""
+    if result.action == "cancelled":
+        return f"job {result.job_id} cancelled: it was waiting and will not run"
+    if result.action == "requested":
+        return (
+            f"job {result.job_id} is running on {result.worker_id or 'a worker'}: cancel requested; its "
+            "worker stops it at its next heartbeat (han-worker wait shows the end)"
+        )
+    return f"job {result.job_id} had already finished ({result.status}): nothing changed"
+
+
+def requeue(link: Link, job_id: str, states: Sequence[str] = REQUEUEABLE) -> str:
+    """Run finished job ``job_id`` again: queued with a fresh budget of its max_attempts, and added to its
+    queue's stream; returns the status it had. ``states``: the statuses it may have (default: dead,
+    timed_out, failed, cancelled). RequestError naming JOB when it is not a UUID, not in the ledger, not
+    finished (its state is named) or succeeded; naming ``--state`` when it is in none of ``states``."""
+    job_id = check_job_id(job_id)
+    states = _check_requeue_states(states)
+    requeued = link.ledger.requeue(job_id, states)
+    if requeued is None:  # not there, or its status is not one of states: say which
+        status = link.ledger.status(job_id)
+        if status is None:
+            raise RequestError(f"JOB: no job {job_id} in the ledger of {link.source}")
+        raise RequestError(_not_requeued(job_id, status, states))
+    queue, previous = requeued
+    link.queues.enqueue(queue, job_id)  # a queued job never enqueued is enqueued by a reconciler
+    return previous
+
+
+def _check_requeue_states(states: Sequence[str]) -> list[str]:
+    checked = []
+    for status in states:
+        if status not in REQUEUEABLE:
+            raise RequestError(f"--state: {shown(status)} is not one of {', '.join(REQUEUEABLE)}")
+        checked.append(status)
+    if not checked:
+        raise RequestError(f"--state: name at least one of {', '.join(REQUEUEABLE)}")
+    return checked
+
+
+def _not_requeued(job_id: str, status: str, states: Sequence[str]) -> str:
+    if status not in FINISHED:
+        return f"JOB: job {job_id} is {status}, not finished; only a finished job can be requeued"
+    if status not in REQUEUEABLE:
+        return f"JOB: job {job_id} {status}; its result stands (requeue runs {', '.join(REQUEUEABLE)} jobs)"
+    return f"--state: job {job_id} is {status}, not {' or '.join(states)}"

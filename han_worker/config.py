@@ -15,7 +15,11 @@ The file (every key optional; unknown keys are refused, they are typos)::
              "credentials_file": "~/.han/mac-credentials.json"},
      "spool_dir": "~/.han/spool", "lease_seconds": 30, "heartbeat_seconds": 10,
      "probe_interval_seconds": 5, "probe_timeout_seconds": 2, "flap_threshold": 3, "max_attempts": 3,
-     "drain_grace_seconds": 30, "reconcile_seconds": 30, "idle_timeout_seconds": 0}
+     "drain_grace_seconds": 30, "reconcile_seconds": 30, "idle_timeout_seconds": 0,
+     "job_timeouts": {"pose": 600}}
+
+``job_timeouts``: job kind -> seconds a job of that kind may run (from its claim) before it is stopped and
+its attempt recorded ``timed_out``; a job's own ``submit --timeout`` wins. A kind not named has no limit.
 
 ``idle_timeout_seconds``: a worker with nothing to do for this long leaves by itself (exit 0), so that an
 elastic Slurm job gives its GPU back when the queue is empty; 0 (the default) never leaves.
@@ -33,7 +37,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
-from han_worker.fields import INT4_MAX, MAX_JSON_BYTES, FieldReader, shown
+from han_worker.fields import INT4_MAX, MAX_JSON_BYTES, FieldReader, shown, text_problem
 from han_worker.private_files import TrustedFileError, parse_json_object, read_trusted_json
 from han_worker.selection.endpoints import DEFAULT_MAC_PORTS, REQUIRED_SERVICES, EndpointsError, check_host
 from han_worker.selection.policy import MODES, mac_required
@@ -53,7 +57,7 @@ SECONDS: Mapping[str, tuple[float, float]] = {
     "idle_timeout_seconds": (0.0, 0.0),  # 0: never leave
 }
 COUNTS: Mapping[str, tuple[int, int]] = {"flap_threshold": (3, 1), "max_attempts": (3, 1)}
-_TOP_KEYS = frozenset({"mode", "queues", "pegasus", "mac", "spool_dir", *SECONDS, *COUNTS})
+_TOP_KEYS = frozenset({"mode", "queues", "pegasus", "mac", "spool_dir", "job_timeouts", *SECONDS, *COUNTS})
 STDIN = Path(
     "-"
 )  # --config -: the configuration comes on standard input (a role checks it before writing it)
@@ -103,6 +107,7 @@ class WorkerConfig:
     flap_threshold: int
     max_attempts: int
     origin: str = field(compare=False)  # the file, or "defaults"
+    job_timeouts: Mapping[str, float] = field(default_factory=dict)  # kind -> seconds; absent: no limit
 
     @property
     def credentials_file(self) -> Path:
@@ -149,6 +154,23 @@ def _file_queues(fields: FieldReader) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(name, str) and name.strip() for name in value):
         fields.fail("queues", " must be a list of queue names (non-empty strings)")
     return tuple(dict.fromkeys(name.strip() for name in value))
+
+
+def _job_timeouts(fields: FieldReader) -> dict[str, float]:
+    """``job_timeouts``: an object of job kind -> seconds, each above 0 and at most MAX_SECONDS."""
+    if "job_timeouts" not in fields.data:
+        return {}
+    given = fields.child("job_timeouts")
+    timeouts = {}
+    for kind in given.data:
+        problem = text_problem(kind) if kind.strip() else "must not be empty"
+        if problem is not None:
+            fields.fail("job_timeouts", f": kind {shown(kind)} {problem}")
+        seconds = given.seconds(kind, 0.0, 0.0)
+        if seconds <= 0:
+            given.fail(kind, f": {shown(seconds)} must be a number of seconds > 0")
+        timeouts[kind] = seconds
+    return timeouts
 
 
 def _mac(fields: FieldReader) -> MacSettings | None:
@@ -220,6 +242,7 @@ def parse_worker_config(data: Mapping[str, object], origin: str) -> WorkerConfig
         flap_threshold=_count(fields, "flap_threshold"),
         max_attempts=_count(fields, "max_attempts"),
         origin=origin,
+        job_timeouts=_job_timeouts(fields),
     )
 
 

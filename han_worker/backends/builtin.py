@@ -26,7 +26,8 @@ class NoopBackend:
 
 @dataclass(frozen=True)
 class SleepBackend:
-    """Sleeps ``params.seconds`` (default 1), waking early when the worker drains; writes one output."""
+    """Sleeps ``params.seconds`` (default 1), waking early when asked to stop (a drain, a cancel, a timeout);
+    writes one output. ``params.heed_stop`` false: it does not wake, as a hung backend would not."""
 
     name: str = "sleep"
     queue: str = "noop"
@@ -36,10 +37,13 @@ class SleepBackend:
         seconds = context.params.get("seconds", 1)
         if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds <= 86400:
             raise JobFailed(f"param 'seconds' must be a number from 0 to 86400, not {seconds!r}")
+        heed_stop = context.params.get("heed_stop", True)
+        if not isinstance(heed_stop, bool):
+            raise JobFailed(f"param 'heed_stop' must be true or false, not {heed_stop!r}")
         deadline = time.monotonic() + float(seconds)
         while time.monotonic() < deadline:
-            if context.should_stop():
-                raise InterruptedError("the worker is draining")
+            if heed_stop and context.should_stop():
+                raise InterruptedError("asked to stop")
             time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
         output = context.workdir / "slept.txt"
         output.write_text(f"{seconds}\n")

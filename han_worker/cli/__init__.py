@@ -16,6 +16,7 @@ from han_worker.cli import endpoints as endpoints_cli
 from han_worker.cli import harden_check
 from han_worker.cli import jobs as jobs_cli
 from han_worker.cli import queues as queues_cli
+from han_worker.cli import repair as repair_cli
 from han_worker.cli import results as results_cli
 from han_worker.cli import scale as scale_cli
 from han_worker.cli import top as top_cli
@@ -47,6 +48,7 @@ def build_worker_parser() -> argparse.ArgumentParser:
     endpoints_cli.add_parser(commands)
     jobs_cli.add_parsers(commands)
     results_cli.add_parsers(commands)
+    repair_cli.add_parsers(commands)
     queues_cli.add_parser(commands)
     scale_cli.add_parser(commands)
     top_cli.add_parser(commands)

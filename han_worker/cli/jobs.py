@@ -58,11 +58,13 @@ config file (JSON; every key optional, unknown keys refused; flags and variables
   drain_grace_seconds (30)       time a job in flight gets to finish after SIGTERM
   reconcile_seconds (30)         how often the ledger and the streams are compared (lost jobs re-enqueued)
   idle_timeout_seconds (0)       leave (exit 0) after this long with nothing to do; 0: never
+  job_timeouts ({})              job kind -> seconds a job may run before it is stopped, e.g. {"pose": 600};
+                                 a job's own submit --timeout wins
 
 """
 WAIT_HELP = """\
-Exit 0 if the job succeeded (its result is printed), 1 if it failed or is dead (the error is printed),
-3 if it has not finished within --timeout.
+Exit 0 if the job succeeded (its result is printed), 1 if it failed, is dead, was cancelled or timed out
+(the error is printed), 3 if it has not finished within --timeout.
 
 """
 
@@ -128,6 +130,13 @@ def _add_submit(commands: Commands[argparse.ArgumentParser]) -> None:
         type=positive_count,
         metavar="N",
         help="attempts before the job is dead (default: the config file's max_attempts, else 3)",
+    )
+    submit.add_argument(
+        "--timeout",
+        type=positive_seconds,
+        metavar="SECONDS",
+        help="stop the job after it ran this long and record it timed_out, retried while it has attempts "
+        "left (default: the worker configuration's job_timeouts for its kind, else none)",
     )
     submit.set_defaults(handler=_submit)
 
@@ -207,7 +216,7 @@ def _submit(args: argparse.Namespace) -> int:
 
     def work(link: Link, config: WorkerConfig) -> int:
         max_attempts = args.max_attempts or config.max_attempts
-        print(client.submit(link, args.kind, params, inputs, max_attempts))
+        print(client.submit(link, args.kind, params, inputs, max_attempts, timeout=args.timeout))
         return EXIT_OK
 
     return run_connected(args, work)

@@ -32,8 +32,12 @@ log = logging.getLogger(__name__)
 
 Row = tuple[Any, ...]
 Connection = psycopg.Connection[Row]
-OUTCOMES = ("succeeded", "failed", "crashed", "released")
-STATUSES = ("queued", "running", "succeeded", "failed", "dead")  # the jobs table's CHECK
+# How a worker may end an attempt (``superseded`` is the ledger's own: a later attempt took over).
+OUTCOMES = ("succeeded", "failed", "crashed", "released", "cancelled", "timed_out")
+# The jobs table's CHECK.
+STATUSES = ("queued", "running", "succeeded", "failed", "dead", "cancelled", "timed_out")
+FINISHED = ("succeeded", "failed", "dead", "cancelled", "timed_out")  # no worker touches these again
+REQUEUEABLE = ("dead", "timed_out", "failed", "cancelled")  # what ``requeue`` runs again
 _MIGRATION_LOCK = 0x68616E5F6A6F6273  # pg_advisory_xact_lock key ("han_jobs"): one migrator at a time
 
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (
@@ -74,6 +78,23 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         );
         """,
     ),
+    # Version 2 is the batches' (another branch); versions are applied by number, whichever is missing.
+    (
+        3,
+        "cancel and timeouts",
+        """
+        ALTER TABLE jobs DROP CONSTRAINT jobs_status_check;
+        ALTER TABLE jobs ADD CONSTRAINT jobs_status_check CHECK (status IN
+            ('queued', 'running', 'succeeded', 'failed', 'dead', 'cancelled', 'timed_out'));
+        ALTER TABLE job_attempts DROP CONSTRAINT job_attempts_outcome_check;
+        ALTER TABLE job_attempts ADD CONSTRAINT job_attempts_outcome_check CHECK (outcome IN
+            ('succeeded', 'failed', 'crashed', 'superseded', 'released', 'cancelled', 'timed_out'));
+        ALTER TABLE jobs ADD COLUMN cancel_requested_at timestamptz,
+            ADD COLUMN timeout_seconds double precision CHECK (timeout_seconds > 0);
+        COMMENT ON COLUMN jobs.releases IS
+            'attempts not counted against max_attempts: given back on a drain, or made before a requeue';
+        """,
+    ),
 )
 
 # A claim: the next attempt of job %(claim)s, unless it is finished, running elsewhere (heartbeat within the
@@ -86,8 +107,8 @@ claimed AS (
         started_at = now(), heartbeat_at = now(), stream_entry = %(entry)s
     WHERE id = %(claim)s AND status IN ('queued', 'running') AND attempts - releases < max_attempts
       AND (status = 'queued' OR heartbeat_at < now() - make_interval(secs => %(lease)s))
-      AND id IS DISTINCT FROM %(finishing)s::uuid
-    RETURNING id, attempts, kind, queue, params, inputs
+      AND cancel_requested_at IS NULL AND id IS DISTINCT FROM %(finishing)s::uuid
+    RETURNING id, attempts, kind, queue, params, inputs, timeout_seconds
 ), lost AS (
     UPDATE job_attempts SET outcome = 'crashed', finished_at = now(), error = %(lost)s
     WHERE job_id = %(claim)s AND outcome IS NULL AND EXISTS (SELECT 1 FROM claimed)
@@ -96,15 +117,21 @@ claimed AS (
     SELECT id, attempts, %(worker)s, %(host)s, %(platform)s, %(source)s, %(epoch)s FROM claimed
 )"""
 _CLAIMED_COLUMNS = (
-    "claimed.id::text, claimed.attempts, claimed.kind, claimed.queue, claimed.params, claimed.inputs"
+    "claimed.id::text, claimed.attempts, claimed.kind, claimed.queue, claimed.params, claimed.inputs, "
+    "claimed.timeout_seconds"
 )
 _CLAIM = f"WITH {_CLAIM_CTES}\nSELECT {_CLAIMED_COLUMNS} FROM claimed"
 
-# A claim refused for want of attempts left: the last holder is gone, so the job is dead.
+# A claim refused for want of attempts left, or because a cancel was asked for: the last holder is gone, so
+# the job is dead, or cancelled (its worker died before it learnt of the cancel).
 _BURY = """
 WITH buried AS (
-    UPDATE jobs SET status = 'dead', finished_at = now(), error = %(error)s
-    WHERE id = %(id)s AND status IN ('queued', 'running') AND attempts - releases >= max_attempts
+    UPDATE jobs SET
+        status = CASE WHEN cancel_requested_at IS NULL THEN 'dead' ELSE 'cancelled' END,
+        finished_at = now(),
+        error = CASE WHEN cancel_requested_at IS NULL THEN %(error)s ELSE %(cancelled)s END
+    WHERE id = %(id)s AND status IN ('queued', 'running')
+      AND (attempts - releases >= max_attempts OR cancel_requested_at IS NOT NULL)
       AND (status = 'queued' OR heartbeat_at < now() - make_interval(secs => %(lease)s))
     RETURNING id
 ), lost AS (
@@ -115,16 +142,26 @@ SELECT count(*) FROM buried
 """
 
 # A result of attempt %(attempt)s of job %(id)s, fenced: it goes in only while that attempt is the job's
-# current one; otherwise the attempt is marked superseded and the result discarded.
+# current one; otherwise the attempt is marked superseded and the result discarded. An attempt that would be
+# retried (crashed, released, timed out with attempts left) is not when a cancel was asked for meanwhile: the
+# job is cancelled. A success or a failure stands: the job ended before the cancel reached it.
 _FINISH_CTES = """
 finished AS (
     UPDATE jobs SET
-        status = CASE %(outcome)s::text
-            WHEN 'crashed' THEN CASE WHEN attempts - releases >= max_attempts THEN 'dead' ELSE 'queued' END
-            WHEN 'released' THEN 'queued'
+        status = CASE
+            WHEN %(outcome)s::text IN ('crashed', 'released', 'timed_out') AND cancel_requested_at IS NOT NULL
+                THEN 'cancelled'
+            WHEN %(outcome)s::text = 'crashed'
+                THEN CASE WHEN attempts - releases >= max_attempts THEN 'dead' ELSE 'queued' END
+            WHEN %(outcome)s::text = 'timed_out'
+                THEN CASE WHEN attempts - releases >= max_attempts THEN 'timed_out' ELSE 'queued' END
+            WHEN %(outcome)s::text = 'released' THEN 'queued'
             ELSE %(outcome)s::text END,
         releases = releases + CASE WHEN %(outcome)s::text = 'released' THEN 1 ELSE 0 END,
-        finished_at = CASE WHEN %(outcome)s::text IN ('crashed', 'released') THEN NULL ELSE now() END,
+        finished_at = CASE
+            WHEN %(outcome)s::text IN ('crashed', 'released', 'timed_out') AND cancel_requested_at IS NULL
+             AND (%(outcome)s::text = 'released' OR attempts - releases < max_attempts) THEN NULL
+            ELSE now() END,
         heartbeat_at = now(), result = %(result)s, outputs = %(outputs)s, error = %(error)s
     WHERE id = %(id)s AND attempts = %(attempt)s AND status = 'running'
     RETURNING status
@@ -145,18 +182,49 @@ _FINISH_THEN_CLAIM = f"""WITH {_FINISH_CTES}, {_CLAIM_CTES}
 SELECT {_FINISHED_COLUMNS}, {_CLAIMED_COLUMNS} FROM (SELECT) AS one LEFT JOIN claimed ON true"""  # noqa: S608 - constants only
 
 _INSERT_JOB = (
-    "INSERT INTO jobs (id, kind, queue, params, inputs, max_attempts) VALUES (%s, %s, %s, %s, %s, %s)"
+    "INSERT INTO jobs (id, kind, queue, params, inputs, max_attempts, timeout_seconds) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s)"
 )
 # New jobs as columns of arrays: one statement for a whole batch.
 _INSERT_JOBS = """
-INSERT INTO jobs (id, kind, queue, params, inputs, max_attempts)
+INSERT INTO jobs (id, kind, queue, params, inputs, max_attempts, timeout_seconds)
 SELECT * FROM unnest(%(ids)s::uuid[], %(kinds)s::text[], %(queues)s::text[], %(params)s::jsonb[],
-                     %(inputs)s::jsonb[], %(max)s::integer[])
+                     %(inputs)s::jsonb[], %(max)s::integer[], %(timeouts)s::double precision[])
 """
 
 _JOB_COLUMNS = sql.SQL("""id::text, kind, queue, status, attempts, max_attempts, params, inputs, result,
     outputs, error, worker_id, host, platform, control_plane, control_plane_epoch, created_at, started_at,
-    finished_at, heartbeat_at""")
+    finished_at, heartbeat_at, cancel_requested_at, timeout_seconds""")
+
+# A cancel of the open jobs {where}, in one conditional UPDATE of each row: a queued job is cancelled at once
+# (no claim takes it after this commit); a running one has the request recorded, which its worker reads with
+# its next heartbeat. A row a finish changed meanwhile is re-read after its lock (READ COMMITTED): a finished
+# job is not touched, so a cancel racing a finish leaves exactly one final state. {where} is a condition on
+# the jobs table (``id = %(id)s``; a batch's would be ``batch_id = %(batch)s``).
+_CANCEL = """
+UPDATE jobs SET
+    cancel_requested_at = coalesce(cancel_requested_at, now()),
+    status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END,
+    finished_at = CASE WHEN status = 'queued' THEN now() ELSE finished_at END,
+    error = CASE WHEN status = 'queued' THEN %(error)s ELSE error END
+WHERE ({where}) AND status IN ('queued', 'running')
+RETURNING id::text, status, worker_id
+"""
+# Finished jobs {where} with one of %(states)s run again: queued, with a fresh attempt budget (the attempts
+# made so far count as releases: the attempt numbers, the results' fencing tokens, keep increasing). The rows
+# are locked first, so that each returns the status it had (two requeues at once: the second finds it queued).
+_REQUEUE = """
+UPDATE jobs SET status = 'queued', releases = attempts, cancel_requested_at = NULL, finished_at = NULL,
+    heartbeat_at = now(), error = NULL, result = NULL, outputs = NULL
+FROM (
+    SELECT id, status FROM jobs
+    WHERE ({where}) AND status = ANY(%(states)s::text[])
+      AND status IN ('dead', 'timed_out', 'failed', 'cancelled')
+    FOR UPDATE
+) AS old
+WHERE jobs.id = old.id
+RETURNING jobs.id::text, jobs.queue, old.status
+"""
 
 
 @dataclass(frozen=True)
@@ -178,6 +246,7 @@ class Claim:
     queue: str
     params: dict[str, object]
     inputs: dict[str, dict[str, object]]
+    timeout_seconds: float | None = None  # the job's own (submit --timeout); None: the worker's default
 
 
 @dataclass(frozen=True)
@@ -204,6 +273,27 @@ class Handover:
 
 
 @dataclass(frozen=True)
+class Beat:
+    """What a heartbeat learnt: does the attempt still hold its job, and was a cancel asked for?"""
+
+    held: bool  # False: a later attempt has taken the job (or it finished meanwhile)
+    cancel_requested: bool
+
+
+CANCELLED_ERROR = "cancelled before it ran"
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """An open job a cancel reached: ``status`` is cancelled (it was queued) or running (its worker will
+    stop it at its next heartbeat)."""
+
+    job_id: str
+    status: str
+    worker_id: str | None
+
+
+@dataclass(frozen=True)
 class NewJob:
     job_id: str
     kind: str
@@ -211,6 +301,7 @@ class NewJob:
     params: Mapping[str, object]
     inputs: Mapping[str, Mapping[str, object]]
     max_attempts: int
+    timeout_seconds: float | None = None  # None: the worker's per-kind default, if any
 
 
 @dataclass(frozen=True)
@@ -235,6 +326,8 @@ class JobRecord:
     started_at: datetime | None
     finished_at: datetime | None
     heartbeat_at: datetime | None
+    cancel_requested_at: datetime | None = None
+    timeout_seconds: float | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -254,10 +347,10 @@ def _claim_params(
 
 
 def _claim_of(row: Row | None) -> Claim | None:
-    """The claim in ``row`` (its six columns), or None: no row, or a row of NULLs (refused)."""
+    """The claim in ``row`` (its seven columns), or None: no row, or a row of NULLs (refused)."""
     if row is None or row[0] is None:
         return None
-    return Claim(row[0], row[1], row[2], row[3], row[4], row[5])
+    return Claim(row[0], row[1], row[2], row[3], row[4], row[5], row[6])
 
 
 def _finish_params(job_id: str, attempt: int, outcome: Outcome) -> dict[str, object]:
@@ -332,13 +425,15 @@ class Ledger:
             return
         if len(jobs) == 1:
             job = jobs[0]
-            row = (job.job_id, job.kind, job.queue, Jsonb(job.params), Jsonb(job.inputs), job.max_attempts)
+            row = (job.job_id, job.kind, job.queue, Jsonb(job.params), Jsonb(job.inputs), job.max_attempts,
+                   job.timeout_seconds)  # fmt: skip
             self._write(_INSERT_JOB, row)
             return
         self._write(_INSERT_JOBS, {
             "ids": [job.job_id for job in jobs], "kinds": [job.kind for job in jobs],
             "queues": [job.queue for job in jobs], "params": [Jsonb(job.params) for job in jobs],
             "inputs": [Jsonb(job.inputs) for job in jobs], "max": [job.max_attempts for job in jobs],
+            "timeouts": [job.timeout_seconds for job in jobs],
         })  # fmt: skip
 
     def claim(self, job_id: str, entry_id: str, owner: AttemptOwner, lease: float) -> Claim | None:
@@ -346,11 +441,13 @@ class Ledger:
         return _claim_of(self._write(_CLAIM, _claim_params(job_id, entry_id, owner, lease)))
 
     def bury_if_exhausted(self, job_id: str, lease: float) -> bool:
-        """Mark a job dead whose attempts are used up and whose last holder is gone."""
+        """Mark a job dead whose attempts are used up and whose last holder is gone (cancelled, when a
+        cancel was asked for)."""
         error = (
             f"gave up: every attempt was used, the last one lost its worker (no heartbeat for {lease:g} s)"
         )
-        row = self._write(_BURY, {"id": job_id, "lease": lease, "error": error})
+        cancelled = f"cancelled; its worker was lost before it stopped the job (no heartbeat for {lease:g} s)"
+        row = self._write(_BURY, {"id": job_id, "lease": lease, "error": error, "cancelled": cancelled})
         return bool(row and row[0])
 
     def finish(self, job_id: str, attempt: int, outcome: Outcome) -> FinishReport:
@@ -396,14 +493,45 @@ class Ledger:
             return FinishReport(True, self.status(job_id))
         return FinishReport(False, None)
 
-    def heartbeat(self, job_id: str, attempt: int) -> bool:
-        """Refresh a running attempt's heartbeat; False when a later attempt has taken the job."""
+    def heartbeat(self, job_id: str, attempt: int) -> Beat:
+        """Refresh a running attempt's heartbeat; the same statement says whether a cancel was asked for."""
         row = self._write(
             "UPDATE jobs SET heartbeat_at = now() "
-            "WHERE id = %(id)s AND attempts = %(attempt)s AND status = 'running' RETURNING 1",
+            "WHERE id = %(id)s AND attempts = %(attempt)s AND status = 'running' "
+            "RETURNING cancel_requested_at IS NOT NULL",
             {"id": job_id, "attempt": attempt},
         )
-        return row is not None
+        return Beat(held=row is not None, cancel_requested=bool(row and row[0]))
+
+    def _cancel(self, where: sql.Composable, params: Mapping[str, object]) -> list[Cancelled]:
+        query = sql.SQL(_CANCEL).format(where=where)
+        cursor = self.connection().execute(query, {**params, "error": CANCELLED_ERROR})
+        self.commits += 1
+        return [Cancelled(row[0], row[1], row[2]) for row in cursor]
+
+    def cancel(self, job_id: str) -> Cancelled | None:
+        """Cancel job ``job_id`` if it is open (one statement): see :data:`_CANCEL`. None: the job had
+        already finished, or does not exist (:meth:`job` tells which)."""
+        cancelled = self._cancel(sql.SQL("id = %(id)s"), {"id": job_id})
+        return cancelled[0] if cancelled else None
+
+    def _requeue(
+        self, where: sql.Composable, params: Mapping[str, object], states: Sequence[str]
+    ) -> list[tuple[str, str, str]]:
+        unknown = sorted(set(states) - set(REQUEUEABLE))
+        if unknown:
+            raise ValueError(f"state {unknown!r} is not one of {', '.join(REQUEUEABLE)}")
+        query = sql.SQL(_REQUEUE).format(where=where)
+        cursor = self.connection().execute(query, {**params, "states": list(states)})
+        self.commits += 1
+        return [(row[0], row[1], row[2]) for row in cursor]
+
+    def requeue(self, job_id: str, states: Sequence[str] = REQUEUEABLE) -> tuple[str, str] | None:
+        """Queue finished job ``job_id`` again, if its status is one of ``states``, with a fresh attempt
+        budget: (its queue, the status it had), or None (another status, or no such job: :meth:`job` tells
+        which). The caller adds it to that queue's stream (the reconciler would, should that fail)."""
+        requeued = self._requeue(sql.SQL("id = %(id)s"), {"id": job_id}, states)
+        return (requeued[0][1], requeued[0][2]) if requeued else None
 
     def orphan_candidates(self, lease: float, min_age: float) -> list[tuple[str, str]]:
         """(job id, queue) of jobs that should be in a stream: queued, or running without a heartbeat."""

@@ -4,6 +4,9 @@ The backend runs in the calling thread, the worker's serving thread (never a for
 runs on Windows too), while the worker's main thread stays free to keep its promises should a backend be
 stuck: on SIGTERM the grace period runs, then the backend is asked to stop (``should_stop``), then the
 main thread gives the job back and leaves without it (:meth:`han_worker.worker.loop.Worker._abandon`).
+A job that is cancelled or past its timeout is stopped the same way, asked at once: its backend is asked to
+stop, and should it not within :data:`ABANDON_AFTER_SECONDS`, the main thread records the attempt (cancelled,
+timed_out), leaves the serving thread behind with it and starts another: the worker goes on with the next job.
 
 Recording is upload, then the fenced ledger commit, then the Redis acknowledgement (under load owed
 to the next read: :meth:`han_worker.store.queues.Queues.owe`). Under load the
@@ -36,7 +39,13 @@ from han_worker.store.spool import Spool, SpooledResult
 
 log = logging.getLogger(__name__)
 
-ABANDON_AFTER_SECONDS = 5.0  # after the grace period and the stop request: leave a stuck backend behind
+ABANDON_AFTER_SECONDS = (
+    5.0  # after a stop request (a drain's, a cancel's, a timeout's): leave a stuck backend
+)
+STOP_REASONS = (
+    "cancelled",
+    "timed_out",
+)  # why a job in flight may be asked to stop, as its attempt records it
 # Errors of a control plane that may come back: recording them waits in the spool.
 RECORDING_ERRORS: tuple[type[Exception], ...] = (*CONTROL_PLANE_ERRORS, S3Error)
 
@@ -105,11 +114,37 @@ class InFlight:
     started: float = field(default_factory=time.monotonic)
     superseded: bool = False  # set by the heartbeat: a later attempt owns the job now
     timings: Timings = field(default_factory=Timings)
+    timeout: tuple[float, str] | None = None  # seconds from the claim, and where that limit came from
+    stop_reason: str | None = None  # one of STOP_REASONS once the backend was asked to stop
+    stop_asked_at: float | None = None
+    abandoned: bool = False  # the main thread recorded it and left its serving thread behind
+
+    def timed_out(self, now: float) -> bool:
+        return self.timeout is not None and now >= self.started + self.timeout[0]
+
+    def ask_to_stop(self, reason: str) -> bool:
+        """Ask the backend to stop (its ``should_stop`` turns True); False when it was asked already."""
+        if reason not in STOP_REASONS:
+            raise ValueError(f"stop reason {reason!r} is not one of {', '.join(STOP_REASONS)}")
+        if self.stop_reason is not None:
+            return False
+        self.stop_reason, self.stop_asked_at = reason, time.monotonic()
+        return True
+
+    def abandon_due(self, now: float) -> bool:
+        """Asked to stop :data:`ABANDON_AFTER_SECONDS` ago and still running: leave it behind."""
+        return self.stop_asked_at is not None and now >= self.stop_asked_at + ABANDON_AFTER_SECONDS
+
+    def stop_error(self) -> str:
+        """The attempt's error once stopped: why it was asked to."""
+        if self.stop_reason == "timed_out" and self.timeout is not None:
+            return f"timed out after {self.timeout[0]:g} s ({self.timeout[1]})"
+        return "cancelled while it ran"
 
 
 @dataclass(frozen=True)
 class AttemptResult:
-    outcome: str  # succeeded | failed | crashed | released
+    outcome: str  # succeeded | failed | crashed | released | cancelled | timed_out
     summary: Mapping[str, object] | None = None
     error: str | None = None
     files: Mapping[str, Path] = field(default_factory=dict)  # outputs to upload (succeeded only)
@@ -133,11 +168,15 @@ def _checked(result: object) -> AttemptResult:
     return AttemptResult("succeeded", dict(result.summary), None, dict(result.outputs))
 
 
-def _ended(error: BaseException, clock: DrainClock, job_log: logging.Logger) -> AttemptResult:
-    """What a backend's exception means: failed (bad input, no retry), released (it stopped because the
-    worker drains) or crashed (retried)."""
+def _ended(
+    error: BaseException, inflight: InFlight, clock: DrainClock, job_log: logging.Logger
+) -> AttemptResult:
+    """What a backend's exception means: failed (bad input, no retry), cancelled or timed_out (it stopped
+    when asked to), released (it stopped because the worker drains) or crashed (retried)."""
     if isinstance(error, JobFailed):
         return AttemptResult("failed", error=str(error) or type(error).__name__)
+    if inflight.stop_reason is not None:
+        return AttemptResult(inflight.stop_reason, error=inflight.stop_error())
     if clock.stop_due():
         return AttemptResult("released", error=f"the worker is draining ({describe(error)})")
     job_log.error("attempt crashed", exc_info=error)
@@ -147,7 +186,8 @@ def _ended(error: BaseException, clock: DrainClock, job_log: logging.Logger) -> 
 def run_attempt(
     inflight: InFlight, backend: Backend | None, workdir: Path, clock: DrainClock
 ) -> AttemptResult:
-    """Run the claimed job to an end: succeeded, failed (no retry), crashed (retry) or released."""
+    """Run the claimed job to an end: succeeded, failed (no retry), crashed (retry), released, cancelled or
+    timed_out."""
     claim, link = inflight.claim, inflight.link
     job_log = logging.getLogger(f"han_worker.jobs.{claim.kind}")
     if backend is None:
@@ -166,13 +206,15 @@ def run_attempt(
         inputs=inputs,
         scratch=workdir,
         log=job_log,
-        should_stop=lambda: clock.stop_due() or inflight.superseded,
+        should_stop=lambda: clock.stop_due() or inflight.superseded or inflight.stop_reason is not None,
     )
     try:
         with inflight.timings.phase("backend"):
+            if inflight.stop_reason is not None:  # cancelled or timed out while its inputs came: not started
+                raise InterruptedError("asked to stop before it started")
             returned = backend.run(context)
     except BaseException as exc:  # SystemExit included: a backend's exit is its attempt's crash, not ours
-        return _ended(exc, clock, job_log)
+        return _ended(exc, inflight, clock, job_log)
     try:
         return _checked(returned)
     except (TypeError, ValueError, OSError, ArtifactError) as exc:

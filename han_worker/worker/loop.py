@@ -12,7 +12,10 @@ every job of the worker's life), while the main thread connects.
 The main thread only supervises, so that it is always free for signals however long a backend computes:
 on SIGTERM it asks the loop to drain, and should a backend not stop within the grace period and
 :data:`han_worker.worker.attempt.ABANDON_AFTER_SECONDS` more, it gives that job back and leaves the process
-without it. Two helper threads only watch: the heartbeat (lease, ledger heartbeat, registry) and the
+without it. A job that is cancelled (the heartbeat learns it) or past its timeout (the main thread watches
+the clock) is asked to stop at once; should its backend not stop within ABANDON_AFTER_SECONDS, the main thread
+records the attempt, leaves that serving thread behind with it and starts another, so that a hung job never
+holds its worker. Two helper threads only watch: the heartbeat (lease, ledger heartbeat, registry) and the
 monitor (probes that decide a failover). Switching happens only between jobs, in the serving thread; a
 job's result always goes to the control plane it came from. No fork() and no SIGALRM anywhere: the same
 loop runs on Windows.
@@ -20,6 +23,7 @@ loop runs on Windows.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
@@ -71,7 +75,10 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 # After a failed health check, the next ones come this many times faster until the gate decides.
 CONFIRM_SPEEDUP = 5
-SUPERVISE_SECONDS = 0.5  # how often the main thread looks whether a drain left a backend stuck
+SUPERVISE_SECONDS = 0.5  # how often the main thread looks for a stuck backend and for a job past its time
+# Serving threads left behind with a backend that would not stop (each may hold a model and a thread): with
+# this many still alive, the worker drains, so that its keeper or Slurm starts a fresh process.
+MAX_LEFT_BEHIND = 3
 
 
 class StartError(RuntimeError):
@@ -202,6 +209,9 @@ class Worker:
         self._warm_failure: str | None = None
         self._go = threading.Event()  # the serving thread may serve (registered) or must end (not started)
         self.timings = Timings()  # where the jobs' time went, summed over the worker's life
+        self._generation = 0  # the serving thread that serves; an older one was left behind with a stuck job
+        self._left_behind: list[threading.Thread] = []
+        self._workdirs = itertools.count()  # a left-behind job's scratch directory is never another's
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -250,12 +260,16 @@ class Worker:
                 thread.wake()
             self._leave()
 
-    def _serve_until_stopped(self) -> None:
+    def _serve_until_stopped(self, generation: int = 0) -> None:
         self._warm_up()
         self._go.wait()
         if self.link is None:  # run() ended before registering: a stop, or a refusal at start
             return
-        while not self.stopping.is_set():
+        if self._warm_failure is not None:  # a replacement's backend: it warmed up once, but not now
+            log.error("cannot serve on: %s; leaving", self._warm_failure)
+            self.stop()
+            return
+        while not self.stopping.is_set() and generation == self._generation:
             self._step()
 
     def _warm_up(self) -> None:
@@ -289,12 +303,60 @@ class Worker:
         return False
 
     def _supervise(self, serving: threading.Thread) -> None:
-        """Wait for the serving thread to end, leaving behind a backend that does not stop when asked."""
+        """Wait for the serving thread to end, leaving behind a backend that does not stop when asked; stop
+        a job past its time, and serve on in a new thread when a stopped job's backend does not stop."""
         while serving.is_alive():
             serving.join(SUPERVISE_SECONDS)
             if serving.is_alive() and self.clock.abandon_due():
                 self._abandon()
                 return
+            serving = self._police(serving)
+
+    def _police(self, serving: threading.Thread) -> threading.Thread:
+        """Ask a job past its time to stop; leave a stopped job's stuck backend behind. The serving thread."""
+        inflight, now = self.inflight, time.monotonic()
+        if inflight is None or self.clock.requested_at is not None:  # a drain has its own way out
+            return serving
+        if inflight.timed_out(now) and inflight.ask_to_stop("timed_out"):
+            log.warning("job %s is past its timeout (%s): asking it to stop", inflight.claim.job_id,
+                        inflight.stop_error())  # fmt: skip
+        if inflight.abandon_due(now) and self._leave_behind(inflight):
+            return self._start_serving(serving)
+        return serving
+
+    def _leave_behind(self, inflight: InFlight) -> bool:
+        """Record the stopped job whose backend did not stop (cancelled, timed_out) and let its serving thread
+        go on alone; False when its own thread is recording it (it did stop, just now)."""
+        if not self._recording.acquire(timeout=SUPERVISE_SECONDS):
+            return False
+        try:
+            if self.inflight is not inflight or self._abandoned:
+                return False
+            inflight.abandoned, self.inflight = True, None
+            self.jobs_done += 1
+            seconds = attempt.ABANDON_AFTER_SECONDS
+            error = f"{inflight.stop_error()}; its backend did not stop {seconds:g} s after it was asked to"
+            log.error("job %s: %s; leaving it behind and serving on", inflight.claim.job_id, error)
+            result = AttemptResult(inflight.stop_reason or "cancelled", error=error)
+            log_result(inflight.claim, result, record(inflight, result, self.spool).report)
+        except Exception:  # the record goes to the spool when it cannot go in; anything else is a bug
+            log.exception("recording job %s, left behind", inflight.claim.job_id)
+        finally:
+            self._recording.release()
+        return True
+
+    def _start_serving(self, stuck: threading.Thread) -> threading.Thread:
+        """A new serving thread instead of ``stuck`` (it ends once its backend returns, recording nothing)."""
+        self._left_behind = [thread for thread in [*self._left_behind, stuck] if thread.is_alive()]
+        if len(self._left_behind) >= MAX_LEFT_BEHIND:
+            log.error("%d serving threads are stuck in backends that would not stop: draining, so that a "
+                      "fresh worker takes over", len(self._left_behind))  # fmt: skip
+            self.stop()
+        self._generation += 1
+        serving = threading.Thread(target=self._serve_until_stopped, args=(self._generation,),
+                                   name=f"serving-{self._generation}", daemon=True)  # fmt: skip
+        serving.start()
+        return serving
 
     def _abandon(self) -> None:
         """Give the job in flight back (released: it does not count as an attempt) and stop waiting for it:
@@ -310,7 +372,11 @@ class Worker:
             self._abandoned = True
             inflight = self.inflight
             if inflight is not None:
-                result = AttemptResult("released", error="the worker is draining (the backend did not stop)")
+                # A job asked to stop for its own reason ends for that reason; else it is given back.
+                error = "the worker is draining (the backend did not stop)"
+                if inflight.stop_reason is not None:
+                    error = f"{inflight.stop_error()}; {error}"
+                result = AttemptResult(inflight.stop_reason or "released", error=error)
                 log_result(inflight.claim, result, record(inflight, result, self.spool).report)
         finally:
             self._recording.release()
@@ -521,19 +587,23 @@ class Worker:
     def _process(self, link: Link, delivery: Delivery, claim: Claim) -> tuple[Delivery, Claim | None]:
         """Run and record the claimed job; returns the successor taken meanwhile and its claim, if any."""
         started = time.perf_counter()
-        self.inflight = inflight = InFlight(delivery, claim, link)
+        self.inflight = inflight = InFlight(delivery, claim, link, timeout=self._timeout(claim))
         workdir = self._workdir()
         try:
             result = run_attempt(inflight, self.backends.get(claim.kind), workdir, self.clock)
             with self._recording:
-                if self._abandoned:  # the main thread gave this job back; the process is leaving
+                # The main thread gave this job back (the process is leaving) or recorded it and left this
+                # thread behind (it serves on in another): nothing more to do here.
+                if self._abandoned or inflight.abandoned:
                     return delivery, None
                 recorded = record(inflight, result, self.spool, lambda: self._successor(link))
                 self.inflight = None
             log_result(claim, result, recorded.report, successes=self.log_successes)
         finally:
-            self.inflight = None
-            self.jobs_done += 1
+            if self.inflight is inflight:
+                self.inflight = None
+            if not inflight.abandoned:  # counted when it was left behind
+                self.jobs_done += 1
             self._clear(workdir)
             inflight.timings.seconds["total"] = time.perf_counter() - started
             self.timings.add(inflight.timings)
@@ -548,13 +618,22 @@ class Worker:
             self._refused(link, successor.delivery)
         return successor.delivery, recorded.claim
 
+    def _timeout(self, claim: Claim) -> tuple[float, str] | None:
+        """The job's time limit and where it comes from: its own (submit --timeout), else its kind's."""
+        if claim.timeout_seconds is not None:
+            return claim.timeout_seconds, "its --timeout"
+        default = self.config.job_timeouts.get(claim.kind)
+        return (
+            None if default is None else (default, f"job_timeouts.{claim.kind} of the worker configuration")
+        )
+
     def _workdir(self) -> Path:
         """Where the job's scratch directory goes: a name of its own inside this worker's private (0700)
         directory. The backend creates it by asking for it (JobContext.workdir): a job that does not, a
         no-op for one, costs no directory at all."""
         if self._scratch is None:
             self._scratch = scratch.make_scratch_dir()
-        return self._scratch / f"job-{self.jobs_done}"
+        return self._scratch / f"job-{next(self._workdirs)}"
 
     def _clear(self, workdir: Path) -> None:
         """After a job: its scratch directory goes, if it made one; no job sees another's files."""
@@ -673,11 +752,14 @@ class Worker:
     def heartbeat_tick(self) -> None:
         """Keep the job in flight ours (ledger first, then the lease) and the registry fresh."""
         inflight = self.inflight
-        if inflight is not None and not inflight.superseded:
+        if inflight is not None and not inflight.superseded and not inflight.abandoned:
             claim = inflight.claim
-            if inflight.link.beat_ledger.heartbeat(claim.job_id, claim.attempt):
+            beat = inflight.link.beat_ledger.heartbeat(claim.job_id, claim.attempt)
+            if beat.held:
                 inflight.link.queues.renew(inflight.delivery, self.identity.worker_id)
-            else:  # renewing now would take the entry back from the worker that owns the job
+                if beat.cancel_requested and inflight.ask_to_stop("cancelled"):
+                    log.warning("job %s was cancelled: asking it to stop", claim.job_id)
+            elif not inflight.abandoned:  # renewing now would take the entry back from its new owner
                 inflight.superseded = True
                 log.warning("job %s attempt %d was taken over by another worker", claim.job_id, claim.attempt)
         if self.link is not None:

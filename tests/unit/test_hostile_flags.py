@@ -66,7 +66,13 @@ CONTEXT: dict[tuple[str, str], list[str]] = {
     ("han-control-plane", "rotate"): ["--state-dir", "/dev/null/x"],
 }  # fmt: skip
 POSITIONALS = dict.fromkeys(
-    [("han-worker", "wait"), ("han-worker", "show"), ("han-worker", "fetch")],
+    [
+        ("han-worker", "wait"),
+        ("han-worker", "show"),
+        ("han-worker", "fetch"),
+        ("han-worker", "cancel"),
+        ("han-worker", "requeue"),
+    ],
     "00000000-0000-0000-0000-000000000000",
 )
 PROGRAMS: dict[str, tuple[argparse.ArgumentParser, Main]] = {
