@@ -39,13 +39,10 @@ from han_worker.store.spool import Spool, SpooledResult
 
 log = logging.getLogger(__name__)
 
-ABANDON_AFTER_SECONDS = (
-    5.0  # after a stop request (a drain's, a cancel's, a timeout's): leave a stuck backend
-)
-STOP_REASONS = (
-    "cancelled",
-    "timed_out",
-)  # why a job in flight may be asked to stop, as its attempt records it
+# After a stop request (a drain's, a cancel's, a timeout's): leave a stuck backend behind.
+ABANDON_AFTER_SECONDS = 5.0
+# Why a job in flight may be asked to stop, as its attempt records it.
+STOP_REASONS = ("cancelled", "timed_out")
 # Errors of a control plane that may come back: recording them waits in the spool.
 RECORDING_ERRORS: tuple[type[Exception], ...] = (*CONTROL_PLANE_ERRORS, S3Error)
 
