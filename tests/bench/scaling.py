@@ -112,7 +112,10 @@ class Sampler(threading.Thread):
 
     def run(self) -> None:
         while not self.stopping.wait(0.25):
-            alive = states(self.job_name)
+            try:
+                alive = states(self.job_name)
+            except subprocess.CalledProcessError:
+                continue  # slurmctld busy for a moment: a sample missed, not the rest of the run's
             running = sum(state == "RUNNING" for state in alive)
             self.samples.append((time.time(), sum(state == "PENDING" for state in alive), running))
             self.peak_running = max(self.peak_running, running)
