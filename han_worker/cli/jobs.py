@@ -250,7 +250,10 @@ def _status(args: argparse.Namespace) -> int:
         except StateFileError as exc:
             return fail("status", f"--scaler-state: {exc}")
 
+    shown = False
+
     def work(link: Link, _config: WorkerConfig) -> int:
+        nonlocal shown
         report = client.status(link, args.limit)
         if args.json:
             print(
@@ -260,6 +263,12 @@ def _status(args: argparse.Namespace) -> int:
             )
         else:
             print(client.format_status(report) + (f"\n{format_state(scaler)}" if scaler else ""))
+        shown = True
         return EXIT_OK
 
-    return run_connected(args, work)
+    code = run_connected(args, work)
+    if scaler and not shown and not args.json:
+        # The state file needs no control plane, and a pool that is not scaling is what one looks for when the
+        # control plane is gone (nothing is scaled then): shown still, the exit code saying what failed.
+        print(format_state(scaler))
+    return code

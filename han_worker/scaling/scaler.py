@@ -100,13 +100,36 @@ def describe_state(path: Path, now: float | None = None) -> dict[str, object]:
     }  # fmt: skip
 
 
+RESUME_HINT = (
+    "  paused until resumed: fix the setting and re-run playbooks/pegasus_worker.yml (it resumes a pool "
+    "whose file changed), or run han-worker scale --resume --once with the scaler's flags"
+)
+
+
 def format_state(summary: Mapping[str, object]) -> str:
-    """One line per scaler: ``scaler han-pose-worker: paused, 12 s ago: paused after 3 ...``."""
+    """The scaler for people, as :func:`describe_state` summed it up: ``scaler han-pose-worker: paused, 12 s
+    ago: paused after 3 ...``, then, indented, the failures in a row, the worker jobs on their way and how to
+    resume a paused pool, each only when there is something to say."""
     if summary.get("state") == "none":
         return f"scaler: no decision yet ({summary['file']})"
-    return (
+    lines = [
         f"scaler {summary['pool']}: {summary['state']}, {summary['age_seconds']} s ago: {summary['reason']}"
-    )
+    ]
+    failures = summary.get("failures")
+    if isinstance(failures, Mapping) and (failures.get("submissions") or failures.get("starts")):
+        last_error = f"; the last: {failures['last_error']}" if failures.get("last_error") else ""
+        lines.append(
+            f"  failures in a row: {failures.get('submissions', 0)} submission(s) refused, "
+            f"{failures.get('starts', 0)} worker job(s) ended before their worker registered{last_error}"
+        )
+    on_the_way = summary.get("on_the_way")
+    if isinstance(on_the_way, list) and on_the_way:
+        lines.append(
+            f"  worker jobs submitted, their worker not registered yet: {', '.join(map(str, on_the_way))}"
+        )
+    if summary.get("state") == "paused":
+        lines.append(RESUME_HINT)
+    return "\n".join(lines)
 
 
 def run_slurm(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:

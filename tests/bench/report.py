@@ -10,11 +10,11 @@ import json
 import os
 import platform
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 # The libraries whose versions change the figures: the clients of Redis and PostgreSQL, the systems we
 # compare against, and ours.
@@ -31,6 +31,14 @@ class Section(TypedDict):
     rows: list[list[str]]
     figures: dict[str, object]  # numbers, for the JSON report and the smoke test
     notes: list[str]
+    # Set by write() for a section with a drawer: the picture's file name beside the report, or why none.
+    picture: NotRequired[str]
+    picture_skipped: NotRequired[str]
+
+
+# Draws a section's figures into the file at the path it is given (its suffix says the format), for
+# write(): ValueError when the figures hold nothing to draw, its message the reason.
+Drawer = Callable[[Section, Path], None]
 
 
 class Spread(TypedDict):
@@ -168,8 +176,31 @@ def render_markdown(document: dict[str, object]) -> str:
     for section in sections.values():
         parts += ["", f"## {section['title']}", "", " ".join(section["explanation"]), ""]
         parts.append(table_markdown(section["columns"], section["rows"]))
-        parts += [""] + [f"- {note}" for note in section["notes"]]
+        parts += [""] + [f"- {note}" for note in section["notes"]] + _picture_markdown(section)
     return "\n".join(parts).rstrip() + "\n"
+
+
+def _picture_markdown(section: Section) -> list[str]:
+    if "picture" in section:
+        return ["", f"![{section['title']}]({section['picture']})"]
+    if "picture_skipped" in section:
+        return [f"- No picture: {section['picture_skipped']}"]
+    return []
+
+
+def draw_pictures(stem: Path, sections: Mapping[str, Section], drawers: Mapping[str, Drawer]) -> None:
+    """Each drawn section's picture as ``<stem>-<section>.svg``, its file name (relative to the report, so
+    the Markdown's link works wherever the reports directory goes) or the reason for none in the section."""
+    for name, draw in drawers.items():
+        if name not in sections:
+            continue
+        path = stem.with_name(f"{stem.name}-{name}.svg")
+        try:
+            draw(sections[name], path)
+        except (ValueError, OSError) as exc:  # the figures are worth writing without their picture
+            sections[name]["picture_skipped"] = str(exc)
+        else:
+            sections[name]["picture"] = path.name
 
 
 def write(
@@ -178,8 +209,11 @@ def write(
     options: dict[str, object],
     described: dict[str, object],
     sections: dict[str, Section],
+    *,
+    drawers: Mapping[str, Drawer] | None = None,
 ) -> tuple[Path, Path]:
-    """Write ``bench-<UTC time>.json`` and ``.md`` into ``directory``; returns both paths.
+    """Write ``bench-<UTC time>.json`` and ``.md`` into ``directory``, and beside them the picture of each
+    section named in ``drawers``; returns the report's two paths.
     ``described`` is :func:`machine` taken before the benchmarks ran (its load average)."""
     document: dict[str, object] = {
         "created": created.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -189,6 +223,7 @@ def write(
     }
     directory.mkdir(parents=True, exist_ok=True)
     stem = directory / f"bench-{created.astimezone(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"
+    draw_pictures(stem, sections, drawers or {})
     json_path, markdown_path = stem.with_suffix(".json"), stem.with_suffix(".md")
     json_path.write_text(json.dumps(document, indent=2) + "\n")
     markdown_path.write_text(render_markdown(document))

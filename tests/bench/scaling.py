@@ -15,7 +15,9 @@ Where each figure comes from (one clock: one machine):
   worker id names its Slurm job);
 - allocations: Slurm's start and end of each worker job from its job completion log (jobcomp/filetxt,
   whole seconds): the testbed has no accounting (``sacct``);
-- peak workers: ``squeue`` every 0.25 s, worker jobs running.
+- peak workers, and worker jobs pending and running over time (the picture): ``squeue`` every 0.25 s;
+- the backlog over time (jobs submitted, not yet started) and workers running a job over time (the picture):
+  the ledger's attempts.
 
 Allocation-seconds held idle: the sum over worker jobs of their allocation minus the time they spent running
 jobs (start-up before the registration counts as idle). The fixed array never leaves, so over the elastic
@@ -33,14 +35,15 @@ import subprocess
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime
 from pathlib import Path
 
 from han_worker import client
 from han_worker.slurm import is_alive, parse_squeue, squeue_argv
 from han_worker.store.ledger import Ledger
-from tests.bench import report
+from tests.bench import report, scaling_chart
 from tests.bench.context import Context
 from tests.bench.dispatch import connect
 from tests.bench.logs import logged_at, wait_until
@@ -91,6 +94,7 @@ class Run:
     allocated_s: float
     busy_s: float
     longest_after_drain_s: float | None = None  # elastic only: the longest a worker stayed after the last job
+    timeline: scaling_chart.Timeline | None = field(default=None, repr=False)  # for the picture
 
     @property
     def idle_s(self) -> float:
@@ -98,15 +102,22 @@ class Run:
 
 
 class Sampler(threading.Thread):
-    """``squeue`` every 0.25 s: the most worker jobs of the pool running at once."""
+    """``squeue`` every 0.25 s: the most worker jobs of the pool running at once, and (epoch seconds,
+    pending, running) at each sample for the picture."""
 
     def __init__(self, job_name: str) -> None:
         super().__init__(daemon=True)
         self.job_name, self.peak_running, self.stopping = job_name, 0, threading.Event()
+        self.samples: list[tuple[float, int, int]] = []
 
     def run(self) -> None:
         while not self.stopping.wait(0.25):
-            running = sum(state == "RUNNING" for state in states(self.job_name))
+            try:
+                alive = states(self.job_name)
+            except subprocess.CalledProcessError:
+                continue  # slurmctld busy for a moment: a sample missed, not the rest of the run's
+            running = sum(state == "RUNNING" for state in alive)
+            self.samples.append((time.time(), sum(state == "PENDING" for state in alive), running))
             self.peak_running = max(self.peak_running, running)
 
 
@@ -206,7 +217,7 @@ class Bench:
         slurm_jobs = SUBMITTED.findall(text)
         first_sbatch = logged_at(text, SUBMITTED.pattern)
         return self.measured("elastic", ledger, submitted_at=submitted_at, job_ids=job_ids,
-                             slurm_jobs=slurm_jobs, peak=sampler.peak_running, first_sbatch=first_sbatch)  # fmt: skip
+                             slurm_jobs=slurm_jobs, sampler=sampler, first_sbatch=first_sbatch)  # fmt: skip
 
     # -- the fixed array -----------------------------------------------------------------------------
 
@@ -226,12 +237,12 @@ class Bench:
             subprocess.run(["scancel", f"--name={job_name}"], check=False)
         wait_until(lambda: not states(job_name), 60, "the fixed array's jobs to end", 0.25)
         return self.measured("fixed", ledger, submitted_at=submitted_at, job_ids=job_ids,
-                             slurm_jobs=slurm_jobs, peak=sampler.peak_running)  # fmt: skip
+                             slurm_jobs=slurm_jobs, sampler=sampler)  # fmt: skip
 
     # -- what the run measured -----------------------------------------------------------------------
 
     def measured(self, mode: str, ledger: Ledger, *, submitted_at: float, job_ids: list[str],
-                 slurm_jobs: list[str], peak: int, first_sbatch: float | None = None) -> Run:  # fmt: skip
+                 slurm_jobs: list[str], sampler: Sampler, first_sbatch: float | None = None) -> Run:  # fmt: skip
         attempts = read_attempts(ledger, job_ids)
         busy = busy_by_slurm_job(attempts)
         started, drained = min(row[1] for row in attempts), max(row[2] for row in attempts)
@@ -247,10 +258,13 @@ class Bench:
             drained=drained - submitted_at,
             last_gone=last_gone - submitted_at if elastic else None,
             worker_jobs=len(slurm_jobs),
-            peak_workers=peak,
+            peak_workers=sampler.peak_running,
             allocated_s=sum(end - start for start, end in allocations.values()),
             busy_s=sum(busy.values()),
             longest_after_drain_s=last_gone - drained if elastic else None,
+            timeline=timeline_of(mode, submitted_at=submitted_at, jobs=len(job_ids),
+                                 started=first_starts(ledger, job_ids), attempts=attempts,
+                                 samples=list(sampler.samples), drained=drained),
         )  # fmt: skip
 
 
@@ -266,6 +280,36 @@ def read_attempts(ledger: Ledger, job_ids: list[str]) -> list[tuple[str, float, 
         .fetchall()
     )
     return [(str(row[0]), float(row[1]), float(row[2])) for row in rows]
+
+
+def first_starts(ledger: Ledger, job_ids: list[str]) -> list[float]:
+    """When each job of the burst first started (a retried job leaves the backlog once), epoch seconds."""
+    rows = (
+        ledger.connection()
+        .execute(
+            """SELECT min(extract(epoch FROM started_at))::float8 FROM job_attempts
+           WHERE job_id = ANY(%s::uuid[]) GROUP BY job_id""",
+            (job_ids,),
+        )
+        .fetchall()
+    )
+    return [float(row[0]) for row in rows]
+
+
+def timeline_of(
+    label: str, *, submitted_at: float, jobs: int, started: list[float],
+    attempts: list[tuple[str, float, float]], samples: list[tuple[float, int, int]], drained: float,
+) -> scaling_chart.Timeline:  # fmt: skip
+    """The run over time, from the burst's submission: the ledger's backlog and busy workers, squeue's
+    pending and running worker jobs."""
+    return scaling_chart.Timeline(
+        label=label,
+        backlog=scaling_chart.backlog_steps(jobs, [t - submitted_at for t in started]),
+        busy=scaling_chart.busy_steps([(s - submitted_at, f - submitted_at) for _w, s, f in attempts]),
+        running=scaling_chart.steps((t - submitted_at, running) for t, _pending, running in samples),
+        pending=scaling_chart.steps((t - submitted_at, pending) for t, pending, _running in samples),
+        drained=drained - submitted_at,
+    )
 
 
 def busy_by_slurm_job(attempts: list[tuple[str, float, float]]) -> dict[str, float]:
@@ -319,6 +363,36 @@ def with_fixed_window(elastic: Run, fixed: Run, max_workers: int) -> Run:
     return replace(fixed, allocated_s=max_workers * elastic.last_gone)
 
 
+def run_figures(run: Run) -> dict[str, object]:
+    """A run's figures for the report; its timeline goes under ``timelines``, once per repetition."""
+    measured = {item.name: getattr(run, item.name) for item in fields(run) if item.name != "timeline"}
+    return measured | {"idle_s": run.idle_s}
+
+
+def timelines_of(elastic: list[Run], fixed: list[Run], fixed_label: str) -> list[list[dict[str, object]]]:
+    """Per repetition, [elastic, fixed] as :meth:`scaling_chart.Timeline.figures`; [] where one is missing."""
+    pairs = []
+    for elastic_run, fixed_run in zip(elastic, fixed, strict=True):
+        if elastic_run.timeline is not None and fixed_run.timeline is not None:
+            labelled = replace(fixed_run.timeline, label=fixed_label)
+            pairs.append([elastic_run.timeline.figures(), labelled.figures()])
+    return pairs
+
+
+def picture(section: report.Section, path: Path) -> None:
+    """The section's picture for :func:`report.write`: of the repetition whose elastic burst drained at the
+    median (the lower one of an even count), elastic beside fixed. ValueError when no run has a timeline."""
+    pairs, plan = section["figures"].get("timelines"), section["figures"].get("plan")
+    if not isinstance(pairs, list) or not pairs or not isinstance(plan, Mapping):
+        raise ValueError("no repetition recorded a timeline (figures.timelines is empty)")
+    timelines = [[scaling_chart.Timeline.from_figures(side) for side in pair] for pair in pairs]
+    order = sorted(range(len(timelines)), key=lambda index: timelines[index][0].drained)
+    chosen = order[(len(order) - 1) // 2]
+    title = (f"A burst of {plan['jobs']} jobs of {plan['job_seconds']:g} s from zero workers "
+             f"(repetition {chosen + 1} of {len(timelines)}, the median elastic makespan)")  # fmt: skip
+    scaling_chart.draw(timelines[chosen], path, title)
+
+
 def spread_of(values: list[float | None]) -> report.Spread | None:
     measured = [value for value in values if value is not None]
     return report.spread(measured) if measured else None
@@ -362,9 +436,10 @@ def section(plan: Plan, runs: list[tuple[Run, Run]]) -> report.Section:
     )
     figures: dict[str, object] = {
         "plan": asdict(plan),
-        "elastic": [asdict(run) | {"idle_s": run.idle_s} for run in elastic],
-        "fixed": [asdict(run) | {"idle_s": run.idle_s} for run in fixed],
+        "elastic": [run_figures(run) for run in elastic],
+        "fixed": [run_figures(run) for run in fixed],
         "makespan_ratio": makespan,
+        "timelines": timelines_of(elastic, fixed, f"fixed array of {plan.max_workers}"),
     }
     fewer_idle = idle_e["median"] < idle_f["median"]
     within = makespan["median"] <= MAKESPAN_GOAL
@@ -384,6 +459,9 @@ def section(plan: Plan, runs: list[tuple[Run, Run]]) -> report.Section:
             "completion log: the testbed has no accounting for sacct); idle is that minus the time the "
             "worker spent running jobs (the ledger's attempts). For the fixed array both are over the elastic "
             "run's window, the submission to its last worker gone, which it holds throughout.",
+            "The picture beside the report (linked below the notes) draws one repetition over time, elastic "
+            "beside fixed: the jobs waiting (the ledger), the worker jobs running a job (the ledger's attempts), "
+            "running idle or starting, and pending in Slurm (squeue), and when the burst drained.",
         ],
         "columns": COLUMNS,
         "rows": [row("elastic", elastic), row(f"fixed array of {plan.max_workers}", fixed)],

@@ -51,6 +51,9 @@ BENCHMARKS: dict[str, Benchmark] = {
     "scaling": scaling.benchmark,
 }
 
+# name in the report -> what draws its picture beside the report (report.write).
+PICTURES: dict[str, report.Drawer] = {"scaling": scaling.picture}
+
 
 def run(context: Context, names: list[str]) -> dict[str, report.Section]:
     sections: dict[str, report.Section] = {}
@@ -93,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         context.close()
     options: dict[str, object] = {"smoke": args.smoke, "repeat": repeat, "benchmarks": list(sections)}
-    paths = report.write(args.reports_dir, created, options, described, sections)
+    paths = report.write(args.reports_dir, created, options, described, sections, drawers=PICTURES)
     print("report: " + ", ".join(str(path) for path in paths))
     if docs_page.due(args.smoke, args.only):  # a full run's figures are the documentation's
         print(f"docs: {docs_page.write(paths[0])}")

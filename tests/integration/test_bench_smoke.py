@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
@@ -23,8 +25,12 @@ MACHINE = ("cpu_model", "cores", "memory_gib", "kernel", "python", "load_average
 
 
 @pytest.fixture(scope="module")
-def bench_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    reports = tmp_path_factory.mktemp("reports")
+def reports(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("reports")
+
+
+@pytest.fixture(scope="module")
+def bench_report(reports: Path) -> dict[str, object]:
     result = subprocess.run(
         [sys.executable, "-m", "tests.bench", "--smoke", "--reports-dir", str(reports)],
         cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
@@ -145,3 +151,15 @@ def test_pose_compares_the_system_with_the_bare_model(bench_report: dict[str, ob
         assert is_spread(breakdown[part]), part
     assert is_spread(figures["first_job"]["first_ms"])  # type: ignore[index]
     assert is_spread(figures["memory"]["end_mib"])  # type: ignore[index]
+
+
+def test_scaling_draws_its_picture_beside_the_report(bench_report: dict[str, object], reports: Path) -> None:
+    sections = bench_report["sections"]
+    assert isinstance(sections, dict)
+    scaling = sections["scaling"]
+    assert "picture_skipped" not in scaling, scaling.get("picture_skipped")
+    root = ET.parse(reports / scaling["picture"]).getroot()
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    elastic, fixed = scaling["figures"]["timelines"][0]
+    assert elastic["backlog"][0] == [0.0, scaling["figures"]["plan"]["jobs"]]
+    assert fixed["label"].startswith("fixed array of")

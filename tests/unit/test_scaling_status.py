@@ -11,7 +11,7 @@ import pytest
 from han_worker.cli import worker_main
 from han_worker.private_files import write_private_json
 from han_worker.scaling.policy import Failures
-from han_worker.scaling.scaler import ScalerState, describe_state, format_state, load_state
+from han_worker.scaling.scaler import RESUME_HINT, ScalerState, describe_state, format_state, load_state
 
 PAUSED = {"pool": "han-pose-worker", "at": 1000.0, "submitted": 0, "paused": True,
           "reason": "paused after 3 allocations in a row ended before their worker registered: sbatch: error: "
@@ -31,11 +31,18 @@ def test_a_paused_pool_says_so_and_why(tmp_path: Path) -> None:
     summary = describe_state(path, now=1012.4)
     assert summary["state"] == "paused"
     assert summary["on_the_way"] == ["4711"]
-    assert format_state(summary) == (
+    assert format_state(summary).splitlines() == [
         "scaler han-pose-worker: paused, 12 s ago: paused after 3 allocations in a row ended before their "
-        "worker registered: sbatch: error: invalid partition"
+        "worker registered: sbatch: error: invalid partition",
+        "  failures in a row: 0 submission(s) refused, 3 worker job(s) ended before their worker registered; "
+        "the last: sbatch: error: invalid partition",
+        "  worker jobs submitted, their worker not registered yet: 4711",
+        RESUME_HINT,
+    ]
+    # Scaling again, nothing failed and nothing on its way: one line.
+    write_private_json(
+        path, {**ScalerState().to_dict(), "last": {**PAUSED, "paused": False, "reason": "no backlog"}}
     )
-    write_private_json(path, {**state.to_dict(), "last": {**PAUSED, "paused": False, "reason": "no backlog"}})
     assert (
         format_state(describe_state(path, now=1000.0))
         == "scaler han-pose-worker: scaling, 0 s ago: no backlog"
@@ -58,3 +65,23 @@ def test_a_bad_state_file_exits_2_naming_the_flag_and_the_field(
     assert f"--scaler-state: {path}: " in err
     assert message in err
     assert "Traceback" not in err
+
+
+def test_the_scaler_is_shown_when_no_control_plane_answers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "state.json"
+    write_private_json(path, ScalerState(failures=Failures(0, 3, 999.0, "sbatch: error: invalid partition"),
+                                         last=PAUSED).to_dict())  # fmt: skip
+    monkeypatch.setenv("HOME", str(tmp_path))  # no endpoints file and no Mac: no control plane to ask
+    for name in ("HAN_WORKER_CONFIG", "CONTROL_PLANE_MODE"):
+        monkeypatch.delenv(name, raising=False)
+
+    assert worker_main(["status", "--scaler-state", str(path)]) != 0
+    out, err = capsys.readouterr()
+    assert out.startswith("scaler han-pose-worker: paused, ")
+    assert RESUME_HINT in out
+    assert "no Mac is configured" in err
+    # JSON stays one document, and only when the status could be read.
+    assert worker_main(["status", "--json", "--scaler-state", str(path)]) != 0
+    assert capsys.readouterr().out == ""
