@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import sys
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -101,6 +102,16 @@ def path_argument(text: str) -> Path:
             f"{shown(text)} has a name of {longest} bytes; file systems allow {MAX_NAME_BYTES}"
         )
     return Path(text)
+
+
+def batch_id_argument(text: str) -> str:
+    """argparse type: a batch id (a UUID, as submit prints it), in its canonical form."""
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{shown(text)} is not a batch id (a UUID, as submit prints it)"
+        ) from None
 
 
 def service_port(text: str) -> tuple[str, int]:

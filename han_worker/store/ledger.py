@@ -198,7 +198,8 @@ SELECT b.id::text, b.kind, b.jobs, b.created_at, b.manifest_sha256,
     (SELECT coalesce(jsonb_object_agg(status, n), '{}') FROM (
         SELECT status, count(*) AS n FROM jobs WHERE batch_id = b.id GROUP BY status) AS counted),
     (SELECT min(started_at) FROM jobs WHERE batch_id = b.id),
-    (SELECT max(finished_at) FROM jobs WHERE batch_id = b.id)
+    (SELECT max(finished_at) FROM jobs WHERE batch_id = b.id),
+    now()
 FROM batches AS b WHERE b.id = %s
 """
 
@@ -281,6 +282,7 @@ class BatchCounts:
     by_status: dict[str, int]
     first_started_at: datetime | None
     last_finished_at: datetime | None
+    observed_at: datetime  # the ledger's clock when it counted (the times above are the ledger's too)
 
 
 @dataclass(frozen=True)
@@ -432,7 +434,7 @@ class Ledger:
         if row is None:
             return None
         counts = {str(status): int(count) for status, count in row[5].items()}
-        return BatchCounts(row[0], row[1], row[2], row[3], row[4], counts, row[6], row[7])
+        return BatchCounts(row[0], row[1], row[2], row[3], row[4], counts, row[6], row[7], row[8])
 
     def queued_of(self, job_ids: Sequence[str]) -> list[tuple[str, str]]:
         """(job id, queue) of those of ``job_ids`` that are still queued."""
