@@ -157,7 +157,7 @@ def source_files(source: Path) -> tuple[Path, list[Path]]:
     pattern = str(source)
     files = sorted(Path(match) for match in glob.glob(pattern, recursive=True) if not Path(match).is_dir())
     if not files:
-        raise RequestError(f"--input: {shown(pattern)}: the pattern matches no file")
+        raise RequestError(f"--input: {pattern}: the pattern matches no file")
     return _glob_base(pattern), files
 
 
