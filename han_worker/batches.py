@@ -24,7 +24,7 @@ import os
 import stat
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -247,7 +247,7 @@ def _upload_all(link: Link, batch: BatchPlan, threads: int, progress: Progress) 
         pending: set[Future[None]] = {pool.submit(_upload, link, batch, item) for item in missing}
         try:
             while pending:
-                finished, pending = wait(pending, timeout=1.0, return_when=FIRST_EXCEPTION)
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
                     future.result()  # the first failure stops the batch: nothing is recorded
                 done += len(finished)
