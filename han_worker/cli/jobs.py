@@ -19,6 +19,7 @@ from han_worker import batches, client
 from han_worker.backends import UnsupportedQueue
 from han_worker.cli.options import (
     EXIT_FAILED,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_TIMEOUT,
     EXIT_USAGE,
@@ -269,9 +270,17 @@ def _submit(args: argparse.Namespace) -> int:
 
 def _submit_batch(link: Link, config: WorkerConfig, args: argparse.Namespace, batch: client.BatchPlan) -> int:
     batch = replace(batch, max_attempts=args.max_attempts or config.max_attempts)
-    with Ticker() as ticker:
-        done = client.submit_batch(
-            link, batch, progress=lambda stage, count, total: ticker.update(STAGES[stage], count, total)
+    try:
+        with Ticker() as ticker:
+            done = client.submit_batch(
+                link, batch, progress=lambda stage, count, total: ticker.update(STAGES[stage], count, total)
+            )
+    except KeyboardInterrupt:
+        again = "run the same command again: it resumes, and submits nothing twice"
+        return fail(
+            "submit",
+            f"interrupted; batch {batch.batch_id} may be partly submitted: {again}",
+            EXIT_INTERRUPTED,
         )
     print(done.batch_id)
     earlier = len(done.job_ids) - done.recorded

@@ -25,6 +25,7 @@ from han_worker.selection.policy import MODES
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports it (128 + SIGINT)
 
 Commands = argparse._SubParsersAction  # argparse's own name; not subscriptable at run time
 
