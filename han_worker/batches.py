@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -133,10 +134,7 @@ def is_batch_source(path: Path) -> bool:
 
 def _glob_base(pattern: str) -> Path:
     """The folder a pattern starts in: its leading parts without a wildcard (relative paths start there)."""
-    parts = Path(pattern).parts
-    fixed = [
-        part for part in parts[: next((i for i, p in enumerate(parts) if _GLOB_MAGIC & set(p)), len(parts))]
-    ]
+    fixed = list(itertools.takewhile(lambda part: not _GLOB_MAGIC & set(part), Path(pattern).parts))
     return Path(*fixed) if fixed else Path(".")
 
 
@@ -351,19 +349,29 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
+def _rate_and_left(progress: BatchProgress) -> str:
+    speed = "" if progress.rate is None else f", {progress.rate:.1f} jobs/s"
+    unknown = progress.seconds_left is None or progress.finished
+    return speed + ("" if unknown else f", {_clock(progress.seconds_left or 0.0)} left")
+
+
 def format_progress(progress: BatchProgress) -> str:
     """One line for people: ``batch ID: 1200/2000 done (1195 succeeded, 5 failed), 2 running, 798 waiting,
     14.2 jobs/s, 0:56 left``."""
     done = progress.succeeded + progress.failed
-    speed = "" if progress.rate is None else f", {progress.rate:.1f} jobs/s"
-    left = (
-        ""
-        if progress.seconds_left is None or progress.finished
-        else f", {_clock(progress.seconds_left)} left"
-    )
     return (
         f"batch {progress.batch_id}: {done}/{progress.total} done ({progress.succeeded} succeeded, "
-        f"{progress.failed} failed), {progress.running} running, {progress.waiting} waiting{speed}{left}"
+        f"{progress.failed} failed), {progress.running} running, {progress.waiting} waiting"
+        f"{_rate_and_left(progress)}"
+    )
+
+
+def format_progress_short(progress: BatchProgress) -> str:
+    """Beside a progress bar (which shows done/total): ``1195 succeeded, 5 failed, 2 running, 14.2 jobs/s,
+    0:56 left``."""
+    return (
+        f"{progress.succeeded} succeeded, {progress.failed} failed, {progress.running} running"
+        f"{_rate_and_left(progress)}"
     )
 
 

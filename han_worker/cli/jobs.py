@@ -298,7 +298,8 @@ def _wait_batch(link: Link, args: argparse.Namespace) -> int:
         progress = client.wait_batch(
             link, args.batch, args.timeout,
             on_progress=lambda seen: ticker.update(
-                client.format_batch_progress(seen), seen.succeeded + seen.failed, seen.total
+                batches.format_progress_short(seen), seen.succeeded + seen.failed, seen.total,
+                line=client.format_batch_progress(seen),
             ),
         )  # fmt: skip
     print(json.dumps(progress.to_dict(), indent=2) if args.json else client.format_batch_progress(progress))

@@ -35,11 +35,12 @@ class Ticker:
             self._task = self._bar.add_task("", total=None)
         return self
 
-    def update(self, text: str, done: int, total: int) -> None:
+    def update(self, text: str, done: int, total: int, line: str | None = None) -> None:
+        """``text`` beside the bar; off a terminal ``line`` (default: ``text: done/total``)."""
         if self._bar is not None and self._task is not None:
             self._bar.update(self._task, description=text, completed=done, total=total)
             return
-        self._pending = f"{text}: {done}/{total}"
+        self._pending = f"{text}: {done}/{total}" if line is None else line
         now = time.monotonic()
         if now - self._last_line >= self._interval:
             self._flush(now)

@@ -243,3 +243,17 @@ def test_off_a_terminal_progress_is_a_line_every_few_seconds_and_the_last_news(
         for done in range(1, 6):
             ticker.update("uploading inputs", done, 5)
     assert capsys.readouterr().err.splitlines() == ["uploading inputs: 1/5", "uploading inputs: 5/5"]
+
+
+def test_beside_a_bar_progress_leaves_out_what_the_bar_shows():
+    progress = batches.progress_of(_counts({"succeeded": 36, "failed": 4, "running": 2, "queued": 58}))
+    assert (
+        batches.format_progress_short(progress) == "36 succeeded, 4 failed, 2 running, 2.0 jobs/s, 0:30 left"
+    )
+
+
+def test_on_a_terminal_progress_is_a_bar(capsys: pytest.CaptureFixture[str]):
+    with Ticker(terminal=True) as ticker:
+        ticker.update("uploading inputs", 3, 5)
+        ticker.update("uploading inputs", 5, 5)
+    assert "5/5" in capsys.readouterr().err
