@@ -627,6 +627,8 @@ def format_job(detail: JobDetail) -> str:
         f"finished {_when(record.finished_at)}",
         f"  params {json.dumps(record.params)}",
     ]
+    if record.batch_id is not None:
+        lines.append(f"  batch {record.batch_id}")
     if record.result is not None:
         lines.append(f"  result {json.dumps(record.result)}")
     for name, output in sorted((record.outputs or {}).items()):
