@@ -19,14 +19,25 @@ import os
 import stat
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+from han_worker import batches
 from han_worker.backends import UnknownKind, get_backend, load_backends
+from han_worker.batches import BatchPlan, BatchProgress, BatchSubmission, Progress
 from han_worker.config import WorkerConfig
-from han_worker.fields import INT4_MAX, MAX_SECONDS, check_storable_json, decode_json, json_type_name, shown
+from han_worker.fields import (
+    INT4_MAX,
+    MAX_SECONDS,
+    RequestError,
+    check_storable_json,
+    decode_json,
+    json_type_name,
+    shown,
+)
 from han_worker.selection.endpoints import format_time
 from han_worker.selection.resolver import Selector, authentication_failures
 from han_worker.store.artifacts import (
@@ -38,7 +49,7 @@ from han_worker.store.artifacts import (
     input_key,
     take_snapshot,
 )
-from han_worker.store.ledger import FINISHED, REQUEUEABLE, STATUSES, JobRecord, NewJob
+from han_worker.store.ledger import FINISHED, REQUEUEABLE, STATUSES, BatchCounts, JobRecord, NewJob
 from han_worker.store.link import (
     CONTROL_PLANE_ERRORS,
     SERVICE_ERRORS,
@@ -53,13 +64,21 @@ __all__ = [
     "MAX_JOBS_LIMIT",
     "REQUEUEABLE",
     "TERMINAL",
+    "BatchCancel",
+    "BatchFetch",
+    "BatchPlan",
+    "BatchProgress",
+    "BatchSubmission",
     "CancelResult",
     "FetchedFile",
     "JobDetail",
     "RequestError",
     "StatusReport",
     "age",
+    "batch_progress",
     "cancel",
+    "cancel_batch",
+    "check_batch_id",
     "check_inputs",
     "check_job_id",
     "check_limit",
@@ -69,6 +88,9 @@ __all__ = [
     "check_timeout",
     "connect",
     "fetch",
+    "fetch_batch",
+    "format_batch_cancel",
+    "format_batch_progress",
     "format_cancel",
     "format_fetched",
     "format_job",
@@ -76,14 +98,18 @@ __all__ = [
     "format_status",
     "jobs",
     "parse_params",
+    "plan_batch",
     "queue_of",
     "requeue",
+    "requeue_batch",
     "show",
     "snapshots",
     "status",
     "submit",
+    "submit_batch",
     "submit_many",
     "wait",
+    "wait_batch",
 ]
 
 log = logging.getLogger(__name__)
@@ -93,10 +119,6 @@ JOBS_LIMIT = 50  # jobs listed when no limit is given
 MAX_JOBS_LIMIT = 1000  # a listing is one query and one table on a terminal: never the whole ledger
 # How long a refused client waits for a rotation to publish the credentials file it is about to.
 REFUSAL_SETTLE_SECONDS = 2.0
-
-
-class RequestError(ValueError):
-    """A bad request; the message names the flag (or argument) at fault."""
 
 
 def connect(config: WorkerConfig, name: str, block_seconds: float = 0.0) -> Link:
@@ -307,13 +329,94 @@ def _recorded(link: Link, job_id: str) -> bool:
 def submit_many(
     link: Link, kind: str, params: Sequence[Mapping[str, object]], max_attempts: int
 ) -> list[str]:
-    """Jobs without inputs in one ledger commit and one Redis round trip (benchmarks, drills)."""
+    """Jobs without inputs, one per ``params`` item, in one ledger commit and one Redis round trip; their ids
+    (random: each call submits new jobs). For one job per input file, :func:`plan_batch` and
+    :func:`submit_batch`."""
     queue, max_attempts = queue_of(kind), _check_max_attempts(max_attempts)
     checked = [check_params(each, f"params[{index}]") for index, each in enumerate(params)]
     jobs = [NewJob(str(uuid.uuid4()), kind, queue, each, {}, max_attempts) for each in checked]
     link.ledger.insert_jobs(jobs)
     link.queues.enqueue_many([(queue, job.job_id) for job in jobs])
     return [job.job_id for job in jobs]
+
+
+# -- batches: one job per input file ----------------------------------------------------------------------
+
+
+def plan_batch(
+    source: Path, kind: str, params: Mapping[str, object], max_attempts: int, *, timeout: float | None = None
+) -> BatchPlan:
+    """Read a batch before submitting it: every file of ``source`` (a folder: its files, not its subfolders
+    or hidden files; or a glob pattern, ``**`` crossing folders) checked and hashed, and the ids derived from
+    what was read (the same files, kind and params give the same ids, wherever and whenever).
+
+    RequestError, naming ``--input``, ``--kind``, ``--param`` or ``--max-attempts``: an empty folder, a
+    pattern that matches nothing, an unreadable file, a symlink pointing out of the folder, more than
+    ``batches.MAX_BATCH_JOBS`` files; a ``timeout`` (each job's, as submit's) that is not above 0. Nothing
+    is sent anywhere. ``max_attempts`` and ``timeout`` are not part of the ids: a re-run keeps the first's."""
+    queue, checked, limit = queue_of(kind), check_params(params), check_timeout(timeout)
+    plan = batches.plan(source, kind, queue, checked, _check_max_attempts(max_attempts))
+    return replace(plan, timeout_seconds=limit)
+
+
+def submit_batch(
+    link: Link, batch: BatchPlan, *, threads: int = batches.UPLOAD_THREADS, progress: Progress | None = None
+) -> BatchSubmission:
+    """Submit a planned batch: its inputs uploaded ``threads`` at a time, the batch and its jobs recorded in
+    one ledger statement, then enqueued in one Redis round trip. ``progress(stage, done, total)`` is called as
+    it goes (stages ``upload``, ``record``, ``enqueue``).
+
+    Run it again with the same plan after an interruption (or from another process): nothing is recorded
+    or uploaded twice, and jobs recorded but never enqueued are enqueued. RequestError names an input that
+    changed since it was planned (nothing is recorded then)."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 64:
+        raise RequestError(f"threads: {shown(threads)} is not a whole number from 1 to 64")
+    return batches.submit(link, batch, threads, progress)
+
+
+def check_batch_id(text: str) -> str:
+    """``text`` as a batch id (a UUID, in its canonical form); RequestError naming --batch otherwise."""
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise RequestError(
+            f"--batch: {shown(text)} is not a batch id (a UUID, as submit prints it)"
+        ) from None
+
+
+def batch_progress(link: Link, batch_id: str) -> BatchProgress:
+    """Batch ``batch_id``'s jobs by where they stand, its rate and time left (one query). RequestError naming
+    ``--batch`` when it is not a UUID or not in the ledger."""
+    return batches.progress_of(_batch_counts(link, batch_id))
+
+
+def wait_batch(
+    link: Link,
+    batch_id: str,
+    timeout: float,
+    on_progress: Callable[[BatchProgress], None] | None = None,
+    interval: float = 1.0,
+) -> BatchProgress:
+    """Wait until every job of batch ``batch_id`` has finished, or ``timeout`` seconds; the last progress
+    seen (``.finished`` says which; ``.all_succeeded`` whether every job succeeded). ``on_progress`` gets
+    each reading, one per ``interval`` seconds. RequestError as :func:`batch_progress`."""
+    deadline = time.monotonic() + timeout
+    progress = batch_progress(link, batch_id)
+    while True:
+        if on_progress is not None:
+            on_progress(progress)
+        if progress.finished or time.monotonic() + interval > deadline:
+            return progress
+        time.sleep(interval)
+        try:
+            progress = batch_progress(link, batch_id)
+        except CONTROL_PLANE_ERRORS as exc:  # the control plane may come back before the deadline
+            log.debug("reading batch %s: %s", batch_id, describe(exc))
+
+
+def format_batch_progress(progress: BatchProgress) -> str:
+    """One line for people: done (succeeded, failed), running, waiting, rate, time left."""
+    return batches.format_progress(progress)
 
 
 def check_job_id(text: str) -> str:
@@ -452,16 +555,26 @@ def check_limit(limit: int) -> int:
 
 
 def jobs(
-    link: Link, states: Sequence[str] = (), kind: str | None = None, limit: int = JOBS_LIMIT
+    link: Link,
+    states: Sequence[str] = (),
+    kind: str | None = None,
+    limit: int = JOBS_LIMIT,
+    batch: str | None = None,
 ) -> list[JobRecord]:
     """The newest jobs first, at most ``limit`` (1 to 1000) of them: those in one of ``states`` (any when
-    empty) and of ``kind`` (a registered kind; any when None). One bounded query.
+    empty), of ``kind`` (a registered kind; any when None) and of batch ``batch`` (any when None). One
+    bounded query.
 
-    RequestError names the argument at fault (``--state``, ``--kind``, ``--limit``)."""
+    RequestError names the argument at fault (``--state``, ``--kind``, ``--limit``, ``--batch``: not a UUID
+    or no such batch)."""
     checked = check_statuses(states)
     if kind is not None:
         queue_of(kind)
-    return link.ledger.list_jobs(checked, kind, check_limit(limit))
+    if batch is not None:
+        batch = check_batch_id(batch)
+        if link.ledger.batch_counts(batch) is None:
+            raise RequestError(f"--batch: no batch {batch} in the ledger of {link.source}")
+    return link.ledger.list_jobs(checked, kind, check_limit(limit), batch)
 
 
 def age(since: datetime, now: datetime | None = None) -> str:
@@ -546,6 +659,8 @@ def format_job(detail: JobDetail) -> str:
         f"finished {_when(record.finished_at)}",
         f"  params {json.dumps(record.params)}",
     ]
+    if record.batch_id is not None:
+        lines.append(f"  batch {record.batch_id}")
     if record.result is not None:
         lines.append(f"  result {json.dumps(record.result)}")
     for name, output in sorted((record.outputs or {}).items()):
@@ -594,6 +709,10 @@ def _outputs_of(link: Link, job_id: str) -> list[tuple[str, Artifact]]:
         raise RequestError(f"JOB: no job {job_id} in the ledger of {link.source}")
     if not record.outputs and record.status != "succeeded":
         raise RequestError(f"JOB: job {job_id} is {record.status}; it has no outputs to fetch")
+    return _outputs_recorded(record, job_id)
+
+
+def _outputs_recorded(record: JobRecord, job_id: str) -> list[tuple[str, Artifact]]:
     return [
         (check_name(name, "output name"), Artifact.from_dict(output, f"output {name!r} of job {job_id}"))
         for name, output in sorted((record.outputs or {}).items())
@@ -645,6 +764,57 @@ def fetch(link: Link, job_id: str, output: Path) -> list[FetchedFile]:
     return [_fetch_one(link, name, artifact, output) for name, artifact in outputs]
 
 
+@dataclass(frozen=True)
+class BatchFetch:
+    """What :func:`fetch_batch` did: each output it wrote or kept, and the jobs that have no outputs to fetch
+    (job id, status: not finished, failed or dead)."""
+
+    files: list[FetchedFile]
+    without_outputs: list[tuple[str, str]]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "files": [item.to_dict() for item in self.files],
+            "without_outputs": [{"id": job_id, "status": status} for job_id, status in self.without_outputs],
+        }
+
+
+def _job_folder(output: Path, record: JobRecord) -> Path:
+    folder = output / batches.output_folder(record.inputs, record.id)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RequestError(f"--output: {folder}: cannot be made: {exc.strerror or exc}") from None
+    return folder
+
+
+def fetch_batch(
+    link: Link, batch_id: str, output: Path, *, threads: int = batches.UPLOAD_THREADS
+) -> BatchFetch:
+    """Download the outputs of every succeeded job of batch ``batch_id``, ``threads`` at a time, each job's
+    into ``output/<its input's path in the batch's folder>/`` (``results/a/photo1.jpg/landmarks.json``), each
+    file checked, written and kept as :func:`fetch` does: run it again and it fetches only what is missing or
+    wrong. The jobs without outputs (not finished, failed, dead) are returned, not raised.
+
+    RequestError names ``--batch`` (not a UUID, no such batch) or ``--output``; ArtifactError names an object
+    whose bytes are not those the ledger recorded (the other downloads finish first)."""
+    batch_id = check_batch_id(batch_id)
+    check_output_dir(output)
+    if link.ledger.batch_counts(batch_id) is None:
+        raise RequestError(f"--batch: no batch {batch_id} in the ledger of {link.source}")
+    work: list[tuple[str, Artifact, Path]] = []
+    without: list[tuple[str, str]] = []
+    for record in link.ledger.batch_jobs(batch_id):
+        if record.status != "succeeded":
+            without.append((record.id, record.status))
+            continue
+        folder = _job_folder(output, record)
+        work += [(name, artifact, folder) for name, artifact in _outputs_recorded(record, record.id)]
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="han-fetch") as pool:
+        futures = [pool.submit(_fetch_one, link, *item) for item in work]
+    return BatchFetch([future.result() for future in futures], without)
+
+
 def format_fetched(item: FetchedFile) -> str:
     """One line for people: where an output is, its size, and what :func:`fetch` did with it."""
     what = {"kept": "kept (already there, SHA-256 matches)", "replaced": "replaced (its SHA-256 differed)"}
@@ -684,6 +854,57 @@ def cancel(link: Link, job_id: str) -> CancelResult:
     if record is None:
         raise RequestError(f"JOB: no job {job_id} in the ledger of {link.source}")
     return CancelResult(job_id, "finished", record.status, record.worker_id)
+
+
+@dataclass(frozen=True)
+class BatchCancel:
+    """What a cancel of a batch did: its waiting jobs cancelled, its running ones asked to stop (their workers
+    stop them at their next heartbeat), the rest already finished and left as they were."""
+
+    batch_id: str
+    cancelled: int
+    requested: int
+    finished: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {"batch_id": self.batch_id, "cancelled": self.cancelled, "requested": self.requested,
+                "finished": self.finished}  # fmt: skip
+
+
+def cancel_batch(link: Link, batch_id: str) -> BatchCancel:
+    """Cancel every open job of batch ``batch_id`` in one statement, each as :func:`cancel` does one.
+    RequestError naming ``--batch`` when it is not a UUID or not in the ledger."""
+    counts = _batch_counts(link, batch_id)
+    reached = link.ledger.cancel_batch(counts.batch_id)
+    cancelled = sum(job.status == "cancelled" for job in reached)
+    return BatchCancel(counts.batch_id, cancelled, len(reached) - cancelled, counts.jobs - len(reached))
+
+
+def format_batch_cancel(result: BatchCancel) -> str:
+    """One line for people: what the cancel of a batch did."""
+    return (
+        f"batch {result.batch_id}: {result.cancelled} waiting job(s) cancelled, {result.requested} running "
+        f"job(s) asked to stop (at their workers' next heartbeat), {result.finished} already finished (left "
+        "as they were)"
+    )
+
+
+def requeue_batch(link: Link, batch_id: str, states: Sequence[str] = REQUEUEABLE) -> int:
+    """Run again every job of batch ``batch_id`` whose status is one of ``states`` (default: dead,
+    timed_out, failed, cancelled), as :func:`requeue` does one; returns how many. RequestError naming
+    ``--batch`` (not a UUID, not in the ledger) or ``--state``."""
+    counts, states = _batch_counts(link, batch_id), _check_requeue_states(states)
+    requeued = link.ledger.requeue_batch(counts.batch_id, states)
+    link.queues.enqueue_many([(queue, job_id) for job_id, queue in requeued])
+    return len(requeued)
+
+
+def _batch_counts(link: Link, batch_id: str) -> BatchCounts:
+    batch_id = check_batch_id(batch_id)
+    counts = link.ledger.batch_counts(batch_id)
+    if counts is None:
+        raise RequestError(f"--batch: no batch {batch_id} in the ledger of {link.source}")
+    return counts
 
 
 def format_cancel(result: CancelResult) -> str:

@@ -166,6 +166,11 @@ def json_type_name(value: object) -> str:
     return _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
 
 
+class RequestError(ValueError):
+    """A bad request to the lab's API (``han_worker.client``); the message names the flag (or argument) at
+    fault."""
+
+
 class FieldReader:
     """Typed access to one JSON object whose errors name the origin and the field's full path.
 

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import sys
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from han_worker.selection.policy import MODES
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports it (128 + SIGINT)
 
 Commands = argparse._SubParsersAction  # argparse's own name; not subscriptable at run time
 
@@ -101,6 +103,16 @@ def path_argument(text: str) -> Path:
             f"{shown(text)} has a name of {longest} bytes; file systems allow {MAX_NAME_BYTES}"
         )
     return Path(text)
+
+
+def batch_id_argument(text: str) -> str:
+    """argparse type: a batch id (a UUID, as submit prints it), in its canonical form."""
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{shown(text)} is not a batch id (a UUID, as submit prints it)"
+        ) from None
 
 
 def service_port(text: str) -> tuple[str, int]:

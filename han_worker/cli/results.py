@@ -10,14 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections import Counter
 
 from han_worker import client
-from han_worker.cli.jobs import run_connected
+from han_worker.cli.jobs import one_of_job_and_batch, run_connected
 from han_worker.cli.options import (
     EXIT_FAILED,
     EXIT_OK,
     Commands,
     add_command,
+    batch_id_argument,
     count_up_to,
     fail,
     path_argument,
@@ -41,7 +43,9 @@ FETCH_HELP = """\
 Each output is written as DIR/NAME through a temporary file in DIR, renamed once its size and SHA-256 match
 what the ledger recorded. A file already there with the right SHA-256 is kept; one with another is replaced.
 So a fetch can be run again after an interruption. Exit 1 naming the object when the object store holds
-other bytes than the ledger recorded (nothing is written for it).
+other bytes than the ledger recorded (nothing is written for it). With --batch ID: each succeeded job's
+outputs go to DIR/<its input's path in the batch's folder>/ (DIR/photo1.jpg/landmarks.json), 8 at a time;
+exit 1 after fetching the others when some jobs have no outputs (not finished, failed or dead).
 
 """
 
@@ -58,6 +62,7 @@ def _add_jobs(commands: Commands[argparse.ArgumentParser]) -> None:
         help=f"only jobs in this state, repeatable: {', '.join(STATUSES)} (default: all)",
     )  # fmt: skip
     jobs.add_argument("--kind", help="only jobs of this kind (a registered backend, e.g. pose, sleep)")
+    jobs.add_argument("--batch", type=batch_id_argument, metavar="ID", help="only jobs of this batch")
     jobs.add_argument(
         "--limit", type=count_up_to(client.MAX_JOBS_LIMIT), default=client.JOBS_LIMIT, metavar="N",
         help=f"jobs to list, 1 to {client.MAX_JOBS_LIMIT} (default: {client.JOBS_LIMIT})",
@@ -74,8 +79,14 @@ def _add_show(commands: Commands[argparse.ArgumentParser]) -> None:
 
 
 def _add_fetch(commands: Commands[argparse.ArgumentParser]) -> None:
-    fetch = add_command(commands, "fetch", "download a job's outputs, checked against the ledger", FETCH_HELP)
-    fetch.add_argument("job", metavar="JOB", help="the job id that submit printed")
+    fetch = add_command(
+        commands, "fetch", "download a job's (or a batch's) outputs, checked against the ledger", FETCH_HELP
+    )
+    fetch.add_argument("job", metavar="JOB", nargs="?", help="the job id that submit printed")
+    fetch.add_argument(
+        "--batch", type=batch_id_argument, metavar="ID",
+        help="fetch every succeeded job of a batch instead, each into DIR/<its input's path>/",
+    )  # fmt: skip
     fetch.add_argument(
         "--output", required=True, type=path_argument, metavar="DIR",
         help="the directory to write the outputs in (made when missing)",
@@ -91,7 +102,7 @@ def _jobs(args: argparse.Namespace) -> int:
         return fail("jobs", exc)
 
     def work(link: Link, _config: WorkerConfig) -> int:
-        records = client.jobs(link, args.states, args.kind, args.limit)
+        records = client.jobs(link, args.states, args.kind, args.limit, args.batch)
         if args.json:
             print(json.dumps([record.to_dict() for record in records], indent=2, default=str))
         else:
@@ -118,12 +129,32 @@ def _show(args: argparse.Namespace) -> int:
     return run_connected(args, work)
 
 
+def _fetch_batch(link: Link, args: argparse.Namespace) -> int:
+    try:
+        fetched = client.fetch_batch(link, args.batch, args.output)
+    except ArtifactError as exc:  # the object store's bytes are not the ledger's: not the input's fault
+        return fail("fetch", exc, EXIT_FAILED)
+    for item in fetched.files:
+        print(client.format_fetched(item))
+    if fetched.without_outputs:
+        statuses = Counter(status for _job_id, status in fetched.without_outputs)
+        listed = ", ".join(f"{count} {status}" for status, count in sorted(statuses.items()))
+        missing = len(fetched.without_outputs)
+        hint = f"han-worker jobs --batch {args.batch} --state STATE lists them"
+        return fail(
+            "fetch", f"{missing} job(s) of batch {args.batch} have no outputs ({listed}): {hint}", EXIT_FAILED
+        )
+    return EXIT_OK
+
+
 def _fetch(args: argparse.Namespace) -> int:
     try:
-        job_id = client.check_job_id(args.job)
+        job_id = one_of_job_and_batch(args.job, args.batch)
         client.check_output_dir(args.output)
     except client.RequestError as exc:
         return fail("fetch", exc)
+    if args.batch is not None:
+        return run_connected(args, lambda link, _config: _fetch_batch(link, args))
 
     def work(link: Link, _config: WorkerConfig) -> int:
         try:

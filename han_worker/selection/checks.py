@@ -27,6 +27,8 @@ from han_worker.selection.tls import TLSConfigError, postgres_tls, s3_ssl_contex
 
 log = logging.getLogger(__name__)
 
+S3_CONNECTIONS = 16  # kept per host by an S3 client: a batch transfers 8 at a time
+
 
 class ProbeFailure(CheckFailed):
     """A service did not answer an authenticated probe; the message says which and why."""
@@ -125,6 +127,9 @@ def s3_client(
     Raises :class:`~han_worker.selection.tls.TLSConfigError` without an authority: never plain HTTP, never
     verification off."""
     http = urllib3.PoolManager(
+        # Connections kept per host: a batch uploads and fetches 8 at a time; with urllib3's default of 1,
+        # every transfer beyond the first paid a TLS handshake and its connection was thrown away.
+        maxsize=S3_CONNECTIONS,
         timeout=urllib3.Timeout(connect=timeout, read=timeout),
         retries=urllib3.Retry(total=0),
         cert_reqs="CERT_REQUIRED",

@@ -1,8 +1,11 @@
 """Job inputs and outputs in the object store, with their SHA-256 and size recorded in the ledger.
 
-Keys: ``jobs/<id>/inputs/<name>`` and ``jobs/<id>/outputs/<attempt>/<name>``. Outputs are kept per
-attempt, so a superseded attempt can never overwrite the files the ledger points at; inputs are
-checked against their recorded hash after every download.
+Keys: ``jobs/<id>/inputs/<name>`` and ``jobs/<id>/outputs/<attempt>/<name>``; a batch's inputs are
+``batches/<batch id>/inputs/<job id>/<name>``, under one prefix, so a batch submitted again after an
+interruption lists what it uploaded with one request (the ids derive from the inputs' SHA-256, so a key names
+its bytes). Outputs are kept per attempt, so a superseded attempt can never overwrite the files the ledger
+points at; inputs are checked against their recorded hash after every download. The ledger records every
+key: nothing reads a key that it did not record.
 """
 
 from __future__ import annotations
@@ -86,6 +89,14 @@ def input_key(job_id: str, name: str) -> str:
     return f"jobs/{job_id}/inputs/{check_name(name, 'input name')}"
 
 
+def batch_prefix(batch_id: str) -> str:
+    return f"batches/{batch_id}/inputs/"
+
+
+def batch_input_key(batch_id: str, job_id: str, name: str) -> str:
+    return f"{batch_prefix(batch_id)}{job_id}/{check_name(name, 'input name')}"
+
+
 def output_key(job_id: str, attempt: int, name: str) -> str:
     return f"jobs/{job_id}/outputs/{attempt}/{check_name(name, 'output name')}"
 
@@ -155,6 +166,13 @@ class ArtifactStore:
         )
         log.debug("uploaded %d bytes to %s", snapshot.size, key)
         return Artifact(key, snapshot.sha256, snapshot.size)
+
+    def sizes_under(self, prefix: str) -> dict[str, int]:
+        """Key -> size of every object whose key starts with ``prefix`` (a listing: one request per 1,000)."""
+        return {
+            str(item.object_name): int(item.size or 0)
+            for item in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
+        }
 
     def remove(self, keys: Iterable[str]) -> None:
         """Delete ``keys``, best effort: each failure is logged, none is raised (a cleanup must not hide the

@@ -78,7 +78,25 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         );
         """,
     ),
-    # Version 2 is the batches' (another branch); versions are applied by number, whichever is missing.
+    (
+        2,
+        "batches",
+        # A batch's row and its jobs go in with one statement (Ledger.insert_batch). jobs.batch_id is NULL for
+        # a job submitted alone; its index holds only batch jobs. jobs_created serves listings that are not
+        # only open jobs (han-worker jobs, newest first). Adding a NULL column rewrites no row.
+        """
+        CREATE TABLE batches (
+            id uuid PRIMARY KEY,
+            kind text NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            jobs integer NOT NULL CHECK (jobs >= 1),
+            manifest_sha256 text NOT NULL
+        );
+        ALTER TABLE jobs ADD COLUMN batch_id uuid REFERENCES batches (id);
+        CREATE INDEX jobs_batch ON jobs (batch_id) WHERE batch_id IS NOT NULL;
+        CREATE INDEX jobs_created ON jobs (created_at);
+        """,
+    ),
     (
         3,
         "cancel and timeouts",
@@ -192,9 +210,39 @@ SELECT * FROM unnest(%(ids)s::uuid[], %(kinds)s::text[], %(queues)s::text[], %(p
                      %(inputs)s::jsonb[], %(max)s::integer[], %(timeouts)s::double precision[])
 """
 
+# A batch and its jobs in one statement: one round trip, one commit. Both inserts skip rows already there, so
+# a submission run again after an interruption records nothing twice; the ids of the jobs recorded by this
+# statement come back (the others were recorded before). The jobs' foreign key is checked at the statement's
+# end, when the batch's row is there.
+_INSERT_BATCH = """
+WITH batch AS (
+    INSERT INTO batches (id, kind, jobs, manifest_sha256) VALUES (%(batch)s, %(kind)s, %(count)s, %(digest)s)
+    ON CONFLICT (id) DO NOTHING
+), inserted AS (
+    INSERT INTO jobs (id, kind, queue, params, inputs, max_attempts, timeout_seconds, batch_id)
+    SELECT id, kind, queue, params, inputs, max_attempts, timeout_seconds, %(batch)s::uuid
+    FROM unnest(%(ids)s::uuid[], %(kinds)s::text[], %(queues)s::text[], %(params)s::jsonb[],
+                %(inputs)s::jsonb[], %(max)s::integer[], %(timeouts)s::double precision[])
+        AS new (id, kind, queue, params, inputs, max_attempts, timeout_seconds)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id::text
+)
+SELECT coalesce(array_agg(id), '{}') FROM inserted
+"""
+# A batch with its jobs counted by status (whatever statuses the jobs table allows), in one query.
+_BATCH_PROGRESS = """
+SELECT b.id::text, b.kind, b.jobs, b.created_at, b.manifest_sha256,
+    (SELECT coalesce(jsonb_object_agg(status, n), '{}') FROM (
+        SELECT status, count(*) AS n FROM jobs WHERE batch_id = b.id GROUP BY status) AS counted),
+    (SELECT min(started_at) FROM jobs WHERE batch_id = b.id),
+    (SELECT max(finished_at) FROM jobs WHERE batch_id = b.id),
+    now()
+FROM batches AS b WHERE b.id = %s
+"""
+
 _JOB_COLUMNS = sql.SQL("""id::text, kind, queue, status, attempts, max_attempts, params, inputs, result,
     outputs, error, worker_id, host, platform, control_plane, control_plane_epoch, created_at, started_at,
-    finished_at, heartbeat_at, cancel_requested_at, timeout_seconds""")
+    finished_at, heartbeat_at, cancel_requested_at, timeout_seconds, batch_id::text""")
 
 # A cancel of the open jobs {where}, in one conditional UPDATE of each row: a queued job is cancelled at once
 # (no claim takes it after this commit); a running one has the request recorded, which its worker reads with
@@ -305,6 +353,29 @@ class NewJob:
 
 
 @dataclass(frozen=True)
+class NewBatch:
+    batch_id: str
+    kind: str
+    manifest_sha256: str  # the digest the ids derive from: kind, params, each input's path, size and SHA-256
+
+
+@dataclass(frozen=True)
+class BatchCounts:
+    """A batch as the ledger holds it: its jobs counted by status, and when the first started and the last
+    finished."""
+
+    batch_id: str
+    kind: str
+    jobs: int
+    created_at: datetime
+    manifest_sha256: str
+    by_status: dict[str, int]
+    first_started_at: datetime | None
+    last_finished_at: datetime | None
+    observed_at: datetime  # the ledger's clock when it counted (the times above are the ledger's too)
+
+
+@dataclass(frozen=True)
 class JobRecord:
     id: str
     kind: str
@@ -328,6 +399,7 @@ class JobRecord:
     heartbeat_at: datetime | None
     cancel_requested_at: datetime | None = None
     timeout_seconds: float | None = None
+    batch_id: str | None = None  # None: submitted alone
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -436,6 +508,44 @@ class Ledger:
             "timeouts": [job.timeout_seconds for job in jobs],
         })  # fmt: skip
 
+    def insert_batch(self, batch: NewBatch, jobs: Sequence[NewJob]) -> list[str]:
+        """Record a batch and its jobs (queued) in one statement: one round trip, one commit. Rows already
+        there (the same batch submitted before) are left as they are; returns the ids of the jobs recorded
+        now."""
+        if not jobs:
+            raise ValueError(f"batch {batch.batch_id} has no jobs")
+        row = self._write(_INSERT_BATCH, {
+            "batch": batch.batch_id, "kind": batch.kind, "count": len(jobs), "digest": batch.manifest_sha256,
+            "ids": [job.job_id for job in jobs], "kinds": [job.kind for job in jobs],
+            "queues": [job.queue for job in jobs], "params": [Jsonb(job.params) for job in jobs],
+            "inputs": [Jsonb(job.inputs) for job in jobs], "max": [job.max_attempts for job in jobs],
+            "timeouts": [job.timeout_seconds for job in jobs],
+        })  # fmt: skip
+        return [] if row is None else list(row[0])
+
+    def batch_counts(self, batch_id: str) -> BatchCounts | None:
+        """Batch ``batch_id`` with its jobs counted by status; None when the ledger holds no such batch."""
+        row = self.connection().execute(_BATCH_PROGRESS, (batch_id,)).fetchone()
+        if row is None:
+            return None
+        counts = {str(status): int(count) for status, count in row[5].items()}
+        return BatchCounts(row[0], row[1], row[2], row[3], row[4], counts, row[6], row[7], row[8])
+
+    def queued_of(self, job_ids: Sequence[str]) -> list[tuple[str, str]]:
+        """(job id, queue) of those of ``job_ids`` that are still queued."""
+        rows = self.connection().execute(
+            "SELECT id::text, queue FROM jobs WHERE id = ANY(%s::uuid[]) AND status = 'queued'",
+            (list(job_ids),),
+        )
+        return [(row[0], row[1]) for row in rows]
+
+    def batch_jobs(self, batch_id: str) -> list[JobRecord]:
+        """Every job of batch ``batch_id``, in submission order (by id within one instant)."""
+        query = sql.SQL("SELECT {} FROM jobs WHERE batch_id = %s ORDER BY created_at, id").format(
+            _JOB_COLUMNS
+        )
+        return [JobRecord(*row) for row in self.connection().execute(query, (batch_id,))]
+
     def claim(self, job_id: str, entry_id: str, owner: AttemptOwner, lease: float) -> Claim | None:
         """Start the next attempt, or None when the job is finished, running elsewhere or out of attempts."""
         return _claim_of(self._write(_CLAIM, _claim_params(job_id, entry_id, owner, lease)))
@@ -515,6 +625,10 @@ class Ledger:
         cancelled = self._cancel(sql.SQL("id = %(id)s"), {"id": job_id})
         return cancelled[0] if cancelled else None
 
+    def cancel_batch(self, batch_id: str) -> list[Cancelled]:
+        """Cancel every open job of batch ``batch_id`` (one statement): see :data:`_CANCEL`."""
+        return self._cancel(sql.SQL("batch_id = %(batch)s"), {"batch": batch_id})
+
     def _requeue(
         self, where: sql.Composable, params: Mapping[str, object], states: Sequence[str]
     ) -> list[tuple[str, str, str]]:
@@ -532,6 +646,12 @@ class Ledger:
         which). The caller adds it to that queue's stream (the reconciler would, should that fail)."""
         requeued = self._requeue(sql.SQL("id = %(id)s"), {"id": job_id}, states)
         return (requeued[0][1], requeued[0][2]) if requeued else None
+
+    def requeue_batch(self, batch_id: str, states: Sequence[str] = REQUEUEABLE) -> list[tuple[str, str]]:
+        """Queue again every job of batch ``batch_id`` whose status is one of ``states`` (one statement, as
+        :meth:`requeue`): (job id, queue) of each; the caller adds them to their streams."""
+        requeued = self._requeue(sql.SQL("batch_id = %(batch)s"), {"batch": batch_id}, states)
+        return [(job_id, queue) for job_id, queue, _previous in requeued]
 
     def orphan_candidates(self, lease: float, min_age: float) -> list[tuple[str, str]]:
         """(job id, queue) of jobs that should be in a stream: queued, or running without a heartbeat."""
@@ -582,10 +702,13 @@ class Ledger:
         )
         return [JobRecord(*row) for row in self.connection().execute(query, (status, limit))]
 
-    def list_jobs(self, statuses: Sequence[str], kind: str | None, limit: int) -> list[JobRecord]:
-        """The newest ``limit`` jobs (by creation), those with one of ``statuses`` (all when empty) and of
-        ``kind`` (any when None). The filters are written as literal conditions, not ``%s IS NULL OR``,
-        so a listing of queued or running jobs can use the ``jobs_open`` partial index."""
+    def list_jobs(
+        self, statuses: Sequence[str], kind: str | None, limit: int, batch_id: str | None = None
+    ) -> list[JobRecord]:
+        """The newest ``limit`` jobs (by creation), those with one of ``statuses`` (all when empty), of
+        ``kind`` (any when None) and of batch ``batch_id`` (any when None). The filters are written as
+        literal conditions, not ``%s IS NULL OR``, so a listing of queued or running jobs can use the
+        ``jobs_open`` partial index, one of a batch ``jobs_batch``, and the rest ``jobs_created``."""
         unknown = sorted(set(statuses) - set(STATUSES))
         if unknown:
             raise ValueError(f"status {unknown!r} is not one of {', '.join(STATUSES)}")
@@ -595,6 +718,8 @@ class Ledger:
             conditions.append(sql.SQL("status IN ({})").format(listed))
         if kind is not None:
             conditions.append(sql.SQL("kind = {}").format(sql.Literal(kind)))
+        if batch_id is not None:
+            conditions.append(sql.SQL("batch_id = {}::uuid").format(sql.Literal(batch_id)))
         query = sql.SQL("SELECT {} FROM jobs WHERE {} ORDER BY created_at DESC, id LIMIT %s").format(
             _JOB_COLUMNS, sql.SQL(" AND ").join(conditions)
         )

@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from tests.bench import (
+    batch,
     chaos,
     control_plane,
     deploy,
@@ -39,7 +40,7 @@ from tests.conftest import REPO
 
 Benchmark = Callable[[Context], report.Section]
 
-# name in the report -> benchmark, in the order they run (issue 8 parts 3, 2, 1, 4 and 5, issues 19, 18 and 20).
+# name in the report -> benchmark, in the order they run (issue 8 parts 3, 2, 1, 4 and 5, issues 19, 18, 20, 21).
 BENCHMARKS: dict[str, Benchmark] = {
     "dispatch": dispatch.benchmark,
     "endpoint_selection": selection.benchmark,
@@ -49,6 +50,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "pose": pose.benchmark,
     "chaos": chaos.benchmark,
     "scaling": scaling.benchmark,
+    "batch": batch.benchmark,
 }
 
 # name in the report -> what draws its picture beside the report (report.write).

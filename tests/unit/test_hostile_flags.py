@@ -48,7 +48,7 @@ FAMILIES: dict[str, st.SearchStrategy[str]] = {
     **dict.fromkeys(("mac_port", "port"), HOSTILE_PORTS),
     **dict.fromkeys(("mac_host", "bind", "bind_address"), HOSTILE_HOSTS),
     **dict.fromkeys(("bind_network", "client_network"), HOSTILE_NETWORKS),
-    **dict.fromkeys(("mode", "source", "launch_mode", "kind", "queues", "check", "job"), HOSTILE_TEXT),
+    **dict.fromkeys(("mode", "source", "launch_mode", "kind", "queues", "check", "job", "batch"), HOSTILE_TEXT),
     "param": st.one_of(unstorable_text(), unstorable_text().map(lambda text: "k=" + text)),
     "params_json": HOSTILE_TEXT,
     "states": st.one_of(HOSTILE_TEXT, st.sampled_from(["Queued", "done", "queued,running", "", " dead"])),

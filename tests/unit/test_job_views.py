@@ -194,3 +194,9 @@ def test_the_client_exports_its_api_each_documented():
         value = getattr(client, name)
         if callable(value):
             assert value.__doc__, f"{name} has no docstring"
+
+
+def test_show_names_the_batch_of_a_batch_job():
+    batch = "6f1c3d0e-0000-5000-8000-000000000000"
+    assert f"\n  batch {batch}\n" in format_job(JobDetail(record(batch_id=batch), []))
+    assert "  batch " not in format_job(JobDetail(record(), []))

@@ -62,7 +62,11 @@ def test_run_help_documents_the_config_file(capsys: pytest.CaptureFixture[str]):
         ),
         (["submit"], "the following arguments are required: --kind"),
         (["submit", "--kind", "noop", "--input", "/no/such/file"], "--input: /no/such/file does not exist"),
-        (["submit", "--kind", "noop", "--input", "/"], "--input: / is not a file"),
+        (
+            ["submit", "--kind", "noop", "--input", "/", "--input", "/etc/hostname"],
+            "--input: / is a folder or a pattern (a batch: one job per file); give it alone",
+        ),
+        (["wait"], "JOB or --batch ID: give exactly one"),
         (["submit", "--kind", "noop", "--param", "seconds"], "--param: 'seconds' is not KEY=VALUE"),
         (["submit", "--kind", "noop", "--param", "=3"], "--param: '=3' is not KEY=VALUE"),
         (["submit", "--kind", "noop", "--param", "a=1", "--param", "a=2"], "--param: 'a' is given twice"),

@@ -1,0 +1,392 @@
+"""Batches: one job per input file, submitted together, watched together, fetched together.
+
+A batch source is a folder (its files, not its subfolders, not its hidden files) or a glob pattern (``**``
+crosses folders). :func:`plan` reads every file once before anything is sent: an empty folder, a pattern that
+matches nothing, an unreadable file, a symlink out of the folder are refused naming the input, and nothing is
+submitted. The ids derive from what is submitted: the batch's from the manifest's SHA-256 (kind, params, and
+each input's path relative to the folder, size and SHA-256), each job's from the batch's and its input's path.
+So the same command run again after an interruption submits the same ids: the ledger keeps the rows it
+has (``ON CONFLICT DO NOTHING``), uploads already in the object store are skipped, and the jobs recorded but
+not in their stream (the interruption came between the commit and the enqueue) are enqueued then.
+
+Submitting: inputs uploaded in parallel (each file read again, and refused if its SHA-256 changed since it was
+planned), then the batch and its jobs recorded with one statement, then one Redis round trip for the entries.
+A worker can never see a job whose inputs are missing.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import itertools
+import json
+import logging
+import os
+import stat
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+
+from han_worker.fields import RequestError, shown
+from han_worker.store.artifacts import (
+    Artifact,
+    ArtifactError,
+    batch_input_key,
+    batch_prefix,
+    check_name,
+    file_digest,
+    take_snapshot,
+)
+from han_worker.store.ledger import BatchCounts, NewBatch, NewJob
+from han_worker.store.link import Link
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH_JOBS = 10_000  # one statement records the batch: bounded, as every input is
+UPLOAD_THREADS = 8
+OPEN = frozenset({"queued", "running"})  # any other status is final (whatever final statuses there are)
+# uuid5 namespace of batch ids (fixed: a batch id must be the same on every machine and in every version).
+BATCH_NAMESPACE = uuid.UUID("6f1c3d0e-7b0a-5c4e-9a57-68616e626174")
+_GLOB_MAGIC = frozenset("*?[")
+
+Progress = Callable[[str, int, int], None]  # (stage: upload, record, enqueue; done; total)
+
+
+@dataclass(frozen=True)
+class BatchInput:
+    """One file of a batch: where it is, its path relative to the batch's folder (``/``-separated: the fetch
+    layout), the name the backend sees it under (the file's name), its SHA-256 and size."""
+
+    path: Path
+    relative: str
+    sha256: str
+    size: int
+
+    @property
+    def name(self) -> str:
+        return PurePosixPath(self.relative).name
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """What :func:`plan` read: the batch's and each job's id, and the checked request."""
+
+    batch_id: str
+    kind: str
+    queue: str
+    params: Mapping[str, object]
+    max_attempts: int
+    manifest_sha256: str
+    inputs: tuple[BatchInput, ...]
+    timeout_seconds: float | None = None  # each job's own limit (submit --timeout); not part of the ids
+
+    def job_id(self, item: BatchInput) -> str:
+        return str(uuid.uuid5(uuid.UUID(self.batch_id), item.relative))
+
+    @property
+    def job_ids(self) -> list[str]:
+        return [self.job_id(item) for item in self.inputs]
+
+    def key(self, item: BatchInput) -> str:
+        return batch_input_key(self.batch_id, self.job_id(item), item.name)
+
+    def new_jobs(self) -> list[NewJob]:
+        jobs = []
+        for item in self.inputs:
+            record = {**Artifact(self.key(item), item.sha256, item.size).to_dict(), "path": item.relative}
+            jobs.append(
+                NewJob(
+                    self.job_id(item),
+                    self.kind,
+                    self.queue,
+                    self.params,
+                    {item.name: record},
+                    self.max_attempts,
+                    self.timeout_seconds,
+                )
+            )
+        return jobs
+
+
+@dataclass(frozen=True)
+class BatchSubmission:
+    """What :func:`submit` did: ``uploaded`` inputs sent now, ``kept`` already in the object store,
+    ``recorded`` jobs recorded now (the others were before), ``enqueued`` stream entries added now."""
+
+    batch_id: str
+    job_ids: tuple[str, ...]
+    uploaded: int
+    kept: int
+    recorded: int
+    enqueued: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {**self.__dict__, "job_ids": list(self.job_ids)}
+
+
+def is_batch_source(path: Path) -> bool:
+    """Whether an ``--input`` names a batch: a folder, or a pattern (``*``, ``?``, ``[``) that is no file."""
+    if path.is_file():
+        return False
+    return path.is_dir() or bool(_GLOB_MAGIC & set(str(path)))
+
+
+def _glob_base(pattern: str) -> Path:
+    """The folder a pattern starts in: its leading parts without a wildcard (relative paths start there)."""
+    fixed = list(itertools.takewhile(lambda part: not _GLOB_MAGIC & set(part), Path(pattern).parts))
+    return Path(*fixed) if fixed else Path(".")
+
+
+def source_files(source: Path) -> tuple[Path, list[Path]]:
+    """(the folder relative paths start in, the files of ``source``, sorted); RequestError naming --input when
+    there are none."""
+    if source.is_dir():
+        try:
+            entries = [Path(entry.path) for entry in os.scandir(source) if not entry.name.startswith(".")]
+        except OSError as exc:
+            raise RequestError(f"--input: {source}: cannot be listed: {exc.strerror or exc}") from None
+        files = sorted(path for path in entries if not path.is_dir())
+        if not files:
+            raise RequestError(
+                f"--input: {source}: a folder with no file in it (subfolders and hidden files are not read)"
+            )
+        return source, files
+    pattern = str(source)
+    files = sorted(Path(match) for match in glob.glob(pattern, recursive=True) if not Path(match).is_dir())
+    if not files:
+        raise RequestError(f"--input: {pattern}: the pattern matches no file")
+    return _glob_base(pattern), files
+
+
+def _relative(base: Path, path: Path) -> str:
+    """``path`` relative to ``base``, each part a plain file name; RequestError for a link out of ``base``."""
+    try:
+        path.resolve(strict=True).relative_to(base.resolve(strict=True))
+    except FileNotFoundError:
+        raise RequestError(f"--input: {path} is a link to nothing") from None
+    except OSError as exc:
+        raise RequestError(f"--input: {path}: cannot be read: {exc.strerror or exc}") from None
+    except ValueError:
+        raise RequestError(
+            f"--input: {path} is a link to {path.resolve()}, out of the folder {base}"
+        ) from None
+    parts = path.relative_to(base).parts
+    try:
+        return "/".join(check_name(part, "--input") for part in parts)
+    except ArtifactError as exc:
+        raise RequestError(f"{exc} (in {path})") from None
+
+
+def _read(path: Path, relative: str) -> BatchInput:
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise RequestError(f"--input: {path} is not a regular file")
+        sha256, size = file_digest(path)
+    except OSError as exc:
+        raise RequestError(f"--input: {path}: cannot be read: {exc.strerror or exc}") from None
+    return BatchInput(path, relative, sha256, size)
+
+
+def manifest_digest(kind: str, params: Mapping[str, object], inputs: Sequence[BatchInput]) -> str:
+    """SHA-256 of the canonical manifest: kind, params, and each input's relative path, size and SHA-256."""
+    manifest = {
+        "kind": kind,
+        "params": params,
+        "inputs": sorted([item.relative, item.size, item.sha256] for item in inputs),
+    }
+    text = json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def plan(source: Path, kind: str, queue: str, params: Mapping[str, object], max_attempts: int) -> BatchPlan:
+    """Every file of ``source`` (a folder or a pattern) checked and read, and the batch's ids derived; the
+    other arguments already checked. RequestError, naming --input, for anything that cannot be submitted."""
+    base, files = source_files(source)
+    if len(files) > MAX_BATCH_JOBS:
+        raise RequestError(
+            f"--input: {source} holds {len(files)} files; a batch has at most {MAX_BATCH_JOBS}"
+        )
+    inputs = tuple(_read(path, _relative(base, path)) for path in files)
+    digest = manifest_digest(kind, params, inputs)
+    batch_id = str(uuid.uuid5(BATCH_NAMESPACE, digest))
+    return BatchPlan(batch_id, kind, queue, dict(params), max_attempts, digest, inputs)
+
+
+# -- submitting ------------------------------------------------------------------------------------------
+
+
+def _upload(link: Link, batch: BatchPlan, item: BatchInput) -> None:
+    """Upload one input from a fresh read; refused when its bytes are not those :func:`plan` read."""
+    try:
+        snapshot = take_snapshot(item.path)
+    except OSError as exc:
+        raise RequestError(f"--input: {item.path}: cannot be read: {exc.strerror or exc}") from None
+    try:
+        if (snapshot.sha256, snapshot.size) != (item.sha256, item.size):
+            raise RequestError(
+                f"--input: {item.path} changed while the batch was being submitted; run it again"
+            )
+        link.artifacts.upload_snapshot(batch.key(item), snapshot)
+    finally:
+        snapshot.close()
+
+
+def _upload_all(link: Link, batch: BatchPlan, threads: int, progress: Progress) -> tuple[int, int]:
+    """Upload the inputs the object store does not hold yet, ``threads`` at a time; (uploaded, kept)."""
+    present = link.artifacts.sizes_under(batch_prefix(batch.batch_id))
+    missing = [item for item in batch.inputs if present.get(batch.key(item)) != item.size]
+    kept = len(batch.inputs) - len(missing)
+    progress("upload", kept, len(batch.inputs))
+    if not missing:
+        return 0, kept
+    done = 0
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="han-upload") as pool:
+        pending: set[Future[None]] = {pool.submit(_upload, link, batch, item) for item in missing}
+        try:
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    future.result()  # the first failure stops the batch: nothing is recorded
+                done += len(finished)
+                progress("upload", kept + done, len(batch.inputs))
+        finally:
+            for future in pending:
+                future.cancel()
+    return done, kept
+
+
+def _enqueue(link: Link, batch: BatchPlan, recorded: Sequence[str]) -> int:
+    """Add stream entries for the jobs recorded now, and for those recorded before that are still queued and
+    in no stream (a submission interrupted between its commit and its enqueue); how many were added."""
+    fresh = set(recorded)
+    missing = [(batch.queue, job_id) for job_id in batch.job_ids if job_id in fresh]
+    earlier = [job_id for job_id in batch.job_ids if job_id not in fresh]
+    if earlier:
+        in_stream = link.queues.job_ids(batch.queue)
+        missing += [
+            (queue, job_id) for job_id, queue in link.ledger.queued_of(earlier) if job_id not in in_stream
+        ]
+    if missing:
+        link.queues.enqueue_many(missing)
+    return len(missing)
+
+
+def submit(
+    link: Link, batch: BatchPlan, threads: int = UPLOAD_THREADS, progress: Progress | None = None
+) -> BatchSubmission:
+    """Upload, record and enqueue a planned batch; safe to run again with the same plan (see the module)."""
+    report: Progress = progress or (lambda _stage, _done, _total: None)
+    total = len(batch.inputs)
+    if link.ledger.batch_counts(batch.batch_id) is None:  # recorded in one statement: all of it or nothing
+        uploaded, kept = _upload_all(link, batch, threads, report)
+        report("record", 0, total)
+        recorded = link.ledger.insert_batch(
+            NewBatch(batch.batch_id, batch.kind, batch.manifest_sha256), batch.new_jobs()
+        )
+    else:
+        uploaded, kept, recorded = 0, total, []
+        log.info("batch %s was recorded before: enqueueing what its stream lacks", batch.batch_id)
+    report("record", total, total)
+    enqueued = _enqueue(link, batch, recorded)
+    report("enqueue", total, total)
+    return BatchSubmission(batch.batch_id, tuple(batch.job_ids), uploaded, kept, len(recorded), enqueued)
+
+
+# -- progress ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    """A batch's jobs by where they stand: ``succeeded``, ``failed`` (failed, dead, or any other final
+    status), ``running``, ``waiting`` (queued); ``rate`` in jobs per second since its first job started (None
+    before one finished) and ``seconds_left`` at that rate."""
+
+    batch_id: str
+    kind: str
+    total: int
+    succeeded: int
+    failed: int
+    running: int
+    waiting: int
+    by_status: dict[str, int]
+    rate: float | None
+    seconds_left: float | None
+    created_at: datetime
+
+    @property
+    def finished(self) -> bool:
+        return self.running + self.waiting == 0
+
+    @property
+    def all_succeeded(self) -> bool:
+        return self.finished and self.succeeded == self.total
+
+    def to_dict(self) -> dict[str, object]:
+        return {**self.__dict__, "created_at": self.created_at.isoformat(), "finished": self.finished}
+
+
+def progress_of(counts: BatchCounts) -> BatchProgress:
+    by_status = counts.by_status
+    succeeded = by_status.get("succeeded", 0)
+    running, waiting = by_status.get("running", 0), by_status.get("queued", 0)
+    total = sum(by_status.values())
+    failed = total - succeeded - running - waiting
+    rate = seconds_left = None
+    if counts.first_started_at is not None and succeeded + failed:
+        elapsed = max((counts.observed_at - counts.first_started_at).total_seconds(), 1e-3)
+        rate = (succeeded + failed) / elapsed
+        seconds_left = (running + waiting) / rate
+    return BatchProgress(
+        counts.batch_id, counts.kind, total, succeeded, failed, running, waiting, dict(by_status), rate,
+        seconds_left, counts.created_at,
+    )  # fmt: skip
+
+
+def _clock(seconds: float) -> str:
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def _rate_and_left(progress: BatchProgress) -> str:
+    speed = "" if progress.rate is None else f", {progress.rate:.1f} jobs/s"
+    unknown = progress.seconds_left is None or progress.finished
+    return speed + ("" if unknown else f", {_clock(progress.seconds_left or 0.0)} left")
+
+
+def format_progress(progress: BatchProgress) -> str:
+    """One line for people: ``batch ID: 1200/2000 done (1195 succeeded, 5 failed), 2 running, 798 waiting,
+    14.2 jobs/s, 0:56 left``."""
+    done = progress.succeeded + progress.failed
+    return (
+        f"batch {progress.batch_id}: {done}/{progress.total} done ({progress.succeeded} succeeded, "
+        f"{progress.failed} failed), {progress.running} running, {progress.waiting} waiting"
+        f"{_rate_and_left(progress)}"
+    )
+
+
+def format_progress_short(progress: BatchProgress) -> str:
+    """Beside a progress bar (which shows done/total): ``1195 succeeded, 5 failed, 2 running, 14.2 jobs/s,
+    0:56 left``."""
+    return (
+        f"{progress.succeeded} succeeded, {progress.failed} failed, {progress.running} running"
+        f"{_rate_and_left(progress)}"
+    )
+
+
+def output_folder(record_inputs: Mapping[str, Mapping[str, object]], job_id: str) -> str:
+    """Where a batch job's outputs go under the fetch's DIR: its input's path relative to the batch's folder
+    (``a/photo1.jpg/``), or the job id when the ledger's record gives none that is safe to write."""
+    for record in record_inputs.values():
+        relative = record.get("path")
+        if isinstance(relative, str) and relative:
+            try:
+                return "/".join(check_name(part, "input path") for part in relative.split("/"))
+            except ArtifactError:
+                log.warning(
+                    "job %s: its input path %s cannot be a folder; using the job id", job_id, shown(relative)
+                )
+    return job_id
