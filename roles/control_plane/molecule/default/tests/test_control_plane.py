@@ -51,3 +51,16 @@ def test_endpoints_validate_with_han_worker(host, endpoints):
 def test_the_job_and_its_successor_are_queued(host):
     jobs = host.run("squeue --noheader --me --name=han-molecule-control-plane --format=%T").stdout.split()
     assert sorted(jobs) == ["PENDING", "RUNNING"]
+
+
+def test_the_client_configuration_chooses_this_control_plane(host, endpoints):
+    path = host.file(f"{STATE_DIR}/client.json")
+    assert path.user == "pegasus"
+    assert path.mode == 0o600
+    assert json.loads(path.content_string) == {
+        "mode": "pegasus",
+        "pegasus": {"endpoints_file": f"{STATE_DIR}/endpoints.json", "credentials_file": f"{STATE_DIR}/credentials.json"},
+    }
+    result = host.run(f"~/.han/env/bin/han-worker endpoints --config {STATE_DIR}/client.json --json")
+    assert result.rc == 0, result.stderr
+    assert json.loads(result.stdout)["endpoints"]["epoch"] == endpoints["epoch"]
