@@ -59,7 +59,10 @@ def test_the_client_configuration_chooses_this_control_plane(host, endpoints):
     assert path.mode == 0o600
     assert json.loads(path.content_string) == {
         "mode": "pegasus",
-        "pegasus": {"endpoints_file": f"{STATE_DIR}/endpoints.json", "credentials_file": f"{STATE_DIR}/credentials.json"},
+        "pegasus": {
+            "endpoints_file": f"{STATE_DIR}/endpoints.json",
+            "credentials_file": f"{STATE_DIR}/credentials.json",
+        },
     }
     result = host.run(f"~/.han/env/bin/han-worker endpoints --config {STATE_DIR}/client.json --json")
     assert result.rc == 0, result.stderr
