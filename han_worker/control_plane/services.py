@@ -254,6 +254,7 @@ CERTIFICATE_NAMES = {
     "postgres": "han control plane postgres",
     "redis": "han control plane redis",
     "s3": "han control plane s3",
+    "metrics": "han control plane metrics",  # the supervisor's own /metrics (metrics_server.py)
 }
 
 
