@@ -31,9 +31,16 @@ from typing import Any
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from han_worker.control_plane.admin_secrets import ControlPlaneSecrets, SecretsError, load_secrets
+from han_worker.control_plane.admin_secrets import (
+    ControlPlaneSecrets,
+    SecretsError,
+    load_secrets,
+    trusted_authorities,
+)
+from han_worker.control_plane.layout import Layout
 from han_worker.observe.exposition import exposition
 from han_worker.observe.snapshot import take_snapshot
+from han_worker.private_files import write_private_text
 from han_worker.selection.endpoints import Endpoints
 from han_worker.store.link import SERVICE_ERRORS, ConnectError, Link, describe
 
@@ -52,30 +59,35 @@ SuccessorCount = Callable[[Endpoints], "int | None"]
 SCRAPE_ERRORS: tuple[type[Exception], ...] = (ConnectError, *SERVICE_ERRORS)
 
 
+FileStamp = tuple["tuple[int, int] | None", ...]
+
+
+def file_stamp(paths: Sequence[Path]) -> FileStamp:
+    """What tells whether files changed: each one's modification time and size (None: absent)."""
+    stamps: list[tuple[int, int] | None] = []
+    for path in paths:
+        try:
+            status = path.stat()
+        except FileNotFoundError:
+            stamps.append(None)
+        else:
+            stamps.append((status.st_mtime_ns, status.st_size))
+    return tuple(stamps)
+
+
 class AcceptedPasswords:
     """The (user, password) pairs /metrics accepts: the secrets file's, and while a rotation is in progress
     the previous generation's too. Both files are read again only when one of them changed."""
 
     def __init__(self, secrets_file: Path, previous_file: Path) -> None:
         self.files = (secrets_file, previous_file)
-        self._stamp: tuple[tuple[int, int] | None, ...] = ()
+        self._stamp: FileStamp = ()
         self._pairs: tuple[tuple[bytes, bytes], ...] = ()
         self._lock = threading.Lock()
 
-    def _file_stamp(self) -> tuple[tuple[int, int] | None, ...]:
-        stamps: list[tuple[int, int] | None] = []
-        for path in self.files:
-            try:
-                status = path.stat()
-            except FileNotFoundError:
-                stamps.append(None)
-            else:
-                stamps.append((status.st_mtime_ns, status.st_size))
-        return tuple(stamps)
-
     def pairs(self) -> tuple[tuple[bytes, bytes], ...]:
         with self._lock:
-            stamp = self._file_stamp()
+            stamp = file_stamp(self.files)
             if stamp != self._stamp:
                 try:
                     self._pairs = _credential_pairs(
@@ -256,7 +268,7 @@ class MetricsHTTPServer(ThreadingHTTPServer):
     block_on_close = False
 
     def __init__(
-        self, address: tuple[str, int], tls: ssl.SSLContext, passwords: AcceptedPasswords, scrapes: Scrapes
+        self, address: tuple[str, int], tls: ServerCertificate, passwords: AcceptedPasswords, scrapes: Scrapes
     ) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, MetricsHandler, bind_and_activate=False)
@@ -269,7 +281,13 @@ class MetricsHTTPServer(ThreadingHTTPServer):
             self.server_close()
             raise
         # The handshake runs in the connection's own thread (MetricsHandler.setup), not in accept().
-        self.socket = tls.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
+        self.certificate = tls
+        self.socket = tls.context.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
+
+    def get_request(self) -> tuple[Any, Any]:
+        # here, in the serving thread, before accept() makes the connection's TLS object from the context
+        self.certificate.reload_if_changed()
+        return super().get_request()
 
     def server_bind(self) -> None:
         # no getfqdn() of the address (http.server's default), which may wait on a resolver
@@ -298,18 +316,57 @@ class MetricsHTTPServer(ThreadingHTTPServer):
         log.debug("/metrics: connection from %s ended with an error", client_address, exc_info=True)
 
 
-def server_tls(cert_file: Path, key_file: Path) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert_file, key_file)
-    return context
+def publish_prometheus_files(
+    layout: Layout, secrets: ControlPlaneSecrets, previous: ControlPlaneSecrets | None
+) -> list[str]:
+    """Write what a lab's Prometheus reads beside the credentials (0600): the current /metrics password, and
+    the authorities /metrics's certificate may come from (both while a rotation is in progress). Returns the
+    names of the files that changed."""
+    wanted = {
+        layout.metrics_password_file: secrets.metrics_password,
+        layout.metrics_ca_file: trusted_authorities(secrets, previous),
+    }
+    changed = []
+    for path, text in wanted.items():
+        try:
+            unchanged = path.read_text() == text
+        except OSError:
+            unchanged = False
+        if not unchanged:
+            write_private_text(path, text)
+            changed.append(path.name)
+    return changed
+
+
+class ServerCertificate:
+    """/metrics's certificate and key files and the TLS context that serves them, read again when they change
+    (a rotation's retire phase issues a certificate of the new authority): new connections get the new one."""
+
+    def __init__(self, cert_file: Path, key_file: Path) -> None:
+        self.files = (cert_file, key_file)
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.context.load_cert_chain(cert_file, key_file)
+        self._stamp = file_stamp(self.files)
+
+    def reload_if_changed(self) -> None:
+        stamp = file_stamp(self.files)
+        if stamp == self._stamp:
+            return
+        try:
+            self.context.load_cert_chain(*self.files)
+        except (OSError, ssl.SSLError) as exc:  # half written (the key is written first): next time
+            log.debug("/metrics: the new certificate cannot be read yet: %s", exc)
+            return
+        self._stamp = stamp
+        log.info("/metrics: serving the certificate in %s now", self.files[0])
 
 
 class MetricsServer:
     """/metrics on ``address``:``port``, served from a thread of its own until :meth:`stop`."""
 
     def __init__(
-        self, address: str, port: int, tls: ssl.SSLContext, passwords: AcceptedPasswords, scrapes: Scrapes
+        self, address: str, port: int, tls: ServerCertificate, passwords: AcceptedPasswords, scrapes: Scrapes
     ) -> None:
         self.scrapes = scrapes
         self.http = MetricsHTTPServer((address, port), tls, passwords, scrapes)

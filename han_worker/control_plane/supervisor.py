@@ -37,13 +37,18 @@ from han_worker.control_plane.admin_secrets import (
     ensure_secrets,
     load_secrets,
     serving_generation,
-    trusted_authorities,
 )
 from han_worker.control_plane.binaries import BinaryNotFound, find_binaries
 from han_worker.control_plane.incidents import CrashHistory, clear_failure, record_failure
 from han_worker.control_plane.layout import Layout, pick_free_ports
 from han_worker.control_plane.leftovers import clear_leftovers, stale_seaweed_socket_ports
-from han_worker.control_plane.metrics_server import AcceptedPasswords, MetricsServer, Scrapes, server_tls
+from han_worker.control_plane.metrics_server import (
+    AcceptedPasswords,
+    MetricsServer,
+    Scrapes,
+    ServerCertificate,
+    publish_prometheus_files,
+)
 from han_worker.control_plane.services import (
     CERTIFICATE_NAMES,
     SEAWEED_INTERNAL_ADDRESS,
@@ -53,7 +58,7 @@ from han_worker.control_plane.services import (
     write_server_certificate,
 )
 from han_worker.observe.successors import queued_successors
-from han_worker.private_files import read_trusted_json, write_private_json, write_private_text
+from han_worker.private_files import read_trusted_json, write_private_json
 from han_worker.selection.checks import authenticated_probe, worker_checks
 from han_worker.selection.credentials import Credentials
 from han_worker.selection.endpoints import (
@@ -431,10 +436,10 @@ class Supervisor:
         passwords = AcceptedPasswords(self.layout.secrets_file, self.layout.previous_secrets_file)
         scrapes = Scrapes(lambda: self._metrics_link(endpoints), successors=queued_successors)
         try:
+            certificate = ServerCertificate(cert_file, key_file)
             self.metrics = MetricsServer(
-                endpoints.metrics.host, endpoints.metrics.port, server_tls(cert_file, key_file), passwords,
-                scrapes,
-            )  # fmt: skip
+                endpoints.metrics.host, endpoints.metrics.port, certificate, passwords, scrapes
+            )
         except OSError as exc:
             raise SupervisorError(f"/metrics cannot listen on {endpoints.metrics.address}: {exc}") from exc
         self.metrics.start()
@@ -451,8 +456,7 @@ class Supervisor:
         """What a lab's Prometheus needs: the password and the authorities (0600, beside the credentials), and
         where to scrape (file_sd), rewritten at each publication so that it follows the control plane."""
         assert endpoints.metrics is not None
-        write_private_text(self.layout.metrics_password_file, secrets.metrics_password)
-        write_private_text(self.layout.metrics_ca_file, trusted_authorities(secrets, previous))
+        publish_prometheus_files(self.layout, secrets, previous)
         targets_file = self.config.metrics_targets_file or self.layout.metrics_targets_file
         write_private_json(targets_file, metrics_targets(endpoints))
         log.info("wrote /metrics's target %s to %s", endpoints.metrics.address, targets_file)

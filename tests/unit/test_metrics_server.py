@@ -9,6 +9,7 @@ import base64
 import http.client
 import json
 import ssl
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -24,12 +25,14 @@ from han_worker.control_plane.admin_secrets import (
     load_secrets,
     parse_secrets,
 )
+from han_worker.control_plane.layout import Layout
 from han_worker.control_plane.metrics_server import (
     AcceptedPasswords,
     CachedSuccessors,
     MetricsServer,
     Scrapes,
-    server_tls,
+    ServerCertificate,
+    publish_prometheus_files,
 )
 from han_worker.control_plane.services import write_server_certificate
 from han_worker.control_plane.supervisor import metrics_targets
@@ -67,7 +70,7 @@ def served(state: Path) -> Iterator[tuple[MetricsServer, ssl.SSLContext]]:
     secrets = load_secrets(state / "secrets.json")
     cert, key = write_server_certificate(secrets.authority(), "han control plane metrics", ADDRESS, state)
     passwords = AcceptedPasswords(state / "secrets.json", state / "secrets.previous.json")
-    server = MetricsServer(ADDRESS, 0, server_tls(cert, key), passwords, FixedScrapes())
+    server = MetricsServer(ADDRESS, 0, ServerCertificate(cert, key), passwords, FixedScrapes())
     server.start()
     client_tls = ssl.create_default_context(cadata=secrets.tls_ca_cert)
     yield server, client_tls
@@ -265,3 +268,29 @@ def test_slurm_is_asked_for_successors_at_most_every_ttl() -> None:
     plane = endpoints(None)
     assert [cached(plane) for _ in range(5)] == [1] * 5
     assert len(asked) == 1
+
+
+def test_a_new_certificate_in_its_files_is_served_at_the_next_connection(
+    served: tuple[MetricsServer, ssl.SSLContext], state: Path
+) -> None:
+    old = load_secrets(state / "secrets.json")
+    new = old.rotated()  # a new authority, as a rotation's retire phase switches to
+    write_server_certificate(new.authority(), "han control plane metrics", ADDRESS, state)
+    trusting_new = ssl.create_default_context(cadata=new.tls_ca_cert)
+    assert request((served[0], trusting_new), auth=credentials(state))[0] == 200
+    with pytest.raises(ssl.SSLCertVerificationError):
+        request(served, auth=credentials(state))  # the old authority's clients no longer trust it
+
+
+def test_the_files_for_prometheus_are_written_once_and_name_both_authorities_mid_rotation(
+    tmp_path: Path,
+) -> None:
+    layout = Layout(tmp_path)
+    old = generate_secrets()
+    assert publish_prometheus_files(layout, old, None) == ["metrics-password", "metrics-ca.pem"]
+    assert publish_prometheus_files(layout, old, None) == []
+    new = old.rotated()
+    assert publish_prometheus_files(layout, new, old) == ["metrics-password", "metrics-ca.pem"]
+    assert layout.metrics_password_file.read_text() == new.metrics_password
+    assert layout.metrics_ca_file.read_text().count("BEGIN CERTIFICATE") == 2
+    assert stat.S_IMODE(layout.metrics_password_file.stat().st_mode) == 0o600

@@ -51,6 +51,7 @@ def test_each_control_plane_gets_its_job_with_its_own_files(tmp_path: Path) -> N
     assert pegasus == {
         "job_name": "han_control_plane_pegasus",
         "scheme": "https",
+        "honor_labels": True,
         "metrics_path": "/metrics",
         "scrape_interval": "30s",
         "scrape_timeout": "10s",
