@@ -16,6 +16,9 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
+
+from psycopg import sql
 
 from han_worker.backends import load_backends
 from han_worker.selection.endpoints import Endpoints
@@ -35,10 +38,38 @@ SELECT queue, count(*) FILTER (WHERE status = 'queued'), count(*) FILTER (WHERE 
        coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'queued')), 0)::float8
 FROM jobs WHERE status IN ('queued', 'running') GROUP BY queue
 """
-_FINISHED = """
-SELECT queue, kind, status, count(*) FROM jobs WHERE status IN ('succeeded', 'failed', 'dead')
+# Upper bounds of the histograms' buckets (Prometheus's "le"; +Inf is the count): a finished job's run time,
+# from its last attempt's start to its end, and its attempts.
+RUN_SECONDS_BOUNDS = (0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 12 * 3600.0)
+ATTEMPTS_BOUNDS = (1, 2, 3, 5, 10)
+# One scan of the finished jobs: counts by (queue, kind, status), with the histograms' bucket counts and sums.
+# A job that never started (no run time) is counted, but in no run-time bucket.
+_FINISHED_TEMPLATE = """
+SELECT queue, kind, status, count(*),
+       count(run_seconds), coalesce(sum(run_seconds), 0)::float8, {run_buckets},
+       coalesce(sum(attempts), 0)::bigint, {attempt_buckets}
+FROM (SELECT queue, kind, status, attempts,
+             extract(epoch FROM finished_at - started_at)::float8 AS run_seconds
+      FROM jobs WHERE status IN ('succeeded', 'failed', 'dead')) AS finished
 GROUP BY queue, kind, status
 """
+
+
+def _buckets(column: str, bounds: Sequence[float]) -> sql.Composable:
+    return sql.SQL(", ").join(
+        sql.SQL("count(*) FILTER (WHERE {} <= {})").format(sql.Identifier(column), sql.Literal(bound))
+        for bound in bounds
+    )
+
+
+def _finished_query() -> sql.Composed:
+    return sql.SQL(_FINISHED_TEMPLATE).format(
+        run_buckets=_buckets("run_seconds", RUN_SECONDS_BOUNDS),
+        attempt_buckets=_buckets("attempts", ATTEMPTS_BOUNDS),
+    )
+
+
+_FINISHED = _finished_query()
 _FAILURES = """
 SELECT id::text, kind, queue, status, attempts, error, finished_at, worker_id, host
 FROM jobs WHERE status IN ('failed', 'dead') ORDER BY finished_at DESC NULLS LAST LIMIT %(limit)s
@@ -60,6 +91,34 @@ class FinishedJobs:
     kind: str
     outcome: str  # one of FINISHED_STATUSES
     count: int  # since the ledger began: a counter that survives restarts
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Cumulative bucket counts (one per bound, as Prometheus's ``le``), the count (+Inf) and the sum."""
+
+    bounds: tuple[float, ...]
+    buckets: tuple[int, ...]
+    count: int
+    total: float
+
+    @classmethod
+    def empty(cls, bounds: tuple[float, ...]) -> Histogram:
+        return cls(bounds, (0,) * len(bounds), 0, 0.0)
+
+    def __add__(self, other: Histogram) -> Histogram:
+        buckets = tuple(a + b for a, b in zip(self.buckets, other.buckets, strict=True))
+        return Histogram(self.bounds, buckets, self.count + other.count, self.total + other.total)
+
+
+@dataclass(frozen=True)
+class FinishedTimings:
+    """A (queue, kind)'s finished jobs since the ledger began: their run time and their attempts."""
+
+    queue: str
+    kind: str
+    run_seconds: Histogram
+    attempts: Histogram
 
 
 @dataclass(frozen=True)
@@ -112,6 +171,7 @@ class Snapshot:
     finished: tuple[FinishedJobs, ...]
     workers: tuple[WorkerFigures, ...]
     failures: tuple[Failure, ...]  # the latest first
+    timings: tuple[FinishedTimings, ...] = ()
 
 
 SuccessorCount = Callable[[Endpoints], "int | None"]
@@ -134,13 +194,15 @@ def take_snapshot(
     backends = load_backends().values()
     known = {backend.queue for backend in backends} | set(link.queues.known_queues())
     endpoints = link.choice.endpoints
+    finished, timings = read_finished(connection, {(backend.queue, backend.name) for backend in backends})
     return Snapshot(
         taken_at=taken_at,
         control_plane=control_plane_figures(endpoints, taken_at, successors),
         queues=read_queues(connection, known),
-        finished=read_finished(connection, {(backend.queue, backend.name) for backend in backends}),
+        finished=finished,
         workers=worker_figures(registry, read_in_flight(connection, registry), taken_at),
         failures=read_failures(connection, recent_failures),
+        timings=timings,
     )
 
 
@@ -163,13 +225,41 @@ def read_queues(connection: Connection, known: set[str]) -> tuple[QueueFigures, 
     return tuple(figures[queue] for queue in sorted(figures))
 
 
-def read_finished(connection: Connection, known: set[tuple[str, str]]) -> tuple[FinishedJobs, ...]:
-    """Finished jobs by (queue, kind, outcome); every ``known`` (queue, kind) with every outcome, zeros
-    included: a counter that appears only at its first failure hides that failure from Prometheus's rate()."""
+def read_finished(
+    connection: Connection, known: set[tuple[str, str]]
+) -> tuple[tuple[FinishedJobs, ...], tuple[FinishedTimings, ...]]:
+    """Finished jobs by (queue, kind, outcome), and their run times and attempts by (queue, kind); every
+    ``known`` (queue, kind) with every outcome, zeros included: a counter that appears only at its first
+    failure hides that failure from Prometheus's rate()."""
     counts = {(queue, kind, status): 0 for queue, kind in known for status in FINISHED_STATUSES}
-    for queue, kind, status, count in connection.execute(_FINISHED):
+    timings = {pair: _no_timings() for pair in known}
+    for row in connection.execute(_FINISHED):
+        queue, kind, status, count = row[:4]
         counts[(queue, kind, status)] = int(count)
-    return tuple(FinishedJobs(*key, count) for key, count in sorted(counts.items()))
+        timings[(queue, kind)] = _add_timings(timings.get((queue, kind), _no_timings()), row[3:])
+    return (
+        tuple(FinishedJobs(*key, count) for key, count in sorted(counts.items())),
+        tuple(FinishedTimings(queue, kind, *timings[(queue, kind)]) for queue, kind in sorted(timings)),
+    )
+
+
+def _no_timings() -> tuple[Histogram, Histogram]:
+    return Histogram.empty(RUN_SECONDS_BOUNDS), Histogram.empty(tuple(map(float, ATTEMPTS_BOUNDS)))
+
+
+def _add_timings(sums: tuple[Histogram, Histogram], columns: Sequence[Any]) -> tuple[Histogram, Histogram]:
+    """Add one (queue, kind, status) row's columns from its count on (see _finished_query) to ``sums``."""
+    runs, attempts = sums
+    count, run_count, run_total, *rest = columns
+    run_buckets, (attempts_total, *attempt_buckets) = (
+        rest[: len(RUN_SECONDS_BOUNDS)],
+        rest[len(RUN_SECONDS_BOUNDS) :],
+    )
+    return (
+        runs + Histogram(runs.bounds, tuple(map(int, run_buckets)), int(run_count), float(run_total)),
+        attempts
+        + Histogram(attempts.bounds, tuple(map(int, attempt_buckets)), int(count), float(attempts_total)),
+    )
 
 
 def read_failures(connection: Connection, limit: int) -> tuple[Failure, ...]:

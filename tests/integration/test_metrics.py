@@ -272,6 +272,8 @@ def test_prometheus_reads_the_jobs_a_worker_ran_and_failed(
         lambda: prometheus.value('sum(han_workers{state="idle",platform="linux"})') == 1, 30, "1 idle worker"
     )
     assert prometheus.value("count(han_worker_up)") == 1
+    assert prometheus.value('han_job_run_seconds_count{kind="noop"}') == 3
+    assert prometheus.value('han_job_attempts_bucket{kind="fail",le="1.0"}') == 1
 
 
 def test_the_target_follows_a_restart_with_a_new_epoch_and_the_counters_go_on(

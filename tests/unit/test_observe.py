@@ -4,6 +4,7 @@ from a real ledger and registry is tested in tests/integration/test_observe.py."
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -12,9 +13,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from han_worker.cli import worker_main
 from han_worker.observe.exposition import exposition
 from han_worker.observe.snapshot import (
+    ATTEMPTS_BOUNDS,
+    RUN_SECONDS_BOUNDS,
     ControlPlaneFigures,
     Failure,
     FinishedJobs,
+    FinishedTimings,
+    Histogram,
     QueueFigures,
     Snapshot,
     worker_figures,
@@ -109,11 +114,34 @@ def test_names_types_and_labels_follow_prometheus_conventions() -> None:
     text = exposition(snapshot())
     types = families(text)
     assert types["han_jobs_finished"] == "counter"
+    assert types["han_job_run_seconds"] == types["han_job_attempts"] == "histogram"
     assert all(name.startswith("han_") for name in types)
-    assert all(kind == "gauge" for name, kind in types.items() if name != "han_jobs_finished")
+    others = set(types) - {"han_jobs_finished", "han_job_run_seconds", "han_job_attempts"}
+    assert all(types[name] == "gauge" for name in others)
     assert JOB not in text
     assert "9d4e0a3c" not in text
     assert "# TYPE han_jobs_finished_total counter" in text
+
+
+def timings() -> FinishedTimings:
+    runs = Histogram.empty(RUN_SECONDS_BOUNDS) + Histogram(
+        RUN_SECONDS_BOUNDS, (0, 0, 1, 3, 3, 3, 3, 3, 3, 3, 3), 4, 4321.5
+    )
+    attempts = Histogram((1.0, 2.0, 3.0, 5.0, 10.0), (2, 3, 4, 4, 4), 4, 7.0)
+    return FinishedTimings("pose", "pose", runs, attempts)
+
+
+def test_run_times_and_attempts_are_histograms_by_queue_and_kind() -> None:
+    found = samples(exposition(replace(snapshot(), timings=(timings(),))))
+    labels = (("kind", "pose"), ("queue", "pose"))
+    assert found[("han_job_run_seconds_bucket", (*labels[:1], ("le", "1.0"), *labels[1:]))] == 1
+    assert found[("han_job_run_seconds_bucket", (*labels[:1], ("le", "5.0"), *labels[1:]))] == 3
+    assert found[("han_job_run_seconds_bucket", (*labels[:1], ("le", "+Inf"), *labels[1:]))] == 4
+    assert found[("han_job_run_seconds_count", labels)] == 4
+    assert found[("han_job_run_seconds_sum", labels)] == 4321.5
+    assert found[("han_job_attempts_bucket", (*labels[:1], ("le", "2.0"), *labels[1:]))] == 3
+    assert found[("han_job_attempts_sum", labels)] == 7
+    assert len(ATTEMPTS_BOUNDS) == 5
 
 
 def test_unknown_walltime_and_successors_are_absent_so_no_rule_reads_them_as_zero() -> None:
