@@ -252,7 +252,8 @@ def test_prometheus_reads_the_jobs_waiting_through_the_discovery_file(
     assert prometheus.value(f'han_control_plane_epoch{{source="pegasus",epoch="{epoch}"}}') == int(epoch)
     [info] = prometheus.query("han_control_plane_info")
     assert "exported_source" not in info  # the job honours the control plane's own source label
-    assert (info["source"], info["epoch"], info["node"]) == ("pegasus", epoch, plane.running.endpoints["node"])
+    node = plane.running.endpoints["node"]
+    assert (info["source"], info["epoch"], info["node"]) == ("pegasus", epoch, node)
 
 
 def test_prometheus_reads_the_jobs_a_worker_ran_and_failed(
