@@ -29,6 +29,7 @@ from tests.bench import (
     dispatch,
     docs_page,
     failover,
+    metrics,
     pose,
     report,
     scaling,
@@ -39,7 +40,7 @@ from tests.conftest import REPO
 
 Benchmark = Callable[[Context], report.Section]
 
-# name in the report -> benchmark, in the order they run (issue 8 parts 3, 2, 1, 4 and 5, issues 19, 18 and 20).
+# name in the report -> benchmark, in the order they run (issue 8 parts 3, 2, 1, 4 and 5, issues 19, 18, 20, 22).
 BENCHMARKS: dict[str, Benchmark] = {
     "dispatch": dispatch.benchmark,
     "endpoint_selection": selection.benchmark,
@@ -49,6 +50,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "pose": pose.benchmark,
     "chaos": chaos.benchmark,
     "scaling": scaling.benchmark,
+    "metrics": metrics.benchmark,
 }
 
 
