@@ -22,6 +22,8 @@ from han_worker.observe.snapshot import (
     Histogram,
     QueueFigures,
     Snapshot,
+    _attempts,
+    _run_times,
     worker_figures,
 )
 from han_worker.observe.view import ViewState, duration, render_plain
@@ -225,3 +227,28 @@ def test_a_refresh_interval_out_of_range_is_refused_naming_the_flag(
         worker_main(["top", f"--interval={value}"])
     assert exit_.value.code == 2
     assert "--interval" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("run_seconds", "first_bound"),
+    [(0.05, 0.1), (0.1, 0.1), (60.0, 60.0), (60.5, 300.0), (43200.0, 43200.0), (50000.0, None), (None, None)],
+)
+def test_a_run_time_counts_from_the_first_bound_at_or_above_it(
+    run_seconds: float | None, first_bound: float | None
+) -> None:
+    # what width_bucket(-run_seconds, negated bounds) answers in the ledger's query: the bounds >= run_seconds
+    run_bucket = (
+        None if run_seconds is None else sum(1 for bound in RUN_SECONDS_BOUNDS if bound >= run_seconds)
+    )
+    histogram = _run_times(run_bucket, 2, 0 if run_seconds is None else 2, 2 * (run_seconds or 0.0))
+    expected = tuple(
+        2 if first_bound is not None and bound >= first_bound else 0 for bound in RUN_SECONDS_BOUNDS
+    )
+    assert histogram.buckets == expected
+    assert histogram.count == (0 if run_seconds is None else 2)
+
+
+def test_attempts_count_from_the_first_bound_at_or_above_them() -> None:
+    assert _attempts(3, 4, 12).buckets == (0, 0, 4, 4, 4)
+    assert _attempts(11, 1, 40).buckets == (0, 0, 0, 0, 0)  # capped above the last bound: +Inf only
+    assert (_attempts(11, 1, 40).count, _attempts(11, 1, 40).total) == (1, 40.0)
