@@ -231,6 +231,37 @@ def test_without_or_with_wrong_credentials_metrics_answers_401_and_no_figure(
     assert b"han_control_plane_epoch" in body
 
 
+# Run as another user of the node: can it read the password, and what does /metrics answer it?
+NOBODY_SCRIPT = """
+import http.client, pathlib, ssl, sys
+try:
+    pathlib.Path(sys.argv[3]).read_text()
+    print("password read")
+except OSError as exc:
+    print("password refused:", type(exc).__name__)
+context = ssl.create_default_context()
+context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+connection = http.client.HTTPSConnection(sys.argv[1], int(sys.argv[2]), timeout=10, context=context)
+connection.request("GET", "/metrics")
+response = connection.getresponse()
+print("status", response.status, "han_" in response.read().decode(errors="replace"))
+"""
+
+
+def test_another_user_of_the_node_can_neither_read_the_password_nor_get_a_figure(
+    unprivileged_env: UnprivilegedEnv, plane: ControlPlaneHolder
+) -> None:
+    endpoint = plane.metrics()
+    argv = [
+        "setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--",
+        str(unprivileged_env.bin_dir / "python"), "-c", NOBODY_SCRIPT,
+        endpoint.host, str(endpoint.port), str(plane.state_dir / "metrics-password"),
+    ]  # fmt: skip
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd="/", check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["password refused: PermissionError", "status 401 False"]
+
+
 def test_prometheus_reads_the_jobs_waiting_through_the_discovery_file(
     plane: ControlPlaneHolder, prometheus: Prometheus
 ) -> None:
