@@ -36,7 +36,7 @@ SCRAPES = 30  # per repetition
 # The rows, as a lab's ledger holds them after months: most jobs succeeded, 2 % failed, some took retries.
 _FILL = """
 INSERT INTO jobs (id, kind, queue, status, attempts, max_attempts, created_at, started_at, finished_at, error)
-SELECT gen_random_uuid(), kind, 'noop', status, attempts, 3, created, created + interval '1 second',
+SELECT gen_random_uuid(), kind, %(queue)s, status, attempts, 3, created, created + interval '1 second',
        CASE WHEN status = 'queued' THEN NULL ELSE created + make_interval(secs => 1 + i %% 600) END,
        CASE WHEN status = 'failed' THEN 'failed on purpose' END
 FROM (SELECT i, (ARRAY['noop', 'sleep', 'fail'])[1 + i %% 3] AS kind,
@@ -45,17 +45,23 @@ FROM (SELECT i, (ARRAY['noop', 'sleep', 'fail'])[1 + i %% 3] AS kind,
              CASE WHEN %(status)s = 'queued' THEN 0 ELSE 1 + (i %% 7 = 0)::int END AS attempts,
              now() - make_interval(secs => i) AS created
       FROM generate_series(1, %(count)s) AS i) AS rows
+RETURNING id::text
 """
+# The waiting jobs' queue: one no worker of this section serves (as a lab's gpu queue while its Windows host is
+# off), so that the dispatch measured below runs only its own jobs.
+BACKLOG_QUEUE = "backlog"
 
 
 def fill(control_plane: RunningControlPlane, waiting: int, finished: int) -> float:
-    """Write the rows in two statements; the seconds it took."""
+    """Write the rows in two statements, and the waiting ones in their Redis stream too (as a submission
+    puts them there: a worker's reconciler would otherwise enqueue them itself); the seconds it took."""
     started = time.monotonic()
     link = control_plane.client_link()  # migrates the ledger
     try:
         connection = link.ledger.connection()
-        connection.execute(_FILL, {"status": "finished", "count": finished})
-        connection.execute(_FILL, {"status": "queued", "count": waiting})
+        connection.execute(_FILL, {"status": "finished", "count": finished, "queue": "noop"})
+        queued = connection.execute(_FILL, {"status": "queued", "count": waiting, "queue": BACKLOG_QUEUE})
+        link.queues.enqueue_many([(BACKLOG_QUEUE, job_id) for (job_id,) in queued.fetchall()])
         connection.execute("ANALYZE jobs")
     finally:
         link.close()
