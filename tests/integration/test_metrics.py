@@ -17,6 +17,7 @@ import shutil
 import ssl
 import stat
 import subprocess
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -306,6 +307,40 @@ def test_prometheus_reads_the_jobs_a_worker_ran_and_failed(
     assert prometheus.value("count(han_worker_up)") == 1
     assert prometheus.value('han_job_run_seconds_count{kind="noop"}') == 3
     assert prometheus.value('han_job_attempts_bucket{kind="fail",le="1.0"}') == 1
+
+
+def rotate(env: UnprivilegedEnv, plane: ControlPlaneHolder, *args: str) -> dict[str, Any]:
+    argv = env.argv("han-control-plane", "rotate", "--state-dir", str(plane.state_dir), *args)
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return dict(json.loads(result.stdout))
+
+
+def test_a_rotation_hands_prometheus_the_new_password_and_authority_and_it_keeps_scraping(
+    unprivileged_env: UnprivilegedEnv,
+    plane: ControlPlaneHolder,
+    prometheus: Prometheus,
+    worker: WorkerProcess,
+) -> None:
+    password_file = plane.state_dir / "metrics-password"
+    old = password_file.read_text()
+    begun = rotate(unprivileged_env, plane)
+    new = password_file.read_text()
+    assert new != old
+    assert any("metrics-password" in step for step in begun["steps"]), begun
+    assert (plane.state_dir / "metrics-ca.pem").read_text().count("BEGIN CERTIFICATE") == 2
+    assert metrics_request(plane, basic("han_metrics", old))[0] == 200  # both, until the retire phase
+    assert metrics_request(plane, basic("han_metrics", new))[0] == 200
+    rotate(unprivileged_env, plane, "--retire", "--wait-workers", "60")
+    assert (plane.state_dir / "metrics-ca.pem").read_text().count("BEGIN CERTIFICATE") == 1
+    # a new connection, verified against the new authority alone: /metrics serves its new certificate
+    assert metrics_request(plane, basic("han_metrics", old))[0] == 401
+    assert metrics_request(plane, basic("han_metrics", new))[0] == 200
+    retired_at = time.time()
+    wait_for(
+        lambda: (prometheus.value(f'timestamp(up{{job="{JOB}"}} == 1)') or 0) > retired_at + 1, 30,
+        f"a successful scrape after the retire phase: {prometheus.targets()}",
+    )  # fmt: skip
 
 
 def test_the_target_follows_a_restart_with_a_new_epoch_and_the_counters_go_on(
