@@ -30,7 +30,7 @@ from tests.bench import dispatch, report
 from tests.bench.context import Context
 from tests.integration.control_planes import RunningControlPlane, start_control_plane
 
-ADDRESS = "127.0.0.82"  # tests/integration/test_metrics.py's too: the two never run at once
+ADDRESS = "127.0.0.82"  # tests/integration/test_metrics.py's too; each picks free ports there, so both can run at once
 GOAL_MS = 100.0
 SCRAPES = 30  # per repetition
 # The rows, as a lab's ledger holds them after months: most jobs succeeded, 2 % failed, some took retries.
