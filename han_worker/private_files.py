@@ -126,8 +126,14 @@ def parse_json_object(text: str, origin: str) -> dict[str, object]:
     return data
 
 
-def write_private_json(path: StrPath, document: Mapping[str, object]) -> None:
-    """Replace ``path`` atomically with ``document``, mode 0600; create its directory 0700.
+def write_private_json(path: StrPath, document: Mapping[str, object] | list[object]) -> None:
+    """Replace ``path`` atomically with ``document``, mode 0600; create its directory 0700 (see
+    :func:`write_private_text`)."""
+    write_private_text(path, json.dumps(document, indent=2, sort_keys=True) + "\n")
+
+
+def write_private_text(path: StrPath, text: str) -> None:
+    """Replace ``path`` atomically with ``text``, mode 0600; create its directory 0700.
 
     Temporary file in the same directory, fsync, rename: a reader on the shared filesystem sees the
     old document or the new one, never half of one, even if we die mid-write.
@@ -137,8 +143,7 @@ def write_private_json(path: StrPath, document: Mapping[str, object]) -> None:
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as tmp:
-            json.dump(document, tmp, indent=2, sort_keys=True)
-            tmp.write("\n")
+            tmp.write(text)
             tmp.flush()
             os.fsync(tmp.fileno())
         # mkstemp created the file 0600, and replace() keeps that mode even over a laxer old file.

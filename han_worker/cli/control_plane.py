@@ -28,7 +28,7 @@ from han_worker.fields import shown
 
 log = logging.getLogger(__name__)
 
-SERVICES = ("postgres", "redis", "s3")
+SERVICES = ("postgres", "redis", "s3", "metrics")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 Handler = Callable[[argparse.Namespace], int]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -132,11 +132,17 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--port", action="append", default=[], metavar="SERVICE=PORT",
-        help="a fixed port for postgres, redis or s3 (the Mac's are in the inventory); others are free ones",
+        help="a fixed port for postgres, redis, s3 or metrics (the Mac's are in the inventory); others are "
+        "free ones",
     )  # fmt: skip
     parser.add_argument(
         "--client-network", action="append", default=[], metavar="CIDR",
         help="network that may log in to PostgreSQL (default: 127.0.0.0/8 for loopback --bind, else ADDR/32)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--metrics-targets-file", type=path_argument, metavar="PATH",
+        help="where to write Prometheus's file_sd target for /metrics at each start (default: "
+        "metrics-targets.json in the state directory)",
     )  # fmt: skip
     parser.add_argument(
         "--start-timeout", type=positive_seconds, default=90.0, metavar="SECONDS",
@@ -271,6 +277,11 @@ def _config(args: argparse.Namespace) -> SupervisorConfig:
         ports=ports,
         client_networks=networks,
         start_timeout=args.start_timeout,
+        metrics_targets_file=(
+            None
+            if args.metrics_targets_file is None
+            else Path(args.metrics_targets_file).expanduser().absolute()
+        ),
     )
 
 
@@ -291,6 +302,8 @@ def _run_argv(config: SupervisorConfig, restart_crashed: bool) -> list[str]:
     argv += ["--start-timeout", str(config.start_timeout)]
     argv += [f"--port={name}={port}" for name, port in config.ports.items()]
     argv += [f"--client-network={network}" for network in config.client_networks]
+    if config.metrics_targets_file is not None:
+        argv += [f"--metrics-targets-file={config.metrics_targets_file}"]
     return argv
 
 

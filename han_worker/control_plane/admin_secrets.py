@@ -10,6 +10,10 @@ against it, so it never changes under them: a rotation makes a new one with the 
 are given both, and only once every worker holds both do the servers switch to the new one
 (han_worker.control_plane.rotation). Its certificate (public) goes to the workers with their credentials;
 its key never leaves this file.
+
+And the password of the control plane's ``/metrics`` endpoint (``metrics``: its HTTP basic-auth user and
+password, han_worker.control_plane.metrics_server), which :func:`ensure_secrets` adds to a file written before
+it.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ SCHEMA = 1
 MIN_PASSWORD_LENGTH = 16
 MINIO_DEFAULT_USER = "minioadmin"  # MinIO's default user (and password), which the runbook names
 ARTIFACTS_BUCKET = "han-artifacts"
+METRICS_USER = "han_metrics"  # the basic-auth user a lab's Prometheus scrapes /metrics as
 KNOWN_DEFAULTS = frozenset({"minioadmin", "postgres", "password", "admin", "redis", "changeme", "secret"})
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 
@@ -61,6 +66,10 @@ class ControlPlaneSecrets:
     # ensure_secrets adds one (with_authority).
     tls_ca_cert: str = ""
     tls_ca_key: str = field(default="", repr=False)
+    # /metrics's basic-auth user and password; empty in a file written before it, until ensure_secrets adds
+    # one (with_metrics_password).
+    metrics_user: str = METRICS_USER
+    metrics_password: str = field(default="", repr=False)
 
     def worker_credentials(self, also_trusted: str = "") -> Credentials:
         """The worker's share: least-privilege users and the authority's certificate, no admin secret.
@@ -78,6 +87,10 @@ class ControlPlaneSecrets:
         """The same secrets with a new certificate authority (for a file that has none yet)."""
         authority = Authority("han control plane CA", validity=STABLE_AUTHORITY_VALIDITY)
         return replace(self, tls_ca_cert=authority.cert_pem.decode(), tls_ca_key=authority.key_pem.decode())
+
+    def with_metrics_password(self) -> ControlPlaneSecrets:
+        """The same secrets with a new password for /metrics (for a file that has none yet)."""
+        return replace(self, metrics_password=_token())
 
     def authority(self) -> Authority:
         """The certificate authority that issues the servers' certificates."""
@@ -100,11 +113,17 @@ class ControlPlaneSecrets:
             s3_root_secret_key=_token(),
             s3_access_key=_s3_key("han-worker"),
             s3_secret_key=_token(),
+            metrics_password=_token(),
             generation=self.generation + 1,
         )
 
     def to_dict(self) -> dict[str, object]:
         tls = {"tls": {"ca_cert": self.tls_ca_cert, "ca_key": self.tls_ca_key}} if self.tls_ca_cert else {}
+        metrics = (
+            {"metrics": {"user": self.metrics_user, "password": self.metrics_password}}
+            if self.metrics_password
+            else {}
+        )
         return {
             "schema": SCHEMA,
             "generation": self.generation,
@@ -129,6 +148,7 @@ class ControlPlaneSecrets:
                 "bucket": self.s3_bucket,
             },
             **tls,
+            **metrics,
         }
 
 
@@ -189,6 +209,7 @@ def parse_secrets(data: Mapping[str, object], origin: str) -> ControlPlaneSecret
         s3_bucket=_name(s3, "bucket"),
         generation=fields.integer("generation", minimum=1) if "generation" in data else 1,
         **_authority(fields),
+        **_metrics(fields),
     )
     if parsed.postgres_user == parsed.postgres_superuser or parsed.redis_user == parsed.redis_admin_user:
         raise SecretsError(f"{origin}: the worker user must differ from the admin user (least privilege)")
@@ -208,6 +229,14 @@ def _authority(fields: FieldReader) -> dict[str, str]:
     except ValueError as exc:
         tls.fail("ca_cert", f" and 'ca_key' are not a certificate authority and its key: {exc}")
     return {"tls_ca_cert": cert, "tls_ca_key": key}
+
+
+def _metrics(fields: FieldReader) -> dict[str, str]:
+    """The ``metrics`` section (absent in a file written before /metrics), checked like the others."""
+    if "metrics" not in fields.data:
+        return {}
+    metrics = fields.child("metrics")
+    return {"metrics_user": _name(metrics, "user"), "metrics_password": _password(metrics, "password")}
 
 
 def load_secrets(path: StrPath) -> ControlPlaneSecrets:
@@ -245,20 +274,23 @@ def generate_secrets() -> ControlPlaneSecrets:
         s3_access_key=_s3_key("han-worker"),
         s3_secret_key=token(),
         s3_bucket=ARTIFACTS_BUCKET,
+        metrics_password=token(),
     ).with_authority()
 
 
 def ensure_secrets(path: Path) -> tuple[ControlPlaneSecrets, bool]:
     """Load the secrets file, or create it with fresh secrets; returns (secrets, created).
 
-    A file written before TLS gets its certificate authority here, once."""
+    A file written before TLS gets its certificate authority here, once; one written before /metrics, its
+    password."""
     if path.exists():
         loaded = load_secrets(path)
-        if loaded.tls_ca_cert:
+        if loaded.tls_ca_cert and loaded.metrics_password:
             return loaded, False
-        upgraded = loaded.with_authority()
+        upgraded = loaded if loaded.tls_ca_cert else loaded.with_authority()
+        upgraded = upgraded if upgraded.metrics_password else upgraded.with_metrics_password()
         write_private_json(path, upgraded.to_dict())
-        log.info("added a certificate authority to %s", path)
+        log.info("added what %s lacked (certificate authority, /metrics password)", path)
         return upgraded, False
     generated = generate_secrets()
     write_private_json(path, generated.to_dict())

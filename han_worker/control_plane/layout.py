@@ -28,6 +28,21 @@ class Layout:
         return self.root / "credentials.json"
 
     @property
+    def metrics_password_file(self) -> Path:
+        """/metrics's basic-auth password alone (0600), for a Prometheus ``basic_auth.password_file``."""
+        return self.root / "metrics-password"
+
+    @property
+    def metrics_ca_file(self) -> Path:
+        """The authorities of /metrics's certificate (PEM), for a Prometheus ``tls_config.ca_file``."""
+        return self.root / "metrics-ca.pem"
+
+    @property
+    def metrics_targets_file(self) -> Path:
+        """The default Prometheus ``file_sd`` target file: where /metrics is now (rewritten at each start)."""
+        return self.root / "metrics-targets.json"
+
+    @property
     def secrets_file(self) -> Path:
         return self.root / "secrets.json"
 

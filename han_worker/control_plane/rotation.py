@@ -43,6 +43,7 @@ from redis.retry import Retry
 
 from han_worker.control_plane.admin_secrets import ControlPlaneSecrets, load_secrets, trusted_authorities
 from han_worker.control_plane.layout import Layout
+from han_worker.control_plane.metrics_server import publish_prometheus_files
 from han_worker.control_plane.seaweed_security import SECURITY_DIR, renew_jwt_keys
 from han_worker.control_plane.services import (
     STUNNEL_CONFIG,
@@ -168,8 +169,20 @@ def begin(layout: Layout, timeout: float) -> RotationReport:
         # the retire phase, which switches them once every worker holds this file.
         credentials = current.worker_credentials(also_trusted=previous.tls_ca_cert)
         report.apply(_publish_credentials(layout, credentials))
+        # /metrics accepts both passwords from here on (it re-reads secrets.json): Prometheus gets the new.
+        report.apply(_publish_prometheus_files(endpoints, layout, current, previous))
         _check_works(endpoints, credentials, timeout)
         return report
+
+
+def _publish_prometheus_files(
+    endpoints: Endpoints, layout: Layout, current: ControlPlaneSecrets, previous: ControlPlaneSecrets | None
+) -> str | None:
+    """The /metrics password and authorities for Prometheus, where the control plane serves /metrics."""
+    if endpoints.metrics is None:  # a supervisor from before /metrics
+        return None
+    changed = publish_prometheus_files(layout, current, previous)
+    return f"wrote {' and '.join(changed)} for Prometheus" if changed else None
 
 
 def _publish_credentials(layout: Layout, credentials: Credentials) -> str | None:
@@ -549,8 +562,9 @@ def _retire_authority(plane: LivePlane, current: ControlPlaneSecrets, report: Ro
     if not _works(endpoints, only_current, timeout):
         authority = current.authority()
         for site in certificate_sites(layout):
-            endpoint = endpoints.services[site.service]
-            write_server_certificate(authority, site.common_name, endpoint.host, site.directory)
+            endpoint = endpoints.metrics if site.service == "metrics" else endpoints.services[site.service]
+            if endpoint is not None:  # /metrics re-reads its certificate files at its next connection
+                write_server_certificate(authority, site.common_name, endpoint.host, site.directory)
         _reload_certificates(plane, current)
         _wait_until(
             lambda: _works(endpoints, only_current, timeout),
@@ -566,6 +580,7 @@ def _retire_authority(plane: LivePlane, current: ControlPlaneSecrets, report: Ro
         write_endpoints_file(layout.endpoints_file, replace(endpoints, tls_ca_sha256=fingerprint))
         report.apply(f"the endpoints file names the new authority (SHA-256 {fingerprint[:16]}...)")
     report.apply(_publish_credentials(layout, only_current))
+    report.apply(_publish_prometheus_files(endpoints, layout, current, None))
 
 
 def _check_certificates_reloadable(layout: Layout) -> None:

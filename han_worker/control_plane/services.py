@@ -254,6 +254,7 @@ CERTIFICATE_NAMES = {
     "postgres": "han control plane postgres",
     "redis": "han control plane redis",
     "s3": "han control plane s3",
+    "metrics": "han control plane metrics",  # the supervisor's own /metrics (metrics_server.py)
 }
 
 
@@ -267,8 +268,9 @@ class CertificateSite:
 
 
 def certificate_sites(layout: Layout) -> list[CertificateSite]:
-    """Every server certificate of a control plane: PostgreSQL's, stunnel's (Redis) and the S3 gateway's."""
-    directories = {"postgres": "postgres", "redis": "redis-tls", "s3": "s3"}
+    """Every server certificate of a control plane: PostgreSQL's, stunnel's (Redis), the S3 gateway's and the
+    supervisor's own /metrics's (not a service of the endpoints file's: its ``metrics`` entry)."""
+    directories = {"postgres": "postgres", "redis": "redis-tls", "s3": "s3", "metrics": "metrics"}
     return [
         CertificateSite(service, CERTIFICATE_NAMES[service], layout.data_dir(directory))
         for service, directory in directories.items()

@@ -42,7 +42,22 @@ from han_worker.control_plane.binaries import BinaryNotFound, find_binaries
 from han_worker.control_plane.incidents import CrashHistory, clear_failure, record_failure
 from han_worker.control_plane.layout import Layout, pick_free_ports
 from han_worker.control_plane.leftovers import clear_leftovers, stale_seaweed_socket_ports
-from han_worker.control_plane.services import SEAWEED_INTERNAL_ADDRESS, Placement, Service, build_services
+from han_worker.control_plane.metrics_server import (
+    AcceptedPasswords,
+    MetricsServer,
+    Scrapes,
+    ServerCertificate,
+    publish_prometheus_files,
+)
+from han_worker.control_plane.services import (
+    CERTIFICATE_NAMES,
+    SEAWEED_INTERNAL_ADDRESS,
+    Placement,
+    Service,
+    build_services,
+    write_server_certificate,
+)
+from han_worker.observe.successors import queued_successors
 from han_worker.private_files import read_trusted_json, write_private_json
 from han_worker.selection.checks import authenticated_probe, worker_checks
 from han_worker.selection.credentials import Credentials
@@ -50,10 +65,13 @@ from han_worker.selection.endpoints import (
     SCHEMA,
     Endpoints,
     EndpointsError,
+    ServiceEndpoint,
     parse_endpoints,
     write_endpoints_file,
 )
+from han_worker.selection.resolver import Choice
 from han_worker.selection.tls import ca_fingerprint
+from han_worker.store.link import Link, open_link
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +79,8 @@ EXIT_OK = 0
 EXIT_START_FAILED = 1
 EXIT_CHILD_DIED = 3
 SEAWEED_INTERNAL_PORTS = 7
+PORTED_SERVICES = ("postgres", "redis", "s3", "metrics")  # each gets a free port unless one is given
+METRICS_LINK_TIMEOUT_S = 5.0
 # A failed start (a port taken meanwhile, a predecessor's service still exiting) is tried again this many
 # times in all, waiting these seconds between tries, before the job gives up.
 START_ATTEMPTS = 3
@@ -93,6 +113,8 @@ class SupervisorConfig:
     client_networks: tuple[str, ...]
     start_timeout: float = 90.0
     stop_timeout: float = 30.0
+    # Prometheus's file_sd target file, rewritten at each publication; None: Layout.metrics_targets_file.
+    metrics_targets_file: Path | None = None
 
 
 class Child:
@@ -232,6 +254,8 @@ class Supervisor:
         self.children: list[Child] = []
         self.owner = ownership.this_supervisor(config.launch_mode)
         self.published: Endpoints | None = None
+        self.metrics_port = 0  # chosen with the services' ports at each start
+        self.metrics: MetricsServer | None = None
 
     def request_stop(self, signum: int, _frame: object = None) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
@@ -295,7 +319,7 @@ class Supervisor:
 
     def _services(self, secrets: ControlPlaneSecrets) -> list[Service]:
         published = dict(self.config.ports)
-        missing = [name for name in ("postgres", "redis", "s3") if name not in published]
+        missing = [name for name in PORTED_SERVICES if name not in published]
         free = pick_free_ports(
             self.config.address,
             len(missing) + SEAWEED_INTERNAL_PORTS,
@@ -303,6 +327,7 @@ class Supervisor:
             also_free_on=[SEAWEED_INTERNAL_ADDRESS],  # weed's internal listeners bind there
         )
         published.update(zip(missing, free, strict=False))
+        self.metrics_port = published.pop("metrics")
         placement = Placement(
             self.config.address, published, tuple(free[len(missing) :]), self.config.client_networks
         )
@@ -373,6 +398,7 @@ class Supervisor:
                 if child.service.published
             },
             tls_ca_sha256=ca_fingerprint(serving_generation(secrets, previous).tls_ca_cert),
+            metrics=ServiceEndpoint(self.config.address, self.metrics_port),
         )
 
     def _publish(self, secrets: ControlPlaneSecrets) -> None:
@@ -381,15 +407,64 @@ class Supervisor:
         credentials = workers_share(secrets, previous)
         endpoints = self._endpoints(next_epoch(self.layout), secrets, previous)
         self._probe_as_worker(credentials, endpoints)
+        self._serve_metrics(endpoints, secrets, previous)
         write_private_json(self.layout.credentials_file, credentials.to_dict())
         write_endpoints_file(self.layout.endpoints_file, endpoints)
         self.published = endpoints
+        self._publish_metrics_files(endpoints, secrets, previous)
         log.info(
             "published %s: epoch %d, %s",
             self.layout.endpoints_file,
             endpoints.epoch,
             ", ".join(f"{name} {svc.address}" for name, svc in endpoints.services.items()),
         )
+
+    # -- /metrics -----------------------------------------------------------------------------------------
+
+    def _serve_metrics(
+        self, endpoints: Endpoints, secrets: ControlPlaneSecrets, previous: ControlPlaneSecrets | None
+    ) -> None:
+        """Listen on /metrics's port, with a certificate of the serving authority (as the other services),
+        before the endpoints file names it."""
+        assert endpoints.metrics is not None
+        directory = self.layout.data_dir("metrics")
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        cert_file, key_file = write_server_certificate(
+            serving_generation(secrets, previous).authority(), CERTIFICATE_NAMES["metrics"],
+            endpoints.metrics.host, directory,
+        )  # fmt: skip
+        passwords = AcceptedPasswords(self.layout.secrets_file, self.layout.previous_secrets_file)
+        scrapes = Scrapes(lambda: self._metrics_link(endpoints), successors=queued_successors)
+        try:
+            certificate = ServerCertificate(cert_file, key_file)
+            self.metrics = MetricsServer(
+                endpoints.metrics.host, endpoints.metrics.port, certificate, passwords, scrapes
+            )
+        except OSError as exc:
+            raise SupervisorError(f"/metrics cannot listen on {endpoints.metrics.address}: {exc}") from exc
+        self.metrics.start()
+
+    def _metrics_link(self, endpoints: Endpoints) -> Link:
+        """A scrape's clients: the workers' share of the secrets file as it is now (a rotation changes it)."""
+        credentials = workers_share(load_secrets(self.layout.secrets_file), self._previous_secrets())
+        choice = Choice(self.config.source, endpoints, credentials, "the control plane's own /metrics")
+        return open_link(choice, timeout=METRICS_LINK_TIMEOUT_S, name="han-control-plane metrics")
+
+    def _publish_metrics_files(
+        self, endpoints: Endpoints, secrets: ControlPlaneSecrets, previous: ControlPlaneSecrets | None
+    ) -> None:
+        """What a lab's Prometheus needs: the password and the authorities (0600, beside the credentials), and
+        where to scrape (file_sd), rewritten at each publication so that it follows the control plane."""
+        assert endpoints.metrics is not None
+        publish_prometheus_files(self.layout, secrets, previous)
+        targets_file = self.config.metrics_targets_file or self.layout.metrics_targets_file
+        write_private_json(targets_file, metrics_targets(endpoints))
+        log.info("wrote /metrics's target %s to %s", endpoints.metrics.address, targets_file)
+
+    def _stop_metrics(self) -> None:
+        if self.metrics is not None:
+            self.metrics.stop()
+            self.metrics = None
 
     def _probe_as_worker(self, credentials: Credentials, endpoints: Endpoints) -> None:
         # The contract: published (or kept published) only while the workers' own credentials work on every
@@ -484,6 +559,7 @@ class Supervisor:
             self._probe_as_worker(workers_share(secrets, previous), self.published)
 
     def _stop_all(self) -> None:
+        self._stop_metrics()
         stoppers = [
             threading.Thread(
                 target=child.stop, args=(self.config.stop_timeout,), name=f"stop-{child.service.name}"
@@ -495,6 +571,14 @@ class Supervisor:
         for thread in stoppers:
             thread.join()
         self.children = []
+
+
+def metrics_targets(endpoints: Endpoints) -> list[object]:
+    """Prometheus's file_sd document for /metrics: one target, labelled with the control plane's source and
+    epoch (strings, as Prometheus's labels are)."""
+    assert endpoints.metrics is not None
+    labels = {"source": endpoints.source, "epoch": str(endpoints.epoch)}
+    return [{"targets": [endpoints.metrics.address], "labels": labels}]
 
 
 def run(config: SupervisorConfig) -> int:

@@ -12,11 +12,11 @@ import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from han_worker.observe.snapshot import WORKER_STATES, Snapshot, WorkerFigures
+from han_worker.observe.snapshot import WORKER_STATES, Histogram, Snapshot, WorkerFigures
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ class SnapshotCollector(Collector):
         yield from _control_plane(self.snapshot)
         yield from _queues(self.snapshot)
         yield _finished(self.snapshot)
+        yield from _timings(self.snapshot)
         yield from _workers(self.snapshot.workers)
 
 
@@ -95,6 +96,31 @@ def _finished(snapshot: Snapshot) -> Metric:
     for finished in snapshot.finished:
         family.add_metric([finished.queue, finished.kind, finished.outcome], finished.count)
     return family
+
+
+def _timings(snapshot: Snapshot) -> Iterator[Metric]:
+    runs = HistogramMetricFamily(
+        "han_job_run_seconds",
+        "Run time of the finished jobs' last attempt, by queue and kind, as the ledger holds them.",
+        labels=["queue", "kind"],
+    )
+    attempts = HistogramMetricFamily(
+        "han_job_attempts", "Attempts each finished job took, by queue and kind.", labels=["queue", "kind"]
+    )
+    for timings in snapshot.timings:
+        labels = [timings.queue, timings.kind]
+        runs.add_metric(labels, _buckets(timings.run_seconds), timings.run_seconds.total)
+        attempts.add_metric(labels, _buckets(timings.attempts), timings.attempts.total)
+    yield from (runs, attempts)
+
+
+def _buckets(histogram: Histogram) -> list[tuple[str, float]]:
+    """prometheus_client's buckets: (le, cumulative count; le as client_python writes it, 1.0), then +Inf."""
+    finite = [
+        (str(float(bound)), float(count))
+        for bound, count in zip(histogram.bounds, histogram.buckets, strict=True)
+    ]
+    return [*finite, ("+Inf", float(histogram.count))]
 
 
 def _workers(workers: Iterable[WorkerFigures]) -> Iterator[Metric]:

@@ -19,13 +19,14 @@ from datetime import datetime, timezone
 
 from han_worker.backends import load_backends
 from han_worker.selection.endpoints import Endpoints
-from han_worker.store.ledger import Connection
+from han_worker.store.ledger import FINISHED, Connection
 from han_worker.store.link import Link
 
 log = logging.getLogger(__name__)
 
-FINISHED_STATUSES = ("succeeded", "failed", "dead")
-FAILED_STATUSES = ("failed", "dead")
+FINISHED_STATUSES = FINISHED  # the ledger's: every status no worker touches again
+# What the failure ratio and the recent failures count: a cancelled job is someone's choice, not a failure.
+FAILED_STATUSES = ("failed", "dead", "timed_out")
 WORKER_STATES = ("busy", "idle", "draining")
 DEFAULT_RECENT_FAILURES = 10
 MAX_RECENT_FAILURES = 1000
@@ -35,13 +36,32 @@ SELECT queue, count(*) FILTER (WHERE status = 'queued'), count(*) FILTER (WHERE 
        coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'queued')), 0)::float8
 FROM jobs WHERE status IN ('queued', 'running') GROUP BY queue
 """
+# Upper bounds of the histograms' buckets (Prometheus's "le"; +Inf is the count): a finished job's run time,
+# from its last attempt's start to its end, and its attempts.
+RUN_SECONDS_BOUNDS = (0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 12 * 3600.0)
+ATTEMPTS_BOUNDS = (1, 2, 3, 5, 10)
+# One scan of the finished jobs, grouped by (queue, kind, status), run-time bucket and attempts (capped): the
+# counts, and what the histograms need, with one bucket number per row rather than a comparison per bound.
+# width_bucket() counts the bounds at or below its operand; on the negated run time and bounds it counts the
+# bounds at or above the run time, which is Prometheus's "le" (a run of exactly 60 s is in le="60.0").
+# date_part() gives a float8 at once (extract() a numeric, several times slower here). A job that never
+# started (no run time) is counted, but in no run-time bucket.
 _FINISHED = """
-SELECT queue, kind, status, count(*) FROM jobs WHERE status IN ('succeeded', 'failed', 'dead')
-GROUP BY queue, kind, status
+SELECT queue, kind, status,
+       width_bucket(-run_seconds, %(negated_bounds)s::float8[]) AS run_bucket,
+       least(attempts, %(cap)s) AS tried,
+       count(*), count(run_seconds), coalesce(sum(run_seconds), 0)::float8, coalesce(sum(attempts), 0)::bigint
+FROM (SELECT queue, kind, status, attempts, date_part('epoch', finished_at - started_at) AS run_seconds
+      FROM jobs WHERE status IN ('succeeded', 'failed', 'dead', 'cancelled', 'timed_out')) AS finished
+GROUP BY queue, kind, status, run_bucket, tried
 """
+_FINISHED_PARAMETERS = {
+    "negated_bounds": [-bound for bound in reversed(RUN_SECONDS_BOUNDS)],
+    "cap": ATTEMPTS_BOUNDS[-1] + 1,
+}
 _FAILURES = """
 SELECT id::text, kind, queue, status, attempts, error, finished_at, worker_id, host
-FROM jobs WHERE status IN ('failed', 'dead') ORDER BY finished_at DESC NULLS LAST LIMIT %(limit)s
+FROM jobs WHERE status IN ('failed', 'dead', 'timed_out') ORDER BY finished_at DESC NULLS LAST LIMIT %(limit)s
 """
 _IN_FLIGHT = "SELECT id::text, started_at FROM jobs WHERE id = ANY(%(ids)s::uuid[]) AND status = 'running'"
 
@@ -60,6 +80,34 @@ class FinishedJobs:
     kind: str
     outcome: str  # one of FINISHED_STATUSES
     count: int  # since the ledger began: a counter that survives restarts
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Cumulative bucket counts (one per bound, as Prometheus's ``le``), the count (+Inf) and the sum."""
+
+    bounds: tuple[float, ...]
+    buckets: tuple[int, ...]
+    count: int
+    total: float
+
+    @classmethod
+    def empty(cls, bounds: tuple[float, ...]) -> Histogram:
+        return cls(bounds, (0,) * len(bounds), 0, 0.0)
+
+    def __add__(self, other: Histogram) -> Histogram:
+        buckets = tuple(a + b for a, b in zip(self.buckets, other.buckets, strict=True))
+        return Histogram(self.bounds, buckets, self.count + other.count, self.total + other.total)
+
+
+@dataclass(frozen=True)
+class FinishedTimings:
+    """A (queue, kind)'s finished jobs since the ledger began: their run time and their attempts."""
+
+    queue: str
+    kind: str
+    run_seconds: Histogram
+    attempts: Histogram
 
 
 @dataclass(frozen=True)
@@ -112,6 +160,7 @@ class Snapshot:
     finished: tuple[FinishedJobs, ...]
     workers: tuple[WorkerFigures, ...]
     failures: tuple[Failure, ...]  # the latest first
+    timings: tuple[FinishedTimings, ...] = ()
 
 
 SuccessorCount = Callable[[Endpoints], "int | None"]
@@ -134,13 +183,15 @@ def take_snapshot(
     backends = load_backends().values()
     known = {backend.queue for backend in backends} | set(link.queues.known_queues())
     endpoints = link.choice.endpoints
+    finished, timings = read_finished(connection, {(backend.queue, backend.name) for backend in backends})
     return Snapshot(
         taken_at=taken_at,
         control_plane=control_plane_figures(endpoints, taken_at, successors),
         queues=read_queues(connection, known),
-        finished=read_finished(connection, {(backend.queue, backend.name) for backend in backends}),
+        finished=finished,
         workers=worker_figures(registry, read_in_flight(connection, registry), taken_at),
         failures=read_failures(connection, recent_failures),
+        timings=timings,
     )
 
 
@@ -163,13 +214,45 @@ def read_queues(connection: Connection, known: set[str]) -> tuple[QueueFigures, 
     return tuple(figures[queue] for queue in sorted(figures))
 
 
-def read_finished(connection: Connection, known: set[tuple[str, str]]) -> tuple[FinishedJobs, ...]:
-    """Finished jobs by (queue, kind, outcome); every ``known`` (queue, kind) with every outcome, zeros
-    included: a counter that appears only at its first failure hides that failure from Prometheus's rate()."""
+def read_finished(
+    connection: Connection, known: set[tuple[str, str]]
+) -> tuple[tuple[FinishedJobs, ...], tuple[FinishedTimings, ...]]:
+    """Finished jobs by (queue, kind, outcome), and their run times and attempts by (queue, kind); every
+    ``known`` (queue, kind) with every outcome, zeros included: a counter that appears only at its first
+    failure hides that failure from Prometheus's rate()."""
     counts = {(queue, kind, status): 0 for queue, kind in known for status in FINISHED_STATUSES}
-    for queue, kind, status, count in connection.execute(_FINISHED):
-        counts[(queue, kind, status)] = int(count)
-    return tuple(FinishedJobs(*key, count) for key, count in sorted(counts.items()))
+    timings = {pair: _no_timings() for pair in known}
+    for row in connection.execute(_FINISHED, _FINISHED_PARAMETERS):
+        queue, kind, status, run_bucket, tried, count, run_count, run_total, attempts_total = row
+        counts[(queue, kind, status)] = counts.get((queue, kind, status), 0) + int(count)
+        runs, attempts = timings.get((queue, kind), _no_timings())
+        timings[(queue, kind)] = (
+            runs + _run_times(run_bucket, int(count), int(run_count), float(run_total)),
+            attempts + _attempts(int(tried), int(count), int(attempts_total)),
+        )
+    return (
+        tuple(FinishedJobs(*key, count) for key, count in sorted(counts.items())),
+        tuple(FinishedTimings(queue, kind, *timings[(queue, kind)]) for queue, kind in sorted(timings)),
+    )
+
+
+def _no_timings() -> tuple[Histogram, Histogram]:
+    return Histogram.empty(RUN_SECONDS_BOUNDS), Histogram.empty(tuple(map(float, ATTEMPTS_BOUNDS)))
+
+
+def _run_times(run_bucket: int | None, count: int, run_count: int, run_total: float) -> Histogram:
+    """One row's jobs in the run-time histogram: ``run_bucket`` of them (bounds at or above their run time,
+    see _FINISHED) say from which bound on they count; None: never started, in no bucket."""
+    first = len(RUN_SECONDS_BOUNDS) - (run_bucket or 0)
+    buckets = tuple(
+        count if run_bucket is not None and index >= first else 0 for index in range(len(RUN_SECONDS_BOUNDS))
+    )
+    return Histogram(RUN_SECONDS_BOUNDS, buckets, run_count, run_total)
+
+
+def _attempts(tried: int, count: int, total: int) -> Histogram:
+    bounds = tuple(map(float, ATTEMPTS_BOUNDS))
+    return Histogram(bounds, tuple(count if tried <= bound else 0 for bound in bounds), count, float(total))
 
 
 def read_failures(connection: Connection, limit: int) -> tuple[Failure, ...]:

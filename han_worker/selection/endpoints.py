@@ -2,6 +2,10 @@
 
 Schema 1, JSON, written by tmp-file + rename, mode 0600 in a 0700 directory; readers refuse a file
 that another user owns or could write. Standard library only: the Ansible lookup plugin imports it.
+
+The control plane's ``/metrics`` endpoint is a top-level ``metrics`` object (host, port), not an entry of
+``services``: readers before it refuse a service they do not know, and ignore a top-level key they do not
+know.
 """
 
 from __future__ import annotations
@@ -66,6 +70,9 @@ class Endpoints:
     # reader can tell that a credentials file (which carries that authority) belongs to this control plane;
     # None in a document from before TLS and in the Mac's synthetic one.
     tls_ca_sha256: str | None = None
+    # Where the control plane serves /metrics (HTTPS, basic auth); None from a supervisor before it, and in
+    # the Mac's synthetic document.
+    metrics: ServiceEndpoint | None = None
 
     def __post_init__(self) -> None:
         # frozen only stops rebinding the attribute; a read-only view stops editing the dict in place.
@@ -83,6 +90,7 @@ class Endpoints:
             "stale": self.stale,
             "services": {name: service.to_dict() for name, service in self.services.items()},
             **({"tls_ca_sha256": self.tls_ca_sha256} if self.tls_ca_sha256 else {}),
+            **({"metrics": self.metrics.to_dict()} if self.metrics is not None else {}),
         }
 
 
@@ -140,17 +148,20 @@ def _parse_services(fields: FieldReader) -> dict[str, ServiceEndpoint]:
     unknown = sorted(set(services.data) - set(known))
     if unknown:
         fields.fail("services", f" names unknown service(s) {', '.join(unknown)} (known: {', '.join(known)})")
-    parsed = {}
-    for name in known:
-        if name in REQUIRED_SERVICES or name in services.data:
-            service = services.child(name)
-            host = service.string("host")
-            try:
-                check_host(host)
-            except EndpointsError as exc:
-                service.fail("host", f": {exc}")
-            parsed[name] = ServiceEndpoint(host, service.integer("port", 1, 65535))
-    return parsed
+    return {
+        name: _endpoint(services.child(name))
+        for name in known
+        if name in REQUIRED_SERVICES or name in services.data
+    }
+
+
+def _endpoint(service: FieldReader) -> ServiceEndpoint:
+    host = service.string("host")
+    try:
+        check_host(host)
+    except EndpointsError as exc:
+        service.fail("host", f": {exc}")
+    return ServiceEndpoint(host, service.integer("port", 1, 65535))
 
 
 def parse_endpoints(data: Mapping[str, object], origin: str) -> Endpoints:
@@ -177,6 +188,7 @@ def parse_endpoints(data: Mapping[str, object], origin: str) -> Endpoints:
         stale=fields.boolean("stale", default=False),
         services=_parse_services(fields),
         tls_ca_sha256=_ca_sha256(fields),
+        metrics=_endpoint(fields.child("metrics")) if fields.data.get("metrics") is not None else None,
     )
 
 

@@ -30,6 +30,7 @@ from tests.bench import (
     dispatch,
     docs_page,
     failover,
+    metrics,
     pose,
     report,
     scaling,
@@ -40,7 +41,7 @@ from tests.conftest import REPO
 
 Benchmark = Callable[[Context], report.Section]
 
-# name in the report -> benchmark, in the order they run (issue 8 parts 3, 2, 1, 4 and 5, issues 19, 18, 20, 21).
+# name in the report -> benchmark, in the order they run (issue 8 parts 3, 2, 1, 4 and 5, issues 19, 18, 20, 21, 22).
 BENCHMARKS: dict[str, Benchmark] = {
     "dispatch": dispatch.benchmark,
     "endpoint_selection": selection.benchmark,
@@ -51,6 +52,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "chaos": chaos.benchmark,
     "scaling": scaling.benchmark,
     "batch": batch.benchmark,
+    "metrics": metrics.benchmark,
 }
 
 # name in the report -> what draws its picture beside the report (report.write).

@@ -42,7 +42,8 @@ HOSTILE_PORTS = st.one_of(
 # Which hostile family each option gets, by its destination. A flag missing here fails the coverage test.
 FAMILIES: dict[str, st.SearchStrategy[str]] = {
     **dict.fromkeys(("config", "endpoints_file", "credentials_file", "mac_credentials_file", "input",
-                     "state_dir", "env_dir", "pool", "state", "scaler_state", "output"), HOSTILE_PATHS),
+                     "state_dir", "env_dir", "pool", "state", "scaler_state", "output", "metrics_targets_file"),
+                    HOSTILE_PATHS),
     **dict.fromkeys(("probe_timeout", "timeout", "wait", "wait_workers", "start_timeout", "max_attempts",
                      "limit", "interval"), HOSTILE_NUMBER_TEXT),
     **dict.fromkeys(("mac_port", "port"), HOSTILE_PORTS),

@@ -4,22 +4,31 @@ from a real ledger and registry is tested in tests/integration/test_observe.py."
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from han_worker.cli import worker_main
+from han_worker.observe import snapshot as snapshot_queries
 from han_worker.observe.exposition import exposition
 from han_worker.observe.snapshot import (
+    ATTEMPTS_BOUNDS,
+    RUN_SECONDS_BOUNDS,
     ControlPlaneFigures,
     Failure,
     FinishedJobs,
+    FinishedTimings,
+    Histogram,
     QueueFigures,
     Snapshot,
+    _attempts,
+    _run_times,
     worker_figures,
 )
 from han_worker.observe.view import ViewState, duration, render_plain
+from han_worker.store import ledger
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=timezone.utc)
 JOB = "0b5f8a4e-1a2b-4c3d-8e9f-001122334455"
@@ -109,11 +118,34 @@ def test_names_types_and_labels_follow_prometheus_conventions() -> None:
     text = exposition(snapshot())
     types = families(text)
     assert types["han_jobs_finished"] == "counter"
+    assert types["han_job_run_seconds"] == types["han_job_attempts"] == "histogram"
     assert all(name.startswith("han_") for name in types)
-    assert all(kind == "gauge" for name, kind in types.items() if name != "han_jobs_finished")
+    others = set(types) - {"han_jobs_finished", "han_job_run_seconds", "han_job_attempts"}
+    assert all(types[name] == "gauge" for name in others)
     assert JOB not in text
     assert "9d4e0a3c" not in text
     assert "# TYPE han_jobs_finished_total counter" in text
+
+
+def timings() -> FinishedTimings:
+    runs = Histogram.empty(RUN_SECONDS_BOUNDS) + Histogram(
+        RUN_SECONDS_BOUNDS, (0, 0, 1, 3, 3, 3, 3, 3, 3, 3, 3), 4, 4321.5
+    )
+    attempts = Histogram((1.0, 2.0, 3.0, 5.0, 10.0), (2, 3, 4, 4, 4), 4, 7.0)
+    return FinishedTimings("pose", "pose", runs, attempts)
+
+
+def test_run_times_and_attempts_are_histograms_by_queue_and_kind() -> None:
+    found = samples(exposition(replace(snapshot(), timings=(timings(),))))
+    labels = (("kind", "pose"), ("queue", "pose"))
+    assert found[("han_job_run_seconds_bucket", (*labels[:1], ("le", "1.0"), *labels[1:]))] == 1
+    assert found[("han_job_run_seconds_bucket", (*labels[:1], ("le", "5.0"), *labels[1:]))] == 3
+    assert found[("han_job_run_seconds_bucket", (*labels[:1], ("le", "+Inf"), *labels[1:]))] == 4
+    assert found[("han_job_run_seconds_count", labels)] == 4
+    assert found[("han_job_run_seconds_sum", labels)] == 4321.5
+    assert found[("han_job_attempts_bucket", (*labels[:1], ("le", "2.0"), *labels[1:]))] == 3
+    assert found[("han_job_attempts_sum", labels)] == 7
+    assert len(ATTEMPTS_BOUNDS) == 5
 
 
 def test_unknown_walltime_and_successors_are_absent_so_no_rule_reads_them_as_zero() -> None:
@@ -197,3 +229,38 @@ def test_a_refresh_interval_out_of_range_is_refused_naming_the_flag(
         worker_main(["top", f"--interval={value}"])
     assert exit_.value.code == 2
     assert "--interval" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("run_seconds", "first_bound"),
+    [(0.05, 0.1), (0.1, 0.1), (60.0, 60.0), (60.5, 300.0), (43200.0, 43200.0), (50000.0, None), (None, None)],
+)
+def test_a_run_time_counts_from_the_first_bound_at_or_above_it(
+    run_seconds: float | None, first_bound: float | None
+) -> None:
+    # what width_bucket(-run_seconds, negated bounds) answers in the ledger's query: the bounds >= run_seconds
+    run_bucket = (
+        None if run_seconds is None else sum(1 for bound in RUN_SECONDS_BOUNDS if bound >= run_seconds)
+    )
+    histogram = _run_times(run_bucket, 2, 0 if run_seconds is None else 2, 2 * (run_seconds or 0.0))
+    expected = tuple(
+        2 if first_bound is not None and bound >= first_bound else 0 for bound in RUN_SECONDS_BOUNDS
+    )
+    assert histogram.buckets == expected
+    assert histogram.count == (0 if run_seconds is None else 2)
+
+
+def test_attempts_count_from_the_first_bound_at_or_above_them() -> None:
+    assert _attempts(3, 4, 12).buckets == (0, 0, 4, 4, 4)
+    assert _attempts(11, 1, 40).buckets == (0, 0, 0, 0, 0)  # capped above the last bound: +Inf only
+    assert (_attempts(11, 1, 40).count, _attempts(11, 1, 40).total) == (1, 40.0)
+
+
+def test_the_snapshots_queries_count_every_finished_status_the_ledger_has() -> None:
+    """A new final status (cancelled, timed_out came with migration 3) must reach the metrics and the view."""
+    assert snapshot_queries.FINISHED_STATUSES == ledger.FINISHED
+    for status in ledger.FINISHED:
+        assert f"'{status}'" in snapshot_queries._FINISHED
+    for status in snapshot_queries.FAILED_STATUSES:
+        assert f"'{status}'" in snapshot_queries._FAILURES
+    assert set(snapshot_queries.FAILED_STATUSES) < set(ledger.FINISHED)

@@ -39,12 +39,14 @@ def field(document: Mapping[str, object] | None, section: str, key: str) -> str 
 
 
 def published_services(endpoints: Mapping[str, object]) -> dict[str, tuple[str, int]]:
-    """``{service: (host, port)}`` of the endpoints document's well-formed entries."""
+    """``{service: (host, port)}`` of the endpoints document's well-formed entries, and its ``metrics`` entry
+    (the supervisor's own /metrics) as service ``metrics``."""
     services = endpoints.get("services")
+    entries = dict(services) if isinstance(services, Mapping) else {}
+    if "metrics" in endpoints:
+        entries["metrics"] = endpoints["metrics"]
     found: dict[str, tuple[str, int]] = {}
-    if not isinstance(services, Mapping):
-        return found
-    for name, entry in services.items():
+    for name, entry in entries.items():
         if not isinstance(entry, Mapping):
             continue
         host, port = entry.get("host"), entry.get("port")
