@@ -266,7 +266,7 @@ def test_slurm_is_asked_for_successors_at_most_every_ttl() -> None:
 
     cached = CachedSuccessors(count)
     plane = endpoints(None)
-    assert [cached(plane) for _ in range(5)] == [1] * 5
+    assert [cached(plane) for _call in range(5)] == [1] * 5
     assert len(asked) == 1
 
 
