@@ -54,7 +54,9 @@ def main(argv: list[str]) -> int:
         return 2
     job_name, samples, stop, seconds = argv[1], Path(argv[2]), Path(argv[3]), int(argv[4])
     deadline = time.monotonic() + seconds
-    with samples.open("a", encoding="utf-8") as output:
+    # The samples are private, as every file of the drill is.
+    descriptor = os.open(samples, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(descriptor, "a", encoding="utf-8") as output:
         while time.monotonic() < deadline and not stop.exists():
             line = sample(job_name)
             if line is not None:
