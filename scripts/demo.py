@@ -67,7 +67,7 @@ UP = Plan(
             "Start the Windows worker's STAND-IN (no Windows host here)", ("playbooks/windows_standin.yml",)
         ),
         Step(
-            "Failover drill, every scenario (about 8 minutes)", ("playbooks/failover_drill.yml",), drill=True
+            "Failover drill, every scenario (about 10 minutes)", ("playbooks/failover_drill.yml",), drill=True
         ),
     ),
     closing="Stop everything with: make demo-down",

@@ -65,7 +65,7 @@ def test_every_scenario_passes_through_ansible_runner(bootstrapped: None, tmp_pa
     assert report["passed"] is True
     assert report["windows_is_standin"] is True
     by_id = scenarios(report)
-    assert sorted(by_id) == list(range(1, 9))
+    assert sorted(by_id) == list(range(1, 10))
     assert {scenario["status"] for scenario in by_id.values()} == {"passed"}
 
     # The observed routing, from the ledger.
@@ -86,37 +86,52 @@ def test_every_scenario_passes_through_ansible_runner(bootstrapped: None, tmp_pa
     assert second > first
     assert by_id[7]["observed"]["after"]["control_plane_epoch"] > first
     assert "stale" in by_id[8]["observed"]["refusal"]
+    # Burst and drain: the elastic pool within its limits at every squeue sample, each job done once, and
+    # gone by itself once the queue was empty; the scaler says why it does nothing.
+    burst, pool, scaler = (by_id[9]["observed"][part] for part in ("burst", "pool", "scaler"))
+    assert burst["succeeded_once"] == burst["jobs"] == 12
+    assert 1 <= pool["most_alive"] <= pool["max_workers"]
+    assert pool["most_waiting"] <= pool["max_pending"]
+    assert set(pool["ended"].values()) == {"COMPLETED"}
+    assert pool["left_after_last_job_s"] <= pool["idle_timeout"] + 15
+    assert scaler["state"] == "scaling"
+    assert scaler["reason"].startswith("no backlog"), scaler
 
     markdown = only_report(tmp_path, ".md").read_text()
     assert "Result: **PASSED**" in markdown
     assert "STAND-IN" in markdown
     suite = ET.parse(only_report(tmp_path, ".xml")).getroot().find("testsuite")
     assert suite is not None
-    assert (suite.get("tests"), suite.get("failures")) == ("8", "0")
+    assert (suite.get("tests"), suite.get("failures")) == ("9", "0")
 
 
-def inventory_without_windows(tmp_path: Path) -> Path:
-    """The testbed's inventory with no Windows worker at all (neither a real one nor the stand-in)."""
+def inventory_lacking_parts(tmp_path: Path) -> Path:
+    """The testbed's inventory with no Windows worker at all (neither a real one nor the stand-in), and with
+    Pegasus's workers launched as processes (pegasus_worker_launch_mode direct), so no elastic pool."""
     inventory = tmp_path / "inventory"
     shutil.copytree(REPO / "inventories" / "local", inventory)
     hosts = yaml.safe_load((inventory / "hosts.yml").read_text())
     del hosts["all"]["children"]["windows_standin"]
     (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts))
+    with (inventory / "group_vars" / "pegasus.yml").open("a") as pegasus:
+        pegasus.write("pegasus_worker_launch_mode: direct\n")
     return inventory
 
 
 def test_scenarios_whose_parts_are_absent_are_not_applicable_not_passed(bootstrapped: None, tmp_path: Path):
-    result = run_example("--inventory", str(inventory_without_windows(tmp_path)), "--scenarios", "2,4",
+    result = run_example("--inventory", str(inventory_lacking_parts(tmp_path)), "--scenarios", "2,4,9",
                          "--reports-dir", str(tmp_path / "reports"))  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     by_id = scenarios(json.loads(only_report(tmp_path / "reports", ".json").read_text()))
     assert by_id[2]["status"] == by_id[4]["status"] == "not_applicable"
     assert "windows" in by_id[4]["error"]
+    assert by_id[9]["status"] == "not_applicable"
+    assert "pegasus_slurm" in by_id[9]["error"], "an elastic pool needs Slurm to launch the workers"
     assert by_id[1]["status"] == "not_selected"
     assert by_id[2]["logs"] == [], "nothing ran"
     suite = ET.parse(only_report(tmp_path / "reports", ".xml")).getroot().find("testsuite")
     assert suite is not None
-    assert suite.get("skipped") == "8"
+    assert suite.get("skipped") == "9"
 
 
 def test_a_failing_scenario_says_what_was_expected_observed_and_where_the_logs_are(
@@ -177,7 +192,7 @@ def test_bad_drill_settings_are_refused_naming_them(setting: str, message: str, 
     assert "Run the scenarios" not in result.stdout
 
 
-@pytest.mark.parametrize("asked", ["9", "1,x", "0"])
+@pytest.mark.parametrize("asked", ["10", "1,x", "0"])
 def test_unknown_scenarios_are_refused_naming_drill_scenarios(asked: str, tmp_path: Path):
     result = run_ansible("ansible-playbook", "playbooks/failover_drill.yml", "-e", f"drill_scenarios={asked}",
                          "-e", f"drill_reports_dir={tmp_path}")  # fmt: skip

@@ -265,7 +265,7 @@ def test_the_benchmarks_page_is_as_its_generator_wrote_it() -> None:
 
 
 def test_a_broken_link_or_anchor_is_found() -> None:
-    text = "[a](docs/nowhere.md), [b](docs/drill.md#no-such-heading), [c](docs/drill.md#the-eight-scenarios)"
+    text = "[a](docs/nowhere.md), [b](docs/drill.md#no-such-heading), [c](docs/drill.md#the-nine-scenarios)"
     assert link_problems(README, text) == [
         f"link docs/nowhere.md: {REPO / 'docs' / 'nowhere.md'} does not exist",
         "link docs/drill.md#no-such-heading: no heading #no-such-heading in drill.md",
