@@ -49,7 +49,15 @@ from han_worker.store.artifacts import (
     input_key,
     take_snapshot,
 )
-from han_worker.store.ledger import FINISHED, REQUEUEABLE, STATUSES, BatchCounts, JobRecord, NewJob
+from han_worker.store.ledger import (
+    FINISHED,
+    NEED_A_PERSON,
+    REQUEUEABLE,
+    STATUSES,
+    BatchCounts,
+    JobRecord,
+    NewJob,
+)
 from han_worker.store.link import (
     CONTROL_PLANE_ERRORS,
     SERVICE_ERRORS,
@@ -484,7 +492,7 @@ def _control_plane(link: Link) -> dict[str, object]:
 
 def status(link: Link, limit: int = 10) -> StatusReport:
     """The control plane, its workers, the queues' depths, the jobs by status, and up to ``limit`` pending
-    and dead jobs."""
+    jobs and ``limit`` dead or timed-out ones (``dead``: the most recently finished first)."""
     queues = {backend.queue for backend in load_backends().values()} | set(link.queues.known_queues())
     pending = link.ledger.jobs_with_status("running", limit) + link.ledger.jobs_with_status("queued", limit)
     return StatusReport(
@@ -493,8 +501,17 @@ def status(link: Link, limit: int = 10) -> StatusReport:
         queues=[link.queues.depth(queue).to_dict() for queue in sorted(queues)],
         jobs=link.ledger.counts(),
         pending=[_short(record) for record in pending[:limit]],
-        dead=[_short(record) for record in link.ledger.jobs_with_status("dead", limit)],
+        dead=[_short(record) for record in _needing_a_person(link, limit)],
     )
+
+
+def _needing_a_person(link: Link, limit: int) -> list[JobRecord]:
+    """Up to ``limit`` dead or timed-out jobs, the most recently finished first."""
+    found = [record for status in NEED_A_PERSON for record in link.ledger.jobs_with_status(status, limit)]
+    found.sort(
+        key=lambda record: record.finished_at or datetime.min.replace(tzinfo=timezone.utc), reverse=True
+    )
+    return found[:limit]
 
 
 def _duration(seconds: object) -> str:
@@ -524,10 +541,10 @@ def format_status(report: StatusReport) -> str:
     lines.append(
         "jobs: " + (", ".join(f"{name} {count}" for name, count in sorted(report.jobs.items())) or "none")
     )
-    for title, records in (("pending", report.pending), ("dead", report.dead)):
+    for title, records in (("pending", report.pending), ("dead or timed out", report.dead)):
         lines.append(f"{title} ({len(records)} shown):")
         for record in records:
-            error = f": {record['error']}" if record["error"] and title == "dead" else ""
+            error = f": {record['error']}" if record["error"] and title != "pending" else ""
             lines.append(f"  {record['id']}  {record['kind']}  {record['status']}  "
                          f"attempts {record['attempts']}{error}")  # fmt: skip
     return "\n".join(lines)

@@ -188,7 +188,7 @@ def _add_wait(commands: Commands[argparse.ArgumentParser]) -> None:
 
 def _add_status(commands: Commands[argparse.ArgumentParser]) -> None:
     status = add_command(
-        commands, "status", "show the control plane, workers, queue depths, pending and dead jobs"
+        commands, "status", "show the control plane, workers, queue depths, pending, dead and timed-out jobs"
     )
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     status.add_argument(
@@ -196,7 +196,7 @@ def _add_status(commands: Commands[argparse.ArgumentParser]) -> None:
         type=positive_count,
         default=10,
         metavar="N",
-        help="pending and dead jobs to list (default: 10)",
+        help="pending jobs, and dead or timed-out ones, to list (default: 10)",
     )
     scaler_help = "also show an elastic pool's scaler: its last decision and why (han-worker scale's --state)"
     status.add_argument("--scaler-state", type=path_argument, metavar="FILE", help=scaler_help)

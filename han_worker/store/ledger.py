@@ -38,6 +38,8 @@ OUTCOMES = ("succeeded", "failed", "crashed", "released", "cancelled", "timed_ou
 STATUSES = ("queued", "running", "succeeded", "failed", "dead", "cancelled", "timed_out")
 FINISHED = ("succeeded", "failed", "dead", "cancelled", "timed_out")  # no worker touches these again
 REQUEUEABLE = ("dead", "timed_out", "failed", "cancelled")  # what ``requeue`` runs again
+# Finished jobs that ran out of attempts or time, which a person looks at (han-worker status lists them).
+NEED_A_PERSON = ("dead", "timed_out")
 _MIGRATION_LOCK = 0x68616E5F6A6F6273  # pg_advisory_xact_lock key ("han_jobs"): one migrator at a time
 
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (
@@ -695,8 +697,8 @@ class Ledger:
         return {row[0]: row[1] for row in rows}
 
     def jobs_with_status(self, status: str, limit: int) -> list[JobRecord]:
-        """The oldest jobs with ``status``; for dead ones, the most recently buried."""
-        order = sql.SQL("finished_at DESC" if status == "dead" else "created_at")
+        """The oldest jobs with ``status``; for dead or timed-out ones, the most recently finished."""
+        order = sql.SQL("finished_at DESC" if status in NEED_A_PERSON else "created_at")
         query = sql.SQL("SELECT {} FROM jobs WHERE status = %s ORDER BY {} LIMIT %s").format(
             _JOB_COLUMNS, order
         )

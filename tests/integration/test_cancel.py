@@ -367,6 +367,17 @@ def test_a_kind_without_its_own_timeout_has_the_worker_configurations(
     assert record.error == "timed out after 6 s (job_timeouts.sleep of the worker configuration)"
 
 
+def test_status_lists_a_timed_out_job_beside_the_dead_ones_for_a_person_to_look_at(
+    unprivileged_env: UnprivilegedEnv, config: Path, link: Link, worker: WorkerProcess
+) -> None:
+    job_id = submit(link, "sleep", {"seconds": 60}, timeout=1)
+    assert finished(link, job_id, worker, timeout=30).status == "timed_out"
+    shown = run(unprivileged_env, config, "status", "--limit", "1000")
+    assert shown.returncode == 0, shown.stderr
+    listed = shown.stdout.split("dead or timed out (", 1)[1]
+    assert f"{job_id}  sleep  timed_out  attempts 1: timed out after 1 s (its --timeout)" in listed
+
+
 def test_submit_refuses_a_timeout_that_is_not_positive(
     unprivileged_env: UnprivilegedEnv, config: Path
 ) -> None:
