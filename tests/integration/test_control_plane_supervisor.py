@@ -666,3 +666,15 @@ def test_sigterm_stops_it_and_the_next_start_keeps_the_data(unprivileged_env: Un
         "database system was not properly shut down"
         not in (second.state_dir / "logs" / "postgres.log").read_text()
     )
+
+
+def test_harden_check_knocks_on_metrics_and_is_refused(control_plane: RunningControlPlane) -> None:
+    """/metrics is among what harden-check tries without the right password: 401 to each attempt."""
+    state = StateDocuments.read(Layout(control_plane.state_dir))
+    rows = [row for row in authentication_rows(state, timeout=5) if row.target.startswith("metrics ")]
+    assert [row.target.split(" ", 2)[2] for row in rows] == [
+        "no credentials",
+        "han_metrics/minioadmin",
+        "admin/admin",
+    ]
+    assert all((row.result, row.detail) == (PASS, "refused: HTTP 401") for row in rows), rows

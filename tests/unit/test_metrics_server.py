@@ -25,6 +25,8 @@ from han_worker.control_plane.admin_secrets import (
     load_secrets,
     parse_secrets,
 )
+from han_worker.control_plane.hardening.auth import ACCEPTED, REFUSED, Attempt, metrics_attempt
+from han_worker.control_plane.hardening.report import PASS
 from han_worker.control_plane.layout import Layout
 from han_worker.control_plane.metrics_server import (
     AcceptedPasswords,
@@ -294,3 +296,16 @@ def test_the_files_for_prometheus_are_written_once_and_name_both_authorities_mid
     assert layout.metrics_password_file.read_text() == new.metrics_password
     assert layout.metrics_ca_file.read_text().count("BEGIN CERTIFICATE") == 2
     assert stat.S_IMODE(layout.metrics_password_file.stat().st_mode) == 0o600
+
+
+def test_harden_checks_knock_is_refused_and_the_right_password_would_be_accepted(
+    served: tuple[MetricsServer, ssl.SSLContext], state: Path
+) -> None:
+    """harden-check's /metrics attempts against the real server: refused without credentials and with a
+    default password; the same request with the right password is accepted, so the check can fail."""
+    server, tls = served
+    for login in (None, ("han_metrics", "minioadmin"), ("admin", "admin")):
+        assert metrics_attempt(ADDRESS, server.port, login, tls, 5) == (REFUSED, "HTTP 401")
+    assert metrics_attempt(ADDRESS, server.port, credentials(state), tls, 5)[0] == ACCEPTED
+    row = Attempt("metrics", f"{ADDRESS}:{server.port}", "no credentials", REFUSED, "HTTP 401").row()
+    assert (row.result, row.detail) == (PASS, "refused: HTTP 401")

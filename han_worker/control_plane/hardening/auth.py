@@ -5,11 +5,13 @@ Each attempt speaks the service's protocol with exactly the credentials named, n
 file, no GSS detour), and is classified refused, accepted or unreachable. Redis's and PostgreSQL's attempts go
 over TLS without verifying the server (they send no secret of ours); that each refuses plain text is checked
 by its own row. S3's attempts go over HTTPS verified against the control plane's authority (the gateway speaks
-nothing else); a plain-HTTP request to its port is a row of its own.
+nothing else); a plain-HTTP request to its port is a row of its own. The supervisor's ``/metrics`` is knocked on
+over HTTPS the same way: no credentials, its user with ``minioadmin``, ``admin/admin``; only 401 passes.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 import secrets
 import socket
@@ -24,7 +26,7 @@ import urllib3
 from minio.error import S3Error
 from psycopg.conninfo import make_conninfo
 
-from han_worker.control_plane.admin_secrets import ARTIFACTS_BUCKET, MINIO_DEFAULT_USER
+from han_worker.control_plane.admin_secrets import ARTIFACTS_BUCKET, METRICS_USER, MINIO_DEFAULT_USER
 from han_worker.control_plane.hardening.report import FAIL, PASS, Row
 from han_worker.control_plane.hardening.state import StateDocuments, field, trusted_authority
 from han_worker.selection.checks import s3_client
@@ -361,6 +363,51 @@ def s3_plain_http_row(state: StateDocuments, timeout: float) -> Row:
     return Row("auth", target, FAIL, f"ACCEPTS plain HTTP: {detail}")
 
 
+# -- /metrics --------------------------------------------------------------------------------------------
+
+
+def metrics_attempt(
+    host: str, port: int, login: tuple[str, str] | None, context: ssl.SSLContext, timeout: float
+) -> Outcome:
+    """``GET /metrics`` over HTTPS (the server verified with ``context``), with HTTP basic auth ``login``
+    (user, password) or none: the supervisor's answer is 401 to anything but its own password."""
+    url = f"https://{host}:{port}/metrics" if ":" not in host else f"https://[{host}]:{port}/metrics"
+    headers = {}
+    if login is not None:
+        token = base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+    request = urllib.request.Request(url, headers=headers, method="GET")  # noqa: S310 (https, our own endpoint)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:  # noqa: S310
+            return classify_http_status(int(response.status))
+    except urllib.error.HTTPError as exc:
+        return classify_http_status(exc.code)
+    except (urllib.error.URLError, OSError) as exc:
+        return UNREACHABLE, str(exc)
+
+
+def _metrics_attempts(state: StateDocuments, timeout: float) -> Iterator[Attempt]:
+    host, port = state.services["metrics"]
+    endpoint = f"{host}:{port}"
+    try:
+        context: ssl.SSLContext | None = s3_ssl_context(*trusted_authority(state))
+        no_context = ""
+    except TLSConfigError as exc:
+        context, no_context = None, str(exc)
+    user = field(state.secrets_doc, "metrics", "user") or METRICS_USER
+    for login, label in (
+        (None, "no credentials"),
+        ((user, MINIO_DEFAULT_PASSWORD), f"{user}/{MINIO_DEFAULT_PASSWORD}"),
+        (("admin", "admin"), "admin/admin"),
+    ):
+        outcome = (
+            (UNREACHABLE, no_context)
+            if context is None
+            else metrics_attempt(host, port, login, context, timeout)
+        )
+        yield Attempt("metrics", endpoint, label, *outcome)
+
+
 # -- the section ----------------------------------------------------------------------------------------
 
 
@@ -368,7 +415,10 @@ _ATTEMPTS: tuple[tuple[str, Callable[[StateDocuments, float], Iterator[Attempt]]
     ("redis", _redis_attempts),
     ("postgres", _postgres_attempts),
     ("s3", _s3_attempts),
+    ("metrics", _metrics_attempts),
 )
+# Served by control planes of this version on; one started before has none to knock on (not a failure).
+_OPTIONAL = frozenset({"metrics"})
 
 
 def authentication_rows(state: StateDocuments, timeout: float) -> list[Row]:
@@ -385,7 +435,7 @@ def authentication_rows(state: StateDocuments, timeout: float) -> list[Row]:
         rows.append(postgres_plain_text_row(state, timeout))
     if "s3" in state.services:
         rows.append(s3_plain_http_row(state, timeout))
-    missing = sorted({service for service, _attempts in _ATTEMPTS} - state.services.keys())
+    missing = sorted({service for service, _attempts in _ATTEMPTS} - _OPTIONAL - state.services.keys())
     if missing:
         detail = f"no endpoint to test for {', '.join(missing)}"
         rows.append(Row("auth", str(state.layout.root), FAIL, detail))
