@@ -14,6 +14,8 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -238,6 +240,34 @@ def start_worker(env: UnprivilegedEnv, config: Path, *args: str) -> WorkerProces
     with log.open("w") as handle:
         process = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, text=True)
     return WorkerProcess(process, log)
+
+
+@contextmanager
+def serving_worker(env: UnprivilegedEnv, config: Path, *args: str) -> Iterator[WorkerProcess]:
+    """A worker started with ``config`` once it serves (its log says so; it must not have exited), stopped
+    when the block ends (killed if it does not stop within 15 s)."""
+    started = start_worker(env, config, *args)
+    wait_for(
+        lambda: "serving noop" in started.output() or started.process.poll() is not None, 30, "the worker"
+    )
+    assert started.process.poll() is None, started.output()
+    try:
+        yield started
+    finally:
+        try:
+            started.stop(timeout=15)
+        except subprocess.TimeoutExpired:
+            started.kill()
+
+
+@contextmanager
+def own_control_plane(env: UnprivilegedEnv, state_dir: Path, address: str) -> Iterator[RunningControlPlane]:
+    """A test module's own control plane on ``address``, shut down when the block ends."""
+    running = start_control_plane(env, state_dir, address=address)
+    try:
+        yield running
+    finally:
+        running.shutdown()
 
 
 def han_worker(env: UnprivilegedEnv, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

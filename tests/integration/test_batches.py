@@ -24,8 +24,8 @@ from tests.integration.control_planes import (
     RunningControlPlane,
     WorkerProcess,
     han_worker,
-    start_control_plane,
-    start_worker,
+    own_control_plane,
+    serving_worker,
     wait_for,
     worker_settings,
     write_private_file,
@@ -42,9 +42,8 @@ class Interrupted(Exception):
 
 @pytest.fixture(scope="module")
 def control_plane(unprivileged_env: UnprivilegedEnv, workdir: Path) -> Iterator[RunningControlPlane]:
-    running = start_control_plane(unprivileged_env, workdir / "cp", address=ADDRESS)
-    yield running
-    running.shutdown()
+    with own_control_plane(unprivileged_env, workdir / "cp", ADDRESS) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -62,16 +61,8 @@ def config(unprivileged_env: UnprivilegedEnv, workdir: Path, control_plane: Runn
 
 @pytest.fixture(scope="module")
 def worker(unprivileged_env: UnprivilegedEnv, config: Path) -> Iterator[WorkerProcess]:
-    started = start_worker(unprivileged_env, config)
-    wait_for(
-        lambda: "serving noop" in started.output() or started.process.poll() is not None, 30, "the worker"
-    )
-    assert started.process.poll() is None, started.output()
-    yield started
-    try:
-        started.stop(timeout=15)
-    except subprocess.TimeoutExpired:
-        started.kill()
+    with serving_worker(unprivileged_env, config) as started:
+        yield started
 
 
 def folder_of(env: UnprivilegedEnv, root: Path, files: dict[str, bytes]) -> Path:

@@ -28,8 +28,8 @@ from tests.integration.control_planes import (
     RunningControlPlane,
     WorkerProcess,
     han_worker,
-    start_control_plane,
-    start_worker,
+    own_control_plane,
+    serving_worker,
     wait_for,
     worker_settings,
     write_private_file,
@@ -45,9 +45,8 @@ OWNER = AttemptOwner("race-test-worker", "race-host", "linux", "pegasus", 1)
 
 @pytest.fixture(scope="module")
 def control_plane(unprivileged_env: UnprivilegedEnv, workdir: Path) -> Iterator[RunningControlPlane]:
-    running = start_control_plane(unprivileged_env, workdir / "cp", address=ADDRESS)
-    yield running
-    running.shutdown()
+    with own_control_plane(unprivileged_env, workdir / "cp", ADDRESS) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -68,16 +67,8 @@ def config(unprivileged_env: UnprivilegedEnv, workdir: Path, control_plane: Runn
 @pytest.fixture(scope="module")
 def worker(unprivileged_env: UnprivilegedEnv, config: Path) -> Iterator[WorkerProcess]:
     """One worker: whatever it runs after a stopped job shows that it went on."""
-    started = start_worker(unprivileged_env, config)
-    wait_for(
-        lambda: "serving noop" in started.output() or started.process.poll() is not None, 30, "the worker"
-    )
-    assert started.process.poll() is None, started.output()
-    yield started
-    try:
-        started.stop(timeout=15)
-    except subprocess.TimeoutExpired:
-        started.kill()
+    with serving_worker(unprivileged_env, config) as started:
+        yield started
 
 
 def run(env: UnprivilegedEnv, config: Path, *args: str) -> subprocess.CompletedProcess[str]:

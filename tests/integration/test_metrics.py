@@ -34,8 +34,8 @@ from tests.integration.conftest import UnprivilegedEnv
 from tests.integration.control_planes import (
     RunningControlPlane,
     WorkerProcess,
+    serving_worker,
     start_control_plane,
-    start_worker,
     wait_for,
     worker_settings,
     write_private_file,
@@ -166,16 +166,8 @@ def worker(
 ) -> Iterator[WorkerProcess]:
     document = worker_settings(plane.running, workdir / "spool", mode="pegasus")
     config = write_private_file(unprivileged_env, workdir / "worker.json", json.dumps(document))
-    started = start_worker(unprivileged_env, config)
-    wait_for(
-        lambda: "serving noop" in started.output() or started.process.poll() is not None, 30, "the worker"
-    )
-    assert started.process.poll() is None, started.output()
-    yield started
-    try:
-        started.stop(timeout=15)
-    except subprocess.TimeoutExpired:
-        started.kill()
+    with serving_worker(unprivileged_env, config) as started:
+        yield started
 
 
 def metrics_request(plane: ControlPlaneHolder, authorization: str | None) -> tuple[int, bytes]:

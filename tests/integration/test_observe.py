@@ -27,8 +27,8 @@ from tests.integration.control_planes import (
     RunningControlPlane,
     WorkerProcess,
     han_worker,
-    start_control_plane,
-    start_worker,
+    own_control_plane,
+    serving_worker,
     wait_for,
     worker_settings,
     write_private_file,
@@ -42,9 +42,8 @@ HOST = socket.gethostname()  # the workers run here, so their registry entries n
 
 @pytest.fixture(scope="module")
 def control_plane(unprivileged_env: UnprivilegedEnv, workdir: Path) -> Iterator[RunningControlPlane]:
-    running = start_control_plane(unprivileged_env, workdir / "cp", address=ADDRESS)
-    yield running
-    running.shutdown()
+    with own_control_plane(unprivileged_env, workdir / "cp", ADDRESS) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -65,16 +64,8 @@ def worker(
 ) -> Iterator[WorkerProcess]:
     """One worker of queue noop, started by the first test that needs it, stopped with the module."""
     config = client_config(unprivileged_env, workdir, control_plane, "worker")
-    started = start_worker(unprivileged_env, config)
-    wait_for(
-        lambda: "serving noop" in started.output() or started.process.poll() is not None, 30, "the worker"
-    )
-    assert started.process.poll() is None, started.output()
-    yield started
-    try:
-        started.stop(timeout=15)
-    except subprocess.TimeoutExpired:
-        started.kill()
+    with serving_worker(unprivileged_env, config) as started:
+        yield started
 
 
 def finished(snapshot: Snapshot, kind: str, outcome: str) -> int:
