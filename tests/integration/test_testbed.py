@@ -9,6 +9,7 @@ from pathlib import Path
 
 import ansible_runner
 import pytest
+import yaml
 
 from tests.conftest import BIN, REPO, run_ansible
 from tests.integration.conftest import MAC, PEGASUS, recap, ssh
@@ -38,21 +39,30 @@ def test_gpu_check_through_ansible_runner(tmp_path: Path, monkeypatch: pytest.Mo
     )
 
 
+GPU_CHECK_JOB = yaml.safe_load((REPO / "roles/slurm_gpu_check/vars/main.yml").read_text())[
+    "_slurm_gpu_check_job_name"
+]
+
+
+def gpu_check_jobs() -> set[str]:
+    """The GPU check's Slurm jobs now (by its job name: the other lane runs jobs of its own meanwhile)."""
+    listed = subprocess.run(
+        ["squeue", "--noheader", "--all", f"--name={GPU_CHECK_JOB}", "--format=%i"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return set(listed.split())
+
+
 def test_wrong_partition_fails_naming_the_variable_and_submits_nothing() -> None:
-    before = subprocess.run(
-        ["squeue", "--noheader", "--all", "--format=%i"], capture_output=True, text=True, check=True
-    ).stdout
+    before = gpu_check_jobs()
     result = run_ansible(
         "ansible-playbook", "playbooks/gpu_check.yml", "-e", "slurm_gpu_check_partition=RTXA600"
     )
     assert result.returncode == 2
     assert "slurm_gpu_check_partition: partition 'RTXA600' does not exist on this cluster" in result.stdout
     assert "(partitions: batch, RTXA6000)" in result.stdout
-    after = subprocess.run(
-        ["squeue", "--noheader", "--all", "--format=%i"], capture_output=True, text=True, check=True
-    ).stdout
-    # A job of an earlier test may end meanwhile; what must not happen is a new one.
-    assert set(after.split()) - set(before.split()) == set()
+    # A check job of an earlier test may end meanwhile; what must not happen is a new one.
+    assert gpu_check_jobs() - before == set()
 
 
 def test_cluster_account_runs_debians_python() -> None:
