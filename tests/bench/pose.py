@@ -287,7 +287,11 @@ def watch(
             memory.update(early_mib=resident_mib(worker.pid), early_jobs=done)
         time.sleep(0.2)  # the ledger is asked a few times a second only: the bare loop has no such guest
     if worker is not None:
-        memory.update(end_mib=resident_mib(worker.pid), end_jobs=len(job_ids))
+        end = resident_mib(worker.pid)
+        # Every job ended between two looks (a fast run, the smoke's few jobs): the first reading is the end's.
+        memory.setdefault("early_mib", end)
+        memory.setdefault("early_jobs", len(job_ids))
+        memory.update(end_mib=end, end_jobs=len(job_ids))
     return memory
 
 
