@@ -25,7 +25,7 @@ from han_worker.cli.options import (
     EXIT_USAGE,
     Commands,
     add_command,
-    batch_id_argument,
+    add_job_or_batch,
     fail,
     load_config,
     path_argument,
@@ -166,13 +166,7 @@ def _add_submit(commands: Commands[argparse.ArgumentParser]) -> None:
 
 def _add_wait(commands: Commands[argparse.ArgumentParser]) -> None:
     wait = add_command(commands, "wait", "wait until a job (or every job of a batch) has finished", WAIT_HELP)
-    wait.add_argument("job", metavar="JOB", nargs="?", help="the job id that submit printed")
-    wait.add_argument(
-        "--batch",
-        type=batch_id_argument,
-        metavar="ID",
-        help="wait for a batch instead: the id submit printed",
-    )
+    add_job_or_batch(wait, "wait for a batch instead: the id submit printed")
     wait.add_argument(
         "--timeout",
         type=positive_seconds,

@@ -115,6 +115,13 @@ def batch_id_argument(text: str) -> str:
         ) from None
 
 
+def add_job_or_batch(parser: argparse.ArgumentParser, batch_help: str) -> None:
+    """A positional JOB (the id submit printed) or ``--batch ID`` instead; the handler takes exactly one
+    (han_worker.cli.jobs.one_of_job_and_batch)."""
+    parser.add_argument("job", metavar="JOB", nargs="?", help="the job id that submit printed")
+    parser.add_argument("--batch", type=batch_id_argument, metavar="ID", help=batch_help)
+
+
 def service_port(text: str) -> tuple[str, int]:
     """argparse type: ``SERVICE=PORT`` for one of the control plane's services."""
     service, sep, port = text.partition("=")

@@ -14,7 +14,7 @@ import logging
 
 from han_worker import client
 from han_worker.cli.jobs import one_of_job_and_batch, run_connected
-from han_worker.cli.options import EXIT_OK, Commands, add_command, batch_id_argument, fail
+from han_worker.cli.options import EXIT_OK, Commands, add_command, add_job_or_batch, fail
 from han_worker.config import WorkerConfig
 from han_worker.store.ledger import REQUEUEABLE
 from han_worker.store.link import Link
@@ -48,26 +48,14 @@ def _add_cancel(commands: Commands[argparse.ArgumentParser]) -> None:
     cancel = add_command(
         commands, "cancel", "cancel a job: never run if waiting, stopped if running", CANCEL_HELP
     )
-    cancel.add_argument("job", metavar="JOB", nargs="?", help="the job id that submit printed")
-    cancel.add_argument(
-        "--batch",
-        type=batch_id_argument,
-        metavar="ID",
-        help="cancel a batch's jobs instead: the id submit printed",
-    )
+    add_job_or_batch(cancel, "cancel a batch's jobs instead: the id submit printed")
     cancel.add_argument("--json", action="store_true", help="print what the cancel did as JSON")
     cancel.set_defaults(handler=_cancel)
 
 
 def _add_requeue(commands: Commands[argparse.ArgumentParser]) -> None:
     requeue = add_command(commands, "requeue", "run a finished job again", REQUEUE_HELP)
-    requeue.add_argument("job", metavar="JOB", nargs="?", help="the job id that submit printed")
-    requeue.add_argument(
-        "--batch",
-        type=batch_id_argument,
-        metavar="ID",
-        help="requeue a batch's jobs instead: the id submit printed",
-    )
+    add_job_or_batch(requeue, "requeue a batch's jobs instead: the id submit printed")
     requeue.add_argument(
         "--state", dest="states", action="append", default=[], choices=REQUEUEABLE, metavar="STATE",
         help=f"only if the job is in this state, repeatable: {', '.join(REQUEUEABLE)} (default: any of them)",

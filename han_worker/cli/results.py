@@ -19,6 +19,7 @@ from han_worker.cli.options import (
     EXIT_OK,
     Commands,
     add_command,
+    add_job_or_batch,
     batch_id_argument,
     count_up_to,
     fail,
@@ -82,11 +83,7 @@ def _add_fetch(commands: Commands[argparse.ArgumentParser]) -> None:
     fetch = add_command(
         commands, "fetch", "download a job's (or a batch's) outputs, checked against the ledger", FETCH_HELP
     )
-    fetch.add_argument("job", metavar="JOB", nargs="?", help="the job id that submit printed")
-    fetch.add_argument(
-        "--batch", type=batch_id_argument, metavar="ID",
-        help="fetch every succeeded job of a batch instead, each into DIR/<its input's path>/",
-    )  # fmt: skip
+    add_job_or_batch(fetch, "fetch every succeeded job of a batch instead, each into DIR/<its input's path>/")
     fetch.add_argument(
         "--output", required=True, type=path_argument, metavar="DIR",
         help="the directory to write the outputs in (made when missing)",

@@ -5,8 +5,8 @@ Each attempt speaks the service's protocol with exactly the credentials named, n
 file, no GSS detour), and is classified refused, accepted or unreachable. Redis's and PostgreSQL's attempts go
 over TLS without verifying the server (they send no secret of ours); that each refuses plain text is checked
 by its own row. S3's attempts go over HTTPS verified against the control plane's authority (the gateway speaks
-nothing else); a plain-HTTP request to its port is a row of its own. The supervisor's ``/metrics`` is knocked on
-over HTTPS the same way: no credentials, its user with ``minioadmin``, ``admin/admin``; only 401 passes.
+nothing else); a plain-HTTP request to its port is a row of its own. The supervisor's ``/metrics`` is knocked
+on over HTTPS the same way: no credentials, its user with ``minioadmin``, ``admin/admin``; only 401 passes.
 """
 
 from __future__ import annotations
