@@ -1,7 +1,7 @@
 """Role pegasus_worker in elastic mode on the testbed (issue 20): the play writes the pool's file and runs the
 scaler (``han-worker scale``) as a Slurm job of its own, a second run and check mode change nothing, a burst of
-jobs is served by worker jobs the scaler submits, which leave when the queue is empty, and stopping ends the
-scaler and its workers.
+jobs is served by worker jobs the scaler submits, which leave when the queue is empty, ``playbooks/status.yml``
+shows the running scaler and its last decision, and stopping ends the scaler and its workers.
 
 Everything here is this module's own: a control plane on 127.0.0.76 (a process of the cluster user), the
 pool's and the scaler's Slurm job names, the state directory; the workers serve queue noop and ask for no GPU.
@@ -11,6 +11,7 @@ The role runs this checkout's han_worker (the test venv), through ``pegasus_work
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from han_worker.scaling.pool import parse_pool
-from han_worker.slurm import is_alive, parse_squeue, squeue_argv
+from han_worker.slurm import QueuedJob, is_alive, parse_squeue, squeue_argv
 from tests.conftest import run_ansible
 from tests.integration.conftest import UnprivilegedEnv, recap
 from tests.integration.control_planes import (
@@ -71,10 +72,15 @@ class Deployment:
         return run_ansible("ansible-playbook", "playbooks/pegasus_worker.yml", "-e", variables, *args)
 
 
+def listed(name: str) -> list[QueuedJob]:
+    """The jobs of that name squeue lists."""
+    squeue = subprocess.run(squeue_argv("squeue", name=name), capture_output=True, text=True, check=True)
+    return parse_squeue(squeue.stdout)
+
+
 def alive(name: str) -> list[str]:
     """The states of the jobs of that name that are pending or running."""
-    listed = subprocess.run(squeue_argv("squeue", name=name), capture_output=True, text=True, check=True)
-    return [job.state for job in parse_squeue(listed.stdout) if is_alive(job)]
+    return [job.state for job in listed(name) if is_alive(job)]
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +146,20 @@ def test_a_burst_is_served_by_worker_jobs_that_leave_when_the_queue_is_empty(
     assert all("-slurm" in worker for worker in workers), f"done by Slurm worker jobs: {workers}"
     wait_for(lambda: alive(POOL_JOB) == [], 60, "every worker job to leave (idle_timeout 3 s)", interval=0.5)
     assert sorted(alive(SCALER_JOB)) == ["PENDING", "RUNNING"]
+
+
+def test_status_shows_the_running_scaler_and_its_last_decision(deployment: Deployment) -> None:
+    variables = json.dumps(deployment.variables)
+    status = run_ansible("ansible-playbook", "playbooks/status.yml", "-e", variables)
+    assert status.returncode == 0, status.stdout[-4000:] + status.stderr
+    running = re.search(rf"Scaler {re.escape(SCALER_JOB)}: running \(Slurm job (\d+)\)", status.stdout)
+    assert running, status.stdout[-3000:]
+    assert running.group(1) in {job.job_id for job in listed(SCALER_JOB) if job.state == "RUNNING"}
+    # The scaler's own words (han-worker status --scaler-state), after the burst: scaling, not paused.
+    decision = rf"scaler {re.escape(POOL_JOB)}: scaling, \d+ s ago: \S"
+    assert re.search(decision, status.stdout), status.stdout[-3000:]
+    assert "paused until resumed" not in status.stdout
+    assert recap(status, PEGASUS_HOST)["changed"] == 0
 
 
 def test_stopping_ends_the_scaler_and_its_workers(deployment: Deployment) -> None:
