@@ -10,12 +10,14 @@ has (``ON CONFLICT DO NOTHING``), uploads already in the object store are skippe
 not in their stream (the interruption came between the commit and the enqueue) are enqueued then.
 
 Submitting: inputs uploaded in parallel (each file read again, and refused if its SHA-256 changed since it was
-planned), then the batch and its jobs recorded with one statement, then one Redis round trip for the entries.
-A worker can never see a job whose inputs are missing.
+planned), the small ones concatenated into a few packs (:mod:`han_worker.packs`: one PUT per input was most of
+a submission's time), then the batch and its jobs recorded with one statement, then one Redis round trip for
+the entries. A worker can never see a job whose inputs are missing.
 """
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import itertools
@@ -28,9 +30,11 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path, PurePosixPath
 
 from han_worker.fields import RequestError, shown
+from han_worker.packs import Pack, plan_packs, read_pack
 from han_worker.store.artifacts import (
     Artifact,
     ArtifactError,
@@ -91,12 +95,27 @@ class BatchPlan:
         return [self.job_id(item) for item in self.inputs]
 
     def key(self, item: BatchInput) -> str:
+        """The object of an input that is not packed."""
         return batch_input_key(self.batch_id, self.job_id(item), item.name)
+
+    @cached_property
+    def packs(self) -> tuple[Pack, ...]:
+        """The packs of the small inputs (derived from the inputs alone: the same on every run)."""
+        return plan_packs(self.batch_id, self.inputs)
+
+    @cached_property
+    def packed(self) -> dict[str, Artifact]:
+        """Each packed input's record (by its relative path): its pack's key and its range in it."""
+        return {relative: artifact for pack in self.packs for relative, artifact in pack.artifacts().items()}
+
+    def artifact(self, item: BatchInput) -> Artifact:
+        packed = self.packed.get(item.relative)
+        return packed if packed is not None else Artifact(self.key(item), item.sha256, item.size)
 
     def new_jobs(self) -> list[NewJob]:
         jobs = []
         for item in self.inputs:
-            record = {**Artifact(self.key(item), item.sha256, item.size).to_dict(), "path": item.relative}
+            record = {**self.artifact(item).to_dict(), "path": item.relative}
             jobs.append(
                 NewJob(
                     self.job_id(item),
@@ -234,28 +253,57 @@ def _upload(link: Link, batch: BatchPlan, item: BatchInput) -> None:
         snapshot.close()
 
 
-def _upload_all(link: Link, batch: BatchPlan, threads: int, progress: Progress) -> tuple[int, int]:
-    """Upload the inputs the object store does not hold yet, ``threads`` at a time; (uploaded, kept)."""
+def _upload_pack(link: Link, pack: Pack) -> None:
+    """Upload one pack, its members read again (refused when one is not what :func:`plan` read)."""
+    snapshot = read_pack(pack)
+    try:
+        link.artifacts.upload_snapshot(pack.key, snapshot)
+    finally:
+        snapshot.close()
+
+
+Upload = tuple[Callable[[], None], int]  # an upload, and how many inputs it carries
+
+
+def _missing(link: Link, batch: BatchPlan) -> list[Upload]:
+    """The uploads of what the object store does not hold yet (by key and size: a key names its bytes):
+    packs first, as they carry most inputs."""
     present = link.artifacts.sizes_under(batch_prefix(batch.batch_id))
-    missing = [item for item in batch.inputs if present.get(batch.key(item)) != item.size]
-    kept = len(batch.inputs) - len(missing)
-    progress("upload", kept, len(batch.inputs))
+    missing: list[Upload] = [
+        (functools.partial(_upload_pack, link, pack), len(pack.members))
+        for pack in batch.packs
+        if present.get(pack.key) != pack.size
+    ]
+    missing += [
+        (functools.partial(_upload, link, batch, item), 1)
+        for item in batch.inputs
+        if item.relative not in batch.packed and present.get(batch.key(item)) != item.size
+    ]
+    return missing
+
+
+def _upload_all(link: Link, batch: BatchPlan, threads: int, progress: Progress) -> tuple[int, int]:
+    """Upload the inputs the object store does not hold yet, ``threads`` objects at a time; (inputs uploaded,
+    inputs kept)."""
+    missing = _missing(link, batch)
+    total = len(batch.inputs)
+    done = kept = total - sum(count for _upload, count in missing)
+    progress("upload", kept, total)
     if not missing:
         return 0, kept
-    done = 0
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="han-upload") as pool:
-        pending: set[Future[None]] = {pool.submit(_upload, link, batch, item) for item in missing}
+        pending: dict[Future[None], int] = {pool.submit(upload): count for upload, count in missing}
         try:
             while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                finished, _running = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
                     future.result()  # the first failure stops the batch: nothing is recorded
-                done += len(finished)
-                progress("upload", kept + done, len(batch.inputs))
+                    done += pending.pop(future)
+                progress("upload", done, total)
         finally:
             for future in pending:
                 future.cancel()
-    return done, kept
+    return done - kept, kept
 
 
 def _enqueue(link: Link, batch: BatchPlan, recorded: Sequence[str]) -> int:
