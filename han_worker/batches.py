@@ -17,7 +17,6 @@ the entries. A worker can never see a job whose inputs are missing.
 
 from __future__ import annotations
 
-import functools
 import glob
 import hashlib
 import itertools
@@ -30,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path, PurePosixPath
 
 from han_worker.fields import RequestError, shown
@@ -275,12 +274,12 @@ def _missing(link: Link, batch: BatchPlan) -> list[Upload]:
     packs first, as they carry most inputs."""
     present = link.artifacts.sizes_under(batch_prefix(batch.batch_id))
     missing: list[Upload] = [
-        (functools.partial(_upload_pack, link, pack), len(pack.members))
+        (partial(_upload_pack, link, pack), len(pack.members))
         for pack in batch.packs
         if present.get(pack.key) != pack.size
     ]
     missing += [
-        (functools.partial(_upload, link, batch, item), 1)
+        (partial(_upload, link, batch, item), 1)
         for item in batch.inputs
         if item.relative not in batch.packed and present.get(batch.key(item)) != item.size
     ]
@@ -292,7 +291,7 @@ def _upload_all(link: Link, batch: BatchPlan, threads: int, progress: Progress) 
     inputs kept)."""
     missing = _missing(link, batch)
     total = len(batch.inputs)
-    done = kept = total - sum(count for _upload, count in missing)
+    done = kept = total - sum(count for _call, count in missing)
     progress("upload", kept, total)
     if not missing:
         return 0, kept
