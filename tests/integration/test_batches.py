@@ -1,7 +1,7 @@
 """Batches end to end: a folder submitted as one batch (one job per file) to a real control plane, run by a real
 worker, waited for with ``wait --batch``, listed with ``jobs --batch`` and fetched with ``fetch --batch``; a
 submission interrupted (during its uploads, and between its ledger commit and its enqueue) and run again
-submits nothing twice; bad inputs are refused with nothing in the ledger.
+submits nothing twice, and so does a submitting command SIGKILLed during its uploads; bad inputs are refused with nothing in the ledger.
 
 The control plane is the module's own, on 127.0.0.80. The interrupted submissions run first, before the worker
 starts (so that no reconciler enqueues their jobs meanwhile and the streams say exactly what they did)."""
@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,19 @@ def stream_entries(link: Link, job_ids: list[str]) -> dict[str, int]:
     return {job_id: found.count(job_id) for job_id in job_ids}
 
 
+def settled_count(count: Callable[[], int], quiet_seconds: float = 1.0, timeout: float = 30.0) -> int:
+    """``count()`` once it has not changed for ``quiet_seconds``."""
+    deadline = time.monotonic() + timeout
+    last = count()
+    while time.monotonic() < deadline:
+        time.sleep(quiet_seconds)
+        now = count()
+        if now == last:
+            return now
+        last = now
+    pytest.fail(f"the count kept changing for {timeout:g}s (last {last})")
+
+
 def interrupt_at(stage: str, after: int) -> batches.Progress:
     def progress(seen: str, done: int, _total: int) -> None:
         if seen == stage and done >= after:
@@ -162,6 +176,41 @@ def test_a_submission_interrupted_between_its_commit_and_its_enqueue_enqueues_th
 
     third = client.submit_batch(link, batch)
     assert (third.uploaded, third.recorded, third.enqueued) == (0, 0, 0)
+    assert set(stream_entries(link, batch.job_ids).values()) == {1}
+
+
+def test_a_submitting_command_killed_during_its_uploads_is_run_again_and_uploads_only_the_rest(
+    unprivileged_env: UnprivilegedEnv, config: Path, workdir: Path, link: Link
+) -> None:
+    # Inputs of 2 MiB are one object each (not packed): 48 of them take a while to go up, and the command is
+    # SIGKILLed (no handler runs) as soon as the object store holds the first.
+    files = {f"scan{index:02d}.tif": bytes([index]) * (2 << 20) for index in range(48)}
+    folder = folder_of(unprivileged_env, workdir / "scans", files)
+    batch = client.plan_batch(folder, "sleep", {"seconds": 0}, 3)
+    before = ledger_totals(link)
+    argv = ["submit", "--config", str(config), "--kind", "sleep", "--input", str(folder), "--param",
+            "seconds=0"]  # fmt: skip
+    submitting = subprocess.Popen(unprivileged_env.argv("han-worker", *argv), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        uploaded = f"batches/{batch.batch_id}/"
+        wait_for(lambda: link.artifacts.sizes_under(uploaded), 60, "its first upload", interval=0.02)
+        submitting.kill()
+    finally:
+        submitting.communicate(timeout=30)
+    assert submitting.returncode == -9, "killed during its uploads, not finished before the kill"
+    assert ledger_totals(link) == before, "nothing recorded: the batch is one statement after the uploads"
+    # PUTs whose bodies were sent before the kill still complete on the server: count once the listing settles.
+    done = settled_count(lambda: len(link.artifacts.sizes_under(uploaded)))
+    assert 1 <= done < len(files)
+
+    again = run(unprivileged_env, config, *argv)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == batch.batch_id
+    # A PUT cut short by the kill leaves no object (each input is one PUT of 2 MiB): only whole ones are kept.
+    kept = f"inputs: {len(files) - done} uploaded, {done} already there; {len(files)} jobs recorded now"
+    assert kept in again.stderr, again.stderr
+    assert ledger_totals(link) == (before[0] + 1, before[1] + len(files))
     assert set(stream_entries(link, batch.job_ids).values()) == {1}
 
 
