@@ -9,8 +9,10 @@ from dataclasses import replace
 from datetime import datetime, timezone
 
 import pytest
+from rich.console import Console
 
 from han_worker.observe.exposition import exposition
+from han_worker.observe.view import ViewState, render, render_plain
 from han_worker.scaling.policy import Demand, Failures, Limits, Supply, decide, pause_cause
 from han_worker.store import ledger, tallies
 from han_worker.store.tallies import PAUSE_CAUSES, SOURCES, PoolFigures, PoolTick, SwitchCount, record_switch
@@ -98,3 +100,20 @@ def test_the_ledgers_checks_allow_exactly_the_labels_the_metrics_take() -> None:
     checks = dict(re.findall(r"(\w+) text(?: NOT NULL)? CHECK \(\w+ IN \(([^)]*)\)\)", migration))
     assert checks["from_source"] == checks["to_source"] == ", ".join(f"'{s}'" for s in SOURCES)
     assert checks["paused_by"] == ", ".join(f"'{c}'" for c in PAUSE_CAUSES)
+
+
+def test_the_view_shows_each_pools_scaler_and_the_switches_when_there_are_some() -> None:
+    state = ViewState()
+    state.update(replace(snapshot(), pools=(pool(paused_by="failed_starts"),), switches=switches()))
+    text = render_plain(state)
+    [row] = [line.split() for line in text.splitlines() if line.strip().startswith("han-pose-elastic")]
+    assert row[:7] == ["han-pose-elastic", "pose", "3", "1", "2", "paused", "(failed_starts)"]
+    assert "5s ago" in " ".join(row)
+    assert "switches to this control plane: pegasus -> mac 3, mac -> pegasus 2" in text
+    console = Console(record=True, width=200)
+    console.print(render(state, 2))
+    assert "paused (failed_starts)" in console.export_text()
+    quiet = ViewState()
+    quiet.update(snapshot())
+    assert "scalers" not in render_plain(quiet)
+    assert "switches" not in render_plain(quiet)
