@@ -17,6 +17,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from han_worker.observe.snapshot import WORKER_STATES, Histogram, Snapshot, WorkerFigures
+from han_worker.store.tallies import PAUSE_CAUSES, PoolFigures, SwitchCount
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ class SnapshotCollector(Collector):
         yield _finished(self.snapshot)
         yield from _timings(self.snapshot)
         yield from _workers(self.snapshot.workers)
+        yield _switches(self.snapshot.switches)
+        yield from _pools(self.snapshot.pools)
 
 
 def exposition(snapshot: Snapshot) -> str:
@@ -163,3 +166,60 @@ def _per_worker(workers: list[WorkerFigures]) -> Iterator[Metric]:
         if worker.job_seconds is not None:
             busy.add_metric(labels, worker.job_seconds)
     yield from (up, draining, walltime, busy)
+
+
+def _switches(switches: Iterable[SwitchCount]) -> Metric:
+    family = CounterMetricFamily(
+        "han_worker_control_plane_switches",
+        "Workers' switches to this control plane, by the source they left and this one's (pegasus to mac: "
+        "a failover; mac to pegasus: a fail-back; pegasus to pegasus: a new epoch), as its ledger counts.",
+        labels=["from_source", "to_source"],
+    )
+    for switch in switches:
+        family.add_metric([switch.from_source, switch.to_source], switch.count)
+    return family
+
+
+def _pools(pools: Iterable[PoolFigures]) -> Iterator[Metric]:
+    """Each elastic pool as its scaler recorded its last tick; ``han_scaler_last_tick_timestamp_seconds`` says
+    when (a scaler that stopped leaves its last figures)."""
+    gauges = {
+        "desired": GaugeMetricFamily(
+            "han_scaler_desired_worker_jobs", "Worker jobs the pool should have (the scaler's decision).",
+            labels=["pool"],
+        ),
+        "pending": GaugeMetricFamily(
+            "han_scaler_pending_worker_jobs", "The pool's worker jobs Slurm has not started.", labels=["pool"]
+        ),
+        "running": GaugeMetricFamily(
+            "han_scaler_running_worker_jobs", "The pool's worker jobs Slurm started.", labels=["pool"]
+        ),
+        "ticked": GaugeMetricFamily(
+            "han_scaler_last_tick_timestamp_seconds", "When the scaler last decided (Unix time).",
+            labels=["pool"],
+        ),
+    }  # fmt: skip
+    paused = GaugeMetricFamily(
+        "han_scaler_paused",
+        "1 while the pool is paused for this reason (failed_submissions, failed_starts) until resumed.",
+        labels=["pool", "reason"],
+    )
+    idle = CounterMetricFamily(
+        "han_scaler_idle_gpu_seconds",
+        "GPU-seconds the pool's started worker jobs held without running a job (warming up, idle, draining).",
+        labels=["pool"],
+    )
+    queues = GaugeMetricFamily(
+        "han_scaler_pool_queue_info", "The queues a pool's workers serve (1).", labels=["pool", "queue"]
+    )
+    for figures in pools:
+        tick, pool = figures.tick, [figures.tick.pool]
+        for name, value in (("desired", tick.desired), ("pending", tick.pending), ("running", tick.running),
+                            ("ticked", figures.ticked_at.timestamp())):  # fmt: skip
+            gauges[name].add_metric(pool, value)
+        for cause in PAUSE_CAUSES:
+            paused.add_metric([tick.pool, cause], int(tick.paused_by == cause))
+        idle.add_metric(pool, figures.idle_gpu_seconds)
+        for queue in tick.queues:
+            queues.add_metric([tick.pool, queue], 1)
+    yield from (*gauges.values(), paused, idle, queues)

@@ -21,6 +21,7 @@ from han_worker.backends import load_backends
 from han_worker.selection.endpoints import Endpoints
 from han_worker.store.ledger import FINISHED, Connection
 from han_worker.store.link import Link
+from han_worker.store.tallies import PoolFigures, SwitchCount, read_pools, read_switches
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,8 @@ class Snapshot:
     workers: tuple[WorkerFigures, ...]
     failures: tuple[Failure, ...]  # the latest first
     timings: tuple[FinishedTimings, ...] = ()
+    switches: tuple[SwitchCount, ...] = ()  # the workers' switches to this control plane, by (from, to)
+    pools: tuple[PoolFigures, ...] = ()  # each elastic pool's scaler at its last tick
 
 
 SuccessorCount = Callable[[Endpoints], "int | None"]
@@ -192,6 +195,8 @@ def take_snapshot(
         workers=worker_figures(registry, read_in_flight(connection, registry), taken_at),
         failures=read_failures(connection, recent_failures),
         timings=timings,
+        switches=read_switches(connection),
+        pools=read_pools(connection),
     )
 
 

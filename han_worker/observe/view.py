@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from han_worker.observe.snapshot import Snapshot
+from han_worker.store.tallies import PoolFigures
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ WORKER_HEADER = (
     "worker",
 )
 FAILURE_HEADER = ("at", "kind", "queue", "status", "attempts", "job", "error")
+SCALER_HEADER = ("pool", "queues", "desired", "pending", "running", "state", "ticked", "why")
 
 
 def queue_rows(state: ViewState) -> list[tuple[str, ...]]:
@@ -152,6 +154,31 @@ def failure_rows(state: ViewState) -> list[tuple[str, ...]]:
     ]  # fmt: skip
 
 
+def scaler_rows(state: ViewState) -> list[tuple[str, ...]]:
+    """Each elastic pool as its scaler recorded its last tick: how many worker jobs, and why (not) scaling."""
+    if state.snapshot is None:
+        return []
+    return [_scaler_row(pool, state.snapshot.taken_at) for pool in state.snapshot.pools]
+
+
+def _scaler_row(pool: PoolFigures, now: datetime) -> tuple[str, ...]:
+    tick = pool.tick
+    return (
+        tick.pool, ",".join(tick.queues), str(tick.desired), str(tick.pending), str(tick.running),
+        f"paused ({tick.paused_by})" if tick.paused_by else "scaling",
+        f"{duration(max(0.0, (now - pool.ticked_at).total_seconds()))} ago", _one_line(tick.reason),
+    )  # fmt: skip
+
+
+def switches_line(state: ViewState) -> str | None:
+    """The workers' switches to this control plane, as its ledger counts them; None when there were none."""
+    counted = [item for item in state.snapshot.switches if item.count] if state.snapshot else []
+    if not counted:
+        return None
+    pairs = ", ".join(f"{item.from_source} -> {item.to_source} {item.count}" for item in counted)
+    return f"switches to this control plane: {pairs}"
+
+
 def _table(title: str, header: Sequence[str], rows: Sequence[tuple[str, ...]], numeric: int = 0) -> Table:
     table = Table(title=title, title_justify="left", expand=False, pad_edge=False)
     for index, name in enumerate(header):
@@ -172,8 +199,14 @@ def render(state: ViewState, interval: float) -> RenderableType:
         _table("queues", QUEUE_HEADER, queue_rows(state), numeric=4),
         _table(f"workers ({len(workers)})", WORKER_HEADER, worker_rows(state)),
         _table("recent failures", FAILURE_HEADER, failure_rows(state)),
-        Text(f"every {interval:g}s; q or Ctrl-C quits", style="dim"),
     ]
+    scalers = scaler_rows(state)
+    if scalers:
+        parts.append(_table("scalers", SCALER_HEADER, scalers, numeric=4))
+    switches = switches_line(state)
+    if switches is not None:
+        parts.append(Text(switches))
+    parts.append(Text(f"every {interval:g}s; q or Ctrl-C quits", style="dim"))
     return Group(*parts)
 
 
@@ -197,4 +230,10 @@ def render_plain(state: ViewState) -> str:
     lines += _plain_table("queues", QUEUE_HEADER, queue_rows(state))
     lines += _plain_table(f"workers ({len(workers)})", WORKER_HEADER, worker_rows(state))
     lines += _plain_table("recent failures", FAILURE_HEADER, failure_rows(state))
+    scalers = scaler_rows(state)
+    if scalers:
+        lines += _plain_table("scalers", SCALER_HEADER, scalers)
+    switches = switches_line(state)
+    if switches is not None:
+        lines.append(switches)
     return "\n".join(lines)

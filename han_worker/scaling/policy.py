@@ -146,6 +146,16 @@ def decide(demand: Demand, supply: Supply, limits: Limits, failures: Failures, n
     return Decision(submit, desired, f"submit {submit}{capped}: {picture}")
 
 
+def pause_cause(failures: Failures, limits: Limits) -> str | None:
+    """Why the pool is paused, as a word a metric's label can hold (``failed_submissions``,
+    ``failed_starts``); None while it is not."""
+    if failures.submissions >= limits.max_failed_submissions:
+        return "failed_submissions"
+    if failures.starts >= limits.max_failed_starts:
+        return "failed_starts"
+    return None
+
+
 def _pause_reason(failures: Failures, limits: Limits) -> str | None:
     if failures.submissions >= limits.max_failed_submissions:
         return f"paused after {failures.submissions} failed submissions in a row: {failures.last_error}"

@@ -25,7 +25,7 @@ from han_worker.fields import FieldReader
 from han_worker.private_files import TrustedFileError, read_trusted_json
 from han_worker.scaling.policy import Limits, LimitsError
 from han_worker.scaling.snapshot import Pool
-from han_worker.slurm import parse_walltime
+from han_worker.slurm import parse_gres, parse_walltime
 
 SBATCH_OPTIONS = ("partition", "time", "gres", "cpus_per_task", "mem", "signal", "output", "chdir")
 _TOP_KEYS = frozenset({"job_name", "queues", "script", "sbatch", "slurm_bin_dir", "tick_seconds", "limits"})
@@ -55,6 +55,12 @@ class PoolSettings:
 
     def slurm_program(self, name: str) -> str:
         return str(Path(self.slurm_bin_dir, name)) if self.slurm_bin_dir else name
+
+    @property
+    def gpus_per_job(self) -> int:
+        """GPUs each worker job asks for (its ``gres`` items named gpu; checked when the file was read)."""
+        gres = self.sbatch.get("gres")
+        return sum(item.amount for item in parse_gres(gres) if item.name == "gpu") if gres else 0
 
 
 def load_pool_file(path: Path) -> PoolSettings:
@@ -110,11 +116,13 @@ def _sbatch(fields: FieldReader) -> dict[str, str]:
             options.fail(name, " must be one line")
         if name in ("output", "chdir"):
             value = str(Path(value).expanduser())
-        if name == "time":
-            try:
+        try:
+            if name == "time":
                 parse_walltime(value)
-            except ValueError as exc:
-                options.fail(name, f": {exc}")
+            elif name == "gres":
+                parse_gres(value)
+        except ValueError as exc:
+            options.fail(name, f": {exc}")
         chosen[name] = value
     return chosen
 

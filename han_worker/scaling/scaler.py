@@ -22,12 +22,13 @@ from pathlib import Path
 
 from han_worker.fields import FieldReader
 from han_worker.private_files import TrustedFileError, read_trusted_json, write_private_json
-from han_worker.scaling.policy import Decision, Demand, Failures, Supply, decide
+from han_worker.scaling.policy import Decision, Demand, Failures, Supply, decide, pause_cause
 from han_worker.scaling.pool import PoolSettings
 from han_worker.scaling.snapshot import read_backlog, supply
-from han_worker.slurm import COMMAND_ENVIRONMENT, QueuedJob, is_alive, parse_squeue, squeue_argv
+from han_worker.slurm import COMMAND_ENVIRONMENT, QueuedJob, has_started, is_alive, parse_squeue, squeue_argv
 from han_worker.store.link import Link
 from han_worker.store.queues import stream_key
+from han_worker.store.tallies import PoolTick, record_tick
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +167,27 @@ class Scaler:
         self.state.last = {"pool": pool.job_name, "at": time.time(), "reason": decision.reason,
                            "paused": decision.paused, "submitted": submitted}  # fmt: skip
         self._save()
+        self._record(decision, registry, jobs)
         self._explain(decision, submitted)
         return decision
+
+    def _record(
+        self, decision: Decision, registry: Sequence[Mapping[str, str]], jobs: Sequence[QueuedJob]
+    ) -> None:
+        """The tick in the ledger, for /metrics (han_worker/store/tallies.py). The jobs just submitted are
+        not in ``jobs`` yet: they show from the next tick on."""
+        settings = self.settings
+        ours = [job for job in jobs if job.name == settings.pool.job_name and is_alive(job)]
+        running = [job for job in ours if has_started(job)]
+        computing = {entry.get("slurm_job_id") for entry in registry if entry.get("current_job")}
+        idle = sum(1 for job in running if job.job_id not in computing)
+        tick = PoolTick(
+            pool=settings.pool.job_name, queues=settings.pool.queues, desired=decision.desired,
+            pending=len(ours) - len(running), running=len(running),
+            paused_by=pause_cause(self.state.failures, settings.limits) if decision.paused else None,
+            reason=decision.reason, idle_gpus=idle * settings.gpus_per_job,
+        )  # fmt: skip
+        record_tick(self.link.ledger.connection(), tick, settings.tick_seconds)
 
     def _decide(self, demand: Demand, have: Supply) -> Decision:
         return decide(demand, have, self.settings.limits, self.state.failures, time.time())

@@ -115,6 +115,37 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
             'attempts not counted against max_attempts: given back on a drain, or made before a requeue';
         """,
     ),
+    (
+        5,
+        "control-plane switches and scaler pools",
+        # What /metrics counts beside the jobs (han_worker/store/tallies.py): one row per (from, to) pair of
+        # sources, counted up by the workers that switched to this control plane; one row per elastic pool,
+        # rewritten by its scaler at each tick. Both stay a handful of rows: a scrape reads them at no cost.
+        """
+        CREATE TABLE control_plane_switches (
+            from_source text NOT NULL CHECK (from_source IN ('pegasus', 'mac')),
+            to_source text NOT NULL CHECK (to_source IN ('pegasus', 'mac')),
+            switches bigint NOT NULL DEFAULT 0 CHECK (switches >= 0),
+            last_at timestamptz NOT NULL DEFAULT now(),
+            last_worker_id text, last_host text,
+            PRIMARY KEY (from_source, to_source)
+        );
+        CREATE TABLE scaler_pools (
+            pool text PRIMARY KEY,
+            queues text[] NOT NULL,
+            desired integer NOT NULL CHECK (desired >= 0),
+            pending integer NOT NULL CHECK (pending >= 0),
+            running integer NOT NULL CHECK (running >= 0),
+            paused_by text CHECK (paused_by IN ('failed_submissions', 'failed_starts')),
+            reason text NOT NULL,
+            idle_gpus integer NOT NULL DEFAULT 0 CHECK (idle_gpus >= 0),
+            idle_gpu_seconds double precision NOT NULL DEFAULT 0 CHECK (idle_gpu_seconds >= 0),
+            ticked_at timestamptz NOT NULL DEFAULT now()
+        );
+        COMMENT ON COLUMN scaler_pools.idle_gpu_seconds IS
+            'GPUs of the pool''s started worker jobs running no job, times seconds (a counter)';
+        """,
+    ),
 )
 
 # A claim: the next attempt of job %(claim)s, unless it is finished, running elsewhere (heartbeat within the

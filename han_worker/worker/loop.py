@@ -51,9 +51,17 @@ from han_worker.selection.endpoints import EndpointsError, EndpointsGone, format
 from han_worker.selection.policy import FailoverGate, PegasusDown
 from han_worker.selection.resolver import Choice, Selector, authentication_failures
 from han_worker.store.ledger import AttemptOwner, Claim
-from han_worker.store.link import CONTROL_PLANE_ERRORS, ConnectError, Link, describe, open_link
+from han_worker.store.link import (
+    CONTROL_PLANE_ERRORS,
+    SERVICE_ERRORS,
+    ConnectError,
+    Link,
+    describe,
+    open_link,
+)
 from han_worker.store.queues import Delivery
 from han_worker.store.spool import Spool
+from han_worker.store.tallies import record_switch
 from han_worker.worker import attempt, scratch
 from han_worker.worker.attempt import (
     RECORDING_ERRORS,
@@ -683,7 +691,19 @@ class Worker:
             log.debug("unregistering from %s: %s", old.source, describe(exc))
         old.close()
         log.warning("control plane: %s -> %s", old.choice.describe(), new.choice.describe())
+        if (old.source, old.choice.epoch) != (new.source, new.choice.epoch):  # not a reconnect (a rotation)
+            self._count_switch(old.source, new)
         self._use(new, f"{reason}; {new.choice.reason}")
+
+    def _count_switch(self, from_source: str, new: Link) -> None:
+        """Count the switch in the ledger switched to (what /metrics reads); a control plane that fails this
+        fails the next step too, so the switch goes on, uncounted."""
+        try:
+            record_switch(
+                new.ledger.connection(), from_source, new.source, self.identity.worker_id, self.identity.host
+            )
+        except SERVICE_ERRORS as exc:
+            log.warning("switch to %s not counted: %s", new.source, describe(exc))
 
     def monitor_interval(self) -> float:
         """The probe interval; after a failed check, a fifth of it until the gate decides.

@@ -13,13 +13,10 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import shutil
 import ssl
 import stat
 import subprocess
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,9 +24,7 @@ from typing import Any
 import pytest
 
 from han_worker import client
-from han_worker.control_plane.layout import pick_free_ports
 from han_worker.selection.endpoints import ServiceEndpoint, parse_endpoints
-from tests.conftest import run_ansible
 from tests.integration.conftest import UnprivilegedEnv
 from tests.integration.control_planes import (
     RunningControlPlane,
@@ -40,13 +35,12 @@ from tests.integration.control_planes import (
     worker_settings,
     write_private_file,
 )
+from tests.integration.prometheus import Prometheus, job_name
 
 pytestmark = pytest.mark.self_contained
 
 ADDRESS = "127.0.0.82"
-PROMETHEUS = "/usr/bin/prometheus"
-SCRAPE_INTERVAL = "1s"
-JOB = "han_control_plane_pegasus"
+JOB = job_name("pegasus")
 
 
 class ControlPlaneHolder:
@@ -74,88 +68,11 @@ def plane(unprivileged_env: UnprivilegedEnv, workdir: Path) -> Iterator[ControlP
     holder.running.shutdown()
 
 
-class Prometheus:
-    """Debian's Prometheus as the cluster user, its configuration and storage in the module's directory."""
-
-    def __init__(self, env: UnprivilegedEnv, workdir: Path, state_dir: Path) -> None:
-        self.directory = workdir / "prometheus"
-        self.directory.mkdir()
-        config = render_scrape_jobs(self.directory / "prometheus.yml", state_dir)
-        for path in (self.directory, config):
-            shutil.chown(path, env.user, env.user)
-        [port] = pick_free_ports(ADDRESS, 1)
-        self.url = f"http://{ADDRESS}:{port}"
-        self.log = workdir / "prometheus.log"
-        argv = [
-            "setpriv", f"--reuid={env.user}", f"--regid={env.user}", "--init-groups", "--",
-            "env", "-i", f"HOME=/home/{env.user}", PROMETHEUS,
-            f"--config.file={config}", f"--storage.tsdb.path={self.directory / 'data'}",
-            f"--web.listen-address={ADDRESS}:{port}", "--log.level=warn",
-        ]  # fmt: skip
-        with self.log.open("w") as handle:
-            self.process = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT)
-        wait_for(self._ready, 60, f"Prometheus to be ready:\n{self.output()}", interval=0.3)
-
-    def output(self) -> str:
-        return self.log.read_text() if self.log.exists() else ""
-
-    def _ready(self) -> bool:
-        if self.process.poll() is not None:
-            pytest.fail(f"Prometheus exited with {self.process.returncode}:\n{self.output()}")
-        try:
-            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
-
-    def query(self, expression: str) -> list[dict[str, Any]]:
-        """The instant vector of ``expression``: each sample's labels and value (a float)."""
-        url = f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': expression})}"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            answer = json.load(response)
-        assert answer["status"] == "success", answer
-        return [{**item["metric"], "value": float(item["value"][1])} for item in answer["data"]["result"]]
-
-    def value(self, expression: str) -> float | None:
-        """The one sample's value, or None while there is none."""
-        result = self.query(expression)
-        assert len(result) <= 1, result
-        return float(result[0]["value"]) if result else None
-
-    def targets(self) -> list[dict[str, Any]]:
-        with urllib.request.urlopen(f"{self.url}/api/v1/targets", timeout=10) as response:
-            return list(json.load(response)["data"]["activeTargets"])
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(30)
-
-
-def render_scrape_jobs(path: Path, state_dir: Path) -> Path:
-    """The scrape job a lab renders with playbooks/prometheus_scrape.yml, with a short interval. The file holds
-    ``scrape_configs:`` only, a whole configuration for Prometheus (the defaults for the rest)."""
-    settings = {
-        "prometheus_scrape_file": str(path),
-        "prometheus_scrape_interval": SCRAPE_INTERVAL,
-        "prometheus_scrape_timeout": SCRAPE_INTERVAL,
-        "prometheus_scrape_sd_refresh": "2s",
-        "prometheus_scrape_control_planes": [{"name": "pegasus", "state_dir": str(state_dir)}],
-    }
-    rendered = run_ansible("ansible-playbook", "playbooks/prometheus_scrape.yml", "-e", json.dumps(settings))
-    assert rendered.returncode == 0, rendered.stdout + rendered.stderr
-    return path
-
-
 @pytest.fixture(scope="module")
 def prometheus(
     unprivileged_env: UnprivilegedEnv, workdir: Path, plane: ControlPlaneHolder
 ) -> Iterator[Prometheus]:
-    started = Prometheus(unprivileged_env, workdir, plane.state_dir)
+    started = Prometheus(unprivileged_env, workdir, ADDRESS, {"pegasus": plane.state_dir})
     yield started
     started.stop()
 

@@ -1,17 +1,27 @@
 """What the scaler reads from a real ledger (han_worker/scaling/snapshot.py): the pool's waiting jobs, the age
 of the oldest one, and the median run time of its recent successful attempts (not failures, not other
-queues, not last month's)."""
+queues, not last month's); and what it and the workers write there for /metrics (han_worker/store/tallies.py)."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from han_worker.scaling.snapshot import Pool, read_backlog
 from han_worker.store.ledger import Ledger, NewJob
+from han_worker.store.tallies import (
+    PoolFigures,
+    PoolTick,
+    read_pools,
+    read_switches,
+    record_switch,
+    record_tick,
+)
 from tests.integration.conftest import UnprivilegedEnv
 from tests.integration.control_planes import RunningControlPlane, start_control_plane
 
@@ -80,3 +90,51 @@ def test_the_typical_run_time_is_the_median_of_recent_successes_of_the_pools_que
     backlog = read_backlog(ledger.connection(), POOL)
     assert backlog.demand.typical_run_seconds == pytest.approx(20, abs=0.01)
     assert backlog.demand.waiting == waiting_before  # finished jobs are no backlog
+
+
+def tick(idle_gpus: int, paused_by: str | None = None) -> PoolTick:
+    return PoolTick("han-elastic-tallied", ("pose",), desired=2, pending=1, running=1, paused_by=paused_by,
+                    reason="at max_pending (1 allocation(s) waiting in Slurm)", idle_gpus=idle_gpus)  # fmt: skip
+
+
+def tallied(ledger: Ledger) -> PoolFigures:
+    [figures] = [item for item in read_pools(ledger.connection()) if item.tick.pool == "han-elastic-tallied"]
+    return figures
+
+
+def test_a_scalers_tick_is_kept_and_idle_gpus_count_up_for_the_time_between_ticks(ledger: Ledger) -> None:
+    """What /metrics reads of the scaler (han_worker/store/tallies.py): the last tick's figures, and the GPUs
+    seen idle at a tick times the seconds to the next, capped for a scaler that was away."""
+    record_tick(ledger.connection(), tick(idle_gpus=2), tick_seconds=5)
+    first = tallied(ledger)
+    assert (first.tick, first.idle_gpu_seconds) == (tick(idle_gpus=2), 0)
+    time.sleep(0.5)
+    record_tick(ledger.connection(), tick(idle_gpus=0, paused_by="failed_starts"), tick_seconds=5)
+    second = tallied(ledger)
+    assert second.tick.paused_by == "failed_starts"
+    assert 2 * 0.5 <= second.idle_gpu_seconds < 2 * 5  # two GPUs idle for the half second between
+    assert second.ticked_at > first.ticked_at
+    time.sleep(0.3)
+    record_tick(ledger.connection(), tick(idle_gpus=1), tick_seconds=5)
+    assert tallied(ledger).idle_gpu_seconds == second.idle_gpu_seconds  # none idle since the second tick
+    ledger.connection().execute(  # the scaler away for an hour: its last idle GPU is not counted for it all
+        "UPDATE scaler_pools SET ticked_at = now() - interval '1 hour' WHERE pool = 'han-elastic-tallied'"
+    )
+    record_tick(ledger.connection(), tick(idle_gpus=1), tick_seconds=5)
+    assert tallied(ledger).idle_gpu_seconds == pytest.approx(second.idle_gpu_seconds + 60, abs=0.5)
+
+
+def test_switches_are_counted_per_pair_of_sources_and_refused_outside_them(ledger: Ledger) -> None:
+    before = {(item.from_source, item.to_source): item.count for item in read_switches(ledger.connection())}
+    assert set(before) == {("pegasus", "mac"), ("mac", "pegasus"), ("pegasus", "pegasus"), ("mac", "mac")}
+    for _worker in range(3):
+        record_switch(ledger.connection(), "pegasus", "mac", f"node1-{_worker}", "node1")
+    record_switch(ledger.connection(), "mac", "pegasus", "node1-0", "node1")
+    after = {(item.from_source, item.to_source): item.count for item in read_switches(ledger.connection())}
+    assert after[("pegasus", "mac")] == before[("pegasus", "mac")] + 3
+    assert after[("mac", "pegasus")] == before[("mac", "pegasus")] + 1
+    assert after[("pegasus", "pegasus")] == before[("pegasus", "pegasus")]
+    with pytest.raises(psycopg.errors.CheckViolation):  # the ledger's own check, past the function's
+        ledger.connection().execute(
+            "INSERT INTO control_plane_switches (from_source, to_source) VALUES ('pegasus', 'lab')"
+        )

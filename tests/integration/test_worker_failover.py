@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from han_worker.control_plane.layout import pick_free_ports
+from han_worker.store.tallies import read_switches
 from tests.integration.conftest import UnprivilegedEnv
 from tests.integration.control_planes import (
     MAC_ADDRESS,
@@ -232,3 +233,17 @@ def test_auto_mode_fails_over_to_the_mac_and_delivers_the_result_home(
     code, new_job, err = client(env, worker_config, "pegasus", "submit", "--kind", "noop")
     assert code == 0, err
     assert client(env, worker_config, "pegasus", "wait", new_job, "--timeout", "30")[0] == 0
+
+    # Each switch counted in the ledger switched to (what /metrics reads): the failover by the Mac's, the
+    # fail-back by Pegasus's.
+    assert switches(planes.mac)[("pegasus", "mac")] == 1
+    assert switches(planes.pegasus)[("mac", "pegasus")] == 1
+    assert switches(planes.pegasus)[("pegasus", "pegasus")] == 0
+
+
+def switches(plane: RunningControlPlane) -> dict[tuple[str, str], int]:
+    ledger = plane.ledger()
+    try:
+        return {(item.from_source, item.to_source): item.count for item in read_switches(ledger.connection())}
+    finally:
+        ledger.close()

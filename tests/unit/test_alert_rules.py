@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 
 import pytest
 import yaml
@@ -19,6 +20,7 @@ import yaml
 from han_worker.observe.exposition import exposition
 from tests.conftest import REPO
 from tests.unit.test_observe import snapshot
+from tests.unit.test_observe_tallies import pool, switches
 
 RULES_DIR = REPO / "monitoring" / "prometheus"
 RULES, RULE_TESTS = RULES_DIR / "alerts.yml", RULES_DIR / "alerts_test.yml"
@@ -28,6 +30,7 @@ ALERTS = (
     "HanFailureRatioHigh",
     "HanControlPlaneOnMac",
     "HanControlPlaneWalltimeEndsWithoutSuccessor",
+    "HanScalerPaused",
 )
 METRIC = re.compile(r"\bhan_[a-z_]+\b")
 
@@ -76,7 +79,8 @@ def test_every_alert_has_a_firing_and_a_silent_case() -> None:
 
 
 def test_the_rules_name_only_metrics_the_exposition_produces() -> None:
-    produced = {name.removesuffix("_total") for name in METRIC.findall(exposition(snapshot()))}
+    everything = replace(snapshot(), pools=(pool(),), switches=switches())
+    produced = {name.removesuffix("_total") for name in METRIC.findall(exposition(everything))}
     produced |= {f"{name}_total" for name in produced}
     named = {name for rule in rules() for name in METRIC.findall(str(rule["expr"]))}
     assert named, "no metric named in the rules"

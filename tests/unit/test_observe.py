@@ -120,7 +120,9 @@ def test_names_types_and_labels_follow_prometheus_conventions() -> None:
     assert types["han_jobs_finished"] == "counter"
     assert types["han_job_run_seconds"] == types["han_job_attempts"] == "histogram"
     assert all(name.startswith("han_") for name in types)
-    others = set(types) - {"han_jobs_finished", "han_job_run_seconds", "han_job_attempts"}
+    assert types["han_worker_control_plane_switches"] == "counter"
+    counters = {"han_jobs_finished", "han_worker_control_plane_switches", "han_scaler_idle_gpu_seconds"}
+    others = set(types) - counters - {"han_job_run_seconds", "han_job_attempts"}
     assert all(types[name] == "gauge" for name in others)
     assert JOB not in text
     assert "9d4e0a3c" not in text

@@ -54,6 +54,7 @@ def test_every_field_is_read_and_gives_one_sbatch_command() -> None:
         "--export=NONE", "/home/pegasus/.han/worker/worker.sbatch",
     ]  # fmt: skip
     assert settings.slurm_program("squeue") == "/opt/slurm/bin/squeue"
+    assert settings.gpus_per_job == 1
 
 
 def test_the_least_a_pool_needs() -> None:
@@ -61,6 +62,13 @@ def test_the_least_a_pool_needs() -> None:
                            "limits": {"max_workers": 2}}, "pool.json")  # fmt: skip
     assert settings.sbatch_argv() == ["sbatch", "--parsable", "--job-name=p", "--export=NONE", "/s.sbatch"]
     assert (settings.limits.max_pending, settings.limits.min_workers, settings.tick_seconds) == (1, 0, 5)
+    assert settings.gpus_per_job == 0
+
+
+@pytest.mark.parametrize(("gres", "gpus"), [("gpu:rtxa6000:2", 2), ("gpu:2,shard:8", 2), ("shard:1", 0)])
+def test_the_gpus_a_worker_job_holds_come_from_its_gres(gres: str, gpus: int) -> None:
+    settings = parse_pool({**json.loads(json.dumps(FULL)), "sbatch": {"gres": gres}}, "pool.json")
+    assert settings.gpus_per_job == gpus
 
 
 @pytest.mark.parametrize(
@@ -76,6 +84,7 @@ def test_the_least_a_pool_needs() -> None:
         ({"sbatch": {"partiton": "gpu"}}, "unknown field(s) sbatch.partiton"),
         ({"sbatch": {"time": "forever"}}, "field 'sbatch.time': 'forever' is not a Slurm time"),
         ({"sbatch": {"mem": "16G\n#SBATCH --x"}}, "field 'sbatch.mem' must be one line"),
+        ({"sbatch": {"gres": "gpu:0"}}, "field 'sbatch.gres': 'gpu:0' is not a GRES request"),
         ({"sbatch": {"cpus_per_task": 0}}, "field 'sbatch.cpus_per_task': 0 is out of range 1-10000"),
         ({"limits": {}}, "field 'limits.max_workers' is missing"),
         (
