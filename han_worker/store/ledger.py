@@ -115,6 +115,20 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
             'attempts not counted against max_attempts: given back on a drain, or made before a requeue';
         """,
     ),
+    (
+        4,
+        "purge journal",
+        # The objects of purged jobs, recorded in the transaction that deletes their rows and deleted from the
+        # object store after it commits (han_worker.store.retention): no row ever points at a missing object,
+        # and what an interrupted purge left here the next one deletes.
+        """
+        CREATE TABLE purge_journal (
+            key text PRIMARY KEY,
+            size bigint NOT NULL DEFAULT 0,
+            journaled_at timestamptz NOT NULL DEFAULT now()
+        );
+        """,
+    ),
 )
 
 # A claim: the next attempt of job %(claim)s, unless it is finished, running elsewhere (heartbeat within the
