@@ -271,36 +271,41 @@ def test_a_batch_run_by_the_worker_is_purged_with_its_inputs_outputs_and_its_row
 def test_a_purge_while_a_worker_runs_jobs_touches_none_of_theirs(
     control_plane: RunningControlPlane, link: Link, worker: WorkerProcess, tmp_path: Path
 ) -> None:
-    old = [made_job(link, "succeeded") for _ in range(300)]
-    age(link, old)
     source = tmp_path / "in.txt"
     source.write_text("a photo")
     submitted: list[str] = []
     stop = threading.Event()
+    submitter_link = control_plane.client_link()  # the submitter's own connections
 
     def submit_while_purging() -> None:
-        while not stop.is_set() and len(submitted) < 200:
-            submitted.append(
-                client.submit(link_for_submitter, "sleep", {"seconds": 0.01}, {"in.txt": source}, 1)
-            )
+        while not stop.is_set() and len(submitted) < 300:
+            job_id = client.submit(submitter_link, "sleep", {"seconds": 0.01}, {"in.txt": source}, 1)
+            submitted.append(job_id)
 
-    link_for_submitter = control_plane.client_link()  # the submitter's own connections
     submitter = threading.Thread(target=submit_while_purging)
     submitter.start()
+    old: list[str] = []
     try:
-        reports = [client.purge(link, "30d") for _ in range(3)]
+        wait_for(lambda: len(submitted) >= 10, 30, "jobs flowing")
+        purged = 0
+        for _round in range(3):  # old jobs made and purged while jobs are submitted, run and finished
+            batch = [made_job(link, "succeeded") for _job in range(100)]
+            age(link, batch)
+            old += batch
+            purged += client.purge(link, "30d").job_count
     finally:
         stop.set()
         submitter.join(60)
-        link_for_submitter.close()
-    assert sum(report.job_count for report in reports) == 300
+        submitter_link.close()
+    assert purged == 300
     assert existing(link, old) == set()
-    assert submitted
+    assert len(submitted) >= 10
     for job_id in submitted:
         record = client.wait(link, job_id, 120)
         assert record is not None, worker.output()
         assert record.status == "succeeded", worker.output()
     assert existing(link, submitted) == set(submitted)
+    assert len(keys_of(link, submitted)) == 2 * len(submitted)  # an input and an output each
     assert keys_of(link, submitted) <= stored(link)
     assert dangling(link) == set()
 
@@ -357,7 +362,7 @@ def test_the_supervisor_purges_by_itself_with_retention_days(
     try:
         own = running.client_link()
         try:
-            old = [made_job(own, "succeeded") for _ in range(3)]
+            old = [made_job(own, "succeeded") for _job in range(3)]
             recent = made_job(own, "failed")
             age(own, old, days=2)
             keys = keys_of(own, old)

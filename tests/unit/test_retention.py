@@ -93,7 +93,7 @@ def test_the_retention_loop_logs_a_control_plane_it_cannot_reach_and_carries_on(
         assert loop.run_once() is None
         loop.start()
         try:
-            for _ in range(200):
+            for _tick in range(200):
                 if caplog.text.count("cannot be reached") >= 3:
                     break
                 loop._stopping.wait(0.02)
@@ -124,8 +124,9 @@ def test_the_supervisor_flags_reach_its_configuration_and_its_background_run(tmp
     assert not any(item.startswith("--retention") for item in _run_argv(default, False))
 
 
-@pytest.mark.parametrize(("days", "expected"), [(0, []), ("0", []), (30, ["--retention-days=30"]),
-                                                 ("7", ["--retention-days=7"])])  # fmt: skip
+@pytest.mark.parametrize(
+    ("days", "expected"), [(0, []), ("0", []), (30, ["--retention-days=30"]), ("7", ["--retention-days=7"])]
+)
 def test_the_role_renders_the_retention_for_either_control_plane(days: object, expected: list[str]) -> None:
     play = {"ansible_facts": {"user_dir": "/home/lab"}, "control_plane_retention_days": days}
     for source, where in (("pegasus", {"control_plane_bind_network": "10.1.0.0/16"}),
