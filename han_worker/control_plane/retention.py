@@ -72,7 +72,7 @@ class RetentionLoop:
             return None
         try:
             cutoff = retention.cutoff_of(link.ledger, self.older_than)
-            report = retention.purge(link.ledger, link.artifacts, cutoff)
+            report = retention.purge(link.ledger, link.artifacts, cutoff, self._stopping.is_set)
         except SERVICE_ERRORS as exc:
             log.warning("retention: the purge stopped (%s); the next one, in %gs, finishes it",
                         describe(exc), self.interval)  # fmt: skip

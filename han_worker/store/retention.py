@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -298,14 +298,17 @@ def delete_journaled(ledger: Ledger, artifacts: ArtifactStore, chunk: int = DELE
         after = entries[-1][0]
 
 
-def purge(ledger: Ledger, artifacts: ArtifactStore, cutoff: datetime) -> PurgeReport:
+def purge(
+    ledger: Ledger, artifacts: ArtifactStore, cutoff: datetime, stopping: Callable[[], bool] = lambda: False
+) -> PurgeReport:
     """Delete every job finished before ``cutoff`` (:func:`cutoff_of`) and its objects: first what an
     interrupted purge left in the journal, then round after round of :func:`forget` and
-    :func:`delete_journaled` until no such job is left."""
+    :func:`delete_journaled` until no such job is left, or until ``stopping()`` says so between two rounds
+    (the next purge goes on from there)."""
     resumed = delete_journaled(ledger, artifacts)
     deleted, batches = resumed, 0
     jobs: dict[str, int] = {}
-    while True:
+    while not stopping():
         forgotten = forget(ledger, cutoff)
         if not forgotten.job_count:
             break
