@@ -1,11 +1,12 @@
 """Job inputs and outputs in the object store, with their SHA-256 and size recorded in the ledger.
 
 Keys: ``jobs/<id>/inputs/<name>`` and ``jobs/<id>/outputs/<attempt>/<name>``; a batch's inputs are
-``batches/<batch id>/inputs/<job id>/<name>``, under one prefix, so a batch submitted again after an
-interruption lists what it uploaded with one request (the ids derive from the inputs' SHA-256, so a key names
-its bytes). Outputs are kept per attempt, so a superseded attempt can never overwrite the files the ledger
-points at; inputs are checked against their recorded hash after every download. The ledger records every
-key: nothing reads a key that it did not record.
+``batches/<batch id>/inputs/<job id>/<name>``, or for its small ones ranges of ``batches/<batch id>/packs/<n>-
+<digest>`` (:mod:`han_worker.packs`), under one prefix, so a batch submitted again after an interruption lists
+what it uploaded with one request (the ids derive from the inputs' SHA-256, so a key names its bytes).
+Outputs are kept per attempt, so a superseded attempt can never overwrite the files the ledger points at;
+inputs are checked against their recorded hash after every download. The ledger records every key: nothing
+reads a key that it did not record.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import BinaryIO, TypeGuard, cast
 
 from minio import Minio
 from minio.error import S3Error
@@ -45,19 +46,45 @@ class ArtifactError(ValueError):
 
 @dataclass(frozen=True)
 class Artifact:
+    """An object of the store, or with ``offset`` a part of one: a batch's small inputs are packed (see
+    :mod:`han_worker.packs`), and one of them is ``size`` bytes from ``offset`` of the pack at ``key``."""
+
     key: str
     sha256: str
     size: int
+    offset: int | None = None
 
     def to_dict(self) -> dict[str, object]:
-        return {"key": self.key, "sha256": self.sha256, "size": self.size}
+        record: dict[str, object] = {"key": self.key, "sha256": self.sha256, "size": self.size}
+        if self.offset is not None:
+            record["offset"] = self.offset
+        return record
+
+    @property
+    def where(self) -> str:
+        """The object, or the bytes of it, for messages: ``KEY`` or ``KEY bytes 1024-2047``."""
+        if self.offset is None:
+            return self.key
+        return f"{self.key} bytes {self.offset}-{self.offset + self.size - 1}"
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object], what: str) -> Artifact:
         key, sha256, size = data.get("key"), data.get("sha256"), data.get("size")
-        if not isinstance(key, str) or not isinstance(sha256, str) or not isinstance(size, int):
+        if not isinstance(key, str) or not isinstance(sha256, str) or not _is_count(size):
             raise ArtifactError(f"{what}: the ledger's record {dict(data)!r} is not {{key, sha256, size}}")
-        return cls(key, sha256, size)
+        offset = data.get("offset")
+        if offset is None:
+            return cls(key, sha256, size)
+        if not _is_count(offset) or size < 1:  # a packed input is never empty (packs.is_packable)
+            raise ArtifactError(
+                f"{what}: the ledger's record {dict(data)!r} has no valid offset (a whole number of bytes "
+                "from 0, for an input of at least 1 byte)"
+            )
+        return cls(key, sha256, size, offset)
+
+
+def _is_count(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def check_name(name: str, what: str) -> str:
@@ -90,11 +117,12 @@ def input_key(job_id: str, name: str) -> str:
 
 
 def batch_prefix(batch_id: str) -> str:
-    return f"batches/{batch_id}/inputs/"
+    """Every object a batch's submission uploads: its inputs and its packs."""
+    return f"batches/{batch_id}/"
 
 
 def batch_input_key(batch_id: str, job_id: str, name: str) -> str:
-    return f"{batch_prefix(batch_id)}{job_id}/{check_name(name, 'input name')}"
+    return f"{batch_prefix(batch_id)}inputs/{job_id}/{check_name(name, 'input name')}"
 
 
 def output_key(job_id: str, attempt: int, name: str) -> str:
@@ -230,11 +258,16 @@ class ArtifactStore:
             response.release_conn()
 
     def _get(self, artifact: Artifact) -> BaseHTTPResponse:
+        """One GET of the object, or of its range for a packed input (never empty: a range of length 0
+        would be the rest of the pack)."""
+        offset, length = (0, 0) if artifact.offset is None else (artifact.offset, artifact.size)
         try:
-            return self.client.get_object(self.bucket, artifact.key)
+            return self.client.get_object(self.bucket, artifact.key, offset=offset, length=length)
         except S3Error as exc:
             if exc.code in ("NoSuchKey", "NoSuchObject"):
                 raise ArtifactError(f"{artifact.key}: missing from bucket {self.bucket}") from exc
+            if exc.code == "InvalidRange":
+                raise ArtifactError(f"{artifact.where}: past the end of the object") from exc
             raise
 
     def download_inputs(self, inputs: Mapping[str, Mapping[str, object]], directory: Path) -> dict[str, Path]:
@@ -244,13 +277,18 @@ class ArtifactStore:
         local = {}
         for name, record in inputs.items():
             artifact = Artifact.from_dict(record, f"input {name!r}")
-            local[name] = self.download(artifact, directory / check_name(name, "input name"))
+            try:
+                local[name] = self.download(artifact, directory / check_name(name, "input name"))
+            except ArtifactError as exc:
+                if artifact.offset is None:  # its key names the input (and its job) already
+                    raise
+                raise ArtifactError(f"input {name!r}: {exc}") from exc  # a pack: many inputs share its key
         return local
 
 
 def _corrupt(artifact: Artifact, sha256: str, size: int) -> ArtifactError:
     return ArtifactError(
-        f"{artifact.key}: corrupt: {size} bytes with SHA-256 {sha256}, but the ledger recorded "
+        f"{artifact.where}: corrupt: {size} bytes with SHA-256 {sha256}, but the ledger recorded "
         f"{artifact.size} bytes with SHA-256 {artifact.sha256}"
     )
 

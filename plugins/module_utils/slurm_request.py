@@ -126,6 +126,8 @@ class JobRequest:
                 self.time = parse_walltime(self.options["time"])
             except ValueError as error:
                 raise OptionError("time", str(error)) from None
+        if self.options["gres"] == "":
+            self.options["gres"] = None  # an empty string asks for no GRES, as omitting it does (not --gres=)
         if self.options["gres"]:
             try:
                 self.gres = parse_gres(self.options["gres"])

@@ -68,7 +68,8 @@ options:
   gres:
     description:
       - Generic resources per node (C(--gres)), V(NAME[:TYPE][:COUNT]) separated by commas, such as V(gpu:1)
-        or V(gpu:rtxa6000:1). The partition's nodes must offer that name, type and count.
+        or V(gpu:rtxa6000:1). The partition's nodes must offer that name, type and count. An empty string asks
+        for none, as omitting it does.
     type: str
   cpus_per_task:
     description:

@@ -1,7 +1,8 @@
 """Role pegasus_worker in elastic mode on the testbed (issue 20): the play writes the pool's file and runs the
 scaler (``han-worker scale``) as a Slurm job of its own, a second run and check mode change nothing, a burst of
-jobs is served by worker jobs the scaler submits, which leave when the queue is empty, and stopping ends the
-scaler and its workers.
+jobs is served by worker jobs the scaler submits, which leave when the queue is empty, switching to a fixed array
+and back with jobs in flight loses none and runs none twice, ``playbooks/status.yml`` shows the running scaler and
+its last decision, and stopping ends the scaler and its workers.
 
 Everything here is this module's own: a control plane on 127.0.0.76 (a process of the cluster user), the
 pool's and the scaler's Slurm job names, the state directory; the workers serve queue noop and ask for no GPU.
@@ -11,6 +12,7 @@ The role runs this checkout's han_worker (the test venv), through ``pegasus_work
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -19,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from han_worker.scaling.pool import parse_pool
-from han_worker.slurm import is_alive, parse_squeue, squeue_argv
+from han_worker.slurm import QueuedJob, is_alive, parse_squeue, squeue_argv
 from tests.conftest import run_ansible
 from tests.integration.conftest import UnprivilegedEnv, recap
 from tests.integration.control_planes import (
@@ -71,10 +73,15 @@ class Deployment:
         return run_ansible("ansible-playbook", "playbooks/pegasus_worker.yml", "-e", variables, *args)
 
 
+def listed(name: str) -> list[QueuedJob]:
+    """The jobs of that name squeue lists."""
+    squeue = subprocess.run(squeue_argv("squeue", name=name), capture_output=True, text=True, check=True)
+    return parse_squeue(squeue.stdout)
+
+
 def alive(name: str) -> list[str]:
     """The states of the jobs of that name that are pending or running."""
-    listed = subprocess.run(squeue_argv("squeue", name=name), capture_output=True, text=True, check=True)
-    return [job.state for job in parse_squeue(listed.stdout) if is_alive(job)]
+    return [job.state for job in listed(name) if is_alive(job)]
 
 
 @pytest.fixture(scope="module")
@@ -120,14 +127,7 @@ def test_elastic_mode_runs_the_scaler_alone_until_there_is_work_and_a_second_run
 def test_a_burst_is_served_by_worker_jobs_that_leave_when_the_queue_is_empty(
     deployment: Deployment, workdir: Path
 ) -> None:
-    client = worker_settings(deployment.cp, workdir / "spool-client")
-    config = write_private_file(deployment.env, workdir / "client.json", json.dumps(client))
-    jobs = []
-    for _index in range(JOBS):
-        submitted = han_worker(deployment.env, "submit", "--config", str(config), "--kind", "sleep",
-                               "--param", "seconds=1")  # fmt: skip
-        assert submitted.returncode == 0, submitted.stderr
-        jobs.append(submitted.stdout.strip())
+    jobs = submit_sleeps(deployment, workdir, JOBS, seconds=1)
     ledger = deployment.cp.ledger()
     try:
         wait_for(lambda: all(ledger.status(job) == "succeeded" for job in jobs), 180,
@@ -140,6 +140,60 @@ def test_a_burst_is_served_by_worker_jobs_that_leave_when_the_queue_is_empty(
     assert all("-slurm" in worker for worker in workers), f"done by Slurm worker jobs: {workers}"
     wait_for(lambda: alive(POOL_JOB) == [], 60, "every worker job to leave (idle_timeout 3 s)", interval=0.5)
     assert sorted(alive(SCALER_JOB)) == ["PENDING", "RUNNING"]
+
+
+def submit_sleeps(deployment: Deployment, workdir: Path, count: int, seconds: int) -> list[str]:
+    client = worker_settings(deployment.cp, workdir / "spool-client")
+    config = write_private_file(deployment.env, workdir / "client.json", json.dumps(client))
+    jobs = []
+    for _index in range(count):
+        submitted = han_worker(deployment.env, "submit", "--config", str(config), "--kind", "sleep",
+                               "--param", f"seconds={seconds}")  # fmt: skip
+        assert submitted.returncode == 0, submitted.stderr
+        jobs.append(submitted.stdout.strip())
+    return jobs
+
+
+def test_switching_between_fixed_and_elastic_with_jobs_in_flight_loses_no_job(
+    deployment: Deployment, workdir: Path
+) -> None:
+    ledger = deployment.cp.ledger()
+    try:
+        jobs = submit_sleeps(deployment, workdir, 6, seconds=2)
+        wait_for(lambda: any(ledger.status(job) == "running" for job in jobs), 120,
+                 "a job running on the elastic pool's workers", interval=0.5)  # fmt: skip
+        to_fixed = deployment.play(pegasus_worker_scaling="fixed", pegasus_worker_count=1)
+        assert to_fixed.returncode == 0, to_fixed.stdout[-4000:] + to_fixed.stderr
+        assert alive(SCALER_JOB) == [], "a fixed array has no scaler"
+        jobs += submit_sleeps(deployment, workdir, 3, seconds=2)
+        wait_for(lambda: any(ledger.status(job) == "running" for job in jobs), 120,
+                 "a job running on the fixed array", interval=0.5)  # fmt: skip
+        to_elastic = deployment.play()
+        assert to_elastic.returncode == 0, to_elastic.stdout[-4000:] + to_elastic.stderr
+        wait_for(lambda: all(ledger.status(job) == "succeeded" for job in jobs), 240,
+                 f"the {len(jobs)} jobs to succeed across the two switches", interval=0.5)  # fmt: skip
+        outcomes = {job: [attempt["outcome"] for attempt in ledger.attempts(job)] for job in jobs}
+    finally:
+        ledger.close()
+    # Drained workers hand their job back (an attempt that did not succeed); none runs a job to success twice.
+    successes = {job: found.count("succeeded") for job, found in outcomes.items()}
+    assert successes == dict.fromkeys(jobs, 1), outcomes
+    assert sorted(alive(SCALER_JOB)) == ["PENDING", "RUNNING"], "elastic again: its scaler runs"
+    wait_for(lambda: alive(POOL_JOB) == [], 60, "the pool's workers to leave once idle", interval=0.5)
+
+
+def test_status_shows_the_running_scaler_and_its_last_decision(deployment: Deployment) -> None:
+    variables = json.dumps(deployment.variables)
+    status = run_ansible("ansible-playbook", "playbooks/status.yml", "-e", variables)
+    assert status.returncode == 0, status.stdout[-4000:] + status.stderr
+    running = re.search(rf"Scaler {re.escape(SCALER_JOB)}: running \(Slurm job (\d+)\)", status.stdout)
+    assert running, status.stdout[-3000:]
+    assert running.group(1) in {job.job_id for job in listed(SCALER_JOB) if job.state == "RUNNING"}
+    # The scaler's own words (han-worker status --scaler-state), after the burst: scaling, not paused.
+    decision = rf"scaler {re.escape(POOL_JOB)}: scaling, \d+ s ago: \S"
+    assert re.search(decision, status.stdout), status.stdout[-3000:]
+    assert "paused until resumed" not in status.stdout
+    assert recap(status, PEGASUS_HOST)["changed"] == 0
 
 
 def test_stopping_ends_the_scaler_and_its_workers(deployment: Deployment) -> None:

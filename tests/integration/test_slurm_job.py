@@ -230,12 +230,12 @@ def test_a_finished_job_is_reported_and_present_submits_anew(name: str) -> None:
         ),
         (
             {"partition": "RTXA6000", "gres": "gpu:v100:1"},
-            "gres: partition RTXA6000 has no gpu of type 'v100' (it offers: gpu:rtxa6000:2)",
+            "gres: partition RTXA6000 has no gpu of type 'v100' (it offers: gpu:rtxa6000:4)",
         ),
         (
-            {"partition": "RTXA6000", "gres": "gpu:3"},
-            "gres: 'gpu:3' asks for 3 per node, but nodes of partition RTXA6000 have at most 2 "
-            "(it offers: gpu:rtxa6000:2)",
+            {"partition": "RTXA6000", "gres": "gpu:5"},
+            "gres: 'gpu:5' asks for 5 per node, but nodes of partition RTXA6000 have at most 4 "
+            "(it offers: gpu:rtxa6000:4)",
         ),
         ({"gres": "gpu=1"}, "gres: 'gpu=1' is not a GRES request; use NAME[:TYPE][:COUNT]"),
         (

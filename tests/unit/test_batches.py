@@ -41,7 +41,8 @@ def test_a_folder_is_its_files_sorted_without_subfolders_or_hidden_files(tmp_pat
     assert [list(job.inputs) for job in jobs] == [["a.jpg"], ["b.jpg"]]
     record = jobs[0].inputs["a.jpg"]
     assert record["path"] == "a.jpg"
-    assert record["key"] == f"batches/{planned.batch_id}/inputs/{jobs[0].job_id}/a.jpg"
+    assert record["key"] == planned.packs[0].key  # small: packed (tests/unit/test_packs.py)
+    assert (record["offset"], record["size"]) == (0, 2)
 
 
 def test_the_same_files_kind_and_params_give_the_same_ids_wherever_they_are(tmp_path: Path):

@@ -181,6 +181,18 @@ def test_sbatch_argv_of_a_command() -> None:
     ]
 
 
+def test_an_empty_gres_asks_for_none_rather_than_passing_an_empty_flag() -> None:
+    # sbatch refuses --gres= ("Invalid Trackable RESource (TRES) specification"); roles pass "" for no GPU.
+    asked = request(name="probe", wrap="true", gres="")
+    assert asked.gres == []
+    assert sbatch_argv("/usr/bin/sbatch", asked) == [
+        "/usr/bin/sbatch",
+        "--parsable",
+        "--job-name=probe",
+        "--wrap=true",
+    ]
+
+
 def test_sbatch_argv_with_every_option(tmp_path: Path) -> None:
     script = tmp_path / "job.sbatch"
     script.write_text("#!/bin/sh\n")

@@ -16,7 +16,7 @@ def test_slurmctld_answers(host):
 def test_slurmd_registered_the_node_with_gpus(host):
     node = host.run("scontrol --oneliner show node localhost")
     assert node.rc == 0, node.stderr
-    assert "Gres=gpu:rtxa6000:2" in node.stdout
+    assert "Gres=gpu:rtxa6000:4" in node.stdout
     state = re.search(r"\bState=(\S+)", node.stdout)
     assert state is not None
     assert state.group(1).split("+")[0] in {"IDLE", "MIXED", "ALLOCATED"}, node.stdout
