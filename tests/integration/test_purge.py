@@ -249,23 +249,37 @@ def test_an_object_another_job_records_is_kept_until_that_job_goes_too(link: Lin
     assert shared_key not in stored(link)
 
 
-def test_a_batch_run_by_the_worker_is_purged_with_its_inputs_outputs_and_its_row(
+def test_a_batch_run_by_the_worker_is_purged_with_its_packs_outputs_and_row_once_its_last_job_goes(
     link: Link, worker: WorkerProcess, tmp_path: Path
 ) -> None:
-    for index in range(3):
-        (tmp_path / f"photo{index}.txt").write_text(f"photo {index}")
-    plan = client.plan_batch(tmp_path, "sleep", {"seconds": 0.05}, 1)
+    """16 small inputs go up as 8 packs of 2 (han_worker.packs): half the jobs old, one of each pack, go with
+    their outputs and leave every pack; the other half then take the packs and the batch's row with them."""
+    for index in range(16):
+        (tmp_path / f"photo{index:02d}.txt").write_text(f"photo {index}")
+    plan = client.plan_batch(tmp_path, "sleep", {"seconds": 0.01}, 1)
     client.submit_batch(link, plan)
-    assert client.wait_batch(link, plan.batch_id, 60).all_succeeded, worker.output()
-    keys = keys_of(link, plan.job_ids)
-    assert len(keys) == 6
-    assert all(key.startswith(f"batches/{plan.batch_id}/") for key in keys if "inputs" in key)
-    age(link, plan.job_ids)
+    assert client.wait_batch(link, plan.batch_id, 120).all_succeeded, worker.output()
+    jobs = plan.job_ids
+    packs = {key for key in keys_of(link, jobs) if "/packs/" in key}
+    assert len(packs) == 8
+    first, second = jobs[0::2], jobs[1::2]  # one member of each pack in each half
+    assert {key for key in keys_of(link, first) if "/packs/" in key} == packs
+    age(link, first)
 
     report = client.purge(link, "30d")
-    assert (report.jobs, report.batches, report.objects) == ({"succeeded": 3}, 1, 6)
+    assert (report.jobs, report.batches, report.objects) == ({"succeeded": 8}, 0, 8)  # their outputs only
+    assert existing(link, jobs) == set(second)
+    assert packs <= stored(link)
+    assert dangling(link) == set()
+    assert link.ledger.batch_counts(plan.batch_id) is not None
+
+    age(link, second)
+    last_keys = keys_of(link, second)
+    report = client.purge(link, "30d")
+    assert (report.jobs, report.batches, report.objects) == ({"succeeded": 8}, 1, 16)  # 8 outputs, 8 packs
     assert link.ledger.batch_counts(plan.batch_id) is None
-    assert not keys & stored(link)
+    assert not last_keys & stored(link)
+    assert not any(key.startswith(f"batches/{plan.batch_id}/") for key in stored(link))
 
 
 def test_a_purge_while_a_worker_runs_jobs_touches_none_of_theirs(
