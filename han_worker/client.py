@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from han_worker import batches
@@ -40,6 +40,7 @@ from han_worker.fields import (
 )
 from han_worker.selection.endpoints import format_time
 from han_worker.selection.resolver import Selector, authentication_failures
+from han_worker.store import retention
 from han_worker.store.artifacts import (
     Artifact,
     ArtifactError,
@@ -66,6 +67,7 @@ from han_worker.store.link import (
     describe,
     open_link,
 )
+from han_worker.store.retention import PurgeReport
 
 __all__ = [
     "JOBS_LIMIT",
@@ -80,6 +82,7 @@ __all__ = [
     "CancelResult",
     "FetchedFile",
     "JobDetail",
+    "PurgeReport",
     "RequestError",
     "StatusReport",
     "age",
@@ -90,6 +93,7 @@ __all__ = [
     "check_inputs",
     "check_job_id",
     "check_limit",
+    "check_older_than",
     "check_output_dir",
     "check_params",
     "check_statuses",
@@ -103,10 +107,12 @@ __all__ = [
     "format_fetched",
     "format_job",
     "format_jobs",
+    "format_purge",
     "format_status",
     "jobs",
     "parse_params",
     "plan_batch",
+    "purge",
     "queue_of",
     "requeue",
     "requeue_batch",
@@ -971,3 +977,36 @@ def _not_requeued(job_id: str, status: str, states: Sequence[str]) -> str:
     if status not in REQUEUEABLE:
         return f"JOB: job {job_id} {status}; its result stands (requeue runs {', '.join(REQUEUEABLE)} jobs)"
     return f"--state: job {job_id} is {status}, not {' or '.join(states)}"
+
+
+def check_older_than(older_than: timedelta | str) -> timedelta:
+    """A purge's age: a timedelta above 0, or text as ``30d``, ``12h``, ``90m`` (at most a century).
+    RequestError naming ``--older-than`` otherwise."""
+    if isinstance(older_than, str):
+        try:
+            return retention.parse_duration(older_than)
+        except ValueError as exc:
+            raise RequestError(f"--older-than: {exc}") from None
+    if not isinstance(older_than, timedelta) or not timedelta(0) < older_than <= retention.MAX_DURATION:
+        longest = retention.MAX_DURATION.days
+        raise RequestError(f"--older-than: {older_than!r} must be a duration above 0 and at most {longest}d")
+    return older_than
+
+
+def purge(link: Link, older_than: timedelta | str, *, dry_run: bool = False) -> PurgeReport:
+    """Delete the jobs that finished more than ``older_than`` ago (by the ledger's clock; ``"30d"``,
+    ``"12h"``, ``"90m"`` or a timedelta): their ledger rows (attempts included, and their batches once no job
+    is left) and every object the ledger records for them, inputs and outputs, unless another job records
+    the same object. A job that has not finished is never touched. ``dry_run``: delete nothing, report what
+    would be deleted. Crash-safe: no ledger row ever points at a deleted object, and a purge that was
+    interrupted is finished by the next one (han_worker.store.retention). RequestError naming
+    ``--older-than`` for an age that is not one."""
+    cutoff = retention.cutoff_of(link.ledger, check_older_than(older_than))
+    if dry_run:
+        return retention.plan(link.ledger, cutoff)
+    return retention.purge(link.ledger, link.artifacts, cutoff)
+
+
+def format_purge(report: PurgeReport) -> str:
+    """One line for people: what a purge deleted, or would delete."""
+    return retention.format_report(report)

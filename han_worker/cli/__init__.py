@@ -14,6 +14,7 @@ from han_worker import __version__
 from han_worker.cli import endpoints as endpoints_cli
 from han_worker.cli import harden_check
 from han_worker.cli import jobs as jobs_cli
+from han_worker.cli import purge as purge_cli
 from han_worker.cli import queues as queues_cli
 from han_worker.cli import repair as repair_cli
 from han_worker.cli import results as results_cli
@@ -48,6 +49,7 @@ def build_worker_parser() -> argparse.ArgumentParser:
     jobs_cli.add_parsers(commands)
     results_cli.add_parsers(commands)
     repair_cli.add_parsers(commands)
+    purge_cli.add_parser(commands)
     queues_cli.add_parser(commands)
     scale_cli.add_parser(commands)
     top_cli.add_parser(commands)

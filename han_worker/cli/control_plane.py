@@ -23,6 +23,7 @@ from han_worker.control_plane import keeper, launch, rotation
 from han_worker.control_plane.addresses import local_address_in
 from han_worker.control_plane.admin_secrets import SecretsError, ensure_secrets
 from han_worker.control_plane.layout import DEFAULT_STATE_DIR, Layout
+from han_worker.control_plane.retention import INTERVAL_S, MAX_DAYS
 from han_worker.control_plane.supervisor import SupervisorConfig, run
 from han_worker.fields import shown
 
@@ -149,6 +150,15 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="how long each service may take to answer before the start is given up (default: 90)",
     )  # fmt: skip
     parser.add_argument(
+        "--retention-days", type=retention_days, default=0, metavar="DAYS",
+        help="purge the jobs finished more than DAYS days ago, and their objects, every --retention-interval "
+        f"(the first a few minutes after the start); 0 keeps every job (default: 0; at most {MAX_DAYS})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--retention-interval", type=positive_seconds, default=INTERVAL_S, metavar="SECONDS",
+        help=f"how often --retention-days purges (default: {INTERVAL_S:g})",
+    )  # fmt: skip
+    parser.add_argument(
         "--restart-crashed", action="store_true",
         help="run the supervisor as a child process and start it again when it is killed (not when it exits "
         "0, 1, 2 or 3: stopped, start given up, bad input, crash loop), up to 5 times in 10 minutes; SIGTERM "
@@ -162,6 +172,13 @@ def _add_state_dir(parser: argparse.ArgumentParser) -> None:
         default=Path(os.environ.get("HAN_CONTROL_PLANE_DIR", DEFAULT_STATE_DIR)),
         help=f"data, logs, secrets, endpoints (default: $HAN_CONTROL_PLANE_DIR, else {DEFAULT_STATE_DIR})",
     )  # fmt: skip
+
+
+def retention_days(text: str) -> int:
+    """argparse type: whole days from 0 (keep every job) to a century."""
+    if not (text.isascii() and text.isdigit() and len(text) <= 6) or int(text) > MAX_DAYS:
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not a whole number of days from 0 to {MAX_DAYS}")
+    return int(text)
 
 
 class UsageError(ValueError):
@@ -277,6 +294,8 @@ def _config(args: argparse.Namespace) -> SupervisorConfig:
         ports=ports,
         client_networks=networks,
         start_timeout=args.start_timeout,
+        retention_days=args.retention_days,
+        retention_interval=args.retention_interval,
         metrics_targets_file=(
             None
             if args.metrics_targets_file is None
@@ -304,6 +323,11 @@ def _run_argv(config: SupervisorConfig, restart_crashed: bool) -> list[str]:
     argv += [f"--client-network={network}" for network in config.client_networks]
     if config.metrics_targets_file is not None:
         argv += [f"--metrics-targets-file={config.metrics_targets_file}"]
+    if config.retention_days:
+        argv += [
+            f"--retention-days={config.retention_days}",
+            f"--retention-interval={config.retention_interval}",
+        ]
     return argv
 
 

@@ -49,6 +49,7 @@ from han_worker.control_plane.metrics_server import (
     ServerCertificate,
     publish_prometheus_files,
 )
+from han_worker.control_plane.retention import INTERVAL_S, RetentionLoop
 from han_worker.control_plane.services import (
     CERTIFICATE_NAMES,
     SEAWEED_INTERNAL_ADDRESS,
@@ -81,6 +82,7 @@ EXIT_CHILD_DIED = 3
 SEAWEED_INTERNAL_PORTS = 7
 PORTED_SERVICES = ("postgres", "redis", "s3", "metrics")  # each gets a free port unless one is given
 METRICS_LINK_TIMEOUT_S = 5.0
+RETENTION_LINK_TIMEOUT_S = 10.0
 # A failed start (a port taken meanwhile, a predecessor's service still exiting) is tried again this many
 # times in all, waiting these seconds between tries, before the job gives up.
 START_ATTEMPTS = 3
@@ -115,6 +117,8 @@ class SupervisorConfig:
     stop_timeout: float = 30.0
     # Prometheus's file_sd target file, rewritten at each publication; None: Layout.metrics_targets_file.
     metrics_targets_file: Path | None = None
+    retention_days: int = 0  # purge jobs finished more than this many days ago; 0: keep every job
+    retention_interval: float = INTERVAL_S
 
 
 class Child:
@@ -256,6 +260,7 @@ class Supervisor:
         self.published: Endpoints | None = None
         self.metrics_port = 0  # chosen with the services' ports at each start
         self.metrics: MetricsServer | None = None
+        self.retention: RetentionLoop | None = None
 
     def request_stop(self, signum: int, _frame: object = None) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
@@ -271,6 +276,7 @@ class Supervisor:
                 self._start_with_retries(secrets)
                 if self.stopping.is_set():
                     return EXIT_OK
+                self._start_retention()
                 return self._watch()
             except (SupervisorError, BinaryNotFound) as exc:
                 record_failure(self.layout, "start", str(exc))
@@ -446,9 +452,33 @@ class Supervisor:
 
     def _metrics_link(self, endpoints: Endpoints) -> Link:
         """A scrape's clients: the workers' share of the secrets file as it is now (a rotation changes it)."""
+        return self._own_link(endpoints, "metrics", METRICS_LINK_TIMEOUT_S)
+
+    def _own_link(self, endpoints: Endpoints, purpose: str, timeout: float) -> Link:
+        """Clients of our own services with the workers' share of the secrets file as it is now (a rotation
+        changes it)."""
         credentials = workers_share(load_secrets(self.layout.secrets_file), self._previous_secrets())
-        choice = Choice(self.config.source, endpoints, credentials, "the control plane's own /metrics")
-        return open_link(choice, timeout=METRICS_LINK_TIMEOUT_S, name="han-control-plane metrics")
+        choice = Choice(self.config.source, endpoints, credentials, f"the control plane's own {purpose}")
+        return open_link(choice, timeout=timeout, name=f"han-control-plane {purpose}")
+
+    # -- retention ----------------------------------------------------------------------------------------
+
+    def _start_retention(self) -> None:
+        """Purge old finished jobs in a thread of its own, when --retention-days asks for it."""
+        endpoints = self.published
+        if not self.config.retention_days or endpoints is None:
+            return
+        self.retention = RetentionLoop(
+            self.config.retention_days,
+            lambda: self._own_link(endpoints, "retention", RETENTION_LINK_TIMEOUT_S),
+            self.config.retention_interval,
+        )
+        self.retention.start()
+
+    def _stop_retention(self) -> None:
+        if self.retention is not None:
+            self.retention.stop()
+            self.retention = None
 
     def _publish_metrics_files(
         self, endpoints: Endpoints, secrets: ControlPlaneSecrets, previous: ControlPlaneSecrets | None
@@ -559,6 +589,7 @@ class Supervisor:
             self._probe_as_worker(workers_share(secrets, previous), self.published)
 
     def _stop_all(self) -> None:
+        self._stop_retention()
         self._stop_metrics()
         stoppers = [
             threading.Thread(

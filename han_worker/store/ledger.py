@@ -116,6 +116,20 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         """,
     ),
     (
+        4,
+        "purge journal",
+        # The objects of purged jobs, recorded in the transaction that deletes their rows and deleted from the
+        # object store after it commits (han_worker.store.retention): no row ever points at a missing object,
+        # and what an interrupted purge left here the next one deletes.
+        """
+        CREATE TABLE purge_journal (
+            key text PRIMARY KEY,
+            size bigint NOT NULL DEFAULT 0,
+            journaled_at timestamptz NOT NULL DEFAULT now()
+        );
+        """,
+    ),
+    (
         5,
         "control-plane switches and scaler pools",
         # What /metrics counts beside the jobs (han_worker/store/tallies.py): one row per (from, to) pair of

@@ -215,6 +215,11 @@ def test_bad_inputs_fail_before_anything_is_submitted(slurm_control_plane: Slurm
             "control_plane_env_bin_dir=/nonexistent",
         ): "control_plane_env_bin_dir: /nonexistent/han-control-plane",
         ("-e", "control_plane_launch_mode=kubernetes"): "control_plane_launch_mode",
+        (
+            "-e",
+            "control_plane_retention_days=-1",
+        ): "control_plane_retention_days must be a whole number of days",
+        ("-e", "control_plane_retention_days=soon"): "control_plane_retention_days",
     }
     for args, message in cases.items():
         result = slurm_control_plane.start(*args)

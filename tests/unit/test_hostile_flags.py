@@ -39,19 +39,27 @@ HOSTILE_PORTS = st.one_of(
     ),
     HOSTILE_NUMBER_TEXT.map(lambda text: "postgres=" + text),
 )
+# Ages a purge refuses: zero, negative, no unit, another unit, a fraction, past a century, foreign digits.
+HOSTILE_DURATIONS = st.one_of(
+    st.sampled_from(["0d", "0m", "-1d", "30", "30x", "30s", "1.5d", "d", "", " 30d", "30d ", "30 d", "30D",
+                     "1e3d", "٣d", "²d", "99999999999d", "36501d", "30d12h"]),
+    HOSTILE_NUMBER_TEXT,
+    HOSTILE_NUMBER_TEXT.map(lambda text: text + "d"),
+)  # fmt: skip
 # Which hostile family each option gets, by its destination. A flag missing here fails the coverage test.
 FAMILIES: dict[str, st.SearchStrategy[str]] = {
     **dict.fromkeys(("config", "endpoints_file", "credentials_file", "mac_credentials_file", "input",
                      "state_dir", "env_dir", "pool", "state", "scaler_state", "output", "metrics_targets_file"),
                     HOSTILE_PATHS),
     **dict.fromkeys(("probe_timeout", "timeout", "wait", "wait_workers", "start_timeout", "max_attempts",
-                     "limit", "interval"), HOSTILE_NUMBER_TEXT),
+                     "limit", "interval", "retention_days", "retention_interval"), HOSTILE_NUMBER_TEXT),
     **dict.fromkeys(("mac_port", "port"), HOSTILE_PORTS),
     **dict.fromkeys(("mac_host", "bind", "bind_address"), HOSTILE_HOSTS),
     **dict.fromkeys(("bind_network", "client_network"), HOSTILE_NETWORKS),
     **dict.fromkeys(("mode", "source", "launch_mode", "kind", "queues", "check", "job", "batch"), HOSTILE_TEXT),
     "param": st.one_of(unstorable_text(), unstorable_text().map(lambda text: "k=" + text)),
     "params_json": HOSTILE_TEXT,
+    "older_than": HOSTILE_DURATIONS,
     "states": st.one_of(HOSTILE_TEXT, st.sampled_from(["Queued", "done", "queued,running", "", " dead"])),
 }  # fmt: skip
 # What each command needs besides the flag under test so that nothing can start even if a value slipped
@@ -60,6 +68,7 @@ CONTEXT: dict[tuple[str, str], list[str]] = {
     ("han-worker", "submit"): ["--kind", "noop"],
     ("han-worker", "run"): ["--queues", "noop"],
     ("han-worker", "fetch"): ["--output", "/nonexistent/han/fetched"],
+    ("han-worker", "purge"): ["--older-than", "30d"],
     ("han-worker", "scale"): ["--pool", "/nonexistent/han/pool.json", "--state", "/nonexistent/han/state.json"],
     ("han-worker", "harden-check"): ["--bind-address", "127.0.0.10", "--state-dir", "/nonexistent/han"],
     ("han-control-plane", "run"): ["--bind", "127.0.0.10", "--launch-mode", "slurm", "--state-dir", "/dev/null/x"],
