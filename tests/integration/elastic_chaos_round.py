@@ -184,6 +184,7 @@ class ElasticRound:
     job_name: str = field(init=False)
     cp: RunningControlPlane | None = field(default=None, init=False)
     scalers: list[subprocess.Popen[str]] = field(default_factory=list, init=False)
+    killed_in: set[str] = field(default_factory=set, init=False)  # worker jobs whose worker was SIGKILLed
 
     def __post_init__(self) -> None:
         self.result = Result(self.plan, kills=dict.fromkeys(
@@ -353,12 +354,14 @@ class ElasticRound:
             raise ChaosError("no worker of the pool to kill" + self._state())
         entry = candidates[0]
         os.kill(int(entry["pid"]), signal.SIGKILL)
+        self.killed_in.add(entry.get("slurm_job_id", ""))
         self.result.worker_kills_mid_job += int(bool(entry.get("current_job")))
         self.log(f"elastic chaos: SIGKILL worker pid {entry['pid']} in worker job {entry.get('slurm_job_id')}"
                  f"{' (mid-job)' if entry.get('current_job') else ''}")  # fmt: skip
 
     def _cancel_running(self, cp: RunningControlPlane) -> None:
-        busy = self._busy_workers(cp)
+        # Another allocation than the ones whose worker was killed, where there is one: a loss of its own.
+        busy = sorted(self._busy_workers(cp), key=lambda entry: entry.get("slurm_job_id") in self.killed_in)
         running = [job.job_id for job in pool_jobs(self.job_name) if job.state == "RUNNING"]
         job_id = busy[0]["slurm_job_id"] if busy else (running[0] if running else "")
         if not job_id:
