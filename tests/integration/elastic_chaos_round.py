@@ -43,6 +43,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -184,7 +185,9 @@ class ElasticRound:
     job_name: str = field(init=False)
     cp: RunningControlPlane | None = field(default=None, init=False)
     scalers: list[subprocess.Popen[str]] = field(default_factory=list, init=False)
-    killed_in: set[str] = field(default_factory=set, init=False)  # worker jobs whose worker was SIGKILLed
+    killed_in: Counter[str] = field(
+        default_factory=Counter, init=False
+    )  # worker job -> its workers SIGKILLed
 
     def __post_init__(self) -> None:
         self.result = Result(self.plan, kills=dict.fromkeys(
@@ -350,18 +353,20 @@ class ElasticRound:
         ours = set(alive_ids(self.job_name))
         candidates = busy or [entry for entry in registry(cp)
                               if entry.get("slurm_job_id") in ours and _runs(entry.get("pid"))]  # fmt: skip
+        # Spread over the allocations (each keeper restarts its worker 5 times in 10 minutes at most).
+        candidates.sort(key=lambda entry: self.killed_in[entry.get("slurm_job_id", "")])
         if not candidates:
             raise ChaosError("no worker of the pool to kill" + self._state())
         entry = candidates[0]
         os.kill(int(entry["pid"]), signal.SIGKILL)
-        self.killed_in.add(entry.get("slurm_job_id", ""))
+        self.killed_in[entry.get("slurm_job_id", "")] += 1
         self.result.worker_kills_mid_job += int(bool(entry.get("current_job")))
         self.log(f"elastic chaos: SIGKILL worker pid {entry['pid']} in worker job {entry.get('slurm_job_id')}"
                  f"{' (mid-job)' if entry.get('current_job') else ''}")  # fmt: skip
 
     def _cancel_running(self, cp: RunningControlPlane) -> None:
         # Another allocation than the ones whose worker was killed, where there is one: a loss of its own.
-        busy = sorted(self._busy_workers(cp), key=lambda entry: entry.get("slurm_job_id") in self.killed_in)
+        busy = sorted(self._busy_workers(cp), key=lambda entry: self.killed_in[entry.get("slurm_job_id", "")])
         running = [job.job_id for job in pool_jobs(self.job_name) if job.state == "RUNNING"]
         job_id = busy[0]["slurm_job_id"] if busy else (running[0] if running else "")
         if not job_id:
