@@ -65,6 +65,9 @@ def settings() -> dict[str, object]:
         # (the inventory's 12-hour jobs often do) instead of queueing it behind that job.
         "control_plane_slurm_time": "30",
         "control_plane_successor": False,
+        # A fixed array, as in every run before elastic became the role's default: the figures stay comparable,
+        # and clean() finds the array by its name (an elastic pool's scaler job has a name of its own).
+        "pegasus_worker_scaling": "fixed",
         "pegasus_worker_slurm_job_name": WORKER_JOB_NAME,
         "pegasus_worker_state_dir": WORKER_STATE_DIR,
         "pegasus_worker_slurm_cpus": 1,

@@ -107,6 +107,15 @@ SECTIONS: Mapping[str, str] = {
         "The goals: 0 lost, 0 duplicated, the control plane back after each kill with no successor queued, "
         "and the workers back to their count."
     ),
+    "elastic_chaos": (
+        "The chaos round for elastic workers (issue 20): from zero workers, short `sleep` jobs through an "
+        "elastic pool (`han-worker scale` submitting worker jobs to the testbed's Slurm, each running `han-worker "
+        "run --restart-crashed`), and while they run a worker job cancelled on its way, the scaler and the "
+        "control plane SIGKILLed in the middle of the scale-up (a new scaler rebuilds its picture from Slurm and "
+        "the ledger), worker processes SIGKILLed mid-job in their Slurm jobs and a running worker job cancelled. "
+        "The goals: 0 lost, 0 duplicated, never more than `max_workers` allocations nor `max_pending` waiting, no "
+        "worker job left behind, and every worker gone within its idle timeout plus a tick of the drain."
+    ),
     "scaling": (
         "What elastic workers cost and save (issue 20): from zero workers, a burst of short `sleep` jobs through "
         "`han-worker scale` on the testbed's Slurm (worker jobs without GRES), beside a fixed array of the pool's "

@@ -29,6 +29,7 @@ from tests.bench import (
     deploy,
     dispatch,
     docs_page,
+    elastic_chaos,
     failover,
     metrics,
     pose,
@@ -41,7 +42,8 @@ from tests.conftest import REPO
 
 Benchmark = Callable[[Context], report.Section]
 
-# name in the report -> benchmark, in the order they run (issue 8 parts 3, 2, 1, 4 and 5, issues 19, 18, 20, 21, 22).
+# name in the report -> benchmark, in the order they run (issue 8 parts 3, 2, 1, 4 and 5, issues 19, 18, 20, 20,
+# 21, 22).
 BENCHMARKS: dict[str, Benchmark] = {
     "dispatch": dispatch.benchmark,
     "endpoint_selection": selection.benchmark,
@@ -50,6 +52,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "deploy": deploy.benchmark,
     "pose": pose.benchmark,
     "chaos": chaos.benchmark,
+    "elastic_chaos": elastic_chaos.benchmark,
     "scaling": scaling.benchmark,
     "batch": batch.benchmark,
     "metrics": metrics.benchmark,

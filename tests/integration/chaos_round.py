@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 import redis
@@ -191,7 +191,16 @@ def _at_least(cp: RunningControlPlane, job_ids: list[str], due: float) -> Callab
     return lambda: (finished(cp, job_ids) or 0) >= due
 
 
-def count_from_ledger(cp: RunningControlPlane, job_ids: list[str], result: Result) -> None:
+class LedgerCounts(Protocol):
+    """What :func:`count_from_ledger` fills in (this module's Result, and elastic_chaos_round's)."""
+
+    succeeded: int
+    lost: int
+    duplicated: int
+    crashed_attempts: int
+
+
+def count_from_ledger(cp: RunningControlPlane, job_ids: list[str], result: LedgerCounts) -> None:
     with _postgres(cp, timeout=5) as connection:
         row = connection.execute(
             "SELECT count(*) FILTER (WHERE status = 'succeeded') FROM jobs WHERE id = ANY(%s::uuid[])",

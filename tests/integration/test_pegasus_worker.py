@@ -26,7 +26,9 @@ CP_DIR = "~/.han/test-worker-cp"
 WORKER_JOB = "han-test-pose-worker"
 WORKER_DIR = "~/.han/test-worker"
 HAN_WORKER = "~/.han/env/bin/han-worker"
+# A fixed array (the role's default in launch mode slurm is an elastic pool: test_pegasus_worker_elastic.py).
 WORKER_VARS = (
+    "-e", "pegasus_worker_scaling=fixed",
     "-e", f"pegasus_worker_slurm_job_name={WORKER_JOB}",
     "-e", f"pegasus_worker_state_dir={WORKER_DIR}",
     "-e", f"pegasus_worker_endpoints_file={CP_DIR}/endpoints.json",

@@ -87,7 +87,7 @@ def test_a_report_of_some_benchmarks_is_refused_naming_the_missing_ones(tmp_path
     path = write_report(tmp_path, names=["dispatch", "failover"])
     with pytest.raises(
         docs_page.DocsPageError,
-        match="endpoint_selection, control_plane, deploy, pose, chaos, scaling, batch, metrics are missing",
+        match="endpoint_selection, control_plane, deploy, pose, chaos, elastic_chaos, scaling, batch, metrics are missing",
     ):
         docs_page.load_report(path)
 

@@ -14,7 +14,7 @@ def elastic(drained: float, allocated: float) -> scaling.Run:
     return scaling.Run(
         mode="elastic", to_first_sbatch=0.05, to_first_registered=3.2, to_first_started=3.4, drained=drained,
         last_gone=drained + 6.0, worker_jobs=5, peak_workers=4, allocated_s=allocated, busy_s=40.5,
-        longest_after_drain_s=6.0,
+        longest_after_drain_s=6.0, released=1,
     )  # fmt: skip
 
 
@@ -36,12 +36,12 @@ def test_the_table_has_one_row_per_pool_with_the_fixed_array_over_the_elastic_wi
     elastic_row, fixed_row = made["rows"]
     assert elastic_row == [
         "elastic", "0.1 (0.1-0.1)", "3.2 (3.2-3.2)", "3.4 (3.4-3.4)", "15.0 (14.0-16.0)", "6.0 (6.0-6.0)",
-        "5 (5-5)", "4 (4-4)", "72 (70-74)", "32 (30-34)",
+        "5 (5-5)", "4 (4-4)", "72 (70-74)", "32 (30-34)", "0 / 2", "0",
     ]  # fmt: skip
     # 4 workers held over the elastic run's window (20 s and 22 s), minus the time they ran jobs.
     assert fixed_row == [
         "fixed array of 4", "-", "-", "0.1 (0.1-0.1)", "11.5 (11.0-12.0)", "never (no idle timeout)",
-        "4 (4-4)", "4 (4-4)", "84 (80-88)", "44 (40-48)",
+        "4 (4-4)", "4 (4-4)", "84 (80-88)", "44 (40-48)", "0 / 0", "0",
     ]  # fmt: skip
     goal = made["notes"][0]
     assert goal == (

@@ -147,3 +147,12 @@ def test_a_bad_elastic_setting_is_refused_naming_its_variable(
     overrides: dict[str, Any], message: str
 ) -> None:
     assert refused(**overrides) == [message]
+
+
+@pytest.mark.parametrize(("launch_mode", "scaling"), [("slurm", "elastic"), ("direct", "fixed")])
+def test_elastic_is_the_default_where_slurm_launches_the_workers(launch_mode: str, scaling: str) -> None:
+    """Since the elastic chaos round and the drill passed (issue 20); direct launch has no Slurm to submit to."""
+    play = {name: value for name, value in PLAY_VARIABLES.items() if name != "pegasus_worker_scaling"}
+    variables = role_templates.role_variables(ROLE, play, {"pegasus_worker_launch_mode": launch_mode})
+    assert role_templates.evaluate(variables, "pegasus_worker_scaling") == scaling
+    assert role_templates.evaluate(variables, "_pegasus_worker_elastic") == (scaling == "elastic")
