@@ -1,7 +1,8 @@
 """Elastic workers on the testbed's real Slurm (issue 20): from zero workers, a burst of jobs makes
 ``han-worker scale`` submit worker jobs up to the pool's limits, every job succeeds once, and once the queue
 is empty every worker leaves by itself (``idle_timeout_seconds``) and gives its allocation back. A worker
-job leaves a job it cannot finish before its walltime to a worker that can, unclaimed.
+job leaves a job it cannot finish before its walltime to a worker that can, unclaimed. A scaler whose control
+plane stops waits, and scales on the control plane's next epoch.
 
 The pool, its worker jobs and the control plane are this module's own (their own job name, state directory
 and address): `make test` runs it beside the tests that share the inventory's control planes. The worker
@@ -11,6 +12,7 @@ jobs run the test venv's ``han-worker run`` as the cluster user, as the role's j
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import threading
@@ -87,7 +89,7 @@ def pool(unprivileged_env: UnprivilegedEnv, workdir: Path) -> Iterator[Pool]:
         yield made
     finally:
         subprocess.run(["scancel", f"--name={made.job_name}"], check=False)
-        control_plane.shutdown()
+        made.cp.shutdown()  # the one running now (a test may have restarted it)
 
 
 class Sampler(threading.Thread):
@@ -158,6 +160,48 @@ def test_a_burst_from_zero_workers_scales_up_within_the_limits_and_every_worker_
     state = json.loads(pool.state.read_text())
     assert state["failures"]["starts"] == 0
     assert state["submitted"] == {}, "every worker job registered"
+
+
+def test_the_scaler_waits_through_a_restart_of_its_control_plane_and_scales_on_its_next_epoch(
+    pool: Pool,
+) -> None:
+    log = pool.workdir / "scaler-restart.log"
+    with log.open("w") as scaler_output:
+        scaler = subprocess.Popen(
+            pool.env.argv("han-worker", "scale", "--config", str(pool.worker_config), "--pool", str(pool.file),
+                          "--state", str(pool.state)),
+            stdout=scaler_output, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+    try:
+        wait_for(pool.state.exists, 30, "the scaler's first tick (its state file)")
+        epoch = pool.cp.endpoints["epoch"]
+        assert pool.cp.stop() == 0
+        # Down: the scaler's next tick loses it and waits (nothing is scaled, no traceback).
+        wait_for(lambda: "nothing is scaled until it is" in log.read_text(), 30, "the scaler waiting")
+        pool.cp = start_control_plane(pool.env, pool.cp.state_dir, address=ADDRESS)
+        assert pool.cp.endpoints["epoch"] == epoch + 1
+        client = worker_settings(pool.cp, pool.workdir / "spool-client")
+        config = write_private_file(pool.env, pool.workdir / "client.json", json.dumps(client))
+        jobs = []
+        for _index in range(3):
+            submitted = han_worker(pool.env, "submit", "--config", str(config), "--kind", "sleep",
+                                   "--param", "seconds=1")  # fmt: skip
+            assert submitted.returncode == 0, submitted.stderr
+            jobs.append(submitted.stdout.strip())
+        ledger = pool.cp.ledger()
+        try:
+            wait_for(lambda: all(ledger.status(job) == "succeeded" for job in jobs), 180,
+                     f"the jobs to succeed on worker jobs the scaler submits on epoch {epoch + 1}:\n"
+                     f"{log.read_text()[-3000:]}", interval=0.5)  # fmt: skip
+        finally:
+            ledger.close()
+    finally:
+        scaler.send_signal(signal.SIGTERM)
+        assert scaler.wait(30) == 0, log.read_text()
+    output = log.read_text()
+    assert re.search(r"connected to .*: scaling again", output), output
+    assert "submitted worker job" in output, output
+    assert "Traceback" not in output, output
 
 
 def ran_for(ledger: Ledger, kind: str, seconds: int) -> None:
