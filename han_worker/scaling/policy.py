@@ -16,6 +16,9 @@ dask-jobqueue, Parsl and KEDA fail their users:
   1 h (HyperQueue's schedule); ``max_failed_submissions`` failures in a row, or ``max_failed_starts``
   allocations in a row that ended before their worker registered (a bad partition, account or QoS), pause
   the queue with the reason and Slurm's error until the operator resumes it.
+- **Never for jobs a new worker cannot finish.** When the waiting jobs' typical run time is more than the
+  worker jobs' whole walltime, none is submitted for them (``min_workers`` still holds) and the reason says
+  so: a worker would be killed at its walltime in the middle of each, the attempt lost.
 - **Every decision explained.** :class:`Decision` carries one line saying what was decided and why, also
   when nothing is submitted ("at max_workers (4)", "backlog fits the running workers: ...").
 """
@@ -41,6 +44,7 @@ class Limits:
     horizon_seconds: float = 60.0  # the waiting work should have started within this long
     max_failed_submissions: int = 10
     max_failed_starts: int = 3
+    worker_walltime_seconds: float | None = None  # the time limit of the worker jobs it submits (None: none)
 
     def __post_init__(self) -> None:
         if self.max_workers < 1:
@@ -130,6 +134,12 @@ def decide(demand: Demand, supply: Supply, limits: Limits, failures: Failures, n
     desired = desired_allocations(demand, supply, limits)
     if paused is not None:
         return Decision(0, desired, paused, paused=True)
+    if demand.waiting > 0 and not can_finish(limits.worker_walltime_seconds, demand.typical_run_seconds, 1.0):
+        # Even a fresh worker could not finish a typical job: it would take it (worker/walltime_guard.py) and
+        # be killed at its walltime, the attempt lost and the GPU held for nothing, again and again.
+        kept = max(limits.min_workers, min(desired, supply.allocations))
+        up_to_min = max(0, min(kept - supply.allocations, limits.max_pending - supply.pending))
+        return Decision(up_to_min, kept, _too_long(demand, supply, limits, kept))
     shortfall = desired - (supply.busy + supply.idle + supply.pending)
     room = limits.max_workers - supply.allocations
     room_pending = limits.max_pending - supply.pending
@@ -165,6 +175,14 @@ def _pause_reason(failures: Failures, limits: Limits) -> str | None:
             f"{failures.last_error}"
         )
     return None
+
+
+def _too_long(demand: Demand, supply: Supply, limits: Limits, desired: int) -> str:
+    return (
+        f"not scaling for the backlog: a typical job ({demand.typical_run_seconds:g}s) needs more than a "
+        f"worker job's walltime ({limits.worker_walltime_seconds:g}s) allows; raise the pool's time limit: "
+        f"{_picture(demand, supply, desired)}"
+    )
 
 
 def _backoff_until(failures: Failures) -> float | None:

@@ -81,13 +81,14 @@ def parse_pool(data: dict[str, object], origin: str) -> PoolSettings:
     script = Path(fields.string("script")).expanduser()
     if not script.is_absolute():
         fields.fail("script", f": {script} is not an absolute path")
+    sbatch = _sbatch(fields)
     return PoolSettings(
         pool=Pool(job_name, tuple(dict.fromkeys(queues))),
         script=script,
-        sbatch=_sbatch(fields),
+        sbatch=sbatch,
         slurm_bin_dir=fields.string("slurm_bin_dir") if fields.data.get("slurm_bin_dir") else "",
         tick_seconds=fields.seconds("tick_seconds", 5.0, 0.5, 300.0),
-        limits=_limits(fields),
+        limits=_limits(fields, parse_walltime(sbatch["time"]) if "time" in sbatch else None),
         origin=origin,
     )
 
@@ -127,7 +128,7 @@ def _sbatch(fields: FieldReader) -> dict[str, str]:
     return chosen
 
 
-def _limits(fields: FieldReader) -> Limits:
+def _limits(fields: FieldReader, worker_walltime: int | None) -> Limits:
     if "limits" not in fields.data:
         fields.fail("limits", " is missing (at least max_workers)")
     limits = fields.child("limits")
@@ -136,7 +137,8 @@ def _limits(fields: FieldReader) -> Limits:
     if "max_workers" not in given:
         limits.fail("max_workers", " is missing")
     try:
-        return Limits(**given, horizon_seconds=limits.seconds("horizon_seconds", 60.0, 1.0))
+        horizon = limits.seconds("horizon_seconds", 60.0, 1.0)
+        return Limits(**given, horizon_seconds=horizon, worker_walltime_seconds=worker_walltime)
     except LimitsError as exc:
         name, problem = str(exc).split(": ", 1)
         raise PoolFileError(f"{fields.origin}: field 'limits.{name}': {problem}") from exc

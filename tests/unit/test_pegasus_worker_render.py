@@ -47,7 +47,9 @@ def test_the_pool_file_is_what_han_worker_scale_reads() -> None:
     assert settings.pool.job_name == "han-pose-worker"
     assert settings.pool.queues == ("pose",)
     assert settings.tick_seconds == 3
-    assert settings.limits == Limits(max_workers=6, min_workers=1, max_pending=2, horizon_seconds=30.0)
+    assert settings.limits == Limits(
+        max_workers=6, min_workers=1, max_pending=2, horizon_seconds=30.0, worker_walltime_seconds=12 * 3600
+    )  # the worker jobs' walltime: the role's pegasus_worker_slurm_time, 12:00:00
     assert settings.sbatch_argv() == [
         "/opt/slurm/bin/sbatch", "--parsable", "--job-name=han-pose-worker", "--partition=RTXA6000",
         "--time=12:00:00", "--gres=gpu:1", "--cpus-per-task=4", "--mem=8G", "--signal=B:TERM@90",

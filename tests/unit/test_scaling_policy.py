@@ -54,6 +54,26 @@ def test_long_jobs_get_one_worker_each_never_more() -> None:
     assert (made.submit, made.desired) == (2, 2)
 
 
+def test_jobs_longer_than_a_worker_jobs_walltime_get_no_worker_and_the_reason_says_so() -> None:
+    one_hour = Limits(max_workers=8, max_pending=8, horizon_seconds=60, worker_walltime_seconds=3600)
+    made = decision(Demand(waiting=3, typical_run_seconds=4000), Supply(busy=1), one_hour)  # 4000 s > 1 h
+    assert made.submit == 0
+    assert made.desired == 1, "the busy worker keeps its job; none more"
+    assert made.reason.startswith(
+        "not scaling for the backlog: a typical job (4000s) needs more than a worker job's walltime (3600s) "
+        "allows; raise the pool's time limit: 3 waiting"
+    ), made.reason
+    fits = decision(Demand(waiting=3, typical_run_seconds=3500), limits=one_hour)  # a fresh worker can
+    assert fits.submit == 3
+    assert decision(Demand(waiting=3), limits=one_hour).submit == 3, "no history: any walltime will do"
+    assert decision(Demand(waiting=0, typical_run_seconds=4000), limits=one_hour).reason.startswith(
+        "no backlog"
+    )
+    keep_two = Limits(max_workers=8, min_workers=2, max_pending=8, worker_walltime_seconds=3600)
+    kept = decision(Demand(waiting=3, typical_run_seconds=4000), limits=keep_two)
+    assert (kept.submit, kept.desired) == (2, 2), "min_workers still holds"
+
+
 def test_pending_allocations_and_idle_workers_are_subtracted() -> None:
     made = decision(Demand(waiting=5), Supply(idle=2, pending=2))
     assert made.submit == 1
