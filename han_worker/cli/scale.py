@@ -4,10 +4,10 @@ It connects to Pegasus's control plane as a worker with this configuration would
 the configuration says ``auto`` (the pool's GPUs are Pegasus's, for Pegasus's backlog: while its control plane
 is down nothing is scaled; mode ``mac`` and ``--mode`` are kept), reads the pool's file (``--pool``) and, at
 every tick or at once on a submission to one of the pool's queues, submits the worker jobs the pool lacks
-(han_worker/scaling/). A tick that loses the control plane connects again, reading
-the endpoints file: after a walltime rollover or a restart it goes on with the new epoch; while it is down
-(at start too) the scaler waits. Its state file (``--state``) keeps what must survive its restart. SIGTERM
-or SIGINT ends it between two ticks.
+(han_worker/scaling/). A tick that loses the control plane connects again, reading the endpoints file: after a
+walltime rollover or a restart it goes on with the new epoch; while it is down (at start too) the scaler
+waits. Its state file (``--state``) keeps what must survive its restart. SIGTERM or SIGINT ends it between
+two ticks.
 """
 
 from __future__ import annotations
@@ -124,7 +124,8 @@ def _connect_when_up(
             if not wait or (isinstance(exc, ConnectError) and exc.permanent):
                 raise
             if not waiting:
-                log.warning("Pegasus's control plane is not usable (%s): nothing is scaled until it is", exc)
+                log.warning("the control plane (mode %s) is not usable (%s): nothing is scaled until it is",
+                            config.mode, exc)  # fmt: skip
                 waiting = True
             stopping.wait(settings.tick_seconds)
             continue
