@@ -34,6 +34,7 @@ from pathlib import Path, PurePosixPath
 
 from han_worker.fields import RequestError, shown
 from han_worker.packs import Pack, plan_packs, read_pack
+from han_worker.store import retention
 from han_worker.store.artifacts import (
     Artifact,
     ArtifactError,
@@ -326,6 +327,22 @@ def _enqueue(link: Link, batch: BatchPlan, recorded: Sequence[str]) -> int:
     return len(missing)
 
 
+def _finish_purge_of(link: Link, batch: BatchPlan) -> None:
+    """Delete what a purge journaled of this batch's earlier self (same ids, same keys) before looking at the
+    store (see :func:`han_worker.store.retention.delete_journaled_of_batch`)."""
+    deleted = retention.delete_journaled_of_batch(
+        link.ledger, link.artifacts, batch_prefix(batch.batch_id), batch.job_ids
+    )
+    if deleted.objects or deleted.failed:
+        log.info("batch %s was purged before: %d of its old object(s) deleted first, %d refused",
+                 batch.batch_id, deleted.objects, deleted.failed)  # fmt: skip
+    if deleted.failed:
+        raise ArtifactError(
+            f"batch {batch.batch_id}: {deleted.failed} object(s) of its purged earlier submission could not "
+            "be deleted from the object store; nothing was submitted, run it again"
+        )
+
+
 def submit(
     link: Link, batch: BatchPlan, threads: int = UPLOAD_THREADS, progress: Progress | None = None
 ) -> BatchSubmission:
@@ -333,6 +350,7 @@ def submit(
     report: Progress = progress or (lambda _stage, _done, _total: None)
     total = len(batch.inputs)
     if link.ledger.batch_counts(batch.batch_id) is None:  # recorded in one statement: all of it or nothing
+        _finish_purge_of(link, batch)
         uploaded, kept = _upload_all(link, batch, threads, report)
         report("record", 0, total)
         recorded = link.ledger.insert_batch(

@@ -37,6 +37,7 @@ from han_worker.config import WorkerConfig, WorkerConfigError
 from han_worker.scaling.scaler import StateFileError, describe_state, format_state
 from han_worker.selection.endpoints import EndpointsError
 from han_worker.selection.resolver import Selector
+from han_worker.store.artifacts import ArtifactError
 from han_worker.store.link import SERVICE_ERRORS, ConnectError, Link, describe
 from han_worker.worker import keeper
 from han_worker.worker.loop import StartError, Worker, backends_to_serve
@@ -278,6 +279,8 @@ def _submit_batch(link: Link, config: WorkerConfig, args: argparse.Namespace, ba
             done = client.submit_batch(
                 link, batch, progress=lambda stage, count, total: ticker.update(STAGES[stage], count, total)
             )
+    except ArtifactError as exc:  # the store refused to delete what a purge left of the batch: not the input
+        return fail("submit", exc, EXIT_FAILED)
     except KeyboardInterrupt:
         again = "run the same command again: it resumes, and submits nothing twice"
         return fail(

@@ -13,6 +13,11 @@ by the next one. So a purge works in two phases, through the ``purge_journal`` t
    more against the rows (a job recorded since with the same key, e.g. the same batch submitted again after
    its first phase, keeps its object).
 
+A batch submitted again after phase 1 forgot it has the same ids, so the same keys: its submission first
+runs phase 2 for that batch's keys alone (:func:`delete_journaled_of_batch`, waiting for a purge that holds
+them), then uploads them again. Otherwise a phase 2 running between the submission's look at the store and
+its commit would delete objects its rows are about to record.
+
 Every purge starts with phase 2 (what an interrupted purge journaled), so a purge killed between the phases,
 or an object store that refused, leaves journal entries, never a row without its object. A job is doomed only
 when it is finished (``FINISHED``) and finished before the cutoff; the rows are taken ``FOR UPDATE SKIP
@@ -280,6 +285,34 @@ def _delete_chunk(
     sizes = {key: size for key, size, _when in entries}
     deleted = [key for key in doomed if key not in refused]
     return Deleted(len(deleted), sum(sizes[key] for key in deleted), len(kept), len(refused))
+
+
+# The journal's entries for one batch's objects: what its submission uploads (under batches/<id>/) and what
+# its jobs' workers upload (under jobs/<job id>/). Not skipped when locked: a purge deleting them is awaited.
+_LOCK_BATCH = """
+SELECT key, size, journaled_at FROM purge_journal
+WHERE starts_with(key, %(prefix)s)
+    OR (starts_with(key, 'jobs/') AND split_part(key, '/', 2) = ANY(%(job_ids)s::text[]))
+ORDER BY key FOR UPDATE
+"""
+
+
+def delete_journaled_of_batch(
+    ledger: Ledger, artifacts: ArtifactStore, prefix: str, job_ids: Sequence[str]
+) -> Deleted:
+    """Phase 2 for one batch's objects only (``prefix``: its submission's, ``job_ids``: its jobs'), in one
+    transaction that waits for a purge deleting some of them now.
+
+    A batch submitted again after a purge's first phase forgot it has the same ids, so the same keys as the
+    journaled ones: left there, a purge's second phase could delete an object between the submission's look
+    at the store and its commit (or a worker's upload of an output and its commit), and a row would point
+    at a missing object. Deleting them first, before the submission looks at the store, makes it upload them
+    again; after this, no purge holds an entry of the batch (its rows are gone: none can be journaled)."""
+    connection = ledger.connection()
+    with connection.transaction():
+        rows = connection.execute(_LOCK_BATCH, {"prefix": prefix, "job_ids": list(job_ids)}).fetchall()
+        entries = [(str(key), int(size), when) for key, size, when in rows]
+        return _delete_chunk(connection, artifacts, entries) if entries else Deleted()
 
 
 def delete_journaled(ledger: Ledger, artifacts: ArtifactStore, chunk: int = DELETE_CHUNK) -> Deleted:

@@ -4,7 +4,8 @@ finished jobs (every finished status), their attempts, their emptied batches and
 records for them, and nothing of an unfinished job, a recent one, or an object another job still records;
 a purge while a worker runs jobs touches none of theirs; a purge interrupted between its two phases (only
 the first run, through the importable function) leaves no row pointing at a missing object and is finished
-by the next; a bad --older-than exits 2 naming it; a supervisor started with --retention-days purges by itself.
+by the next; a purged batch submitted again while a purge deletes its objects ends with every object its
+rows record; a bad --older-than exits 2 naming it; a supervisor started with --retention-days purges by itself.
 
 Jobs are made old by moving their finished_at back in the ledger (the ledger's clock decides what is old).
 The control planes are the module's own, on 127.0.0.83; the commands run as the cluster user."""
@@ -364,6 +365,45 @@ def test_a_key_recorded_again_after_the_first_phase_keeps_its_object(link: Link)
     assert deleted.kept == 1
     assert input_record["key"] in stored(link)
     assert dangling(link) == set()
+
+
+def test_a_purged_batch_submitted_again_while_the_purge_deletes_keeps_every_object_its_rows_record(
+    link: Link, worker: WorkerProcess, tmp_path: Path
+) -> None:
+    """A purged batch submitted again has the same ids, so the same keys, as its journaled objects (packs,
+    an input too large to pack, outputs). The purge's second phase is run between the submission's look at the
+    store and its commit (its progress callback runs it, at the start of its "record" stage): no row may point
+    at an object that phase deleted, and the batch's jobs run again and succeed."""
+    for index in range(4):
+        (tmp_path / f"photo{index}.txt").write_text(f"photo {index}")
+    (tmp_path / "large.bin").write_bytes(bytes(range(256)) * 6_144)  # 1.5 MiB: an object of its own
+    plan = client.plan_batch(tmp_path, "sleep", {"seconds": 0.01}, 1)
+    client.submit_batch(link, plan)
+    assert client.wait_batch(link, plan.batch_id, 120).all_succeeded, worker.output()
+    old_keys = keys_of(link, plan.job_ids)
+    assert any("/packs/" in key for key in old_keys)
+    assert any("/outputs/" in key for key in old_keys)
+    age(link, plan.job_ids)
+    retention.forget(link.ledger, retention.cutoff_of(link.ledger, retention.parse_duration("30d")))
+    journal = {row[0] for row in link.ledger.connection().execute("SELECT key FROM purge_journal")}
+    assert old_keys <= journal
+
+    deleted_meanwhile: list[retention.Deleted] = []
+
+    def purge_before_the_commit(stage: str, done: int, _total: int) -> None:
+        if stage == "record" and done == 0:
+            deleted_meanwhile.append(retention.delete_journaled(link.ledger, link.artifacts))
+
+    again = client.submit_batch(link, plan, progress=purge_before_the_commit)
+    assert (again.recorded, again.uploaded) == (len(plan.job_ids), len(plan.job_ids))
+    assert deleted_meanwhile == [
+        retention.Deleted()
+    ]  # the submission had deleted the journaled objects first
+    assert dangling(link) == set()
+    assert client.wait_batch(link, plan.batch_id, 120).all_succeeded, worker.output()
+    assert keys_of(link, plan.job_ids) == old_keys
+    assert dangling(link) == set()
+    assert link.ledger.connection().execute("SELECT count(*) FROM purge_journal").fetchone() == (0,)
 
 
 def test_the_supervisor_purges_by_itself_with_retention_days(
