@@ -22,7 +22,7 @@ class Ticker:
         self._interval = interval
         self._bar: Progress | None = None
         self._task: TaskID | None = None
-        self._last_line = 0.0
+        self._last_line: float | None = None  # not 0: the monotonic clock starts at boot, maybe a minute ago
         self._pending: str | None = None
 
     def __enter__(self) -> Ticker:
@@ -42,7 +42,7 @@ class Ticker:
             return
         self._pending = f"{text}: {done}/{total}" if line is None else line
         now = time.monotonic()
-        if now - self._last_line >= self._interval:
+        if self._last_line is None or now - self._last_line >= self._interval:
             self._flush(now)
 
     def _flush(self, now: float) -> None:
