@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -160,6 +160,26 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
             'GPUs of the pool''s started worker jobs running no job, times seconds (a counter)';
         """,
     ),
+    (
+        6,
+        "inline outputs",
+        # Small outputs stored in the ledger instead of the object store (han_worker.store.artifacts), written
+        # by the statement that commits the result, so fenced as it is. A table of their own rather than a
+        # column of jobs: jobs rows are read by every listing, status and scrape and rewritten by every
+        # heartbeat, none of which needs the bytes; jobs.outputs stays the one record of every output
+        # (SHA-256, size, and ``inline``), whichever store holds it. bytea, not base64 in jsonb (a third
+        # larger, decoded on every read); PostgreSQL compresses values past ~2 KiB and moves them out of line
+        # (TOAST). ON DELETE CASCADE: a purge deletes them with their job's row, in its first phase, with
+        # nothing to journal for the object store.
+        """
+        CREATE TABLE job_outputs (
+            job_id uuid NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+            name text NOT NULL,
+            data bytea NOT NULL,
+            PRIMARY KEY (job_id, name)
+        );
+        """,
+    ),
 )
 
 # A claim: the next attempt of job %(claim)s, unless it is finished, running elsewhere (heartbeat within the
@@ -207,7 +227,9 @@ SELECT count(*) FROM buried
 """
 
 # A result of attempt %(attempt)s of job %(id)s, fenced: it goes in only while that attempt is the job's
-# current one; otherwise the attempt is marked superseded and the result discarded. An attempt that would be
+# current one; otherwise the attempt is marked superseded and the result discarded, its inline outputs with it
+# (a row of job_outputs is only ever the current result's: a job whose result is recorded is finished and
+# never runs again, so the ON CONFLICT is there for nothing but a retried statement). An attempt that would be
 # retried (crashed, released, timed out with attempts left) is not when a cancel was asked for meanwhile: the
 # job is cancelled. A success or a failure stands: the job ended before the cancel reached it.
 _FINISH_CTES = """
@@ -235,6 +257,12 @@ finished AS (
         outcome = CASE WHEN EXISTS (SELECT 1 FROM finished) THEN %(outcome)s::text ELSE 'superseded' END
     WHERE job_id = %(id)s AND attempt = %(attempt)s AND (outcome IS NULL OR outcome = 'crashed')
     RETURNING outcome
+), inlined AS (
+    INSERT INTO job_outputs (job_id, name, data)
+    SELECT %(id)s, name, data
+    FROM unnest(%(inline_names)s::text[], %(inline_data)s::bytea[]) AS new (name, data)
+    WHERE EXISTS (SELECT 1 FROM finished)
+    ON CONFLICT (job_id, name) DO UPDATE SET data = excluded.data
 )"""
 _FINISHED_COLUMNS = "(SELECT status FROM finished), (SELECT outcome FROM attempt)"
 _FINISH = f"WITH {_FINISH_CTES}\nSELECT {_FINISHED_COLUMNS}"
@@ -351,7 +379,8 @@ class Outcome:
     kind: str  # one of OUTCOMES
     summary: Mapping[str, object] | None = None
     error: str | None = None
-    outputs: Mapping[str, Mapping[str, object]] | None = None  # name -> {key, sha256, size}
+    outputs: Mapping[str, Mapping[str, object]] | None = None  # name -> {key, sha256, size} or {inline, ...}
+    inline: Mapping[str, bytes] = field(default_factory=dict)  # name -> bytes of the outputs stored inline
 
 
 @dataclass(frozen=True)
@@ -483,6 +512,7 @@ def _finish_params(job_id: str, attempt: int, outcome: Outcome) -> dict[str, obj
         "error": None if outcome.error is None else storable_text(outcome.error),
         "result": None if outcome.summary is None else Jsonb(outcome.summary),
         "outputs": None if outcome.outputs is None else Jsonb(outcome.outputs),
+        "inline_names": list(outcome.inline), "inline_data": list(outcome.inline.values()),
     }  # fmt: skip
 
 
@@ -716,6 +746,16 @@ class Ledger:
         query = sql.SQL("SELECT {} FROM jobs WHERE id = %s").format(_JOB_COLUMNS)
         row = self.connection().execute(query, (job_id,)).fetchone()
         return None if row is None else JobRecord(*row)
+
+    def inline_output(self, job_id: str, name: str) -> bytes | None:
+        """The bytes of output ``name`` of job ``job_id`` as the ledger stores them (an output recorded
+        ``inline``); None when it holds none."""
+        row = (
+            self.connection()
+            .execute("SELECT data FROM job_outputs WHERE job_id = %s AND name = %s", (job_id, name))
+            .fetchone()
+        )
+        return None if row is None else bytes(row[0])
 
     def status(self, job_id: str) -> str | None:
         row = self.connection().execute("SELECT status FROM jobs WHERE id = %s", (job_id,)).fetchone()

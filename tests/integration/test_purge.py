@@ -23,7 +23,7 @@ import pytest
 
 from han_worker import client
 from han_worker.store import retention
-from han_worker.store.artifacts import Artifact, input_key, output_key
+from han_worker.store.artifacts import Artifact, InlineOutput, input_key, output_key
 from han_worker.store.ledger import AttemptOwner, NewJob, Outcome
 from han_worker.store.link import Link
 from tests.integration.conftest import UnprivilegedEnv
@@ -123,7 +123,8 @@ def age(link: Link, job_ids: Sequence[str], days: float = 40) -> None:
 def keys_of(link: Link, job_ids: Sequence[str]) -> set[str]:
     rows = link.ledger.connection().execute(
         "SELECT value->>'key' FROM jobs, LATERAL (SELECT value FROM jsonb_each(inputs) UNION ALL "
-        "SELECT value FROM jsonb_each(coalesce(outputs, '{}'))) AS record WHERE id = ANY(%s::uuid[])",
+        "SELECT value FROM jsonb_each(coalesce(outputs, '{}'))) AS record WHERE id = ANY(%s::uuid[]) "
+        "AND value ? 'key'",  # an output kept in the ledger (inline) names no object
         (list(job_ids),),
     )
     return {row[0] for row in rows}
@@ -145,7 +146,7 @@ def dangling(link: Link) -> set[str]:
     """Keys some ledger row records that the object store does not hold: the contract says none, ever."""
     rows = link.ledger.connection().execute(
         "SELECT DISTINCT value->>'key' FROM jobs, LATERAL (SELECT value FROM jsonb_each(inputs) UNION ALL "
-        "SELECT value FROM jsonb_each(coalesce(outputs, '{}'))) AS record"
+        "SELECT value FROM jsonb_each(coalesce(outputs, '{}'))) AS record WHERE value ? 'key'"
     )
     return {row[0] for row in rows} - stored(link)
 
@@ -200,7 +201,8 @@ def test_a_dry_run_counts_what_would_go_and_deletes_nothing_then_the_purge_delet
         link.ledger.connection()
         .execute(
             "SELECT sum((value->>'size')::bigint) FROM jobs, LATERAL (SELECT value FROM jsonb_each(inputs) UNION ALL "
-            "SELECT value FROM jsonb_each(coalesce(outputs, '{}'))) AS record WHERE id = ANY(%s::uuid[])",
+            "SELECT value FROM jsonb_each(coalesce(outputs, '{}'))) AS record WHERE id = ANY(%s::uuid[]) "
+            "AND value ? 'key'",  # an output kept in the ledger (inline) names no object
             (list(old.values()),),
         )
         .fetchone()
@@ -321,6 +323,50 @@ def test_a_purge_while_a_worker_runs_jobs_touches_none_of_theirs(
     assert existing(link, submitted) == set(submitted)
     assert len(keys_of(link, submitted)) == 2 * len(submitted)  # an input and an output each
     assert keys_of(link, submitted) <= stored(link)
+    assert dangling(link) == set()
+
+
+def inline_rows(link: Link, job_ids: Sequence[str]) -> int:
+    row = (
+        link.ledger.connection()
+        .execute("SELECT count(*) FROM job_outputs WHERE job_id = ANY(%s::uuid[])", (list(job_ids),))
+        .fetchone()
+    )
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_purge_deletes_inline_outputs_with_their_jobs_and_asks_s3_for_no_object_of_theirs(
+    link: Link, worker: WorkerProcess
+) -> None:
+    """A job whose output the ledger holds (the worker's sleep job, and one recorded by hand beside an input
+    in S3): the purge deletes the output's row with the job's (ON DELETE CASCADE), and counts and journals
+    only the input's object."""
+    [by_worker] = client.submit_many(link, "sleep", [{"seconds": 0}], 3)
+    done = client.wait(link, by_worker, 60)
+    assert done is not None
+    assert done.status == "succeeded", worker.output()
+    by_hand = str(uuid.uuid4())
+    inputs = {"in.txt": put(link, input_key(by_hand, "in.txt"), b"photo")}
+    link.ledger.insert_jobs([NewJob(by_hand, "noop", QUEUE, {}, inputs, 1)])
+    claim = link.ledger.claim(by_hand, "0-1", OWNER, 30.0)
+    assert claim is not None
+    data = b'{"frames": []}'
+    outcome = Outcome("succeeded", {}, None, {"landmarks.json": InlineOutput.of(data).to_dict()},
+                      {"landmarks.json": data})  # fmt: skip
+    assert link.ledger.finish(by_hand, claim.attempt, outcome).status == "succeeded"
+    jobs = [by_worker, by_hand]
+    assert inline_rows(link, jobs) == 2
+    assert keys_of(link, jobs) == {input_key(by_hand, "in.txt")}
+    age(link, jobs)
+
+    planned = client.purge(link, "30d", dry_run=True)
+    assert (planned.job_count, planned.objects, planned.bytes) == (2, 1, 5)
+    report = client.purge(link, "30d")
+    assert (report.job_count, report.objects, report.bytes, report.failed) == (2, 1, 5, 0)
+    assert existing(link, jobs) == set()
+    assert inline_rows(link, jobs) == 0
+    assert input_key(by_hand, "in.txt") not in stored(link)
     assert dangling(link) == set()
 
 
