@@ -274,6 +274,10 @@ _FINISH = f"WITH {_FINISH_CTES}\nSELECT {_FINISHED_COLUMNS}"
 _FINISH_THEN_CLAIM = f"""WITH {_FINISH_CTES}, {_CLAIM_CTES}
 SELECT {_FINISHED_COLUMNS}, {_CLAIMED_COLUMNS} FROM (SELECT) AS one LEFT JOIN claimed ON true"""  # noqa: S608 - constants only
 
+# What Ledger.warm runs its statements on: a job id no row has, and an output name.
+_NIL_JOB = "00000000-0000-0000-0000-000000000000"
+_WARM_NAME = "warm-up"
+
 _INSERT_JOB = (
     "INSERT INTO jobs (id, kind, queue, params, inputs, max_attempts, timeout_seconds) "
     "VALUES (%s, %s, %s, %s, %s, %s, %s)"
@@ -534,12 +538,33 @@ class Ledger:
             self._connection.close()
             self._connection = None
 
-    def _write(self, query: str, params: Mapping[str, object] | Sequence[object]) -> Row | None:
+    def _write(
+        self, query: str, params: Mapping[str, object] | Sequence[object], *, prepare: bool | None = None
+    ) -> Row | None:
         """One statement in autocommit mode: one transaction, one commit, one round trip; its first row, if
-        it returns rows."""
-        cursor = self.connection().execute(query, params)
+        it returns rows. ``prepare`` True: prepared on the server from its first execution (:meth:`warm`)."""
+        cursor = self.connection().execute(query, params, prepare=prepare)
         self.commits += 1
         return cursor.fetchone() if cursor.description is not None else None
+
+    def warm(self, owner: AttemptOwner, lease: float) -> None:
+        """Run the statements of every job once, on no job: a claim, a finish, and the two in one statement,
+        for the nil job id, which no row has, so nothing changes (and a transaction that changed nothing
+        writes nothing to disk). The server plans and prepares them and this connection's backend loads the
+        tables' and indexes' metadata now, before the worker takes its first job, not during it (psycopg would
+        prepare them only after five executions). Counted in no commit."""
+        outcome = Outcome("succeeded", {}, None, {_WARM_NAME: {}}, {_WARM_NAME: b""})  # the types of a result
+        entry = ("0-0", owner, lease)
+        connection = self.connection()
+        both = _finish_params(_NIL_JOB, 0, outcome) | _claim_params(_NIL_JOB, *entry, finishing=_NIL_JOB)
+        try:
+            connection.execute(_CLAIM, _claim_params(_NIL_JOB, *entry), prepare=True)
+            connection.execute(_FINISH, _finish_params(_NIL_JOB, 0, outcome), prepare=True)
+            connection.execute(_FINISH_THEN_CLAIM, both, prepare=True)
+        except psycopg.Error as exc:
+            if connection.closed or connection.broken:
+                raise
+            log.warning("ledger: the warm-up's statements failed (%s); the first job prepares them", exc)
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
@@ -627,7 +652,7 @@ class Ledger:
 
     def claim(self, job_id: str, entry_id: str, owner: AttemptOwner, lease: float) -> Claim | None:
         """Start the next attempt, or None when the job is finished, running elsewhere or out of attempts."""
-        return _claim_of(self._write(_CLAIM, _claim_params(job_id, entry_id, owner, lease)))
+        return _claim_of(self._write(_CLAIM, _claim_params(job_id, entry_id, owner, lease), prepare=True))
 
     def bury_if_exhausted(self, job_id: str, lease: float) -> bool:
         """Mark a job dead whose attempts are used up and whose last holder is gone (cancelled, when a
@@ -641,7 +666,7 @@ class Ledger:
 
     def finish(self, job_id: str, attempt: int, outcome: Outcome) -> FinishReport:
         """Record how attempt ``attempt`` ended, if it is still the job's current attempt."""
-        row = self._write(_FINISH, _finish_params(job_id, attempt, outcome))
+        row = self._write(_FINISH, _finish_params(job_id, attempt, outcome), prepare=True)
         return self._finish_report(job_id, attempt, outcome, row)
 
     def finish_then_claim(
@@ -662,7 +687,7 @@ class Ledger:
         params = _finish_params(job_id, attempt, outcome) | claim_params
         connection = self.connection()
         try:
-            row = connection.execute(_FINISH_THEN_CLAIM, params).fetchone()
+            row = connection.execute(_FINISH_THEN_CLAIM, params, prepare=True).fetchone()
         except psycopg.Error as exc:
             if connection.closed or connection.broken:
                 raise

@@ -23,8 +23,8 @@ from han_worker import client
 from han_worker.selection.checks import s3_client
 from han_worker.selection.credentials import S3Credentials
 from han_worker.selection.endpoints import parse_endpoints
-from han_worker.store.artifacts import INLINE_OUTPUT_MAX_BYTES
-from han_worker.store.ledger import AttemptOwner, JobRecord, NewJob
+from han_worker.store.artifacts import INLINE_OUTPUT_MAX_BYTES, InlineOutput
+from han_worker.store.ledger import AttemptOwner, JobRecord, NewJob, Outcome
 from han_worker.store.link import Link
 from han_worker.store.spool import Spool, SpooledResult
 from han_worker.worker.attempt import deliver_spooled
@@ -366,3 +366,35 @@ def test_a_spooled_result_is_delivered_with_its_small_output_inline_and_its_larg
         "landmarks.json": "downloaded",
     }
     assert (tmp_path / "fetched" / "landmarks.json").read_bytes() == b'{"frames": []}'
+
+
+# -- the worker's warm-up of the ledger ----------------------------------------------------------------------
+
+
+def test_the_ledger_warm_up_prepares_the_job_statements_and_changes_nothing(
+    control_plane: RunningControlPlane,
+) -> None:
+    """Ledger.warm on a connection of its own: the claim, the finish and the two together prepared, no row
+    changed, no commit counted; a job's claim and finish then use those statements (none prepared anew)."""
+    ledger = control_plane.ledger()
+    try:
+        connection = ledger.connection()
+        before = connection.execute("SELECT count(*), max(heartbeat_at) FROM jobs").fetchone()
+        owner = AttemptOwner("warm-test", "host", "linux", "pegasus", 1)
+        ledger.warm(owner, 30.0)
+        assert ledger.commits == 0
+        assert connection.execute("SELECT count(*), max(heartbeat_at) FROM jobs").fetchone() == before
+        prepared = connection.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()
+        assert prepared == (3,)
+        job_id = str(uuid.uuid4())
+        ledger.insert_jobs([NewJob(job_id, "sleep", "warm-test", {}, {}, 1)])
+        claim = ledger.claim(job_id, "0-1", owner, 30.0)
+        assert claim is not None
+        data = b"0\n"
+        outputs = {"slept.txt": InlineOutput.of(data).to_dict()}
+        outcome = Outcome("succeeded", {"slept": 0}, None, outputs, {"slept.txt": data})
+        assert ledger.finish(job_id, claim.attempt, outcome).status == "succeeded"
+        assert ledger.inline_output(job_id, "slept.txt") == data
+        assert connection.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (3,)
+    finally:
+        ledger.close()
