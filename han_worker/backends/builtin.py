@@ -55,9 +55,8 @@ class SleepBackend:
         heed_stop = context.params.get("heed_stop", True)
         if not isinstance(heed_stop, bool):
             raise JobFailed(f"param 'heed_stop' must be true or false, not {heed_stop!r}")
-        content = _padded(
-            f"{seconds}\n".encode(), context.params.get("output_bytes")
-        )  # checked before it sleeps
+        # checked before it sleeps
+        content = _padded(f"{seconds}\n".encode(), context.params.get("output_bytes"))
         deadline = time.monotonic() + float(seconds)
         while time.monotonic() < deadline:
             if heed_stop and context.should_stop():
