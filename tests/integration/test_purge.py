@@ -142,6 +142,16 @@ def existing(link: Link, job_ids: Sequence[str]) -> set[str]:
     return {row[0] for row in rows}
 
 
+def inline_rows(link: Link, job_ids: Sequence[str]) -> int:
+    row = (
+        link.ledger.connection()
+        .execute("SELECT count(*) FROM job_outputs WHERE job_id = ANY(%s::uuid[])", (list(job_ids),))
+        .fetchone()
+    )
+    assert row is not None
+    return int(row[0])
+
+
 def dangling(link: Link) -> set[str]:
     """Keys some ledger row records that the object store does not hold: the contract says none, ever."""
     rows = link.ledger.connection().execute(
@@ -255,7 +265,8 @@ def test_a_batch_run_by_the_worker_is_purged_with_its_packs_outputs_and_row_once
     link: Link, worker: WorkerProcess, tmp_path: Path
 ) -> None:
     """16 small inputs go up as 8 packs of 2 (han_worker.packs): half the jobs old, one of each pack, go with
-    their outputs and leave every pack; the other half then take the packs and the batch's row with them."""
+    their outputs (small: in the ledger, deleted with their rows) and leave every pack; the other half then
+    take the packs and the batch's row with them."""
     for index in range(16):
         (tmp_path / f"photo{index:02d}.txt").write_text(f"photo {index}")
     plan = client.plan_batch(tmp_path, "sleep", {"seconds": 0.01}, 1)
@@ -268,8 +279,14 @@ def test_a_batch_run_by_the_worker_is_purged_with_its_packs_outputs_and_row_once
     assert {key for key in keys_of(link, first) if "/packs/" in key} == packs
     age(link, first)
 
+    assert inline_rows(link, jobs) == 16
     report = client.purge(link, "30d")
-    assert (report.jobs, report.batches, report.objects) == ({"succeeded": 8}, 0, 8)  # their outputs only
+    assert (report.jobs, report.batches, report.objects) == (
+        {"succeeded": 8},
+        0,
+        0,
+    )  # outputs inline, packs shared
+    assert inline_rows(link, jobs) == 8
     assert existing(link, jobs) == set(second)
     assert packs <= stored(link)
     assert dangling(link) == set()
@@ -278,7 +295,8 @@ def test_a_batch_run_by_the_worker_is_purged_with_its_packs_outputs_and_row_once
     age(link, second)
     last_keys = keys_of(link, second)
     report = client.purge(link, "30d")
-    assert (report.jobs, report.batches, report.objects) == ({"succeeded": 8}, 1, 16)  # 8 outputs, 8 packs
+    assert (report.jobs, report.batches, report.objects) == ({"succeeded": 8}, 1, 8)  # the 8 packs
+    assert inline_rows(link, jobs) == 0
     assert link.ledger.batch_counts(plan.batch_id) is None
     assert not last_keys & stored(link)
     assert not any(key.startswith(f"batches/{plan.batch_id}/") for key in stored(link))
@@ -321,19 +339,10 @@ def test_a_purge_while_a_worker_runs_jobs_touches_none_of_theirs(
         assert record is not None, worker.output()
         assert record.status == "succeeded", worker.output()
     assert existing(link, submitted) == set(submitted)
-    assert len(keys_of(link, submitted)) == 2 * len(submitted)  # an input and an output each
+    assert len(keys_of(link, submitted)) == len(submitted)  # an input each; the outputs are in the ledger
+    assert inline_rows(link, submitted) == len(submitted)
     assert keys_of(link, submitted) <= stored(link)
     assert dangling(link) == set()
-
-
-def inline_rows(link: Link, job_ids: Sequence[str]) -> int:
-    row = (
-        link.ledger.connection()
-        .execute("SELECT count(*) FROM job_outputs WHERE job_id = ANY(%s::uuid[])", (list(job_ids),))
-        .fetchone()
-    )
-    assert row is not None
-    return int(row[0])
 
 
 def test_a_purge_deletes_inline_outputs_with_their_jobs_and_asks_s3_for_no_object_of_theirs(
