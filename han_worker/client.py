@@ -42,13 +42,16 @@ from han_worker.selection.endpoints import format_time
 from han_worker.selection.resolver import Selector, authentication_failures
 from han_worker.store import retention
 from han_worker.store.artifacts import (
-    Artifact,
     ArtifactError,
+    InlineOutput,
     Snapshot,
+    Stored,
     check_name,
     file_digest,
     input_key,
+    output_record,
     take_snapshot,
+    write_replacing,
 )
 from han_worker.store.ledger import (
     FINISHED,
@@ -687,7 +690,8 @@ def format_job(detail: JobDetail) -> str:
     if record.result is not None:
         lines.append(f"  result {json.dumps(record.result)}")
     for name, output in sorted((record.outputs or {}).items()):
-        lines.append(f"  output {name}: {output.get('size')} bytes, SHA-256 {output.get('sha256')}")
+        where = "in the ledger" if output.get("inline") is True else f"object {output.get('key')}"
+        lines.append(f"  output {name}: {output.get('size')} bytes, SHA-256 {output.get('sha256')}, {where}")
     if record.error:
         lines.append(f"  error: {_one_line(record.error, 200)}")
     lines.append(f"attempts ({len(detail.attempts)}):")
@@ -726,7 +730,7 @@ def check_output_dir(output: Path) -> Path:
     return output
 
 
-def _outputs_of(link: Link, job_id: str) -> list[tuple[str, Artifact]]:
+def _outputs_of(link: Link, job_id: str) -> list[tuple[str, Stored]]:
     record = link.ledger.job(job_id)
     if record is None:
         raise RequestError(f"JOB: no job {job_id} in the ledger of {link.source}")
@@ -735,9 +739,9 @@ def _outputs_of(link: Link, job_id: str) -> list[tuple[str, Artifact]]:
     return _outputs_recorded(record, job_id)
 
 
-def _outputs_recorded(record: JobRecord, job_id: str) -> list[tuple[str, Artifact]]:
+def _outputs_recorded(record: JobRecord, job_id: str) -> list[tuple[str, Stored]]:
     return [
-        (check_name(name, "output name"), Artifact.from_dict(output, f"output {name!r} of job {job_id}"))
+        (check_name(name, "output name"), output_record(output, f"output {name!r} of job {job_id}"))
         for name, output in sorted((record.outputs or {}).items())
     ]
 
@@ -752,20 +756,34 @@ def _local(destination: Path) -> tuple[str, int] | None:
         return None
 
 
-def _fetch_one(link: Link, name: str, artifact: Artifact, output: Path) -> FetchedFile:
+def _write_inline(link: Link, job_id: str, name: str, recorded: InlineOutput, destination: Path) -> None:
+    """Write an output the ledger stores inline, checked against its record as a downloaded one is."""
+    data = link.ledger.inline_output(job_id, name)
+    if data is None:
+        raise ArtifactError(f"output {name!r} of job {job_id}: recorded inline, but missing from the ledger")
+    try:
+        write_replacing([data], recorded, destination)
+    except ArtifactError as exc:
+        raise ArtifactError(f"output {name!r} of job {job_id}: {exc}") from None
+
+
+def _fetch_one(link: Link, job_id: str, name: str, recorded: Stored, output: Path) -> FetchedFile:
     destination = output / name
-    if _local(destination) == (artifact.sha256, artifact.size):
-        return FetchedFile(name, destination, artifact.size, artifact.sha256, "kept")
+    if _local(destination) == (recorded.sha256, recorded.size):
+        return FetchedFile(name, destination, recorded.size, recorded.sha256, "kept")
     existed = os.path.lexists(destination)  # a wrong copy, a link, an unreadable file: replaced
     try:
-        link.artifacts.download_replacing(artifact, destination)
+        if isinstance(recorded, InlineOutput):
+            _write_inline(link, job_id, name, recorded, destination)
+        else:
+            link.artifacts.download_replacing(recorded, destination)
     except (ConnectionError, TimeoutError):  # OSErrors of the network, not of the directory
         raise
     except OSError as exc:
         raise RequestError(f"--output: {destination}: cannot be written: {exc.strerror or exc}") from None
     action = "replaced" if existed else "downloaded"
-    log.debug("%s %s from %s", action, destination, artifact.key)
-    return FetchedFile(name, destination, artifact.size, artifact.sha256, action)
+    log.debug("%s %s from %s", action, destination, recorded.where)
+    return FetchedFile(name, destination, recorded.size, recorded.sha256, action)
 
 
 def fetch(link: Link, job_id: str, output: Path) -> list[FetchedFile]:
@@ -784,7 +802,7 @@ def fetch(link: Link, job_id: str, output: Path) -> list[FetchedFile]:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RequestError(f"--output: {output}: cannot be made: {exc.strerror or exc}") from None
-    return [_fetch_one(link, name, artifact, output) for name, artifact in outputs]
+    return [_fetch_one(link, job_id, name, recorded, output) for name, recorded in outputs]
 
 
 @dataclass(frozen=True)
@@ -825,14 +843,14 @@ def fetch_batch(
     check_output_dir(output)
     if link.ledger.batch_counts(batch_id) is None:
         raise RequestError(f"--batch: no batch {batch_id} in the ledger of {link.source}")
-    work: list[tuple[str, Artifact, Path]] = []
+    work: list[tuple[str, str, Stored, Path]] = []
     without: list[tuple[str, str]] = []
     for record in link.ledger.batch_jobs(batch_id):
         if record.status != "succeeded":
             without.append((record.id, record.status))
             continue
         folder = _job_folder(output, record)
-        work += [(name, artifact, folder) for name, artifact in _outputs_recorded(record, record.id)]
+        work += [(record.id, name, stored, folder) for name, stored in _outputs_recorded(record, record.id)]
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="han-fetch") as pool:
         futures = [pool.submit(_fetch_one, link, *item) for item in work]
     return BatchFetch([future.result() for future in futures], without)

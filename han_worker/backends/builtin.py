@@ -24,10 +24,25 @@ class NoopBackend:
         return JobResult(summary={"ok": True, "started": time.time()})
 
 
+MAX_OUTPUT_BYTES = 64 << 20
+
+
+def _padded(line: bytes, size: object) -> bytes:
+    """``line``, then filler up to ``size`` bytes (``params.output_bytes``; None: the line alone)."""
+    if size is None:
+        return line
+    if isinstance(size, bool) or not isinstance(size, int) or not len(line) <= size <= MAX_OUTPUT_BYTES:
+        bounds = f"from {len(line)} to {MAX_OUTPUT_BYTES}"
+        raise JobFailed(f"param 'output_bytes' must be a whole number {bounds}, not {size!r}")
+    return line + b"." * (size - len(line))
+
+
 @dataclass(frozen=True)
 class SleepBackend:
     """Sleeps ``params.seconds`` (default 1), waking early when asked to stop (a drain, a cancel, a timeout);
-    writes one output. ``params.heed_stop`` false: it does not wake, as a hung backend would not."""
+    writes one output. ``params.heed_stop`` false: it does not wake, as a hung backend would not.
+    ``params.output_bytes``: the output's size (its line, then filler), up to :data:`MAX_OUTPUT_BYTES`, so a
+    test can have an output too large for the ledger (han_worker.store.artifacts)."""
 
     name: str = "sleep"
     queue: str = "noop"
@@ -40,13 +55,15 @@ class SleepBackend:
         heed_stop = context.params.get("heed_stop", True)
         if not isinstance(heed_stop, bool):
             raise JobFailed(f"param 'heed_stop' must be true or false, not {heed_stop!r}")
+        # checked before it sleeps
+        content = _padded(f"{seconds}\n".encode(), context.params.get("output_bytes"))
         deadline = time.monotonic() + float(seconds)
         while time.monotonic() < deadline:
             if heed_stop and context.should_stop():
                 raise InterruptedError("asked to stop")
             time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
         output = context.workdir / "slept.txt"
-        output.write_text(f"{seconds}\n")
+        output.write_bytes(content)
         return JobResult(summary={"slept": seconds}, outputs={"slept.txt": output})
 
 

@@ -7,6 +7,12 @@ what it uploaded with one request (the ids derive from the inputs' SHA-256, so a
 Outputs are kept per attempt, so a superseded attempt can never overwrite the files the ledger points at;
 inputs are checked against their recorded hash after every download. The ledger records every key: nothing
 reads a key that it did not record.
+
+Small outputs are not objects at all: an output of at most :data:`INLINE_OUTPUT_MAX_BYTES` (a pose job's
+``landmarks.json`` is a few KiB), up to :data:`INLINE_JOB_MAX_BYTES` of them per job, is stored in the ledger
+itself (table ``job_outputs``, migration 6), in the transaction that records the result: one S3 PUT less per
+job, and one GET less per fetch. Its record in the job's outputs is ``{inline: true, sha256, size}``, with
+no key, and is checked on fetch exactly as an object is.
 """
 
 from __future__ import annotations
@@ -32,6 +38,10 @@ log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
 _SNAPSHOT_IN_MEMORY = 8 << 20  # an input larger than this is snapshotted to a temporary file
 _RESERVED_NAMES = frozenset({"", ".", ".."})
+# Outputs stored in the ledger rather than the object store (see the module): each at most this size, and
+# at most the budget per job (the rest, largest last, go to S3), so that one result's commit stays small.
+INLINE_OUTPUT_MAX_BYTES = 64 << 10
+INLINE_JOB_MAX_BYTES = 256 << 10
 # What a name must leave out to be a file on every worker: control characters, and what Windows refuses (a
 # pose job may run on the Windows worker). Its length: the worker writes an input under its own name
 # (download_inputs; no temporary name since fget_object's NAME.<etag>.part.minio went), so up to
@@ -81,6 +91,62 @@ class Artifact:
                 "from 0, for an input of at least 1 byte)"
             )
         return cls(key, sha256, size, offset)
+
+
+@dataclass(frozen=True)
+class InlineOutput:
+    """An output stored in the ledger (table ``job_outputs``), not in the object store."""
+
+    sha256: str
+    size: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {"inline": True, "sha256": self.sha256, "size": self.size}
+
+    @property
+    def where(self) -> str:
+        return "the ledger's copy"
+
+    @classmethod
+    def of(cls, data: bytes) -> InlineOutput:
+        return cls(hashlib.sha256(data).hexdigest(), len(data))
+
+
+Stored = Artifact | InlineOutput
+
+
+def output_record(data: Mapping[str, object], what: str) -> Stored:
+    """An output's record in the ledger: in the ledger itself (``inline``) or an object of the store."""
+    if data.get("inline") is not True:
+        return Artifact.from_dict(data, what)
+    sha256, size = data.get("sha256"), data.get("size")
+    if not isinstance(sha256, str) or not _is_count(size):
+        raise ArtifactError(f"{what}: the ledger's record {dict(data)!r} is not {{inline, sha256, size}}")
+    return InlineOutput(sha256, size)
+
+
+def read_small(path: Path, limit: int) -> bytes | None:
+    """The bytes of ``path`` when it holds at most ``limit`` of them, else None (read once: what is stored
+    is what was measured, even should the file grow meanwhile)."""
+    with path.open("rb") as handle:
+        data = handle.read(limit + 1)
+    return data if len(data) <= limit else None
+
+
+def split_outputs(
+    files: Mapping[str, Path], limit: int = INLINE_OUTPUT_MAX_BYTES, budget: int = INLINE_JOB_MAX_BYTES
+) -> tuple[dict[str, bytes], dict[str, Path]]:
+    """(outputs to store in the ledger: name -> bytes, outputs to upload: name -> file). Each of at most
+    ``limit`` bytes goes inline while the job's ``budget`` lasts, smallest first (the most outputs for the
+    budget; ties by name, so a spooled result delivered later splits the same way)."""
+    small = {name: data for name, path in files.items() if (data := read_small(path, limit)) is not None}
+    inline: dict[str, bytes] = {}
+    for name, data in sorted(small.items(), key=lambda item: (len(item[1]), item[0])):
+        if len(data) > budget:
+            break
+        inline[name] = data
+        budget -= len(data)
+    return inline, {name: path for name, path in files.items() if name not in inline}
 
 
 def _is_count(value: object) -> TypeGuard[int]:
@@ -216,6 +282,16 @@ class ArtifactStore:
     def upload_outputs(self, job_id: str, attempt: int, files: Mapping[str, Path]) -> dict[str, Artifact]:
         return {name: self.upload(output_key(job_id, attempt, name), path) for name, path in files.items()}
 
+    def store_outputs(
+        self, job_id: str, attempt: int, files: Mapping[str, Path]
+    ) -> tuple[dict[str, Stored], dict[str, bytes]]:
+        """Upload the outputs too large for the ledger (:func:`split_outputs`); (every output's record, the
+        bytes of those the ledger is to store, which the caller commits with the result)."""
+        inline, large = split_outputs(files)
+        records: dict[str, Stored] = {name: InlineOutput.of(data) for name, data in inline.items()}
+        records.update(self.upload_outputs(job_id, attempt, large))
+        return {name: records[name] for name in files}, inline
+
     def download(self, artifact: Artifact, destination: Path) -> Path:
         """Fetch ``artifact`` to ``destination``; refuse it unless size and SHA-256 match the ledger.
 
@@ -238,21 +314,7 @@ class ArtifactStore:
         it was or the whole, checked object, never a part. ArtifactError (nothing written) otherwise."""
         response = self._get(artifact)
         try:
-            handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - renamed, not closed-and-deleted
-                dir=destination.parent, prefix=".han-fetch-", suffix=".part", delete=False
-            )
-            temporary = Path(handle.name)
-            try:
-                with handle:
-                    sha256, size = _copy(response.stream(_CHUNK), cast(BinaryIO, handle))
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                if (sha256, size) != (artifact.sha256, artifact.size):
-                    raise _corrupt(artifact, sha256, size)
-                os.replace(temporary, destination)
-            except BaseException:
-                temporary.unlink(missing_ok=True)
-                raise
+            write_replacing(response.stream(_CHUNK), artifact, destination)
         finally:
             response.close()
             response.release_conn()
@@ -286,7 +348,28 @@ class ArtifactStore:
         return local
 
 
-def _corrupt(artifact: Artifact, sha256: str, size: int) -> ArtifactError:
+def write_replacing(chunks: Iterable[bytes], recorded: Stored, destination: Path) -> None:
+    """Write ``chunks`` into a temporary file beside ``destination`` and rename it over ``destination`` once
+    their size and SHA-256 match ``recorded`` (flushed to disk first): ``destination`` is either what it was
+    or the whole, checked output, never a part. ArtifactError (nothing written) otherwise."""
+    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - renamed, not closed-and-deleted
+        dir=destination.parent, prefix=".han-fetch-", suffix=".part", delete=False
+    )
+    temporary = Path(handle.name)
+    try:
+        with handle:
+            sha256, size = _copy(chunks, cast(BinaryIO, handle))
+            handle.flush()
+            os.fsync(handle.fileno())
+        if (sha256, size) != (recorded.sha256, recorded.size):
+            raise _corrupt(recorded, sha256, size)
+        os.replace(temporary, destination)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _corrupt(artifact: Stored, sha256: str, size: int) -> ArtifactError:
     return ArtifactError(
         f"{artifact.where}: corrupt: {size} bytes with SHA-256 {sha256}, but the ledger recorded "
         f"{artifact.size} bytes with SHA-256 {artifact.sha256}"

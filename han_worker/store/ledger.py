@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -160,6 +160,26 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
             'GPUs of the pool''s started worker jobs running no job, times seconds (a counter)';
         """,
     ),
+    (
+        6,
+        "inline outputs",
+        # Small outputs stored in the ledger instead of the object store (han_worker.store.artifacts), written
+        # by the statement that commits the result, so fenced as it is. A table of their own rather than a
+        # column of jobs: jobs rows are read by every listing, status and scrape and rewritten by every
+        # heartbeat, none of which needs the bytes; jobs.outputs stays the one record of every output
+        # (SHA-256, size, and ``inline``), whichever store holds it. bytea, not base64 in jsonb (a third
+        # larger, decoded on every read); PostgreSQL compresses values past ~2 KiB and moves them out of line
+        # (TOAST). ON DELETE CASCADE: a purge deletes them with their job's row, in its first phase, with
+        # nothing to journal for the object store.
+        """
+        CREATE TABLE job_outputs (
+            job_id uuid NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+            name text NOT NULL,
+            data bytea NOT NULL,
+            PRIMARY KEY (job_id, name)
+        );
+        """,
+    ),
 )
 
 # A claim: the next attempt of job %(claim)s, unless it is finished, running elsewhere (heartbeat within the
@@ -207,7 +227,9 @@ SELECT count(*) FROM buried
 """
 
 # A result of attempt %(attempt)s of job %(id)s, fenced: it goes in only while that attempt is the job's
-# current one; otherwise the attempt is marked superseded and the result discarded. An attempt that would be
+# current one; otherwise the attempt is marked superseded and the result discarded, its inline outputs with it
+# (a row of job_outputs is only ever the current result's: a job whose result is recorded is finished and
+# never runs again, so the ON CONFLICT is there for nothing but a retried statement). An attempt that would be
 # retried (crashed, released, timed out with attempts left) is not when a cancel was asked for meanwhile: the
 # job is cancelled. A success or a failure stands: the job ended before the cancel reached it.
 _FINISH_CTES = """
@@ -235,6 +257,12 @@ finished AS (
         outcome = CASE WHEN EXISTS (SELECT 1 FROM finished) THEN %(outcome)s::text ELSE 'superseded' END
     WHERE job_id = %(id)s AND attempt = %(attempt)s AND (outcome IS NULL OR outcome = 'crashed')
     RETURNING outcome
+), inlined AS (
+    INSERT INTO job_outputs (job_id, name, data)
+    SELECT %(id)s, name, data
+    FROM unnest(%(inline_names)s::text[], %(inline_data)s::bytea[]) AS new (name, data)
+    WHERE EXISTS (SELECT 1 FROM finished)
+    ON CONFLICT (job_id, name) DO UPDATE SET data = excluded.data
 )"""
 _FINISHED_COLUMNS = "(SELECT status FROM finished), (SELECT outcome FROM attempt)"
 _FINISH = f"WITH {_FINISH_CTES}\nSELECT {_FINISHED_COLUMNS}"
@@ -245,6 +273,10 @@ _FINISH = f"WITH {_FINISH_CTES}\nSELECT {_FINISHED_COLUMNS}"
 # is after the finish alone: a job finished now is done, and a retry goes in with an entry of its own.
 _FINISH_THEN_CLAIM = f"""WITH {_FINISH_CTES}, {_CLAIM_CTES}
 SELECT {_FINISHED_COLUMNS}, {_CLAIMED_COLUMNS} FROM (SELECT) AS one LEFT JOIN claimed ON true"""  # noqa: S608 - constants only
+
+# What Ledger.warm runs its statements on: a job id no row has, and an output name.
+_NIL_JOB = "00000000-0000-0000-0000-000000000000"
+_WARM_NAME = "warm-up"
 
 _INSERT_JOB = (
     "INSERT INTO jobs (id, kind, queue, params, inputs, max_attempts, timeout_seconds) "
@@ -351,7 +383,8 @@ class Outcome:
     kind: str  # one of OUTCOMES
     summary: Mapping[str, object] | None = None
     error: str | None = None
-    outputs: Mapping[str, Mapping[str, object]] | None = None  # name -> {key, sha256, size}
+    outputs: Mapping[str, Mapping[str, object]] | None = None  # name -> {key, sha256, size} or {inline, ...}
+    inline: Mapping[str, bytes] = field(default_factory=dict)  # name -> bytes of the outputs stored inline
 
 
 @dataclass(frozen=True)
@@ -483,6 +516,7 @@ def _finish_params(job_id: str, attempt: int, outcome: Outcome) -> dict[str, obj
         "error": None if outcome.error is None else storable_text(outcome.error),
         "result": None if outcome.summary is None else Jsonb(outcome.summary),
         "outputs": None if outcome.outputs is None else Jsonb(outcome.outputs),
+        "inline_names": list(outcome.inline), "inline_data": list(outcome.inline.values()),
     }  # fmt: skip
 
 
@@ -504,12 +538,33 @@ class Ledger:
             self._connection.close()
             self._connection = None
 
-    def _write(self, query: str, params: Mapping[str, object] | Sequence[object]) -> Row | None:
+    def _write(
+        self, query: str, params: Mapping[str, object] | Sequence[object], *, prepare: bool | None = None
+    ) -> Row | None:
         """One statement in autocommit mode: one transaction, one commit, one round trip; its first row, if
-        it returns rows."""
-        cursor = self.connection().execute(query, params)
+        it returns rows. ``prepare`` True: prepared on the server from its first execution (:meth:`warm`)."""
+        cursor = self.connection().execute(query, params, prepare=prepare)
         self.commits += 1
         return cursor.fetchone() if cursor.description is not None else None
+
+    def warm(self, owner: AttemptOwner, lease: float) -> None:
+        """Run the statements of every job once, on no job: a claim, a finish, and the two in one statement,
+        for the nil job id, which no row has, so nothing changes (and a transaction that changed nothing
+        writes nothing to disk). The server plans and prepares them and this connection's backend loads the
+        tables' and indexes' metadata now, before the worker takes its first job, not during it (psycopg would
+        prepare them only after five executions). Counted in no commit."""
+        outcome = Outcome("succeeded", {}, None, {_WARM_NAME: {}}, {_WARM_NAME: b""})  # the types of a result
+        entry = ("0-0", owner, lease)
+        connection = self.connection()
+        both = _finish_params(_NIL_JOB, 0, outcome) | _claim_params(_NIL_JOB, *entry, finishing=_NIL_JOB)
+        try:
+            connection.execute(_CLAIM, _claim_params(_NIL_JOB, *entry), prepare=True)
+            connection.execute(_FINISH, _finish_params(_NIL_JOB, 0, outcome), prepare=True)
+            connection.execute(_FINISH_THEN_CLAIM, both, prepare=True)
+        except psycopg.Error as exc:
+            if connection.closed or connection.broken:
+                raise
+            log.warning("ledger: the warm-up's statements failed (%s); the first job prepares them", exc)
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
@@ -597,7 +652,7 @@ class Ledger:
 
     def claim(self, job_id: str, entry_id: str, owner: AttemptOwner, lease: float) -> Claim | None:
         """Start the next attempt, or None when the job is finished, running elsewhere or out of attempts."""
-        return _claim_of(self._write(_CLAIM, _claim_params(job_id, entry_id, owner, lease)))
+        return _claim_of(self._write(_CLAIM, _claim_params(job_id, entry_id, owner, lease), prepare=True))
 
     def bury_if_exhausted(self, job_id: str, lease: float) -> bool:
         """Mark a job dead whose attempts are used up and whose last holder is gone (cancelled, when a
@@ -611,7 +666,7 @@ class Ledger:
 
     def finish(self, job_id: str, attempt: int, outcome: Outcome) -> FinishReport:
         """Record how attempt ``attempt`` ended, if it is still the job's current attempt."""
-        row = self._write(_FINISH, _finish_params(job_id, attempt, outcome))
+        row = self._write(_FINISH, _finish_params(job_id, attempt, outcome), prepare=True)
         return self._finish_report(job_id, attempt, outcome, row)
 
     def finish_then_claim(
@@ -632,7 +687,7 @@ class Ledger:
         params = _finish_params(job_id, attempt, outcome) | claim_params
         connection = self.connection()
         try:
-            row = connection.execute(_FINISH_THEN_CLAIM, params).fetchone()
+            row = connection.execute(_FINISH_THEN_CLAIM, params, prepare=True).fetchone()
         except psycopg.Error as exc:
             if connection.closed or connection.broken:
                 raise
@@ -716,6 +771,16 @@ class Ledger:
         query = sql.SQL("SELECT {} FROM jobs WHERE id = %s").format(_JOB_COLUMNS)
         row = self.connection().execute(query, (job_id,)).fetchone()
         return None if row is None else JobRecord(*row)
+
+    def inline_output(self, job_id: str, name: str) -> bytes | None:
+        """The bytes of output ``name`` of job ``job_id`` as the ledger stores them (an output recorded
+        ``inline``); None when it holds none."""
+        row = (
+            self.connection()
+            .execute("SELECT data FROM job_outputs WHERE job_id = %s AND name = %s", (job_id, name))
+            .fetchone()
+        )
+        return None if row is None else bytes(row[0])
 
     def status(self, job_id: str) -> str | None:
         row = self.connection().execute("SELECT status FROM jobs WHERE id = %s", (job_id,)).fetchone()

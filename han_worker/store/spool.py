@@ -3,7 +3,10 @@
 A job belongs to the ledger it came from, so a result is delivered to that control plane (by its
 source name: a restarted Pegasus control plane keeps its ledger under a new epoch), never to the one
 the worker moved to. Each entry is a directory holding ``result.json`` and the output files, built
-under a temporary name and renamed into place: a reader sees a whole entry or none.
+under a temporary name and renamed into place: a reader sees a whole entry or none. Every output is kept as
+a file, small or large: which ones the ledger stores inline is decided when the result is delivered
+(:func:`han_worker.store.artifacts.split_outputs`, the rule of a result recorded at once), so an entry
+spooled by one version of the worker is delivered by another as it would have recorded it.
 
 Several workers may share a spool (the default lives in the shared home directory), so a worker takes
 an entry by renaming it into ``.delivering/`` first; an entry left there by a worker that died

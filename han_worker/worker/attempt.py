@@ -8,7 +8,8 @@ A job that is cancelled or past its timeout is stopped the same way, asked at on
 stop, and should it not within :data:`ABANDON_AFTER_SECONDS`, the main thread records the attempt (cancelled,
 timed_out), leaves the serving thread behind with it and starts another: the worker goes on with the next job.
 
-Recording is upload, then the fenced ledger commit, then the Redis acknowledgement (under load owed
+Recording is upload (of the outputs too large for the ledger; the small ones go in with the commit), then the
+fenced ledger commit, then the Redis acknowledgement (under load owed
 to the next read: :meth:`han_worker.store.queues.Queues.owe`). Under load the
 worker hands :func:`record` the next waiting delivery, taken after the upload and just before the
 commit, and the same transaction claims it (:meth:`han_worker.store.ledger.Ledger.finish_then_claim`): one
@@ -259,14 +260,13 @@ def _no_successor() -> Successor | None:
 
 
 def _uploaded(link: Link, claim_id: tuple[str, int], result: AttemptResult) -> Outcome:
-    """Upload the outputs; the outcome to commit, naming them."""
-    outputs = link.artifacts.upload_outputs(*claim_id, result.files) if result.files else {}
-    return Outcome(
-        result.outcome,
-        result.summary,
-        result.error,
-        {name: artifact.to_dict() for name, artifact in outputs.items()} if result.files else None,
-    )
+    """Upload the outputs too large for the ledger; the outcome to commit, naming every output and carrying
+    the bytes of the small ones, which the commit stores (han_worker.store.artifacts)."""
+    if not result.files:
+        return Outcome(result.outcome, result.summary, result.error)
+    records, inline = link.artifacts.store_outputs(*claim_id, result.files)
+    outputs = {name: record.to_dict() for name, record in records.items()}
+    return Outcome(result.outcome, result.summary, result.error, outputs, inline)
 
 
 def _acknowledge(

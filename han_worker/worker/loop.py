@@ -456,8 +456,9 @@ class Worker:
         self._housekeeping(link)
         try:
             link.artifacts.ready()
+            link.ledger.warm(self._owner(link), self.config.lease_seconds)
         except RECORDING_ERRORS as exc:  # the first job will meet it too, and deal with it
-            log.warning("%s's object store: %s", link.source, describe(exc))
+            log.warning("%s's object store or ledger: %s", link.source, describe(exc))
         link.queues.register(self.identity.worker_id, self.registry_fields(), self._registry_ttl)
 
     def _leave(self) -> None:

@@ -12,7 +12,7 @@ side:
 2. one worker, then two, through the whole system: every job staged first, its input uploaded to S3 and
    its ledger row committed, then the workers started and, once they are ready, every job put in the
    ``pose`` stream at once (:func:`stage`); each worker takes a job, downloads its input, runs the
-   ``pose`` backend, uploads ``landmarks.json`` and commits the result. Throughput is the jobs divided by
+   ``pose`` backend and commits the result with ``landmarks.json`` (small: stored in the ledger). Throughput is the jobs divided by
    the time from the first job's start to the last one's finish, on the ledger's clock; per-job latency is
    an attempt's start to its finish;
 3. video: the same videos through the bare loop and one worker, in frames per second.
@@ -603,7 +603,8 @@ def section_of(
             "The system runs are the same inputs as pose jobs: all submitted first (each input uploaded to S3), then "
             "1 or 2 workers started; throughput is from the first job's start to the last one's finish on the "
             "ledger's clock, and a job's latency is its attempt's start to finish (download, decode, model, "
-            "landmarks.json, upload, commit).",
+            "landmarks.json, commit; landmarks.json, a few KiB, is stored in the ledger by that commit, not "
+            "uploaded to S3).",
             f"Images are the four kinds in turn: {', '.join(each.kind for each in inputs[:-1])}; the video is "
             f"{inputs[-1].kind} of the person moving, its tracking state fresh for each video in both loops.",
             "'ratio' is the system's rate divided by the bare loop's, within one repetition.",

@@ -33,7 +33,7 @@ from han_worker.selection.redis_tls import tls_redis
 from han_worker.selection.resolver import Choice
 from han_worker.selection.tls import postgres_tls
 from han_worker.store.artifacts import ArtifactStore
-from han_worker.store.ledger import Ledger
+from han_worker.store.ledger import JobRecord, Ledger
 from han_worker.store.link import Link, redis_client
 from han_worker.store.queues import Queues
 from tests.integration.conftest import UnprivilegedEnv
@@ -149,6 +149,20 @@ def worker_s3(
         control_plane.service("s3"), credentials.s3, ca_cert=credentials.tls_ca_cert,
         origin="credentials.json", timeout=timeout,
     )  # fmt: skip
+
+
+def output_body(ledger: Ledger, s3: Minio, bucket: str, record: JobRecord, name: str) -> bytes:
+    """The bytes of output ``name`` of the job of ``record`` wherever the record says they are: in the ledger
+    itself (``inline``, a small output) or in the object store."""
+    assert record.outputs is not None, record
+    saved = record.outputs[name]
+    if saved.get("inline") is True:
+        data = ledger.inline_output(record.id, name)
+        assert data is not None, (
+            f"output {name} of job {record.id} is recorded inline, but the ledger has no bytes"
+        )
+        return data
+    return bytes(s3.get_object(bucket, str(saved["key"])).read())
 
 
 def start_control_plane(

@@ -24,7 +24,7 @@ import pytest
 
 from han_worker import client
 from han_worker.store import retention
-from han_worker.store.artifacts import Artifact, input_key, output_key
+from han_worker.store.artifacts import Artifact, InlineOutput, input_key, output_key
 from han_worker.store.ledger import AttemptOwner, NewJob, Outcome
 from han_worker.store.link import Link
 from tests.integration.conftest import UnprivilegedEnv
@@ -124,7 +124,8 @@ def age(link: Link, job_ids: Sequence[str], days: float = 40) -> None:
 def keys_of(link: Link, job_ids: Sequence[str]) -> set[str]:
     rows = link.ledger.connection().execute(
         "SELECT value->>'key' FROM jobs, LATERAL (SELECT value FROM jsonb_each(inputs) UNION ALL "
-        "SELECT value FROM jsonb_each(coalesce(outputs, '{}'))) AS record WHERE id = ANY(%s::uuid[])",
+        "SELECT value FROM jsonb_each(coalesce(outputs, '{}'))) AS record WHERE id = ANY(%s::uuid[]) "
+        "AND value ? 'key'",  # an output kept in the ledger (inline) names no object
         (list(job_ids),),
     )
     return {row[0] for row in rows}
@@ -142,11 +143,21 @@ def existing(link: Link, job_ids: Sequence[str]) -> set[str]:
     return {row[0] for row in rows}
 
 
+def inline_rows(link: Link, job_ids: Sequence[str]) -> int:
+    row = (
+        link.ledger.connection()
+        .execute("SELECT count(*) FROM job_outputs WHERE job_id = ANY(%s::uuid[])", (list(job_ids),))
+        .fetchone()
+    )
+    assert row is not None
+    return int(row[0])
+
+
 def dangling(link: Link) -> set[str]:
     """Keys some ledger row records that the object store does not hold: the contract says none, ever."""
     rows = link.ledger.connection().execute(
         "SELECT DISTINCT value->>'key' FROM jobs, LATERAL (SELECT value FROM jsonb_each(inputs) UNION ALL "
-        "SELECT value FROM jsonb_each(coalesce(outputs, '{}'))) AS record"
+        "SELECT value FROM jsonb_each(coalesce(outputs, '{}'))) AS record WHERE value ? 'key'"
     )
     return {row[0] for row in rows} - stored(link)
 
@@ -201,7 +212,8 @@ def test_a_dry_run_counts_what_would_go_and_deletes_nothing_then_the_purge_delet
         link.ledger.connection()
         .execute(
             "SELECT sum((value->>'size')::bigint) FROM jobs, LATERAL (SELECT value FROM jsonb_each(inputs) UNION ALL "
-            "SELECT value FROM jsonb_each(coalesce(outputs, '{}'))) AS record WHERE id = ANY(%s::uuid[])",
+            "SELECT value FROM jsonb_each(coalesce(outputs, '{}'))) AS record WHERE id = ANY(%s::uuid[]) "
+            "AND value ? 'key'",  # an output kept in the ledger (inline) names no object
             (list(old.values()),),
         )
         .fetchone()
@@ -254,7 +266,8 @@ def test_a_batch_run_by_the_worker_is_purged_with_its_packs_outputs_and_row_once
     link: Link, worker: WorkerProcess, tmp_path: Path
 ) -> None:
     """16 small inputs go up as 8 packs of 2 (han_worker.packs): half the jobs old, one of each pack, go with
-    their outputs and leave every pack; the other half then take the packs and the batch's row with them."""
+    their outputs (small: in the ledger, deleted with their rows) and leave every pack; the other half then
+    take the packs and the batch's row with them."""
     for index in range(16):
         (tmp_path / f"photo{index:02d}.txt").write_text(f"photo {index}")
     plan = client.plan_batch(tmp_path, "sleep", {"seconds": 0.01}, 1)
@@ -267,8 +280,14 @@ def test_a_batch_run_by_the_worker_is_purged_with_its_packs_outputs_and_row_once
     assert {key for key in keys_of(link, first) if "/packs/" in key} == packs
     age(link, first)
 
+    assert inline_rows(link, jobs) == 16
     report = client.purge(link, "30d")
-    assert (report.jobs, report.batches, report.objects) == ({"succeeded": 8}, 0, 8)  # their outputs only
+    assert (report.jobs, report.batches, report.objects) == (
+        {"succeeded": 8},
+        0,
+        0,
+    )  # outputs inline, packs shared
+    assert inline_rows(link, jobs) == 8
     assert existing(link, jobs) == set(second)
     assert packs <= stored(link)
     assert dangling(link) == set()
@@ -277,7 +296,8 @@ def test_a_batch_run_by_the_worker_is_purged_with_its_packs_outputs_and_row_once
     age(link, second)
     last_keys = keys_of(link, second)
     report = client.purge(link, "30d")
-    assert (report.jobs, report.batches, report.objects) == ({"succeeded": 8}, 1, 16)  # 8 outputs, 8 packs
+    assert (report.jobs, report.batches, report.objects) == ({"succeeded": 8}, 1, 8)  # the 8 packs
+    assert inline_rows(link, jobs) == 0
     assert link.ledger.batch_counts(plan.batch_id) is None
     assert not last_keys & stored(link)
     assert not any(key.startswith(f"batches/{plan.batch_id}/") for key in stored(link))
@@ -320,8 +340,43 @@ def test_a_purge_while_a_worker_runs_jobs_touches_none_of_theirs(
         assert record is not None, worker.output()
         assert record.status == "succeeded", worker.output()
     assert existing(link, submitted) == set(submitted)
-    assert len(keys_of(link, submitted)) == 2 * len(submitted)  # an input and an output each
+    assert len(keys_of(link, submitted)) == len(submitted)  # an input each; the outputs are in the ledger
+    assert inline_rows(link, submitted) == len(submitted)
     assert keys_of(link, submitted) <= stored(link)
+    assert dangling(link) == set()
+
+
+def test_a_purge_deletes_inline_outputs_with_their_jobs_and_asks_s3_for_no_object_of_theirs(
+    link: Link, worker: WorkerProcess
+) -> None:
+    """A job whose output the ledger holds (the worker's sleep job, and one recorded by hand beside an input
+    in S3): the purge deletes the output's row with the job's (ON DELETE CASCADE), and counts and journals
+    only the input's object."""
+    [by_worker] = client.submit_many(link, "sleep", [{"seconds": 0}], 3)
+    done = client.wait(link, by_worker, 60)
+    assert done is not None
+    assert done.status == "succeeded", worker.output()
+    by_hand = str(uuid.uuid4())
+    inputs = {"in.txt": put(link, input_key(by_hand, "in.txt"), b"photo")}
+    link.ledger.insert_jobs([NewJob(by_hand, "noop", QUEUE, {}, inputs, 1)])
+    claim = link.ledger.claim(by_hand, "0-1", OWNER, 30.0)
+    assert claim is not None
+    data = b'{"frames": []}'
+    outcome = Outcome("succeeded", {}, None, {"landmarks.json": InlineOutput.of(data).to_dict()},
+                      {"landmarks.json": data})  # fmt: skip
+    assert link.ledger.finish(by_hand, claim.attempt, outcome).status == "succeeded"
+    jobs = [by_worker, by_hand]
+    assert inline_rows(link, jobs) == 2
+    assert keys_of(link, jobs) == {input_key(by_hand, "in.txt")}
+    age(link, jobs)
+
+    planned = client.purge(link, "30d", dry_run=True)
+    assert (planned.job_count, planned.objects, planned.bytes) == (2, 1, 5)
+    report = client.purge(link, "30d")
+    assert (report.job_count, report.objects, report.bytes, report.failed) == (2, 1, 5, 0)
+    assert existing(link, jobs) == set()
+    assert inline_rows(link, jobs) == 0
+    assert input_key(by_hand, "in.txt") not in stored(link)
     assert dangling(link) == set()
 
 

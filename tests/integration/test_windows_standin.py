@@ -32,7 +32,7 @@ from han_worker.selection.tls import ca_fingerprints, postgres_tls
 from han_worker.store.ledger import JobRecord, Ledger
 from tests.conftest import run_ansible
 from tests.integration.conftest import UnprivilegedEnv, recap
-from tests.integration.control_planes import wait_for
+from tests.integration.control_planes import output_body, wait_for
 from tests.unit.test_standin_platform import expected_standin_files, standin_role_variables
 
 HOST = "windows-standin"
@@ -130,13 +130,18 @@ class MacClient:
 
         return Ledger(connect)
 
-    def s3_object(self, key: str) -> bytes:
+    def output(self, record: JobRecord, name: str) -> bytes:
+        """An output's bytes, in the Mac's ledger (a small one) or its object store."""
         s3 = self.credentials["s3"]
         client = s3_client(
             ServiceEndpoint(MAC_ADDRESS, MAC_PORTS["s3"]), S3Credentials(s3["access_key"], s3["secret_key"], s3["bucket"]),
             ca_cert=self.credentials["tls"]["ca_cert"], origin="the Mac's credentials.json", timeout=5,
         )  # fmt: skip
-        return bytes(client.get_object(s3["bucket"], key).read())
+        ledger = self.ledger()
+        try:
+            return output_body(ledger, client, s3["bucket"], record, name)
+        finally:
+            ledger.close()
 
 
 @pytest.fixture(scope="module")
@@ -264,7 +269,7 @@ def test_windows_standin_training_job_uploads_its_checkpoint(
     assert last.endswith("model_5.pt")
     assert record.outputs is not None
     checkpoint = record.outputs[last]
-    body = mac_client.s3_object(str(checkpoint["key"]))
+    body = mac_client.output(record, last)
     assert hashlib.sha256(body).hexdigest() == checkpoint["sha256"]
     assert json.loads(body)["FAKE"].startswith("not a model")
     assert json.loads(body)["task"] == "Isaac-Velocity-Rough-Anymal-C-v0"

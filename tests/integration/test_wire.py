@@ -28,6 +28,7 @@ from tests.integration.conftest import UnprivilegedEnv
 from tests.integration.control_planes import (
     RunningControlPlane,
     han_worker,
+    output_body,
     start_control_plane,
     start_worker,
     wait_for,
@@ -151,15 +152,14 @@ def pose_job_on_the_wire(
     ledger = control_plane.ledger()
     try:
         record = ledger.job(job)
+        assert record is not None
+        assert record.outputs is not None
+        _ledger, _redis, s3 = control_plane.link_parts()
+        [name] = [name for name in record.outputs if name.endswith(".json")]
+        bucket = control_plane.worker_credentials().s3.bucket
+        landmarks_body = output_body(ledger, s3, bucket, record, name)  # in the ledger: over its TLS
     finally:
         ledger.close()
-    assert record is not None
-    assert record.outputs is not None
-    _ledger, _redis, s3 = control_plane.link_parts()
-    [landmarks] = [entry for name, entry in record.outputs.items() if name.endswith(".json")]
-    landmarks_body = bytes(
-        s3.get_object(control_plane.worker_credentials().s3.bucket, landmarks["key"]).read()
-    )
     [control_stream] = [stream for stream in capture.payloads if stream.destination == (ADDRESS, leak.port)]
     return capture, control_stream, photo.read_bytes() + landmarks_body, ports
 

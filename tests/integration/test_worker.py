@@ -35,6 +35,7 @@ from tests.integration.control_planes import (
     RunningControlPlane,
     WorkerProcess,
     han_worker,
+    output_body,
     start_control_plane,
     start_worker,
     wait_for,
@@ -128,7 +129,7 @@ def outcomes(system: System, job_id: str) -> list[str]:
     return [str(attempt["outcome"]) for attempt in system.ledger.attempts(job_id)]
 
 
-def test_submitted_jobs_are_done_and_their_outputs_are_in_s3(system: System):
+def test_submitted_jobs_are_done_and_their_small_outputs_are_in_the_ledger(system: System):
     system.start_worker("w1")
     data = system.workdir / "input.bin"
     write_private_file(system.env, data, "some input\n")
@@ -144,9 +145,13 @@ def test_submitted_jobs_are_done_and_their_outputs_are_in_s3(system: System):
     assert record.inputs["input.bin"]["sha256"] == hashlib.sha256(b"some input\n").hexdigest()
     assert record.outputs is not None
     slept = record.outputs["slept.txt"]
-    assert slept["key"] == f"jobs/{sleep_job}/outputs/1/slept.txt"
+    assert slept["inline"] is True, slept  # 5 bytes: stored with the result, no object in S3
+    assert "key" not in slept
     _ledger, _redis, s3 = system.cp.link_parts()
-    body = s3.get_object(system.cp.worker_credentials().s3.bucket, slept["key"]).read()
+    bucket = system.cp.worker_credentials().s3.bucket
+    assert not list(s3.list_objects(bucket, prefix=f"jobs/{sleep_job}/outputs/", recursive=True))
+    body = output_body(system.ledger, s3, bucket, record, "slept.txt")
+    assert body == b"0.5\n"
     assert hashlib.sha256(body).hexdigest() == slept["sha256"]
     assert len(body) == slept["size"]
     assert outcomes(system, sleep_job) == ["succeeded"]
@@ -167,9 +172,11 @@ def test_a_pose_job_on_a_photo_of_a_person_yields_33_landmarks(system: System):
     assert record.result is not None
     assert (record.result["frames"], record.result["frames_with_person"]) == (1, 1)
     assert record.outputs is not None
+    saved = record.outputs["landmarks.json"]
+    assert saved["inline"] is True, saved  # a few KiB: in the ledger, committed with the result
     _ledger, _redis, s3 = system.cp.link_parts()
-    landmarks = json.loads(s3.get_object(system.cp.worker_credentials().s3.bucket,
-                                         record.outputs["landmarks.json"]["key"]).read())  # fmt: skip
+    bucket = system.cp.worker_credentials().s3.bucket
+    landmarks = json.loads(output_body(system.ledger, s3, bucket, record, "landmarks.json"))
     assert [len(frame["landmarks"]) for frame in landmarks["frames"]] == [33]
 
     code, out, _err = system.cli("wait", bad_job, "--timeout", "120")
@@ -209,8 +216,8 @@ def landmarks_of(system: System, job_id: str) -> dict[str, Any]:
     assert record.status == "succeeded", record.error
     assert record.outputs is not None
     _ledger, _redis, s3 = system.cp.link_parts()
-    key = record.outputs["landmarks.json"]["key"]
-    document: dict[str, Any] = json.loads(s3.get_object(system.cp.worker_credentials().s3.bucket, key).read())
+    bucket = system.cp.worker_credentials().s3.bucket
+    document: dict[str, Any] = json.loads(output_body(system.ledger, s3, bucket, record, "landmarks.json"))
     return document
 
 

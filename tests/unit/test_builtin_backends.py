@@ -38,6 +38,20 @@ def test_sleep_writes_its_output_and_rejects_a_bad_duration(tmp_path: Path) -> N
         SleepBackend().run(context(tmp_path, "sleep", {"seconds": "soon"}))
 
 
+@pytest.mark.parametrize("size", [70_000, 2])
+def test_sleep_pads_its_output_to_the_size_asked_for(tmp_path: Path, size: int) -> None:
+    result = SleepBackend().run(context(tmp_path, "sleep", {"seconds": 0, "output_bytes": size}))
+    data = result.outputs["slept.txt"].read_bytes()
+    assert len(data) == size
+    assert data.startswith(b"0\n")
+
+
+@pytest.mark.parametrize("size", [1, -1, True, 1.5, "big", 64 * 1024 * 1024 + 1])
+def test_sleep_refuses_an_output_size_it_cannot_write(tmp_path: Path, size: object) -> None:
+    with pytest.raises(JobFailed, match="param 'output_bytes' must be a whole number from 2 to 67108864"):
+        SleepBackend().run(context(tmp_path, "sleep", {"seconds": 0, "output_bytes": size}))
+
+
 def test_fail_fails_with_its_message(tmp_path: Path) -> None:
     with pytest.raises(JobFailed, match=r"^bad input$"):
         FailBackend().run(context(tmp_path, "fail", {"message": "bad input"}))
