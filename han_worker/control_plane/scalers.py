@@ -4,7 +4,8 @@ A pool is registered by a file in the control plane's state directory, ``scalers
 ``pegasus_worker`` writes it in elastic mode and removes it in fixed mode or when stopping)::
 
     {"schema": 1, "config": "/home/u/.han/worker/config/worker.json",
-     "pool": "/home/u/.han/worker/config/pool.json", "state": "/home/u/.han/worker/run/scaler-state.json"}
+     "pool": "/home/u/.han/worker/config/pool.json", "state": "/home/u/.han/worker/run/scaler-state.json",
+     "resume": "3f1c..."}
 
 The supervisor runs one ``han-worker scale --config ... --pool ... --state ...`` per valid file, as a child of
 its own with its output appended to ``scalers/<pool>.log``: a scaler moves with the control plane (a walltime
@@ -15,13 +16,21 @@ a back-off), and stops, with SIGTERM (a scaler ends between two of its ticks), t
 removed or changed, or whose pool or config file changed: the new one starts once the old one has exited,
 never two on one state file. A file that cannot be used is logged once, naming the file and the problem, and
 its scaler is stopped; the control plane goes on.
+
+``resume`` (optional) is the pool's version as the role wrote it: when it differs from the one a scaler last
+ran with (``scalers/<pool>.resumed``), the scaler starts with ``--resume`` (a changed pool file is the
+operator's fix of what paused the pool); a restart or a rollover with the same version does not resume.
+While a scaler runs, ``scalers/<pool>.running`` says where (pid, node, start): the role waits for it to go
+after removing the registration, before it drains the workers, so that no worker job is submitted meanwhile.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,12 +41,18 @@ from typing import IO
 
 from han_worker import processes
 from han_worker.fields import FieldReader
-from han_worker.private_files import TrustedFileError, read_trusted_json
+from han_worker.private_files import (
+    TrustedFileError,
+    read_trusted_json,
+    write_private_json,
+    write_private_text,
+)
 
 log = logging.getLogger(__name__)
 
 SCHEMA = 1
-KEYS = frozenset({"schema", "config", "pool", "state"})
+KEYS = frozenset({"schema", "config", "pool", "state", "resume"})
+REQUIRED = ("schema", "config", "pool", "state")
 NAME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 # A scaler that exits is started again after these pauses in a row; one that ran STEADY_S starts them over.
 # Exit 2 (an input the scaler refused: its pool or config file) waits the longest: only a fix helps.
@@ -66,13 +81,30 @@ class Registration:
     pool: Path
     state: Path
     origin: Path
+    resume: str = ""
 
-    def argv(self, program: Sequence[str]) -> list[str]:
-        return [*program, "scale", f"--config={self.config}", f"--pool={self.pool}", f"--state={self.state}"]
+    def argv(self, program: Sequence[str], *, resume: bool = False) -> list[str]:
+        flags = [f"--config={self.config}", f"--pool={self.pool}", f"--state={self.state}"]
+        return [*program, "scale", *flags, *(["--resume"] if resume else [])]
 
     @property
     def log_file(self) -> Path:
         return self.origin.with_suffix(".log")
+
+    @property
+    def running_file(self) -> Path:
+        return self.origin.with_suffix(".running")
+
+    @property
+    def resumed_file(self) -> Path:
+        return self.origin.with_suffix(".resumed")
+
+    def resumed_version(self) -> str | None:
+        """The pool's version its scaler last ran with (None before the first)."""
+        try:
+            return self.resumed_file.read_text().strip()
+        except OSError:
+            return None
 
 
 def parse_registration(data: dict[str, object], origin: Path) -> Registration:
@@ -89,14 +121,19 @@ def parse_registration(data: dict[str, object], origin: Path) -> Registration:
             f"{origin}: the file's name must be <pool>.json, with letters, digits, '.', '_' and '-' in <pool>"
         )
     config, pool, state = (_absolute_path(fields, key) for key in ("config", "pool", "state"))
-    return Registration(name, config, pool, state, origin)
+    resume = _one_line(fields, "resume") if "resume" in data else ""
+    return Registration(name, config, pool, state, origin, resume)
+
+
+def _one_line(fields: FieldReader, key: str) -> str:
+    text = fields.string(key)
+    if any(character in text for character in "\n\r") or len(text) > 4096:
+        fields.fail(key, " must be one line of at most 4096 characters")
+    return text
 
 
 def _absolute_path(fields: FieldReader, key: str) -> Path:
-    text = fields.string(key)
-    if any(character in text for character in "\n\r"):
-        fields.fail(key, " must be one line")
-    path = Path(text)
+    path = Path(_one_line(fields, key))
     if not path.is_absolute():
         fields.fail(key, f": {str(path)!r} is not an absolute path")
     return path
@@ -143,23 +180,26 @@ def scaler_environment() -> dict[str, str]:
 class ScalerProcess:
     """One running ``han-worker scale``, its output appended to the registration's log file."""
 
-    def __init__(self, registration: Registration, program: Sequence[str]) -> None:
+    def __init__(self, registration: Registration, program: Sequence[str], *, resume: bool = False) -> None:
         self.registration = registration
         registration.log_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(registration.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._log: IO[bytes] | None = os.fdopen(fd, "ab")
         try:
             self.process = subprocess.Popen(
-                registration.argv(program),
+                registration.argv(program, resume=resume),
                 stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
                 cwd=registration.origin.parent, env=scaler_environment(), start_new_session=True,
                 # A supervisor killed outright (SIGKILL) takes its scalers with it: none outlives it.
                 preexec_fn=processes.die_with_parent(signal.SIGTERM),  # noqa: PLW1509 (the main thread)
             )  # fmt: skip
         except OSError:
-            self.close_log()
+            self._log.close()
             raise
         self.stop_deadline: float | None = None
+        write_private_json(registration.running_file, {
+            "pid": self.process.pid, "node": socket.gethostname(), "started_at": round(time.time())
+        })  # fmt: skip
 
     @property
     def pid(self) -> int:
@@ -183,9 +223,20 @@ class ScalerProcess:
         self.close_log()
 
     def close_log(self) -> None:
+        """After the process ended: its log closed, and the file that said it runs removed."""
         if self._log is not None:
             self._log.close()
             self._log = None
+            self._forget_running()
+
+    def _forget_running(self) -> None:
+        """Remove the running file if it is this process's (a successor may have written its own)."""
+        running = self.registration.running_file
+        try:
+            if json.loads(running.read_text()).get("pid") == self.process.pid:
+                running.unlink()
+        except (OSError, ValueError, AttributeError):
+            pass
 
 
 @dataclass
@@ -211,6 +262,11 @@ class Scalers:
     slots: dict[Path, Slot] = field(default_factory=dict)
     retiring: list[ScalerProcess] = field(default_factory=list)
     problems: dict[Path, str] = field(default_factory=dict)  # what was logged of each unusable file
+
+    def __post_init__(self) -> None:
+        """What a supervisor killed outright left: files saying scalers run that died with it."""
+        for stale in self.directory.glob("*.running"):
+            stale.unlink(missing_ok=True)
 
     def tick(self) -> None:
         """Bring the running scalers in line with the files, without waiting for any of them."""
@@ -271,12 +327,19 @@ class Scalers:
             code = slot.process.exit_code()
             if code is None:
                 if now - slot.started_at >= STEADY_S:
-                    slot.exits_in_a_row = 0
+                    self._steady(slot)
                 return
             self._exited(slot, code, now)
         if now < slot.start_after or self._state_file_busy(slot.registration.state):
             return
         self._start(slot, now)
+
+    def _steady(self, slot: Slot) -> None:
+        """A scaler that ran STEADY_S: its back-off starts over, and it has resumed its pool if asked to."""
+        slot.exits_in_a_row = 0
+        registration = slot.registration
+        if registration.resume and registration.resumed_version() != registration.resume:
+            write_private_text(registration.resumed_file, f"{registration.resume}\n")
 
     def _exited(self, slot: Slot, code: int, now: float) -> None:
         slot.process = None
@@ -293,8 +356,12 @@ class Scalers:
 
     def _start(self, slot: Slot, now: float) -> None:
         registration = slot.registration
+        recorded = registration.resumed_version()
+        resume = bool(registration.resume) and recorded is not None and recorded != registration.resume
+        if recorded is None and registration.resume:  # the first run of this pool: nothing to resume from
+            write_private_text(registration.resumed_file, f"{registration.resume}\n")
         try:
-            slot.process = ScalerProcess(registration, self.program)
+            slot.process = ScalerProcess(registration, self.program, resume=resume)
         except OSError as exc:
             slot.exits_in_a_row += 1
             pause = RESTART_BACKOFF_S[min(slot.exits_in_a_row, len(RESTART_BACKOFF_S)) - 1]
@@ -302,8 +369,9 @@ class Scalers:
             log.error("scaler %s could not start: %s; next try in %gs", registration.name, exc, pause)
             return
         slot.started_at = now
-        log.info("started scaler %s (pid %d) from %s; its log: %s", registration.name, slot.process.pid,
-                 registration.origin, registration.log_file)  # fmt: skip
+        resuming = ", resuming its pool" if resume else ""
+        log.info("started scaler %s (pid %d%s) from %s; its log: %s", registration.name, slot.process.pid,
+                 resuming, registration.origin, registration.log_file)  # fmt: skip
 
     def _state_file_busy(self, state: Path) -> bool:
         """A scaler being stopped still uses ``state``: its successor waits for its end."""

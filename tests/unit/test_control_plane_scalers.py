@@ -211,3 +211,29 @@ def test_stop_all_ends_every_scaler(pools: Scalers) -> None:
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_a_scaler_says_where_it_runs_while_it_runs(pools: Scalers) -> None:
+    register(pools, "delta")
+    until(lambda: "delta" in pools.running(), pools)
+    running = pools.directory / "delta.running"
+    assert json.loads(running.read_text())["pid"] == pools.running()["delta"]
+    (pools.directory / "delta.json").unlink()
+    until(lambda: not pools.running() and not pools.retiring, pools)
+    assert not running.exists()
+
+
+def test_a_new_pool_version_resumes_the_pool_and_a_restart_does_not(
+    pools: Scalers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scalers, "STEADY_S", 0.0)  # the version counts as run at once
+    register(pools, "eps", resume="v1")
+    until(lambda: log_says(pools, "eps", "started scale"), pools)
+    assert "--resume" not in (pools.directory / "eps.log").read_text(), "the first version: nothing to resume"
+    until(lambda: (pools.directory / "eps.resumed").read_text().strip() == "v1", pools)
+    os.kill(pools.running()["eps"], signal.SIGKILL)
+    until(lambda: (pools.directory / "eps.log").read_text().count("started scale") == 2, pools)
+    assert "--resume" not in (pools.directory / "eps.log").read_text(), "a restart of the same version"
+    register(pools, "eps", resume="v2")
+    until(lambda: log_says(pools, "eps", "--resume"), pools)
+    assert (pools.directory / "eps.log").read_text().count("started scale") == 3
