@@ -172,7 +172,7 @@ def test_a_control_plane_restart_mid_scale_up_submits_no_worker_job_twice(pool: 
                                                     else ""), 60, "the first worker job")  # fmt: skip
         scaler = pool.scaler_pid()
         assert scaler is not None
-        epoch = pool.cp.endpoints["epoch"]
+        epoch = int(str(pool.cp.endpoints["epoch"]))
         assert pool.cp.stop() == 0, pool.cp.output()[-3000:]
         stopped = pool.cp.output()
         assert gone(scaler)
