@@ -26,6 +26,7 @@ after removing the registration, before it drains the workers, so that no worker
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -197,9 +198,13 @@ class ScalerProcess:
             self._log.close()
             raise
         self.stop_deadline: float | None = None
-        write_private_json(registration.running_file, {
-            "pid": self.process.pid, "node": socket.gethostname(), "started_at": round(time.time())
-        })  # fmt: skip
+        try:
+            write_private_json(registration.running_file, {
+                "pid": self.process.pid, "node": socket.gethostname(), "started_at": round(time.time())
+            })  # fmt: skip
+        except OSError:  # a scaler nobody can see running is not left behind
+            self.kill()
+            raise
 
     @property
     def pid(self) -> int:
@@ -265,8 +270,9 @@ class Scalers:
 
     def __post_init__(self) -> None:
         """What a supervisor killed outright left: files saying scalers run that died with it."""
-        for stale in self.directory.glob("*.running"):
-            stale.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # an unusable directory is said at the first tick
+            for stale in self.directory.glob("*.running"):
+                stale.unlink(missing_ok=True)
 
     def tick(self) -> None:
         """Bring the running scalers in line with the files, without waiting for any of them."""
@@ -414,8 +420,11 @@ class Scalers:
                 time.sleep(0.1)
 
 
-def log_tail(path: Path, lines: int = 10) -> str:
+def log_tail(path: Path, lines: int = 10, window: int = 65536) -> str:
+    """The last lines of a log, reading no more than its last ``window`` bytes (a scaler's log only grows)."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        with path.open("rb") as handle:
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - window))
+            return "\n".join(handle.read().decode(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
