@@ -4,7 +4,10 @@ directories (worker/scratch.py) are judged with it."""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,3 +53,18 @@ def is_running(mark: ProcessMark) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def die_with_parent(stop_signal: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that asks Linux to send the child ``stop_signal`` if its parent dies without stopping
+    it (SIGKILL); None off Linux. Linux sends it when the thread that started the child ends: start children
+    from the main thread."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+
+    def set_parent_death_signal() -> None:
+        libc.prctl(pr_set_pdeathsig, stop_signal)
+
+    return set_parent_death_signal

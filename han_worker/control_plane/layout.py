@@ -98,11 +98,16 @@ class Layout:
     def log_file(self, name: str) -> Path:
         return self.logs_dir / f"{name}.log"
 
+    @property
+    def scalers_dir(self) -> Path:
+        """The elastic pools' registration files (``<pool>.json``) and their scalers' logs (scalers.py)."""
+        return self.root / "scalers"
+
     def run_dir(self) -> Path:
         return self.root / "run"
 
     def make_dirs(self) -> None:
-        for directory in (self.root, self.data_root, self.logs_dir, self.run_dir()):
+        for directory in (self.root, self.data_root, self.logs_dir, self.run_dir(), self.scalers_dir):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             directory.chmod(0o700)
 

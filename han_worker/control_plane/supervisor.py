@@ -12,7 +12,6 @@ a service that crashes while serving on the same address and ports, and records 
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import logging
 import os
@@ -20,10 +19,9 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -50,6 +48,7 @@ from han_worker.control_plane.metrics_server import (
     publish_prometheus_files,
 )
 from han_worker.control_plane.retention import INTERVAL_S, RetentionLoop
+from han_worker.control_plane.scalers import Scalers
 from han_worker.control_plane.services import (
     CERTIFICATE_NAMES,
     SEAWEED_INTERNAL_ADDRESS,
@@ -141,7 +140,7 @@ class Child:
             env=self.service.env,
             # A terminal's Ctrl-C reaches the supervisor only, which then stops the services in order.
             start_new_session=True,
-            preexec_fn=_die_with_parent(self.service.stop_signal),  # noqa: PLW1509 (no threads yet)
+            preexec_fn=processes.die_with_parent(self.service.stop_signal),  # noqa: PLW1509 (no threads yet)
         )
         log.info(
             "started %s (pid %d) on %s", self.service.name, self.process.pid, self.service.endpoint.address
@@ -191,19 +190,6 @@ def log_tail(path: Path, lines: int = 10) -> str:
     tail = text[-lines:]
     fatal = [line for line in text[:-lines] if FATAL_LINE.match(line)][-1:]
     return "\n".join([*fatal, *(["..."] if fatal else []), *tail])
-
-
-def _die_with_parent(stop_signal: int) -> Callable[[], None] | None:
-    """Ask Linux to send the child its stop signal if the supervisor dies without stopping it (SIGKILL)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-
-    def set_parent_death_signal() -> None:
-        libc.prctl(pr_set_pdeathsig, stop_signal)
-
-    return set_parent_death_signal
 
 
 @contextmanager
@@ -261,6 +247,7 @@ class Supervisor:
         self.metrics_port = 0  # chosen with the services' ports at each start
         self.metrics: MetricsServer | None = None
         self.retention: RetentionLoop | None = None
+        self.scalers: Scalers | None = None
 
     def request_stop(self, signum: int, _frame: object = None) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
@@ -277,6 +264,7 @@ class Supervisor:
                 if self.stopping.is_set():
                     return EXIT_OK
                 self._start_retention()
+                self.scalers = Scalers(self.layout.scalers_dir)
                 return self._watch()
             except (SupervisorError, BinaryNotFound) as exc:
                 record_failure(self.layout, "start", str(exc))
@@ -510,6 +498,7 @@ class Supervisor:
     def _watch(self) -> int:
         crashes = CrashHistory()
         while not self.stopping.wait(0.5):
+            self._tend_scalers()
             for child in self.children:
                 code = child.exit_code()
                 if code is None:
@@ -588,7 +577,25 @@ class Supervisor:
         if self.published is not None:
             self._probe_as_worker(workers_share(secrets, previous), self.published)
 
+    # -- the elastic pools' scalers ----------------------------------------------------------------------
+
+    def _tend_scalers(self) -> None:
+        """Start, restart and stop the scalers as their registration files say (scalers.py), between two
+        looks at the services; nothing a scaler or its file does can stop the control plane."""
+        if self.scalers is None:
+            return
+        try:
+            self.scalers.tick()
+        except Exception:
+            log.exception("the scalers could not be tended; trying again at the next tick")
+
+    def _stop_scalers(self) -> None:
+        if self.scalers is not None:
+            self.scalers.stop_all()
+            self.scalers = None
+
     def _stop_all(self) -> None:
+        self._stop_scalers()  # first: no worker job submitted to a control plane going away
         self._stop_retention()
         self._stop_metrics()
         stoppers = [

@@ -5,8 +5,8 @@ first.
 What must survive a restart of the scaler lives in its state file, not in memory: the worker jobs it
 submitted that have not registered yet (to tell an allocation that died before its worker registered) and
 the failures in a row (for the back-off and the pause). Everything else is read afresh each tick. A pause
-lasts until the operator resumes the pool (``han-worker scale --resume``, which the role runs when it
-writes a changed pool file).
+lasts until the operator resumes the pool (``han-worker scale --resume``, with which the control plane's
+supervisor starts the scaler when the role registered a changed pool file; control_plane/scalers.py).
 """
 
 from __future__ import annotations
@@ -102,8 +102,8 @@ def describe_state(path: Path, now: float | None = None) -> dict[str, object]:
 
 
 RESUME_HINT = (
-    "  paused until resumed: fix the setting and re-run playbooks/pegasus_worker.yml (it resumes a pool "
-    "whose file changed), or run han-worker scale --resume --once with the scaler's flags"
+    "  paused until resumed: fix the setting and re-run playbooks/pegasus_worker.yml (the control plane "
+    "starts the scaler again with --resume when the pool's file changed)"
 )
 
 

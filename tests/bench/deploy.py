@@ -66,7 +66,7 @@ def settings() -> dict[str, object]:
         "control_plane_slurm_time": "30",
         "control_plane_successor": False,
         # A fixed array, as in every run before elastic became the role's default: the figures stay comparable,
-        # and clean() finds the array by its name (an elastic pool's scaler job has a name of its own).
+        # and clean() finds the array by its name (an elastic pool's workers come and go with the backlog).
         "pegasus_worker_scaling": "fixed",
         "pegasus_worker_slurm_job_name": WORKER_JOB_NAME,
         "pegasus_worker_state_dir": WORKER_STATE_DIR,

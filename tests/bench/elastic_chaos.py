@@ -2,7 +2,7 @@
 of an elastic pool costs. Its own control plane (``--restart-crashed``, direct mode, 127.0.0.86) and pool
 (``han-worker scale`` submitting worker jobs to the testbed's Slurm, partition batch, no GRES); N ``sleep``
 jobs from zero workers; a worker job on its way and a running one cancelled, the scaler and the control plane
-SIGKILLed in the middle of the scale-up (a new scaler started once the control plane is back), worker
+SIGKILLed in the middle of the scale-up (the keeper's new supervisor starts the registered scaler again), worker
 processes SIGKILLed mid-job in their Slurm jobs. Figures only, never asserted."""
 
 from __future__ import annotations

@@ -3,16 +3,17 @@
 
 Its own control plane (``han-control-plane run --restart-crashed``, direct mode, 127.0.0.86, free ports), its own
 pool (Slurm job name ``han-chaos-elastic-<hex>``, partition batch, 1 CPU, no GRES: the testbed's fake GPUs
-belong to the inventory's lane) and ``han-worker scale`` on it, run as the cluster user. Each worker job runs
+belong to the inventory's lane), registered with that control plane, whose supervisor runs its ``han-worker
+scale`` (as role pegasus_worker registers a pool). Each worker job runs
 the role's elastic job script's command, ``han-worker run --restart-crashed`` (the keeper is the batch
 process), with ``idle_timeout_seconds``. From zero workers, N ``sleep`` jobs are submitted at once; then:
 
 1. the first worker job the scaler submitted is cancelled (``scancel``) while it is on its way (pending in
    Slurm, or started with its worker not registered yet: the scaler counts both as pending);
 2. once the scaler has submitted again, in the middle of its scale-up, the scaler and the supervisor with all
-   its services are SIGKILLed at once (a control-plane restart: the keeper starts a new supervisor); a new
-   scaler is started once the control plane answers (as the role's successor job would), with the same state
-   file: it must rebuild its picture from Slurm and the ledger;
+   its services are SIGKILLed at once (a control-plane restart: the keeper starts a new supervisor, which starts
+   the pool's scaler again from its registration), with the same state file: it must rebuild its picture from
+   Slurm and the ledger;
 3. worker processes are SIGKILLed mid-job inside their Slurm jobs (their keeper starts them again), at even
    steps of the jobs' progress;
 4. a running worker job is cancelled (``scancel``, an allocation lost from the outside), mid-job if one is busy.
@@ -184,7 +185,6 @@ class ElasticRound:
     result: Result = field(init=False)
     job_name: str = field(init=False)
     cp: RunningControlPlane | None = field(default=None, init=False)
-    scalers: list[subprocess.Popen[str]] = field(default_factory=list, init=False)
     killed_in: Counter[str] = field(
         default_factory=Counter, init=False
     )  # worker job -> its workers SIGKILLed
@@ -202,7 +202,7 @@ class ElasticRound:
             job_ids = self._submit(cp)
             sampler.start()
             try:
-                self._start_scaler()
+                self._register_pool()
                 self._cancel_pending_then_kill_scale_up(cp)
                 self._kill_and_cancel_while_running(cp, job_ids)
                 wait_until(lambda: finished(cp, job_ids) == len(job_ids), "every job to finish", 600,
@@ -263,33 +263,48 @@ class ElasticRound:
         finally:
             link.close()
 
-    def _start_scaler(self) -> None:
-        log = (self.workdir / f"scaler-{len(self.scalers)}.log").open("w")
-        with log:
-            self.scalers.append(subprocess.Popen(
-                self.env.argv("han-worker", "scale", "--config", str(self.worker_config), "--pool",
-                              str(self.pool_file), "--state", str(self.state_file)),
-                stdout=log, stderr=subprocess.STDOUT, text=True,
-            ))  # fmt: skip
-        self.result.scaler_starts += 1
+    def _scalers_file(self, suffix: str) -> Path:
+        assert self.cp is not None
+        return self.cp.state_dir / "scalers" / f"{self.job_name}{suffix}"
+
+    def _register_pool(self) -> None:
+        """The pool's registration with the control plane (written as the cluster user, then renamed in)."""
+        document = {"schema": 1, "config": str(self.worker_config), "pool": str(self.pool_file),
+                    "state": str(self.state_file)}  # fmt: skip
+        staged = write_private_file(self.env, self._scalers_file(".json.tmp"), json.dumps(document))
+        staged.rename(self._scalers_file(".json"))
+        wait_until(lambda: self.scaler_pid() is not None, "the control plane running the scaler", 30,
+                   detail=self._state)  # fmt: skip
+
+    def scaler_pid(self) -> int | None:
+        """The pid of the pool's scaler while the supervisor says it runs."""
+        try:
+            return int(json.loads(self._scalers_file(".running").read_text())["pid"])
+        except (OSError, ValueError, KeyError):
+            return None
 
     def _stop_scalers(self) -> None:
-        for scaler in self.scalers:
-            if scaler.poll() is None:
-                scaler.send_signal(signal.SIGTERM)
-                try:
-                    scaler.wait(30)
-                except subprocess.TimeoutExpired:
-                    scaler.kill()
+        """Unregister the pool; the supervisor stops its scaler (SIGTERM, between two ticks)."""
+        if self.cp is None:
+            return
+        self._scalers_file(".json").unlink(missing_ok=True)
+        with contextlib.suppress(ChaosError):
+            wait_until(lambda: self.scaler_pid() is None, "the scaler to stop", 40)
+        if self.cp is not None:
+            self.result.scaler_starts = self.cp.output().count(f"started scaler {self.job_name} ")
 
     def scaler_output(self) -> str:
-        return "".join(path.read_text() for path in sorted(self.workdir.glob("scaler-*.log")))
+        try:
+            return self._scalers_file(".log").read_text()
+        except (OSError, AssertionError):
+            return ""
 
     # -- the chaos ----------------------------------------------------------------------------------
 
     def _cancel_pending_then_kill_scale_up(self, cp: RunningControlPlane) -> None:
         """The first worker job on its way is cancelled; once the scaler has submitted its replacement, the
-        scaler and the control plane are killed in the middle of the scale-up, and a new scaler started."""
+        scaler and the control plane are killed in the middle of the scale-up; the keeper's new supervisor starts
+        the scaler again."""
         first = self._catch_on_the_way(cp, set())
         subprocess.run(["scancel", first.job_id], check=True)
         self.result.pending_cancelled = f"{first.job_id} ({first.state})"
@@ -297,9 +312,10 @@ class ElasticRound:
         self.log(f"elastic chaos: scancel worker job {first.job_id} on its way ({first.state})")
         self._catch_on_the_way(cp, {first.job_id})
         self.result.allocations_at_scaler_kill = len(alive_ids(self.job_name))
-        self._kill_scaler_and_control_plane(cp)
+        killed = self._kill_scaler_and_control_plane(cp)
         wait_until(lambda: control_plane_answers(cp), "the control plane back", detail=self._state)
-        self._start_scaler()
+        wait_until(lambda: self.scaler_pid() not in (None, killed), "the new supervisor's scaler", 60,
+                   detail=self._state)  # fmt: skip
 
     def _catch_on_the_way(self, cp: RunningControlPlane, seen: set[str]) -> QueuedJob:
         """A worker job of the pool not in ``seen`` that is pending, or started with no worker registered."""
@@ -314,18 +330,19 @@ class ElasticRound:
         wait_until(on_its_way, "a worker job on its way", 60, detail=self._state)
         return caught[0]
 
-    def _kill_scaler_and_control_plane(self, cp: RunningControlPlane) -> None:
-        supervisor = running_pid(Layout(cp.state_dir))
-        if supervisor is None:
-            raise ChaosError("no supervisor holds the state directory's lock")
-        scaler = self.scalers[-1]
-        for pid in [scaler.pid, supervisor, *child_pids(supervisor)]:  # at once, as a killed Slurm job's
+    def _kill_scaler_and_control_plane(self, cp: RunningControlPlane) -> int:
+        """SIGKILL the scaler, the supervisor and its services at once (as a killed Slurm job's); the scaler's
+        pid."""
+        supervisor, scaler = running_pid(Layout(cp.state_dir)), self.scaler_pid()
+        if supervisor is None or scaler is None:
+            raise ChaosError(f"no supervisor holds the state directory's lock, or no scaler runs ({scaler})")
+        for pid in [scaler, supervisor, *child_pids(supervisor)]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        scaler.wait(10)
         self.result.kills[SCALER_KILL] += 1
-        self.log(f"elastic chaos: SIGKILL scaler pid {scaler.pid}, supervisor pid {supervisor} and its services "
+        self.log(f"elastic chaos: SIGKILL scaler pid {scaler}, supervisor pid {supervisor} and its services "
                  f"({self.result.allocations_at_scaler_kill} worker job(s) alive)")  # fmt: skip
+        return scaler
 
     def _kill_and_cancel_while_running(self, cp: RunningControlPlane, job_ids: list[str]) -> None:
         steps = [WORKER_KILL] * self.plan.worker_kills

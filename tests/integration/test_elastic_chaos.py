@@ -1,6 +1,7 @@
 """A small elastic chaos round (tests/integration/elastic_chaos_round.py): from zero workers, a burst served by
 an elastic pool on the testbed's Slurm while a worker job on its way and a running one are cancelled, the scaler
-and the control plane are SIGKILLed in the middle of the scale-up, and worker processes are SIGKILLed mid-job
+(run by the control plane's supervisor, from the pool's registration) and the control plane are SIGKILLed in the
+middle of the scale-up (the keeper's new supervisor starts the scaler again), and worker processes are SIGKILLed mid-job
 inside their Slurm jobs. Counted from the ledger and Slurm: every job succeeded exactly once, the pool never
 held more than max_workers allocations nor max_pending waiting, and no worker job was left behind.
 
@@ -48,3 +49,4 @@ def test_an_elastic_chaos_round_loses_nothing_and_keeps_the_pool_within_its_limi
     assert result.on_the_way_at_end == [], "the scaler accounts for every worker job it submitted"
     assert not result.scaler_paused, scalers
     assert result.epoch_after == (result.epoch_before or 0) + 1, "the control plane came back, once"
+    assert result.scaler_starts == 2, "the supervisor started the pool's scaler, and its successor once more"

@@ -1,11 +1,14 @@
-"""Role pegasus_worker in elastic mode on the testbed (issue 20): the play writes the pool's file and runs the
-scaler (``han-worker scale``) as a Slurm job of its own, a second run and check mode change nothing, a burst of
-jobs is served by worker jobs the scaler submits, which leave when the queue is empty, switching to a fixed array
-and back with jobs in flight loses none and runs none twice, ``playbooks/status.yml`` shows the running scaler and
-its last decision, and stopping ends the scaler and its workers.
+"""Role pegasus_worker in elastic mode on the testbed (issue 20): the play writes the pool's file and registers
+the pool with the control plane, whose supervisor runs the scaler (``han-worker scale``); it cancels the
+scaler's own Slurm job an earlier version of the role left; a second run and check mode change nothing (the same
+scaler runs on), a burst of jobs is served by worker jobs the scaler submits, which leave when the queue is
+empty, switching to a fixed array and back with jobs in flight loses none and runs none twice (the fixed array
+unregisters the scaler), ``playbooks/status.yml`` shows where the scaler runs and its last decision, and
+stopping ends the scaler and its workers.
 
 Everything here is this module's own: a control plane on 127.0.0.76 (a process of the cluster user), the
-pool's and the scaler's Slurm job names, the state directory; the workers serve queue noop and ask for no GPU.
+pool's Slurm job name (and the old scaler job's), the state directory; the workers serve queue noop and ask for
+no GPU.
 The role runs this checkout's han_worker (the test venv), through ``pegasus_worker_env_bin_dir``.
 """
 
@@ -64,9 +67,19 @@ class Deployment:
             "pegasus_worker_max_pending": 1,
             "pegasus_worker_idle_timeout": 3,
             "pegasus_worker_scaler_horizon": 5,
-            "pegasus_worker_scaler_slurm_time": "10:00",
             "pegasus_worker_stop_timeout": 60,
         }
+
+    @property
+    def scalers_dir(self) -> Path:
+        return self.cp.state_dir / "scalers"
+
+    def scaler_pid(self) -> int | None:
+        """The pid of the pool's scaler while the control plane's supervisor says it runs."""
+        try:
+            return int(json.loads((self.scalers_dir / f"{POOL_JOB}.running").read_text())["pid"])
+        except (OSError, ValueError, KeyError):
+            return None
 
     def play(self, *args: str, **changes: object) -> subprocess.CompletedProcess[str]:
         variables = json.dumps({**self.variables, **changes})
@@ -101,10 +114,22 @@ def deployment(unprivileged_env: UnprivilegedEnv, workdir: Path) -> Iterator[Dep
 def test_elastic_mode_runs_the_scaler_alone_until_there_is_work_and_a_second_run_changes_nothing(
     deployment: Deployment,
 ) -> None:
+    # What an earlier version of the role left running: the scaler as a Slurm job of its own.
+    legacy = subprocess.run(
+        ["setpriv", f"--reuid={deployment.env.user}", f"--regid={deployment.env.user}", "--init-groups", "--",
+         "sbatch", "--parsable", f"--job-name={SCALER_JOB}", "--time=10:00", "--cpus-per-task=1", "--mem=100M",
+         "--output=/dev/null", "--chdir=/tmp", "--wrap=exec sleep 600"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    wait_for(lambda: alive(SCALER_JOB) == ["RUNNING"], 60, f"the old scaler job {legacy.stdout.strip()}")
     first = deployment.play()
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr
-    # One scaler runs; the one it queued at its start waits for its end (--dependency=singleton).
-    assert sorted(alive(SCALER_JOB)) == ["PENDING", "RUNNING"], first.stdout[-3000:]
+    assert alive(SCALER_JOB) == [], "the old scaler's Slurm job was stopped"
+    registration = json.loads((deployment.scalers_dir / f"{POOL_JOB}.json").read_text())
+    assert registration["pool"] == str(STATE_DIR / "config" / "pool.json")
+    scaler = wait_for(
+        deployment.scaler_pid, 30, f"the control plane running the scaler:\n{deployment.cp.output()}"
+    )
     assert alive(POOL_JOB) == [], "no backlog, no worker job"
     settings = parse_pool(json.loads((STATE_DIR / "config" / "pool.json").read_text()), "pool.json")
     assert (settings.pool.job_name, settings.pool.queues, settings.limits.max_workers) == (
@@ -121,7 +146,7 @@ def test_elastic_mode_runs_the_scaler_alone_until_there_is_work_and_a_second_run
     checked = deployment.play("--check")
     assert checked.returncode == 0, checked.stdout[-4000:]
     assert recap(checked, PEGASUS_HOST)["changed"] == 0, checked.stdout[-3000:]
-    assert sorted(alive(SCALER_JOB)) == ["PENDING", "RUNNING"], "the same scaler, not a second one"
+    assert deployment.scaler_pid() == scaler, "the same scaler, not a second one"
 
 
 def test_a_burst_is_served_by_worker_jobs_that_leave_when_the_queue_is_empty(
@@ -139,7 +164,7 @@ def test_a_burst_is_served_by_worker_jobs_that_leave_when_the_queue_is_empty(
     workers = [record.worker_id or "" if record else "" for record in records]
     assert all("-slurm" in worker for worker in workers), f"done by Slurm worker jobs: {workers}"
     wait_for(lambda: alive(POOL_JOB) == [], 60, "every worker job to leave (idle_timeout 3 s)", interval=0.5)
-    assert sorted(alive(SCALER_JOB)) == ["PENDING", "RUNNING"]
+    assert deployment.scaler_pid() is not None
 
 
 def submit_sleeps(deployment: Deployment, workdir: Path, count: int, seconds: int) -> list[str]:
@@ -164,7 +189,8 @@ def test_switching_between_fixed_and_elastic_with_jobs_in_flight_loses_no_job(
                  "a job running on the elastic pool's workers", interval=0.5)  # fmt: skip
         to_fixed = deployment.play(pegasus_worker_scaling="fixed", pegasus_worker_count=1)
         assert to_fixed.returncode == 0, to_fixed.stdout[-4000:] + to_fixed.stderr
-        assert alive(SCALER_JOB) == [], "a fixed array has no scaler"
+        assert deployment.scaler_pid() is None, "a fixed array has no scaler"
+        assert not (deployment.scalers_dir / f"{POOL_JOB}.json").exists()
         jobs += submit_sleeps(deployment, workdir, 3, seconds=2)
         wait_for(lambda: any(ledger.status(job) == "running" for job in jobs), 120,
                  "a job running on the fixed array", interval=0.5)  # fmt: skip
@@ -178,7 +204,7 @@ def test_switching_between_fixed_and_elastic_with_jobs_in_flight_loses_no_job(
     # Drained workers hand their job back (an attempt that did not succeed); none runs a job to success twice.
     successes = {job: found.count("succeeded") for job, found in outcomes.items()}
     assert successes == dict.fromkeys(jobs, 1), outcomes
-    assert sorted(alive(SCALER_JOB)) == ["PENDING", "RUNNING"], "elastic again: its scaler runs"
+    assert wait_for(deployment.scaler_pid, 30, "elastic again: its scaler runs")
     wait_for(lambda: alive(POOL_JOB) == [], 60, "the pool's workers to leave once idle", interval=0.5)
 
 
@@ -186,9 +212,11 @@ def test_status_shows_the_running_scaler_and_its_last_decision(deployment: Deplo
     variables = json.dumps(deployment.variables)
     status = run_ansible("ansible-playbook", "playbooks/status.yml", "-e", variables)
     assert status.returncode == 0, status.stdout[-4000:] + status.stderr
-    running = re.search(rf"Scaler {re.escape(SCALER_JOB)}: running \(Slurm job (\d+)\)", status.stdout)
+    running = re.search(
+        rf"Scaler {re.escape(POOL_JOB)}: running with the control plane \(pid (\d+) on", status.stdout
+    )
     assert running, status.stdout[-3000:]
-    assert running.group(1) in {job.job_id for job in listed(SCALER_JOB) if job.state == "RUNNING"}
+    assert int(running.group(1)) == deployment.scaler_pid()
     # The scaler's own words (han-worker status --scaler-state), after the burst: scaling, not paused.
     decision = rf"scaler {re.escape(POOL_JOB)}: scaling, \d+ s ago: \S"
     assert re.search(decision, status.stdout), status.stdout[-3000:]
@@ -199,5 +227,7 @@ def test_status_shows_the_running_scaler_and_its_last_decision(deployment: Deplo
 def test_stopping_ends_the_scaler_and_its_workers(deployment: Deployment) -> None:
     stopped = deployment.play("-e", "state=stopped")
     assert stopped.returncode == 0, stopped.stdout[-4000:]
-    assert alive(SCALER_JOB) == []
+    assert deployment.scaler_pid() is None, "the play waited until the control plane had stopped the scaler"
+    assert not (deployment.scalers_dir / f"{POOL_JOB}.json").exists()
+    assert f"scaler {POOL_JOB} stopped" in deployment.cp.output()
     assert alive(POOL_JOB) == []

@@ -1,6 +1,6 @@
 """Role pegasus_worker in elastic mode (issue 20): the pool's file it writes is what ``han-worker scale`` reads
-(parsed here by han_worker.scaling.pool itself), the worker's config leaves when idle, the scripts run the
-scaler and the workers with nothing secret, and every bad setting is refused naming its variable."""
+(parsed here by han_worker.scaling.pool itself), the worker's config leaves when idle, the registration with
+the control plane is what its supervisor reads, the script runs the workers with nothing secret, and every bad setting is refused naming its variable."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from han_worker.config import parse_worker_config
+from han_worker.control_plane.scalers import parse_registration
 from han_worker.scaling.policy import Limits
 from han_worker.scaling.pool import parse_pool
 from tests.conftest import REPO
@@ -83,23 +84,46 @@ def bash_syntax(script: str, tmp_path: Path) -> None:
 def test_an_elastic_worker_job_queues_no_successor_the_scaler_replaces_it(tmp_path: Path) -> None:
     script = render("worker.sbatch.j2")
     bash_syntax(script, tmp_path)
-    assert "sbatch" not in script.replace("scaler.sbatch", "")
+    assert "sbatch" not in script
     assert script.rstrip().endswith(
         f"exec {HOME}/.han/env/bin/han-worker run --config={HOME}/.han/worker/config/worker.json --restart-crashed"
     )
     assert "--dependency=singleton" in render("worker.sbatch.j2", pegasus_worker_scaling="fixed")
 
 
-def test_the_scaler_job_runs_han_worker_scale_and_queues_its_own_successor(tmp_path: Path) -> None:
-    script = render("scaler.sbatch.j2", pegasus_worker_slurm_bin_dir="/opt/slurm/bin")
-    bash_syntax(script, tmp_path)
-    assert "export PATH=/opt/slurm/bin:$PATH" in script
-    assert "--job-name=han-pose-worker-scaler --dependency=singleton" in script
-    assert "--export=NONE" in script
-    assert script.rstrip().endswith(
-        f"exec {HOME}/.han/env/bin/han-worker scale --config={HOME}/.han/worker/config/worker.json "
-        f"--pool={HOME}/.han/worker/config/pool.json --state={HOME}/.han/worker/run/scaler-state.json"
+def test_the_registration_is_what_the_control_planes_supervisor_reads() -> None:
+    variables = role_variables()
+    path = Path(role_templates.evaluate(variables, "_pegasus_worker_registration_file"))
+    assert path == Path(f"{HOME}/.han/control-plane/scalers/han-pose-worker.json"), (
+        "beside the endpoints file"
     )
+    document = role_templates.evaluate(variables, "_pegasus_worker_registration | to_json")
+    registration = parse_registration(json.loads(document), path)
+    assert registration.name == "han-pose-worker"
+    assert registration.argv(["han-worker"]) == [
+        "han-worker", "scale", f"--config={HOME}/.han/worker/config/worker.json",
+        f"--pool={HOME}/.han/worker/config/pool.json", f"--state={HOME}/.han/worker/run/scaler-state.json",
+    ]  # fmt: skip
+    assert registration.resume, "the pool's version"
+
+
+def test_the_pool_version_changes_with_the_pool_and_only_with_it() -> None:
+    def version(**overrides: Any) -> str:
+        return str(
+            role_templates.evaluate(role_variables(**overrides), "_pegasus_worker_registration.resume")
+        )
+
+    assert version() == version(pegasus_worker_idle_timeout=17), "the worker's config is not the pool's file"
+    assert version() != version(pegasus_worker_slurm_partition="batch")
+    assert version() != version(pegasus_worker_max=7)
+
+
+def test_the_registration_follows_the_endpoints_file() -> None:
+    variables = role_variables(
+        pegasus_worker_endpoints_file="~/cp/endpoints.json", pegasus_worker_slurm_job_name="p"
+    )
+    path = role_templates.evaluate(variables, "_pegasus_worker_registration_file")
+    assert path == f"{HOME}/cp/scalers/p.json"
 
 
 def refused(**overrides: Any) -> list[str]:

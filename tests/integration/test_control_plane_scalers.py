@@ -1,0 +1,206 @@
+"""The control plane runs the elastic pools' scalers (issue 20, han_worker/control_plane/scalers.py), on the
+testbed's real Slurm: a pool registered in ``<state dir>/scalers/<pool>.json`` gets its ``han-worker scale``
+as a child of the supervisor, which starts it again after a SIGKILL, stops it when the file is removed and
+while the control plane stops; a restart of the control plane in the middle of a scale-up starts it again from
+the same files, and no worker job is submitted twice (never more than the pool's limits alive or waiting, every
+job one attempt). A registration file that cannot be used is named in the supervisor's log and changes nothing
+else.
+
+The control plane (127.0.0.88), the pool's job name and the state directories are this module's own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from han_worker.slurm import WAITING_STATES, is_alive, parse_squeue, squeue_argv
+from tests.integration.conftest import UnprivilegedEnv
+from tests.integration.control_planes import (
+    RunningControlPlane,
+    han_worker,
+    start_control_plane,
+    wait_for,
+    worker_settings,
+    write_private_file,
+)
+
+pytestmark = pytest.mark.own_names
+
+ADDRESS = "127.0.0.88"  # no other test or benchmark uses it
+JOBS = 10
+MAX_WORKERS, MAX_PENDING = 3, 1
+
+
+class RegisteredPool:
+    """A pool's files, as role pegasus_worker writes them, and its registration with the control plane."""
+
+    def __init__(self, env: UnprivilegedEnv, workdir: Path, control_plane: RunningControlPlane) -> None:
+        self.env, self.workdir, self.cp = env, workdir, control_plane
+        self.job_name = f"han-test-cpscaler-{uuid.uuid4().hex[:8]}"
+        self.worker_config = write_private_file(env, workdir / "worker.json", json.dumps(worker_settings(
+            control_plane, workdir / "spool", queues=["noop"], idle_timeout_seconds=3)))  # fmt: skip
+        script = write_private_file(env, workdir / "worker.sbatch", "#!/bin/bash -eu\nexec "
+                                    f"{env.bin_dir / 'han-worker'} run --config {self.worker_config}\n", 0o700)  # fmt: skip
+        self.pool_file = write_private_file(env, workdir / "pool.json", json.dumps({
+            "job_name": self.job_name, "queues": ["noop"], "script": str(script), "tick_seconds": 2,
+            "sbatch": {"time": "10:00", "output": str(workdir / "slurm-%j.out"), "chdir": str(workdir),
+                       "cpus_per_task": 1, "mem": "500M"},
+            "limits": {"max_workers": MAX_WORKERS, "max_pending": MAX_PENDING, "horizon_seconds": 5},
+        }))  # fmt: skip
+        self.state = workdir / "scaler-state.json"
+
+    @property
+    def scalers_dir(self) -> Path:
+        return self.cp.state_dir / "scalers"
+
+    @property
+    def registration(self) -> Path:
+        return self.scalers_dir / f"{self.job_name}.json"
+
+    @property
+    def scaler_log(self) -> Path:
+        return self.scalers_dir / f"{self.job_name}.log"
+
+    def register(self, name: str | None = None, **document: object) -> Path:
+        """Write a registration file as the cluster user, atomically (a rename, as Ansible's copy does)."""
+        target = self.registration if name is None else self.scalers_dir / name
+        content = {"schema": 1, "config": str(self.worker_config), "pool": str(self.pool_file),
+                   "state": str(self.state), **document}  # fmt: skip
+        staged = write_private_file(self.env, self.scalers_dir / f".{target.name}.tmp", json.dumps(content))
+        staged.rename(target)
+        return target
+
+    def scaler_pid(self) -> int | None:
+        """The pid of the pool's scaler while the supervisor says it runs."""
+        try:
+            return int(json.loads((self.scalers_dir / f"{self.job_name}.running").read_text())["pid"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def alive(self) -> list[str]:
+        listed = subprocess.run(squeue_argv("squeue", name=self.job_name), capture_output=True, text=True,
+                                check=True)  # fmt: skip
+        return [job.state for job in parse_squeue(listed.stdout) if is_alive(job)]
+
+    def submit_sleeps(self, count: int, seconds: int) -> list[str]:
+        client = worker_settings(self.cp, self.workdir / "spool-client")
+        config = write_private_file(self.env, self.workdir / "client.json", json.dumps(client))
+        jobs = []
+        for _index in range(count):
+            submitted = han_worker(self.env, "submit", "--config", str(config), "--kind", "sleep",
+                                   "--param", f"seconds={seconds}")  # fmt: skip
+            assert submitted.returncode == 0, submitted.stderr
+            jobs.append(submitted.stdout.strip())
+        return jobs
+
+
+@pytest.fixture
+def pool(unprivileged_env: UnprivilegedEnv, workdir: Path) -> Iterator[RegisteredPool]:
+    control_plane = start_control_plane(unprivileged_env, workdir / "cp", address=ADDRESS)
+    made = RegisteredPool(unprivileged_env, workdir, control_plane)
+    try:
+        yield made
+    finally:
+        made.registration.unlink(missing_ok=True)
+        made.cp.shutdown()  # the one running now (the test restarts it)
+        subprocess.run(["scancel", f"--name={made.job_name}"], check=False)
+        shutil.rmtree(made.cp.state_dir, ignore_errors=True)
+
+
+class Sampler(threading.Thread):
+    """squeue every half second: the most worker jobs alive, and waiting, at any moment."""
+
+    def __init__(self, pool: RegisteredPool) -> None:
+        super().__init__(daemon=True)
+        self.pool, self.stopping = pool, threading.Event()
+        self.most_alive = self.most_waiting = 0
+
+    def run(self) -> None:
+        while not self.stopping.wait(0.5):
+            states = self.pool.alive()
+            self.most_alive = max(self.most_alive, len(states))
+            self.most_waiting = max(self.most_waiting, sum(state in WAITING_STATES for state in states))
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+
+
+def test_the_supervisor_runs_restarts_and_stops_a_registered_scaler(pool: RegisteredPool) -> None:
+    bad = pool.register("broken.json", pool="relative/pool.json")
+    pool.register()
+    first = wait_for(pool.scaler_pid, 30, f"the scaler started:\n{pool.cp.output()[-3000:]}")
+    wait_for(pool.state.exists, 30, f"the scaler's first tick:\n{pool.scaler_log.read_text()[-3000:]}")
+    assert (
+        f"scaler not run: {bad}: field 'pool': 'relative/pool.json' is not an absolute path"
+        in pool.cp.output()
+    )
+    assert pool.cp.process.poll() is None, "a bad file does not bring the control plane down"
+
+    os.kill(first, signal.SIGKILL)
+    second = wait_for(lambda: pool.scaler_pid() not in (None, first) and pool.scaler_pid(), 30,
+                      f"the scaler started again:\n{pool.cp.output()[-3000:]}")  # fmt: skip
+    assert f"scaler {pool.job_name} exited with code -9" in pool.cp.output()
+
+    pool.registration.unlink()
+    wait_for(lambda: pool.scaler_pid() is None and gone(int(second)), 30,
+             f"the scaler stopped once its file was removed:\n{pool.cp.output()[-3000:]}")  # fmt: skip
+    assert f"scaler {pool.job_name} stopped (exit code 0)" in pool.cp.output(), "SIGTERM: between two ticks"
+
+
+def test_a_control_plane_restart_mid_scale_up_submits_no_worker_job_twice(pool: RegisteredPool) -> None:
+    jobs = pool.submit_sleeps(JOBS, seconds=2)
+    sampler = Sampler(pool)
+    sampler.start()
+    try:
+        pool.register()
+        wait_for(lambda: "submitted worker job" in (pool.scaler_log.read_text() if pool.scaler_log.exists()
+                                                    else ""), 60, "the first worker job")  # fmt: skip
+        scaler = pool.scaler_pid()
+        assert scaler is not None
+        epoch = int(str(pool.cp.endpoints["epoch"]))
+        assert pool.cp.stop() == 0, pool.cp.output()[-3000:]
+        stopped = pool.cp.output()
+        assert gone(scaler)
+        assert pool.scaler_pid() is None, "the supervisor stopped its scaler before it ended"
+        # The scaler first, then the services: it submits nothing to a control plane going away.
+        assert stopped.index(f"scaler {pool.job_name} stopped") < stopped.index("postgres stopped"), stopped
+        pool.cp = start_control_plane(pool.env, pool.cp.state_dir, address=ADDRESS)
+        assert pool.cp.endpoints["epoch"] == epoch + 1
+        wait_for(pool.scaler_pid, 30, f"the successor's scaler:\n{pool.cp.output()[-3000:]}")
+        ledger = pool.cp.ledger()
+        try:
+            wait_for(lambda: all(ledger.status(job) == "succeeded" for job in jobs), 240,
+                     f"the {JOBS} jobs to succeed:\n{pool.scaler_log.read_text()[-3000:]}", interval=0.5)  # fmt: skip
+            records = [ledger.job(job) for job in jobs]
+        finally:
+            ledger.close()
+        wait_for(lambda: pool.alive() == [], 60, "every worker job to leave (idle_timeout 3 s)", interval=0.5)
+    finally:
+        sampler.stopping.set()
+    output = pool.scaler_log.read_text()
+    assert sampler.most_alive <= MAX_WORKERS, output
+    assert sampler.most_waiting <= MAX_PENDING, output
+    assert [record.attempts if record else None for record in records] == [1] * JOBS, (
+        "none killed or run twice"
+    )
+    submitted = output.count("submitted worker job")
+    assert 1 <= submitted <= MAX_WORKERS + 2, output  # a worker that left may be replaced while work remains
+    state = json.loads(pool.state.read_text())
+    assert state["submitted"] == {}, "every worker job it submitted registered, across the restart"
+    assert state["failures"]["starts"] == 0, state
+    assert "Traceback" not in output, output
