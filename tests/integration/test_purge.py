@@ -24,7 +24,7 @@ import pytest
 
 from han_worker import client
 from han_worker.store import retention
-from han_worker.store.artifacts import Artifact, InlineOutput, input_key, output_key
+from han_worker.store.artifacts import INLINE_OUTPUT_MAX_BYTES, Artifact, InlineOutput, input_key, output_key
 from han_worker.store.ledger import AttemptOwner, NewJob, Outcome
 from han_worker.store.link import Link
 from tests.integration.conftest import UnprivilegedEnv
@@ -432,7 +432,9 @@ def test_a_purged_batch_submitted_again_while_the_purge_deletes_keeps_every_obje
     for index in range(4):
         (tmp_path / f"photo{index}.txt").write_text(f"photo {index}")
     (tmp_path / "large.bin").write_bytes(bytes(range(256)) * 6_144)  # 1.5 MiB: an object of its own
-    plan = client.plan_batch(tmp_path, "sleep", {"seconds": 0.01}, 1)
+    # Outputs too large for the ledger: objects too, under the jobs' own keys.
+    params = {"seconds": 0.01, "output_bytes": INLINE_OUTPUT_MAX_BYTES + 1}
+    plan = client.plan_batch(tmp_path, "sleep", params, 1)
     client.submit_batch(link, plan)
     assert client.wait_batch(link, plan.batch_id, 120).all_succeeded, worker.output()
     old_keys = keys_of(link, plan.job_ids)
