@@ -154,8 +154,8 @@ Fingerprint = tuple[object, ...]
 def fingerprint(registration: Registration) -> Fingerprint:
     """What the scaler read when it started: its registration, and the pool and config files as they are (a
     change of either makes the supervisor start the scaler again; the state file is the scaler's own)."""
-    return (registration, *(_file_version(path) for path in (registration.origin, registration.pool,
-                                                              registration.config)))  # fmt: skip
+    files = (registration.origin, registration.pool, registration.config)
+    return (registration, *(_file_version(path) for path in files))
 
 
 def _file_version(path: Path) -> tuple[int, int, int] | None:
