@@ -9,10 +9,10 @@ So the same command run again after an interruption submits the same ids: the le
 has (``ON CONFLICT DO NOTHING``), uploads already in the object store are skipped, and the jobs recorded but
 not in their stream (the interruption came between the commit and the enqueue) are enqueued then.
 
-Submitting: inputs uploaded in parallel (each file read again, and refused if its SHA-256 changed since it was
-planned), the small ones concatenated into a few packs (:mod:`han_worker.packs`: one PUT per input was most of
-a submission's time), then the batch and its jobs recorded with one statement, then one Redis round trip for
-the entries. A worker can never see a job whose inputs are missing.
+Submitting: inputs uploaded in parallel, the small ones concatenated into a few packs (:mod:`han_worker.packs`:
+one PUT per input was most of a submission's time) built from the bytes :func:`plan` kept (see Reading below);
+meanwhile the batch and its jobs are inserted with one statement, in a transaction committed once every upload
+is done; then one Redis round trip for the entries. A worker can never see a job whose inputs are missing.
 """
 
 from __future__ import annotations
@@ -27,13 +27,14 @@ import stat
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property, partial
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from han_worker.fields import RequestError, shown
-from han_worker.packs import Pack, plan_packs, read_pack
+from han_worker.packs import Pack, is_packable, plan_packs, read_pack
 from han_worker.store import retention
 from han_worker.store.artifacts import (
     Artifact,
@@ -41,7 +42,6 @@ from han_worker.store.artifacts import (
     batch_input_key,
     batch_prefix,
     check_name,
-    file_digest,
     take_snapshot,
 )
 from han_worker.store.ledger import BatchCounts, NewBatch, NewJob
@@ -68,6 +68,9 @@ class BatchInput:
     relative: str
     sha256: str
     size: int
+    # The bytes plan() read, kept for a small input (see Reading): its pack is then uploaded from them, with
+    # no second read of the file.
+    data: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -88,11 +91,18 @@ class BatchPlan:
     timeout_seconds: float | None = None  # each job's own limit (submit --timeout); not part of the ids
 
     def job_id(self, item: BatchInput) -> str:
-        return str(uuid.uuid5(uuid.UUID(self.batch_id), item.relative))
+        return self._job_ids[item.relative]
+
+    @cached_property
+    def _job_ids(self) -> dict[str, str]:
+        """Each input's job id (by its relative path), derived once: a uuid5 costs a few microseconds, and a
+        submission asks for every id several times."""
+        namespace = uuid.UUID(self.batch_id)
+        return {item.relative: str(uuid.uuid5(namespace, item.relative)) for item in self.inputs}
 
     @property
     def job_ids(self) -> list[str]:
-        return [self.job_id(item) for item in self.inputs]
+        return list(self._job_ids.values())
 
     def key(self, item: BatchInput) -> str:
         """The object of an input that is not packed."""
@@ -164,15 +174,17 @@ def source_files(source: Path) -> tuple[Path, list[Path]]:
     there are none."""
     if source.is_dir():
         try:
-            entries = [Path(entry.path) for entry in os.scandir(source) if not entry.name.startswith(".")]
+            with os.scandir(source) as entries:
+                names = [
+                    entry.name for entry in entries if not entry.name.startswith(".") and not entry.is_dir()
+                ]
         except OSError as exc:
             raise RequestError(f"--input: {source}: cannot be listed: {exc.strerror or exc}") from None
-        files = sorted(path for path in entries if not path.is_dir())
-        if not files:
+        if not names:
             raise RequestError(
                 f"--input: {source}: a folder with no file in it (subfolders and hidden files are not read)"
             )
-        return source, files
+        return source, [source / name for name in sorted(names)]
     pattern = str(source)
     files = sorted(Path(match) for match in glob.glob(pattern, recursive=True) if not Path(match).is_dir())
     if not files:
@@ -181,7 +193,7 @@ def source_files(source: Path) -> tuple[Path, list[Path]]:
 
 
 def _real(path: Path) -> str:
-    """Where ``path`` leads, every link followed (os.path: ~4x cheaper than Path.resolve, once per input)."""
+    """Where ``path`` leads, every link followed (os.path: ~4x cheaper than Path.resolve)."""
     try:
         return os.path.realpath(path, strict=True)
     except FileNotFoundError:
@@ -193,24 +205,64 @@ def _real(path: Path) -> str:
 def _relative(base: Path, real_base: str, path: Path) -> str:
     """``path`` relative to ``base`` (which leads to ``real_base``), each part a plain file name; RequestError
     for a link out of ``base``."""
-    real = _real(path)
-    if os.path.commonpath([real, real_base]) != real_base:
-        raise RequestError(f"--input: {path} is a link to {real}, out of the folder {base}")
-    parts = path.relative_to(base).parts
+    if path.parent == base and not os.path.islink(path):
+        parts: tuple[str, ...] = (path.name,)  # a file of the folder itself: no link to follow out of it
+    else:
+        real = _real(path)
+        if os.path.commonpath([real, real_base]) != real_base:
+            raise RequestError(f"--input: {path} is a link to {real}, out of the folder {base}")
+        parts = path.relative_to(base).parts
     try:
         return "/".join(check_name(part, "--input") for part in parts)
     except ArtifactError as exc:
         raise RequestError(f"{exc} (in {path})") from None
 
 
-def _read(path: Path, relative: str) -> BatchInput:
+# -- reading -----------------------------------------------------------------------------------------------
+#
+# plan() reads every file once, to hash it. A small input's bytes are kept (up to KEPT_BYTES in all), and its
+# pack is built from them: reading and hashing every file again made most of the upload stage (2,000 inputs of
+# 1 KiB: 0.39 s of a 1.19 s submission; 0.09-0.12 s with the bytes kept). What is uploaded is then what was
+# hashed, whatever happens to the file meanwhile. Inputs past the budget are read again at upload and refused
+# if they changed.
+
+KEPT_BYTES = 64 << 20
+READ_CHUNK = 1 << 20
+
+
+@dataclass
+class _Budget:
+    """What plan() may still keep of the inputs' bytes."""
+
+    left: int
+
+
+def _read(path: Path, relative: str, budget: _Budget) -> BatchInput:
     try:
-        if not stat.S_ISREG(path.stat().st_mode):
-            raise RequestError(f"--input: {path} is not a regular file")
-        sha256, size = file_digest(path)
+        # O_NONBLOCK: a FIFO in the folder must not block the open before fstat refuses it.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise RequestError(f"--input: {path} is not a regular file")
+            data, sha256, size = _digest(handle, budget)
     except OSError as exc:
         raise RequestError(f"--input: {path}: cannot be read: {exc.strerror or exc}") from None
-    return BatchInput(path, relative, sha256, size)
+    return BatchInput(path, relative, sha256, size, data)
+
+
+def _digest(handle: BinaryIO, budget: _Budget) -> tuple[bytes | None, str, int]:
+    """(the bytes, when the input is packable and the budget holds them; their SHA-256; their size)."""
+    digest, size, chunks, keep = hashlib.sha256(), 0, [], True
+    while chunk := handle.read(READ_CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+        keep = keep and size <= budget.left and is_packable(size)
+        if keep:
+            chunks.append(chunk)
+    if not (keep and is_packable(size)):
+        return None, digest.hexdigest(), size
+    budget.left -= size
+    return b"".join(chunks), digest.hexdigest(), size
 
 
 def manifest_digest(kind: str, params: Mapping[str, object], inputs: Sequence[BatchInput]) -> str:
@@ -232,8 +284,8 @@ def plan(source: Path, kind: str, queue: str, params: Mapping[str, object], max_
         raise RequestError(
             f"--input: {source} holds {len(files)} files; a batch has at most {MAX_BATCH_JOBS}"
         )
-    real_base = _real(base)
-    inputs = tuple(_read(path, _relative(base, real_base, path)) for path in files)
+    real_base, budget = _real(base), _Budget(KEPT_BYTES)
+    inputs = tuple(_read(path, _relative(base, real_base, path), budget) for path in files)
     digest = manifest_digest(kind, params, inputs)
     batch_id = str(uuid.uuid5(BATCH_NAMESPACE, digest))
     return BatchPlan(batch_id, kind, queue, dict(params), max_attempts, digest, inputs)
@@ -343,6 +395,23 @@ def _finish_purge_of(link: Link, batch: BatchPlan) -> None:
         )
 
 
+def _upload_and_record(
+    link: Link, batch: BatchPlan, threads: int, report: Progress
+) -> tuple[int, int, list[str]]:
+    """Upload the inputs while the ledger inserts the rows, in a transaction committed once every upload is
+    done (rolled back if one fails): no one sees a job before its inputs are in the object store, and the
+    server's time for the statement overlaps the uploads'. (inputs uploaded, inputs kept, jobs recorded)."""
+    rows = (NewBatch(batch.batch_id, batch.kind, batch.manifest_sha256), batch.new_jobs())
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="han-record") as recorder,
+        link.ledger.transaction(),
+    ):
+        recording = recorder.submit(link.ledger.insert_batch, *rows)
+        uploaded, kept = _upload_all(link, batch, threads, report)
+        report("record", 0, len(batch.inputs))
+        return uploaded, kept, recording.result()
+
+
 def submit(
     link: Link, batch: BatchPlan, threads: int = UPLOAD_THREADS, progress: Progress | None = None
 ) -> BatchSubmission:
@@ -351,11 +420,7 @@ def submit(
     total = len(batch.inputs)
     if link.ledger.batch_counts(batch.batch_id) is None:  # recorded in one statement: all of it or nothing
         _finish_purge_of(link, batch)
-        uploaded, kept = _upload_all(link, batch, threads, report)
-        report("record", 0, total)
-        recorded = link.ledger.insert_batch(
-            NewBatch(batch.batch_id, batch.kind, batch.manifest_sha256), batch.new_jobs()
-        )
+        uploaded, kept, recorded = _upload_and_record(link, batch, threads, report)
     else:
         uploaded, kept, recorded = 0, total, []
         log.info("batch %s was recorded before: enqueueing what its stream lacks", batch.batch_id)

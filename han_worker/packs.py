@@ -48,6 +48,9 @@ class Member(Protocol):
     @property
     def size(self) -> int: ...
 
+    @property
+    def data(self) -> bytes | None: ...
+
 
 @dataclass(frozen=True)
 class Pack:
@@ -107,15 +110,15 @@ def _pack(batch_id: str, number: int, members: Sequence[Member]) -> Pack:
 
 
 def read_pack(pack: Pack) -> Snapshot:
-    """The pack's bytes, each member's file read again now: RequestError naming a file that cannot be read or
-    does not hold what was planned any more (nothing is uploaded then). In memory, or a temporary file past a
-    few MiB."""
+    """The pack's bytes: each member's kept bytes (what planning read and hashed), or its file read again now,
+    RequestError naming a file that cannot be read or does not hold what was planned any more (nothing is
+    uploaded then). In memory, or a temporary file past a few MiB."""
     # The Snapshot owns the file; typeshed's SpooledTemporaryFile is an IO[bytes] but not a BinaryIO.
     data = cast(BinaryIO, tempfile.SpooledTemporaryFile(max_size=_IN_MEMORY))  # noqa: SIM115
     digest = hashlib.sha256()
     try:
         for member in pack.members:
-            chunk = _read_member(member)
+            chunk = member.data if member.data is not None else _read_member(member)
             digest.update(chunk)
             data.write(chunk)
     except BaseException:

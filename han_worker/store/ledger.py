@@ -572,6 +572,13 @@ class Ledger:
         with connection.transaction():
             yield connection
 
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One transaction around the block's statements (from any thread: the connection runs one at a time),
+        committed when the block ends, rolled back when it raises."""
+        with self._transaction():
+            yield
+
     def migrate(self) -> list[int]:
         """Apply the missing migrations, in order, in one transaction; safe with many workers at once."""
         with self._transaction() as connection:

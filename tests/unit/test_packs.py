@@ -1,6 +1,6 @@
 """Packs without a control plane: which inputs are packed and how they are spread, the keys (the same for the
-same inputs, others for other bytes), a pack's bytes read again from the files (a changed or vanished file is
-refused naming it), and a packed input's ledger record."""
+same inputs, others for other bytes), a pack's bytes (the bytes planning read, kept up to a budget; past it the
+files read again, a changed or vanished file refused naming it), and a packed input's ledger record."""
 
 from __future__ import annotations
 
@@ -62,6 +62,7 @@ class Member:
     relative: str
     sha256: str
     size: int
+    data: bytes | None = None
 
 
 def test_the_same_inputs_give_the_same_keys_and_other_bytes_other_keys(tmp_path: Path) -> None:
@@ -97,18 +98,60 @@ def test_a_packs_bytes_are_its_members_files_at_their_offsets(tmp_path: Path) ->
         assert hashlib.sha256(piece).hexdigest() == artifact.sha256
 
 
-@pytest.mark.parametrize("change", ["same size", "grown", "removed"])
-def test_a_member_that_changed_since_the_plan_is_refused_naming_it(tmp_path: Path, change: str) -> None:
-    planned = plan(folder_of(tmp_path / "in", {"a": 10, "b": 10}))
-    target = tmp_path / "in" / planned.packs[-1].members[-1].relative
+def change_file(target: Path, change: str) -> None:
     if change == "removed":
         target.unlink()
-        message = f"--input: {target}: cannot be read: No such file or directory"
     else:
         target.write_bytes(b"z" * (10 if change == "same size" else 11))
-        message = f"--input: {target} changed while the batch was being submitted"
+
+
+@pytest.mark.parametrize("change", ["same size", "grown", "removed"])
+def test_a_member_that_changed_since_the_plan_is_refused_naming_it_when_its_bytes_were_not_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    monkeypatch.setattr(batches, "KEPT_BYTES", 10)  # the first input's bytes only
+    planned = plan(folder_of(tmp_path / "in", {"a": 10, "b": 10}))
+    assert [item.data is not None for item in planned.inputs] == [True, False]
+    target = tmp_path / "in" / planned.packs[-1].members[-1].relative
+    change_file(target, change)
+    message = (
+        f"--input: {target}: cannot be read: No such file or directory"
+        if change == "removed"
+        else f"--input: {target} changed while the batch was being submitted"
+    )
     with pytest.raises(RequestError, match=message):
         packs.read_pack(planned.packs[-1])
+
+
+@pytest.mark.parametrize("change", ["same size", "grown", "removed"])
+def test_a_pack_of_kept_bytes_holds_what_the_plan_hashed_whatever_the_files_became(
+    tmp_path: Path, change: str
+) -> None:
+    planned = plan(folder_of(tmp_path / "in", {"a": 10, "b": 10}))
+    pack = planned.packs[-1]
+    planned_bytes = b"".join((tmp_path / "in" / member.relative).read_bytes() for member in pack.members)
+    for member in pack.members:
+        change_file(tmp_path / "in" / member.relative, change)
+    snapshot = packs.read_pack(pack)
+    try:
+        data = snapshot.data.read()
+    finally:
+        snapshot.close()
+    assert data == planned_bytes
+    assert (snapshot.size, snapshot.sha256) == (pack.size, hashlib.sha256(planned_bytes).hexdigest())
+
+
+def test_planning_keeps_the_bytes_of_small_inputs_within_its_budget_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(batches, "KEPT_BYTES", 250)
+    sizes = {"a": 100, "b": 100, "c": 100, "d": 50, "large": packs.PACK_BELOW, "empty": 0}
+    planned = plan(folder_of(tmp_path / "in", sizes))
+    kept = {item.relative: item.data for item in planned.inputs}
+    # a and b fit; c would pass the budget; d still fits after it; large and empty are never packed.
+    assert {name for name, data in kept.items() if data is not None} == {"a", "b", "d"}
+    for name in ("a", "b", "d"):
+        assert kept[name] == (tmp_path / "in" / name).read_bytes()
 
 
 def test_a_packed_record_round_trips_and_a_bad_offset_is_refused() -> None:
