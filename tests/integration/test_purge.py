@@ -423,12 +423,13 @@ def test_a_key_recorded_again_after_the_first_phase_keeps_its_object(link: Link)
 
 
 def test_a_purged_batch_submitted_again_while_the_purge_deletes_keeps_every_object_its_rows_record(
-    link: Link, worker: WorkerProcess, tmp_path: Path
+    control_plane: RunningControlPlane, link: Link, worker: WorkerProcess, tmp_path: Path
 ) -> None:
     """A purged batch submitted again has the same ids, so the same keys, as its journaled objects (packs,
     an input too large to pack, outputs). The purge's second phase is run between the submission's look at the
-    store and its commit (its progress callback runs it, at the start of its "record" stage): no row may point
-    at an object that phase deleted, and the batch's jobs run again and succeed."""
+    store and its commit (its progress callback runs it, on a connection of its own as a purge elsewhere
+    would, once the uploads are done and before the rows are committed): no row may point at an object that
+    phase deleted, and the batch's jobs run again and succeed."""
     for index in range(4):
         (tmp_path / f"photo{index}.txt").write_text(f"photo {index}")
     (tmp_path / "large.bin").write_bytes(bytes(range(256)) * 6_144)  # 1.5 MiB: an object of its own
@@ -447,11 +448,16 @@ def test_a_purged_batch_submitted_again_while_the_purge_deletes_keeps_every_obje
 
     deleted_meanwhile: list[retention.Deleted] = []
 
+    purger = control_plane.client_link()
+
     def purge_before_the_commit(stage: str, done: int, _total: int) -> None:
         if stage == "record" and done == 0:
-            deleted_meanwhile.append(retention.delete_journaled(link.ledger, link.artifacts))
+            deleted_meanwhile.append(retention.delete_journaled(purger.ledger, purger.artifacts))
 
-    again = client.submit_batch(link, plan, progress=purge_before_the_commit)
+    try:
+        again = client.submit_batch(link, plan, progress=purge_before_the_commit)
+    finally:
+        purger.close()
     assert (again.recorded, again.uploaded) == (len(plan.job_ids), len(plan.job_ids))
     assert deleted_meanwhile == [
         retention.Deleted()
