@@ -41,7 +41,6 @@ from datetime import datetime
 from pathlib import Path
 
 from han_worker import client
-from han_worker.slurm import is_alive, parse_squeue, squeue_argv
 from han_worker.store.ledger import Ledger
 from tests.bench import report, scaling_chart
 from tests.bench.context import Context
@@ -54,6 +53,7 @@ from tests.integration.control_planes import (
     worker_settings,
     write_private_file,
 )
+from tests.integration.scaling_pools import alive_states
 
 ADDRESS = "127.0.0.79"  # no other test or benchmark uses it
 JOBCOMP_LOG = Path("/var/log/slurm/jobcomp.log")  # the testbed's JobCompLoc
@@ -116,18 +116,12 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         while not self.stopping.wait(0.25):
             try:
-                alive = states(self.job_name)
+                alive = alive_states(self.job_name)
             except subprocess.CalledProcessError:
                 continue  # slurmctld busy for a moment: a sample missed, not the rest of the run's
             running = sum(state == "RUNNING" for state in alive)
             self.samples.append((time.time(), sum(state == "PENDING" for state in alive), running))
             self.peak_running = max(self.peak_running, running)
-
-
-def states(job_name: str) -> list[str]:
-    """The states of the worker jobs named ``job_name`` that are alive."""
-    listed = subprocess.run(squeue_argv("squeue", name=job_name), capture_output=True, text=True, check=True)
-    return [job.state for job in parse_squeue(listed.stdout) if is_alive(job)]
 
 
 # -- the pools ---------------------------------------------------------------------------------------
@@ -209,7 +203,10 @@ class Bench:
             submitted_at, job_ids = self.burst()
             self.wait_succeeded(ledger, job_ids)
             wait_until(
-                lambda: not states(job_name), self.plan.idle_timeout + 120, "every worker job to leave", 0.25
+                lambda: not alive_states(job_name),
+                self.plan.idle_timeout + 120,
+                "every worker job to leave",
+                0.25,
             )
         finally:
             sampler.stopping.set()
@@ -238,7 +235,7 @@ class Bench:
         finally:
             sampler.stopping.set()
             subprocess.run(["scancel", f"--name={job_name}"], check=False)
-        wait_until(lambda: not states(job_name), 60, "the fixed array's jobs to end", 0.25)
+        wait_until(lambda: not alive_states(job_name), 60, "the fixed array's jobs to end", 0.25)
         return self.measured("fixed", ledger, submitted_at=submitted_at, job_ids=job_ids,
                              slurm_jobs=slurm_jobs, sampler=sampler)  # fmt: skip
 

@@ -16,23 +16,19 @@ import os
 import shutil
 import signal
 import subprocess
-import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from han_worker.slurm import WAITING_STATES, is_alive, parse_squeue, squeue_argv
 from tests.integration.conftest import UnprivilegedEnv
 from tests.integration.control_planes import (
     RunningControlPlane,
-    han_worker,
     start_control_plane,
     wait_for,
-    worker_settings,
     write_private_file,
 )
+from tests.integration.scaling_pools import ElasticPool, PeakSampler
 
 pytestmark = pytest.mark.own_names
 
@@ -41,23 +37,12 @@ JOBS = 10
 MAX_WORKERS, MAX_PENDING = 3, 1
 
 
-class RegisteredPool:
+class RegisteredPool(ElasticPool):
     """A pool's files, as role pegasus_worker writes them, and its registration with the control plane."""
 
     def __init__(self, env: UnprivilegedEnv, workdir: Path, control_plane: RunningControlPlane) -> None:
-        self.env, self.workdir, self.cp = env, workdir, control_plane
-        self.job_name = f"han-test-cpscaler-{uuid.uuid4().hex[:8]}"
-        self.worker_config = write_private_file(env, workdir / "worker.json", json.dumps(worker_settings(
-            control_plane, workdir / "spool", queues=["noop"], idle_timeout_seconds=3)))  # fmt: skip
-        script = write_private_file(env, workdir / "worker.sbatch", "#!/bin/bash -eu\nexec "
-                                    f"{env.bin_dir / 'han-worker'} run --config {self.worker_config}\n", 0o700)  # fmt: skip
-        self.pool_file = write_private_file(env, workdir / "pool.json", json.dumps({
-            "job_name": self.job_name, "queues": ["noop"], "script": str(script), "tick_seconds": 2,
-            "sbatch": {"time": "10:00", "output": str(workdir / "slurm-%j.out"), "chdir": str(workdir),
-                       "cpus_per_task": 1, "mem": "500M"},
-            "limits": {"max_workers": MAX_WORKERS, "max_pending": MAX_PENDING, "horizon_seconds": 5},
-        }))  # fmt: skip
-        self.state = workdir / "scaler-state.json"
+        super().__init__(env, workdir, control_plane, job_prefix="han-test-cpscaler", tick_seconds=2,
+                         max_workers=MAX_WORKERS, max_pending=MAX_PENDING)  # fmt: skip
 
     @property
     def scalers_dir(self) -> Path:
@@ -87,22 +72,6 @@ class RegisteredPool:
         except (OSError, ValueError, KeyError):
             return None
 
-    def alive(self) -> list[str]:
-        listed = subprocess.run(squeue_argv("squeue", name=self.job_name), capture_output=True, text=True,
-                                check=True)  # fmt: skip
-        return [job.state for job in parse_squeue(listed.stdout) if is_alive(job)]
-
-    def submit_sleeps(self, count: int, seconds: int) -> list[str]:
-        client = worker_settings(self.cp, self.workdir / "spool-client")
-        config = write_private_file(self.env, self.workdir / "client.json", json.dumps(client))
-        jobs = []
-        for _index in range(count):
-            submitted = han_worker(self.env, "submit", "--config", str(config), "--kind", "sleep",
-                                   "--param", f"seconds={seconds}")  # fmt: skip
-            assert submitted.returncode == 0, submitted.stderr
-            jobs.append(submitted.stdout.strip())
-        return jobs
-
 
 @pytest.fixture
 def pool(unprivileged_env: UnprivilegedEnv, workdir: Path) -> Iterator[RegisteredPool]:
@@ -115,21 +84,6 @@ def pool(unprivileged_env: UnprivilegedEnv, workdir: Path) -> Iterator[Registere
         made.cp.shutdown()  # the one running now (the test restarts it)
         subprocess.run(["scancel", f"--name={made.job_name}"], check=False)
         shutil.rmtree(made.cp.state_dir, ignore_errors=True)
-
-
-class Sampler(threading.Thread):
-    """squeue every half second: the most worker jobs alive, and waiting, at any moment."""
-
-    def __init__(self, pool: RegisteredPool) -> None:
-        super().__init__(daemon=True)
-        self.pool, self.stopping = pool, threading.Event()
-        self.most_alive = self.most_waiting = 0
-
-    def run(self) -> None:
-        while not self.stopping.wait(0.5):
-            states = self.pool.alive()
-            self.most_alive = max(self.most_alive, len(states))
-            self.most_waiting = max(self.most_waiting, sum(state in WAITING_STATES for state in states))
 
 
 def gone(pid: int) -> bool:
@@ -179,7 +133,7 @@ def test_the_supervisor_runs_restarts_and_stops_a_registered_scaler(pool: Regist
 
 def test_a_control_plane_restart_mid_scale_up_submits_no_worker_job_twice(pool: RegisteredPool) -> None:
     jobs = pool.submit_sleeps(JOBS, seconds=2)
-    sampler = Sampler(pool)
+    sampler = PeakSampler(pool)
     sampler.start()
     try:
         pool.register()

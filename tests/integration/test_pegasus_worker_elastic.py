@@ -24,17 +24,14 @@ from pathlib import Path
 import pytest
 
 from han_worker.scaling.pool import parse_pool
-from han_worker.slurm import QueuedJob, is_alive, parse_squeue, squeue_argv
 from tests.conftest import run_ansible
 from tests.integration.conftest import UnprivilegedEnv, recap
 from tests.integration.control_planes import (
     RunningControlPlane,
-    han_worker,
     start_control_plane,
     wait_for,
-    worker_settings,
-    write_private_file,
 )
+from tests.integration.scaling_pools import alive_states, submit_sleeps
 
 pytestmark = pytest.mark.own_names
 
@@ -86,17 +83,6 @@ class Deployment:
         return run_ansible("ansible-playbook", "playbooks/pegasus_worker.yml", "-e", variables, *args)
 
 
-def listed(name: str) -> list[QueuedJob]:
-    """The jobs of that name squeue lists."""
-    squeue = subprocess.run(squeue_argv("squeue", name=name), capture_output=True, text=True, check=True)
-    return parse_squeue(squeue.stdout)
-
-
-def alive(name: str) -> list[str]:
-    """The states of the jobs of that name that are pending or running."""
-    return [job.state for job in listed(name) if is_alive(job)]
-
-
 @pytest.fixture(scope="module")
 def deployment(unprivileged_env: UnprivilegedEnv, workdir: Path) -> Iterator[Deployment]:
     control_plane = start_control_plane(unprivileged_env, workdir / "cp", address=ADDRESS)
@@ -121,16 +107,18 @@ def test_elastic_mode_runs_the_scaler_alone_until_there_is_work_and_a_second_run
          "--output=/dev/null", "--chdir=/tmp", "--wrap=exec sleep 600"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
-    wait_for(lambda: alive(SCALER_JOB) == ["RUNNING"], 60, f"the old scaler job {legacy.stdout.strip()}")
+    wait_for(
+        lambda: alive_states(SCALER_JOB) == ["RUNNING"], 60, f"the old scaler job {legacy.stdout.strip()}"
+    )
     first = deployment.play()
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr
-    assert alive(SCALER_JOB) == [], "the old scaler's Slurm job was stopped"
+    assert alive_states(SCALER_JOB) == [], "the old scaler's Slurm job was stopped"
     registration = json.loads((deployment.scalers_dir / f"{POOL_JOB}.json").read_text())
     assert registration["pool"] == str(STATE_DIR / "config" / "pool.json")
     scaler = wait_for(
         deployment.scaler_pid, 30, f"the control plane running the scaler:\n{deployment.cp.output()}"
     )
-    assert alive(POOL_JOB) == [], "no backlog, no worker job"
+    assert alive_states(POOL_JOB) == [], "no backlog, no worker job"
     settings = parse_pool(json.loads((STATE_DIR / "config" / "pool.json").read_text()), "pool.json")
     assert (settings.pool.job_name, settings.pool.queues, settings.limits.max_workers) == (
         POOL_JOB,
@@ -152,7 +140,7 @@ def test_elastic_mode_runs_the_scaler_alone_until_there_is_work_and_a_second_run
 def test_a_burst_is_served_by_worker_jobs_that_leave_when_the_queue_is_empty(
     deployment: Deployment, workdir: Path
 ) -> None:
-    jobs = submit_sleeps(deployment, workdir, JOBS, seconds=1)
+    jobs = submit_sleeps(deployment.env, deployment.cp, workdir, JOBS, seconds=1)
     ledger = deployment.cp.ledger()
     try:
         wait_for(lambda: all(ledger.status(job) == "succeeded" for job in jobs), 180,
@@ -163,20 +151,10 @@ def test_a_burst_is_served_by_worker_jobs_that_leave_when_the_queue_is_empty(
     assert [record.attempts if record else None for record in records] == [1] * JOBS
     workers = [record.worker_id or "" if record else "" for record in records]
     assert all("-slurm" in worker for worker in workers), f"done by Slurm worker jobs: {workers}"
-    wait_for(lambda: alive(POOL_JOB) == [], 60, "every worker job to leave (idle_timeout 3 s)", interval=0.5)
+    wait_for(
+        lambda: alive_states(POOL_JOB) == [], 60, "every worker job to leave (idle_timeout 3 s)", interval=0.5
+    )
     assert deployment.scaler_pid() is not None
-
-
-def submit_sleeps(deployment: Deployment, workdir: Path, count: int, seconds: int) -> list[str]:
-    client = worker_settings(deployment.cp, workdir / "spool-client")
-    config = write_private_file(deployment.env, workdir / "client.json", json.dumps(client))
-    jobs = []
-    for _index in range(count):
-        submitted = han_worker(deployment.env, "submit", "--config", str(config), "--kind", "sleep",
-                               "--param", f"seconds={seconds}")  # fmt: skip
-        assert submitted.returncode == 0, submitted.stderr
-        jobs.append(submitted.stdout.strip())
-    return jobs
 
 
 def test_switching_between_fixed_and_elastic_with_jobs_in_flight_loses_no_job(
@@ -184,14 +162,14 @@ def test_switching_between_fixed_and_elastic_with_jobs_in_flight_loses_no_job(
 ) -> None:
     ledger = deployment.cp.ledger()
     try:
-        jobs = submit_sleeps(deployment, workdir, 6, seconds=2)
+        jobs = submit_sleeps(deployment.env, deployment.cp, workdir, 6, seconds=2)
         wait_for(lambda: any(ledger.status(job) == "running" for job in jobs), 120,
                  "a job running on the elastic pool's workers", interval=0.5)  # fmt: skip
         to_fixed = deployment.play(pegasus_worker_scaling="fixed", pegasus_worker_count=1)
         assert to_fixed.returncode == 0, to_fixed.stdout[-4000:] + to_fixed.stderr
         assert deployment.scaler_pid() is None, "a fixed array has no scaler"
         assert not (deployment.scalers_dir / f"{POOL_JOB}.json").exists()
-        jobs += submit_sleeps(deployment, workdir, 3, seconds=2)
+        jobs += submit_sleeps(deployment.env, deployment.cp, workdir, 3, seconds=2)
         wait_for(lambda: any(ledger.status(job) == "running" for job in jobs), 120,
                  "a job running on the fixed array", interval=0.5)  # fmt: skip
         to_elastic = deployment.play()
@@ -205,7 +183,7 @@ def test_switching_between_fixed_and_elastic_with_jobs_in_flight_loses_no_job(
     successes = {job: found.count("succeeded") for job, found in outcomes.items()}
     assert successes == dict.fromkeys(jobs, 1), outcomes
     assert wait_for(deployment.scaler_pid, 30, "elastic again: its scaler runs")
-    wait_for(lambda: alive(POOL_JOB) == [], 60, "the pool's workers to leave once idle", interval=0.5)
+    wait_for(lambda: alive_states(POOL_JOB) == [], 60, "the pool's workers to leave once idle", interval=0.5)
 
 
 def test_status_shows_the_running_scaler_and_its_last_decision(deployment: Deployment) -> None:
@@ -230,4 +208,4 @@ def test_stopping_ends_the_scaler_and_its_workers(deployment: Deployment) -> Non
     assert deployment.scaler_pid() is None, "the play waited until the control plane had stopped the scaler"
     assert not (deployment.scalers_dir / f"{POOL_JOB}.json").exists()
     assert f"scaler {POOL_JOB} stopped" in deployment.cp.output()
-    assert alive(POOL_JOB) == []
+    assert alive_states(POOL_JOB) == []

@@ -15,7 +15,6 @@ import json
 import re
 import signal
 import subprocess
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,6 @@ from pathlib import Path
 import pytest
 
 from han_worker.scaling.snapshot import RUN_TIME_SAMPLE
-from han_worker.slurm import WAITING_STATES, is_alive, parse_squeue, squeue_argv
 from han_worker.store.ledger import Ledger, NewJob
 from tests.integration.conftest import UnprivilegedEnv
 from tests.integration.control_planes import (
@@ -31,9 +29,9 @@ from tests.integration.control_planes import (
     han_worker,
     start_control_plane,
     wait_for,
-    worker_settings,
     write_private_file,
 )
+from tests.integration.scaling_pools import ElasticPool, PeakSampler
 
 pytestmark = pytest.mark.own_names
 
@@ -42,24 +40,14 @@ JOBS = 12
 MAX_WORKERS, MAX_PENDING = 3, 2
 
 
-class Pool:
+class Pool(ElasticPool):
+    """The module's pool, whose worker jobs a test may also submit by hand."""
+
     def __init__(self, env: UnprivilegedEnv, workdir: Path, control_plane: RunningControlPlane) -> None:
-        self.env, self.workdir, self.cp = env, workdir, control_plane
-        self.job_name = f"han-test-elastic-{uuid.uuid4().hex[:8]}"
-        self.worker_config = write_private_file(env, workdir / "worker.json", json.dumps(worker_settings(
-            control_plane, workdir / "spool", queues=["noop"], idle_timeout_seconds=3)))  # fmt: skip
-        script = write_private_file(env, workdir / "worker.sbatch", "#!/bin/bash -eu\nexec "
-                                    f"{env.bin_dir / 'han-worker'} run --config {self.worker_config}\n", 0o700)  # fmt: skip
         # A tick longer than the client's probe timeout (2 s): the scaler's blocking read between ticks must
         # outlast its Redis socket's timeout.
-        self.file = write_private_file(env, workdir / "pool.json", json.dumps({
-            "job_name": self.job_name, "queues": ["noop"], "script": str(script), "tick_seconds": 3,
-            "sbatch": {"time": "10:00", "output": str(workdir / "slurm-%j.out"), "chdir": str(workdir),
-                       "cpus_per_task": 1, "mem": "500M"},
-            "limits": {"max_workers": MAX_WORKERS, "max_pending": MAX_PENDING, "horizon_seconds": 5},
-        }))  # fmt: skip
-        self.state = workdir / "scaler-state.json"
-        self.script = script
+        super().__init__(env, workdir, control_plane, job_prefix="han-test-elastic", tick_seconds=3,
+                         max_workers=MAX_WORKERS, max_pending=MAX_PENDING)  # fmt: skip
 
     def sbatch(self, time_limit: str, script: Path | None = None) -> str:
         """Submit one worker job of the pool by hand (its script, or ``script``), as the cluster user; its job
@@ -74,11 +62,14 @@ class Pool:
         )  # fmt: skip
         return submitted.stdout.strip().split(";")[0]
 
-    def squeue(self) -> list[str]:
-        """The states of the pool's worker jobs that are alive."""
-        listed = subprocess.run(squeue_argv("squeue", name=self.job_name), capture_output=True, text=True,
-                                check=True)  # fmt: skip
-        return [job.state for job in parse_squeue(listed.stdout) if is_alive(job)]
+    def start_scaler(self, log: Path) -> subprocess.Popen[str]:
+        """``han-worker scale`` for the pool as the cluster user, its output in ``log``."""
+        with log.open("w") as scaler_output:
+            return subprocess.Popen(
+                self.env.argv("han-worker", "scale", "--config", str(self.worker_config), "--pool",
+                              str(self.pool_file), "--state", str(self.state)),
+                stdout=scaler_output, stderr=subprocess.STDOUT, text=True,
+            )  # fmt: skip
 
 
 @pytest.fixture
@@ -92,49 +83,22 @@ def pool(unprivileged_env: UnprivilegedEnv, workdir: Path) -> Iterator[Pool]:
         made.cp.shutdown()  # the one running now (a test may have restarted it)
 
 
-class Sampler(threading.Thread):
-    """squeue every half second: the most worker jobs alive, and waiting, at any moment."""
-
-    def __init__(self, pool: Pool) -> None:
-        super().__init__(daemon=True)
-        self.pool, self.stopping = pool, threading.Event()
-        self.most_alive = self.most_waiting = 0
-
-    def run(self) -> None:
-        while not self.stopping.wait(0.5):
-            states = self.pool.squeue()
-            self.most_alive = max(self.most_alive, len(states))
-            self.most_waiting = max(self.most_waiting, sum(state in WAITING_STATES for state in states))
-
-
 def test_a_burst_from_zero_workers_scales_up_within_the_limits_and_every_worker_leaves_when_done(
     pool: Pool,
 ) -> None:
-    client = worker_settings(pool.cp, pool.workdir / "spool-client")
-    config = write_private_file(pool.env, pool.workdir / "client.json", json.dumps(client))
-    jobs = []
-    for _index in range(JOBS):
-        submitted = han_worker(pool.env, "submit", "--config", str(config), "--kind", "sleep",
-                               "--param", "seconds=1")  # fmt: skip
-        assert submitted.returncode == 0, submitted.stderr
-        jobs.append(submitted.stdout.strip())
-    assert pool.squeue() == [], "no worker before the scaler"
+    jobs = pool.submit_sleeps(JOBS, seconds=1)
+    assert pool.alive() == [], "no worker before the scaler"
 
-    sampler = Sampler(pool)
+    sampler = PeakSampler(pool)
     sampler.start()
     log = pool.workdir / "scaler.log"
-    with log.open("w") as scaler_output:
-        scaler = subprocess.Popen(
-            pool.env.argv("han-worker", "scale", "--config", str(pool.worker_config), "--pool", str(pool.file),
-                          "--state", str(pool.state)),
-            stdout=scaler_output, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
+    scaler = pool.start_scaler(log)
     ledger = pool.cp.ledger()
     try:
         wait_for(lambda: all(ledger.status(job) == "succeeded" for job in jobs), 180,
                  f"the {JOBS} jobs to succeed", interval=0.5)  # fmt: skip
         wait_for(
-            lambda: pool.squeue() == [], 60, "every worker job to end (idle_timeout_seconds 3)", interval=0.5
+            lambda: pool.alive() == [], 60, "every worker job to end (idle_timeout_seconds 3)", interval=0.5
         )
         records = [ledger.job(job) for job in jobs]
     finally:
@@ -166,12 +130,7 @@ def test_the_scaler_waits_through_a_restart_of_its_control_plane_and_scales_on_i
     pool: Pool,
 ) -> None:
     log = pool.workdir / "scaler-restart.log"
-    with log.open("w") as scaler_output:
-        scaler = subprocess.Popen(
-            pool.env.argv("han-worker", "scale", "--config", str(pool.worker_config), "--pool", str(pool.file),
-                          "--state", str(pool.state)),
-            stdout=scaler_output, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
+    scaler = pool.start_scaler(log)
     try:
         wait_for(pool.state.exists, 30, "the scaler's first tick (its state file)")
         epoch = pool.cp.endpoints["epoch"]
@@ -180,14 +139,7 @@ def test_the_scaler_waits_through_a_restart_of_its_control_plane_and_scales_on_i
         wait_for(lambda: "nothing is scaled until it is" in log.read_text(), 30, "the scaler waiting")
         pool.cp = start_control_plane(pool.env, pool.cp.state_dir, address=ADDRESS)
         assert pool.cp.endpoints["epoch"] == epoch + 1
-        client = worker_settings(pool.cp, pool.workdir / "spool-client")
-        config = write_private_file(pool.env, pool.workdir / "client.json", json.dumps(client))
-        jobs = []
-        for _index in range(3):
-            submitted = han_worker(pool.env, "submit", "--config", str(config), "--kind", "sleep",
-                                   "--param", "seconds=1")  # fmt: skip
-            assert submitted.returncode == 0, submitted.stderr
-            jobs.append(submitted.stdout.strip())
+        jobs = pool.submit_sleeps(3, seconds=1)
         ledger = pool.cp.ledger()
         try:
             wait_for(lambda: all(ledger.status(job) == "succeeded" for job in jobs), 180,
@@ -222,12 +174,7 @@ def ran_for(ledger: Ledger, kind: str, seconds: int) -> None:
 
 
 def test_a_worker_leaves_a_job_it_cannot_finish_before_its_walltime_to_a_worker_that_can(pool: Pool) -> None:
-    client = worker_settings(pool.cp, pool.workdir / "spool-client")
-    config = write_private_file(pool.env, pool.workdir / "client.json", json.dumps(client))
-    submitted = han_worker(pool.env, "submit", "--config", str(config), "--kind", "sleep", "--param",
-                           "seconds=1")  # fmt: skip
-    assert submitted.returncode == 0, submitted.stderr
-    job = submitted.stdout.strip()
+    [job] = pool.submit_sleeps(1, seconds=1)
     ledger = pool.cp.ledger()
     try:
         # A typical sleep job runs 80 s, which the worker job's 2 min limit allows (x 1.25 margin: 100 s), but
@@ -236,7 +183,7 @@ def test_a_worker_leaves_a_job_it_cannot_finish_before_its_walltime_to_a_worker_
         late = write_private_file(pool.env, pool.workdir / "late.sbatch",
                                   f"#!/bin/bash -eu\nsleep 30\nexec {pool.script}\n", 0o700)  # fmt: skip
         worker_job = pool.sbatch("2:00", late)
-        wait_for(lambda: pool.squeue() == [], 120, f"worker job {worker_job} to leave", interval=0.5)
+        wait_for(lambda: pool.alive() == [], 120, f"worker job {worker_job} to leave", interval=0.5)
         output = (pool.workdir / f"slurm-{worker_job}.out").read_text()
         record = ledger.job(job)
         assert record is not None
