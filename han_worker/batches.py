@@ -9,10 +9,11 @@ So the same command run again after an interruption submits the same ids: the le
 has (``ON CONFLICT DO NOTHING``), uploads already in the object store are skipped, and the jobs recorded but
 not in their stream (the interruption came between the commit and the enqueue) are enqueued then.
 
-Submitting: inputs uploaded in parallel, the small ones concatenated into a few packs (:mod:`han_worker.packs`:
-one PUT per input was most of a submission's time) built from the bytes :func:`plan` kept (see Reading below);
-meanwhile the batch and its jobs are inserted with one statement, in a transaction committed once every upload
-is done; then one Redis round trip for the entries. A worker can never see a job whose inputs are missing.
+Submitting: inputs uploaded in parallel, the small ones concatenated into a few packs
+(:mod:`han_worker.packs`: one PUT per input was most of a submission's time) built from the bytes :func:`plan`
+kept (see Reading below); meanwhile the batch and its jobs are inserted with one statement, in a transaction
+committed once every upload is done; then one Redis round trip for the entries. A worker can never see a job
+whose inputs are missing.
 """
 
 from __future__ import annotations
@@ -239,8 +240,8 @@ class _Budget:
 
 def _read(path: Path, relative: str, budget: _Budget) -> BatchInput:
     try:
-        # O_NONBLOCK: a FIFO in the folder must not block the open before fstat refuses it.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        # O_NONBLOCK: a FIFO in the folder must not block the open before fstat refuses it (POSIX only).
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
         with os.fdopen(fd, "rb") as handle:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise RequestError(f"--input: {path} is not a regular file")
