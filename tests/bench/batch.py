@@ -296,8 +296,8 @@ def section_of(samples: Samples, sizes: Sizes, fetch: tuple[float, float, int]) 
         for stage in ("read", "upload", "record", "enqueue")
     )
     start = report.spread(samples.start_seconds)
-    command_less_start = [total - start for total, start in zip(samples.batch_seconds, samples.start_seconds,
-                                                                  strict=True)]  # fmt: skip
+    timed = zip(samples.batch_seconds, samples.start_seconds, strict=True)
+    command_less_start = [command - process_start for command, process_start in timed]
     megabytes = fetched / 1e6
     return {
         "title": "Batch submission: one batch vs single calls, RQ and Celery bulk enqueue",
