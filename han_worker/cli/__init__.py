@@ -1,25 +1,19 @@
 """Command-line entry points: ``han-worker`` and ``han-control-plane``.
 
-Each sub-command lives in its own module; this file only wires argparse and exit codes.
+Each sub-command lives in its own module (han_worker.cli.commands says which); this file only wires argparse
+and exit codes, and imports only the module of the command being run.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from han_worker import __version__
-from han_worker.cli import endpoints as endpoints_cli
-from han_worker.cli import harden_check
-from han_worker.cli import jobs as jobs_cli
-from han_worker.cli import purge as purge_cli
-from han_worker.cli import queues as queues_cli
-from han_worker.cli import repair as repair_cli
-from han_worker.cli import results as results_cli
-from han_worker.cli import scale as scale_cli
-from han_worker.cli import top as top_cli
+from han_worker.cli.commands import WORKER_COMMANDS
 
 log = logging.getLogger(__name__)
 
@@ -39,22 +33,30 @@ def _base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def build_worker_parser() -> argparse.ArgumentParser:
+def build_worker_parser(whole: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """han-worker's parser: every sub-command whole, or only the commands ``whole`` names (and the others of
+    their modules), the rest by name and summary: enough for --help and for an unknown command's error."""
     parser = _base_parser(
         "han-worker",
         "The han lab worker: selects a control plane (Pegasus or the Mac) and runs jobs from its queues.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    endpoints_cli.add_parser(commands)
-    jobs_cli.add_parsers(commands)
-    results_cli.add_parsers(commands)
-    repair_cli.add_parsers(commands)
-    purge_cli.add_parser(commands)
-    queues_cli.add_parser(commands)
-    scale_cli.add_parser(commands)
-    top_cli.add_parser(commands)
-    harden_check.add_parser(commands)
+    wanted = {entry.module for name, entry in WORKER_COMMANDS.items() if whole is None or name in whole}
+    added: set[str] = set()
+    for name, entry in WORKER_COMMANDS.items():
+        if entry.module not in wanted:
+            commands.add_parser(name, help=entry.summary)
+        elif entry.module not in added:
+            importlib.import_module(f"han_worker.cli.{entry.module}").add_parsers(commands)
+            added.add(entry.module)
     return parser
+
+
+def command_named(argv: Sequence[str]) -> str | None:
+    """The sub-command argv runs: its first word that is not an option (han-worker's own options take no
+    value), or None when there is none or it is not a command (argparse then says so, or prints --help)."""
+    word = next((word for word in argv if not word.startswith("-")), None)
+    return word if word in WORKER_COMMANDS else None
 
 
 def build_control_plane_parser() -> argparse.ArgumentParser:
@@ -73,8 +75,10 @@ def build_control_plane_parser() -> argparse.ArgumentParser:
 
 
 def worker_main(argv: Sequence[str] | None = None) -> int:
-    args = build_worker_parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `run --restart-crashed` runs again
+    words = list(sys.argv[1:] if argv is None else argv)
+    command = command_named(words)
+    args = build_worker_parser(whole=[command] if command else []).parse_args(words)
+    args.argv = words  # what `run --restart-crashed` runs again
     _configure_logging(args.verbose)
     return int(args.handler(args))
 

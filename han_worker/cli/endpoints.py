@@ -21,11 +21,10 @@ from han_worker.selection.resolver import Choice, Selector
 log = logging.getLogger(__name__)
 
 
-def add_parser(commands: Commands[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+def add_parsers(commands: Commands[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     parser = add_command(
         commands,
         "endpoints",
-        "show which control plane (Pegasus or the Mac) a worker would use here, and why",
         "Exit 0 with the choice; 2 with the reason when there is none (mode pegasus) or an input is\n"
         "wrong.\n\n",
     )

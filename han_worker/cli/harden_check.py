@@ -9,6 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
+from han_worker.cli.commands import summary
 from han_worker.cli.options import path_argument, positive_seconds
 from han_worker.control_plane.hardening.checker import CheckConfig, run_checks
 from han_worker.control_plane.hardening.listen import AddressPolicy, make_policy
@@ -39,10 +40,10 @@ DESCRIPTION = (
 )
 
 
-def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "harden-check",
-        help="verify the hardening of the control plane running here (read-only)",
+        help=summary("harden-check"),
         description=DESCRIPTION,
     )
     add_arguments(parser)

@@ -1,4 +1,4 @@
-"""``han-worker run | submit | wait | status``: argument parsing, validation and exit codes.
+"""``han-worker submit | wait | status``: argument parsing, validation and exit codes.
 
 Exit codes: 0 done; 1 the job failed (wait) or the control plane could not be reached; 2 bad input or
 an unusable configuration (the message names the flag, the file and field, or the variable); 3 wait
@@ -16,7 +16,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from han_worker import batches, client
-from han_worker.backends import UnsupportedQueue
 from han_worker.cli.options import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -36,39 +35,11 @@ from han_worker.cli.progress import Ticker
 from han_worker.config import WorkerConfig, WorkerConfigError
 from han_worker.scaling.scaler import StateFileError, describe_state, format_state
 from han_worker.selection.endpoints import EndpointsError
-from han_worker.selection.resolver import Selector
 from han_worker.store.artifacts import ArtifactError
 from han_worker.store.link import SERVICE_ERRORS, ConnectError, Link, describe
-from han_worker.worker import keeper
-from han_worker.worker.loop import StartError, Worker, backends_to_serve
 
 log = logging.getLogger(__name__)
 
-RUN_HELP = """\
-On SIGTERM (Slurm's walltime signal), SIGINT or Ctrl-Break: stop taking jobs, let the job in flight
-finish within drain_grace_seconds or give it back to its queue, and exit 0. Exit 2 at once when a
-queue cannot be served here, the configuration is invalid or a control plane refuses the credentials.
-
-config file (JSON; every key optional, unknown keys refused; flags and variables override it):
-  mode, queues (list)            as --mode and --queues
-  pegasus.endpoints_file         Pegasus endpoints (default ~/.han/control-plane/endpoints.json)
-  pegasus.credentials_file       its credentials (default: credentials.json beside it)
-  mac.host, mac.ports            the Mac's control plane (ports: postgres, redis, s3)
-  mac.credentials_file           its credentials (required when the Mac may be used)
-  spool_dir                      results kept while their control plane is away (~/.han/spool)
-  lease_seconds (30)             a job whose worker is silent this long is taken over
-  heartbeat_seconds (10)         how often the lease, the ledger heartbeat and the registry are renewed
-  probe_interval_seconds (5)     how often the current control plane is probed
-  probe_timeout_seconds (2)      deadline of one probe round, and of connecting
-  flap_threshold (3)             failed probes in a row before a failover (and good ones before a return)
-  max_attempts (3)               attempts of a submitted job before it is dead
-  drain_grace_seconds (30)       time a job in flight gets to finish after SIGTERM
-  reconcile_seconds (30)         how often the ledger and the streams are compared (lost jobs re-enqueued)
-  idle_timeout_seconds (0)       leave (exit 0) after this long with nothing to do; 0: never
-  job_timeouts ({})              job kind -> seconds a job may run before it is stopped, e.g. {"pose": 600};
-                                 a job's own submit --timeout wins
-
-"""
 SUBMIT_HELP = """\
 --input FILE, repeated, gives the files of one job. --input DIR (a folder: its files, not its subfolders or
 hidden files) or --input GLOB (a quoted pattern such as 'photos/*.jpg'; ** crosses folders) submits a batch
@@ -91,45 +62,12 @@ STAGES = {"upload": "uploading inputs", "record": "recording jobs", "enqueue": "
 
 
 def add_parsers(commands: Commands[argparse.ArgumentParser]) -> None:
-    for add in (_add_run, _add_submit, _add_wait, _add_status):
+    for add in (_add_submit, _add_wait, _add_status):
         add(commands)
 
 
-def _add_run(commands: Commands[argparse.ArgumentParser]) -> None:
-    run = add_command(commands, "run", "take jobs from the queues and run them until SIGTERM", RUN_HELP)
-    run.add_argument(
-        "--queues",
-        metavar="LIST",
-        help="comma-separated queues to serve (default: $HAN_WORKER_QUEUES, else the config file's)",
-    )
-    run.add_argument(
-        "-q",
-        "--quiet",
-        action="store_true",
-        help="log no line per succeeded job (failures, retries and the rest still go out; the ledger "
-        "records every job): for queues of many short jobs",
-    )
-    run.add_argument(
-        "--restart-crashed",
-        action="store_true",
-        help="run the worker as a child process and start it again when it is killed or crashes (not when "
-        "it exits 0 or 2), up to 5 times in 10 minutes; SIGTERM and SIGINT are passed on to it: for a "
-        "Slurm task, whose allocation should not end with its worker",
-    )
-    run.add_argument(
-        "--wait-for-control-plane",
-        action="store_true",
-        help="mode pegasus: at start, wait for a control plane that is down (marked stale, expired, its job "
-        "ended, a service not answering) instead of exit 2; --restart-crashed passes it on to the worker it "
-        "runs, which may start while its control plane restarts",
-    )
-    run.set_defaults(handler=_run)
-
-
 def _add_submit(commands: Commands[argparse.ArgumentParser]) -> None:
-    submit = add_command(
-        commands, "submit", "submit a job (or a batch: one job per file) and print its id", SUBMIT_HELP
-    )
+    submit = add_command(commands, "submit", SUBMIT_HELP)
     submit.add_argument("--kind", required=True, help="job kind (a registered backend, e.g. pose, sleep)")
     submit.add_argument(
         "--input",
@@ -166,7 +104,7 @@ def _add_submit(commands: Commands[argparse.ArgumentParser]) -> None:
 
 
 def _add_wait(commands: Commands[argparse.ArgumentParser]) -> None:
-    wait = add_command(commands, "wait", "wait until a job (or every job of a batch) has finished", WAIT_HELP)
+    wait = add_command(commands, "wait", WAIT_HELP)
     add_job_or_batch(wait, "wait for a batch instead: the id submit printed")
     wait.add_argument(
         "--timeout",
@@ -182,9 +120,7 @@ def _add_wait(commands: Commands[argparse.ArgumentParser]) -> None:
 
 
 def _add_status(commands: Commands[argparse.ArgumentParser]) -> None:
-    status = add_command(
-        commands, "status", "show the control plane, workers, queue depths, pending, dead and timed-out jobs"
-    )
+    status = add_command(commands, "status")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     status.add_argument(
         "--limit",
@@ -196,21 +132,6 @@ def _add_status(commands: Commands[argparse.ArgumentParser]) -> None:
     scaler_help = "also show an elastic pool's scaler: its last decision and why (han-worker scale's --state)"
     status.add_argument("--scaler-state", type=path_argument, metavar="FILE", help=scaler_help)
     status.set_defaults(handler=_status)
-
-
-def _run(args: argparse.Namespace) -> int:
-    if args.restart_crashed:
-        return keeper.keep([*args.argv, "--wait-for-control-plane"])
-    try:
-        config = load_config(args, need_queues=True)
-        backends = backends_to_serve(config.queues)
-        worker = Worker(
-            config, backends, Selector(config), log_successes=not args.quiet,
-            wait_for_control_plane=args.wait_for_control_plane,
-        )  # fmt: skip
-        return int(worker.run())
-    except (WorkerConfigError, UnsupportedQueue, EndpointsError, StartError) as exc:
-        return fail("run", exc)
 
 
 def run_connected(args: argparse.Namespace, work: Callable[[Link, WorkerConfig], int]) -> int:

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from han_worker.cli.commands import summary
 from han_worker.config import DEFAULT_ENDPOINTS_FILE, Overrides, WorkerConfig, load_worker_config
 from han_worker.fields import INT4_MAX, MAX_NAME_BYTES, MAX_SECONDS, shown
 from han_worker.selection.endpoints import REQUIRED_SERVICES
@@ -135,13 +136,15 @@ def service_port(text: str) -> tuple[str, int]:
 
 
 def add_command(
-    commands: Commands[argparse.ArgumentParser], name: str, summary: str, epilog: str = ""
+    commands: Commands[argparse.ArgumentParser], name: str, epilog: str = ""
 ) -> argparse.ArgumentParser:
-    """A sub-command with the selection options; the RawDescription formatter keeps the epilog's columns."""
+    """A sub-command with the selection options and its summary from the table of commands; the RawDescription
+    formatter keeps the epilog's columns."""
+    line = summary(name)
     parser = commands.add_parser(
         name,
-        help=summary,
-        description=summary[0].upper() + summary[1:] + ".",
+        help=line,
+        description=line[0].upper() + line[1:] + ".",
         epilog=epilog + SELECTION_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

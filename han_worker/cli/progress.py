@@ -6,9 +6,10 @@ from __future__ import annotations
 import sys
 import time
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 PLAIN_INTERVAL_SECONDS = 5.0
 
@@ -27,10 +28,7 @@ class Ticker:
 
     def __enter__(self) -> Ticker:
         if self._terminal:
-            self._bar = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                console=Console(stderr=True),
-            )  # fmt: skip
+            self._bar = _bar()
             self._bar.start()
             self._task = self._bar.add_task("", total=None)
         return self
@@ -57,3 +55,15 @@ class Ticker:
             self._bar.stop()
         else:
             self._flush(time.monotonic())
+
+
+def _bar() -> Progress:
+    # Imported here: rich takes ~0.04 s to import, which a submission off a terminal (a script, a Slurm job)
+    # would pay for a bar it never shows.
+    from rich.console import Console  # noqa: PLC0415
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=Console(stderr=True),
+    )  # fmt: skip

@@ -41,10 +41,8 @@ def older_than_argument(text: str) -> timedelta:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_parser(commands: Commands[argparse.ArgumentParser]) -> None:
-    purge = add_command(
-        commands, "purge", "delete finished jobs and their objects once old enough", PURGE_HELP
-    )
+def add_parsers(commands: Commands[argparse.ArgumentParser]) -> None:
+    purge = add_command(commands, "purge", PURGE_HELP)
     purge.add_argument(
         "--older-than", type=older_than_argument, required=True, metavar="DURATION",
         help="jobs that finished more than this long ago: 30d, 12h, 90m",

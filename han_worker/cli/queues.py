@@ -14,6 +14,7 @@ import logging
 import sys
 
 from han_worker.backends import UnsupportedQueue, load_backends, worker_platform
+from han_worker.cli.commands import summary
 from han_worker.config import WorkerConfigError, parse_queues
 from han_worker.worker.loop import backends_to_serve
 
@@ -22,10 +23,10 @@ log = logging.getLogger(__name__)
 EXIT_OK, EXIT_REFUSED = 0, 2
 
 
-def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "queues",
-        help="list the queues a worker here can serve, or check a list of them",
+        help=summary("queues"),
         description="List every registered backend's queue and whether a worker on this machine can serve "
         "it; with --check, exit 2 with the reason when one of the given queues cannot be served here.",
     )

@@ -45,16 +45,14 @@ def add_parsers(commands: Commands[argparse.ArgumentParser]) -> None:
 
 
 def _add_cancel(commands: Commands[argparse.ArgumentParser]) -> None:
-    cancel = add_command(
-        commands, "cancel", "cancel a job: never run if waiting, stopped if running", CANCEL_HELP
-    )
+    cancel = add_command(commands, "cancel", CANCEL_HELP)
     add_job_or_batch(cancel, "cancel a batch's jobs instead: the id submit printed")
     cancel.add_argument("--json", action="store_true", help="print what the cancel did as JSON")
     cancel.set_defaults(handler=_cancel)
 
 
 def _add_requeue(commands: Commands[argparse.ArgumentParser]) -> None:
-    requeue = add_command(commands, "requeue", "run a finished job again", REQUEUE_HELP)
+    requeue = add_command(commands, "requeue", REQUEUE_HELP)
     add_job_or_batch(requeue, "requeue a batch's jobs instead: the id submit printed")
     requeue.add_argument(
         "--state", dest="states", action="append", default=[], choices=REQUEUEABLE, metavar="STATE",

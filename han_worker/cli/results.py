@@ -57,7 +57,7 @@ def add_parsers(commands: Commands[argparse.ArgumentParser]) -> None:
 
 
 def _add_jobs(commands: Commands[argparse.ArgumentParser]) -> None:
-    jobs = add_command(commands, "jobs", "list jobs by state, kind and age, newest first", JOBS_HELP)
+    jobs = add_command(commands, "jobs", JOBS_HELP)
     jobs.add_argument(
         "--state", dest="states", action="append", default=[], choices=STATUSES, metavar="STATE",
         help=f"only jobs in this state, repeatable: {', '.join(STATUSES)} (default: all)",
@@ -73,16 +73,14 @@ def _add_jobs(commands: Commands[argparse.ArgumentParser]) -> None:
 
 
 def _add_show(commands: Commands[argparse.ArgumentParser]) -> None:
-    show = add_command(commands, "show", "show one job and each of its attempts", SHOW_HELP)
+    show = add_command(commands, "show", SHOW_HELP)
     show.add_argument("job", metavar="JOB", help="the job id that submit printed")
     show.add_argument("--json", action="store_true", help="print the job and its attempts as JSON")
     show.set_defaults(handler=_show)
 
 
 def _add_fetch(commands: Commands[argparse.ArgumentParser]) -> None:
-    fetch = add_command(
-        commands, "fetch", "download a job's (or a batch's) outputs, checked against the ledger", FETCH_HELP
-    )
+    fetch = add_command(commands, "fetch", FETCH_HELP)
     add_job_or_batch(fetch, "fetch every succeeded job of a batch instead, each into DIR/<its input's path>/")
     fetch.add_argument(
         "--output", required=True, type=path_argument, metavar="DIR",

@@ -49,8 +49,8 @@ with --once when Pegasus is down; 1 when the control plane refuses the credentia
 """
 
 
-def add_parser(commands: Commands[argparse.ArgumentParser]) -> argparse.ArgumentParser:
-    parser = add_command(commands, "scale", "submit the Slurm worker jobs an elastic pool needs", SCALE_HELP)
+def add_parsers(commands: Commands[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    parser = add_command(commands, "scale", SCALE_HELP)
     pool_help = "the pool's file (job name, queues, job script, sbatch options, limits)"
     state_help = "the scaler's state file (created 0600: worker jobs on their way, failures in a row)"
     parser.add_argument("--pool", type=path_argument, required=True, metavar="FILE", help=pool_help)

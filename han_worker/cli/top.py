@@ -67,10 +67,8 @@ def refresh_interval(text: str) -> float:
     return seconds
 
 
-def add_parser(commands: Commands[argparse.ArgumentParser]) -> None:
-    top = add_command(
-        commands, "top", "show the control plane, queues, workers and recent failures, live", TOP_HELP
-    )
+def add_parsers(commands: Commands[argparse.ArgumentParser]) -> None:
+    top = add_command(commands, "top", TOP_HELP)
     top.add_argument(
         "--interval", type=refresh_interval, default=DEFAULT_INTERVAL, metavar="SECONDS",
         help=f"seconds between refreshes, {MIN_INTERVAL:g}-{MAX_INTERVAL:g} (default: {DEFAULT_INTERVAL:g})",
