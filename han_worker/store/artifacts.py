@@ -308,13 +308,14 @@ class ArtifactStore:
             raise _corrupt(artifact, sha256, size)
         return destination
 
-    def download_replacing(self, artifact: Artifact, destination: Path) -> None:
+    def download_replacing(self, artifact: Artifact, destination: Path, *, durable: bool = True) -> None:
         """Fetch ``artifact`` into a temporary file beside ``destination`` and rename it over ``destination``
-        once its size and SHA-256 match the ledger (flushed to disk first): ``destination`` is either what
-        it was or the whole, checked object, never a part. ArtifactError (nothing written) otherwise."""
+        once its size and SHA-256 match the ledger (flushed to disk first unless not ``durable``, as
+        :func:`write_replacing`): ``destination`` is either what it was or the whole, checked object, never a
+        part. ArtifactError (nothing written) otherwise."""
         response = self._get(artifact)
         try:
-            write_replacing(response.stream(_CHUNK), artifact, destination)
+            write_replacing(response.stream(_CHUNK), artifact, destination, durable=durable)
         finally:
             response.close()
             response.release_conn()
@@ -348,10 +349,16 @@ class ArtifactStore:
         return local
 
 
-def write_replacing(chunks: Iterable[bytes], recorded: Stored, destination: Path) -> None:
+def write_replacing(
+    chunks: Iterable[bytes], recorded: Stored, destination: Path, *, durable: bool = True
+) -> None:
     """Write ``chunks`` into a temporary file beside ``destination`` and rename it over ``destination`` once
-    their size and SHA-256 match ``recorded`` (flushed to disk first): ``destination`` is either what it was
-    or the whole, checked output, never a part. ArtifactError (nothing written) otherwise."""
+    their size and SHA-256 match ``recorded``: ``destination`` is either what it was or the whole, checked
+    output, never a part. ArtifactError (nothing written) otherwise.
+
+    ``durable``: flushed to disk before the rename. Without it (many files: the caller syncs once at the end)
+    a crash before the data reaches the disk may leave an empty or partial file under the name, which the
+    next fetch finds wrong by its SHA-256 and replaces."""
     handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - renamed, not closed-and-deleted
         dir=destination.parent, prefix=".han-fetch-", suffix=".part", delete=False
     )
@@ -360,7 +367,8 @@ def write_replacing(chunks: Iterable[bytes], recorded: Stored, destination: Path
         with handle:
             sha256, size = _copy(chunks, cast(BinaryIO, handle))
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         if (sha256, size) != (recorded.sha256, recorded.size):
             raise _corrupt(recorded, sha256, size)
         os.replace(temporary, destination)

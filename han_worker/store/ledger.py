@@ -789,6 +789,16 @@ class Ledger:
         )
         return None if row is None else bytes(row[0])
 
+    def inline_outputs(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
+        """:meth:`inline_output` of many (job id, output name) at once, in one round trip; a key the ledger
+        holds no bytes for is left out."""
+        rows = self.connection().execute(
+            "SELECT job_id::text, name, data FROM job_outputs"
+            " WHERE (job_id, name) IN (SELECT * FROM unnest(%s::uuid[], %s::text[]))",
+            ([job_id for job_id, _name in keys], [name for _job_id, name in keys]),
+        )
+        return {(job_id, name): bytes(data) for job_id, name, data in rows}
+
     def status(self, job_id: str) -> str | None:
         row = self.connection().execute("SELECT status FROM jobs WHERE id = %s", (job_id,)).fetchone()
         return None if row is None else str(row[0])

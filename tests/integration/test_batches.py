@@ -301,6 +301,18 @@ def test_a_folder_is_submitted_as_one_batch_run_waited_for_listed_and_fetched(
     assert again.stdout.count("replaced (its SHA-256 differed)") == 1
     assert (output / "img3.jpg" / "slept.txt").read_text() == "0.1\n"
 
+    # from the lab's code, 2 outputs per ledger query: every round is written, in the batch's order
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(client, "FETCH_ROUND", 2)
+        elsewhere = client.fetch_batch(link, batch_id, workdir / "elsewhere")
+    assert [item.action for item in elsewhere.files] == ["downloaded"] * 5
+    assert [item.path.parent.name for item in elsewhere.files] == [next(iter(r["inputs"])) for r in records]
+    assert {item.path.read_text() for item in elsewhere.files} == {"0.1\n"}
+    # the rounds' query: the bytes of the outputs the ledger holds, none for a name it does not
+    job_id = records[0]["id"]
+    held = link.ledger.inline_outputs([(job_id, "slept.txt"), (job_id, "absent.txt")])
+    assert held == {(job_id, "slept.txt"): b"0.1\n"}
+
 
 def test_a_batch_with_failed_jobs_waits_to_exit_1_and_its_fetch_names_them(
     unprivileged_env: UnprivilegedEnv, config: Path, workdir: Path, link: Link, worker: WorkerProcess

@@ -5,6 +5,7 @@ the worker and fetch against real services are in tests/integration/test_inline_
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,19 @@ def test_a_checked_write_replaces_a_wrong_local_copy(tmp_path: Path):
     data = b'{"ok": 1}'
     write_replacing([data], InlineOutput.of(data), destination)
     assert destination.read_bytes() == data
+    assert [path.name for path in tmp_path.iterdir()] == ["landmarks.json"]
+
+
+@pytest.mark.parametrize(("durable", "flushes"), [(True, 1), (False, 0)])
+def test_a_checked_write_flushes_to_disk_only_when_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durable: bool, flushes: int
+):
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fsync", synced.append)  # a batch fetch syncs once at its end instead
+    destination, data = tmp_path / "landmarks.json", b'{"ok": 2}'
+    write_replacing([data], InlineOutput.of(data), destination, durable=durable)
+    assert destination.read_bytes() == data
+    assert len(synced) == flushes
     assert [path.name for path in tmp_path.iterdir()] == ["landmarks.json"]
 
 
