@@ -12,7 +12,9 @@ with the commands run as the cluster user from the bench venv, as a lab member r
   new batch (the ids derive from the manifest).
 - ours, single calls: ``han-worker submit --kind noop --input FILE`` once per file, one after the other; M of
   them (fewer than N: each is a process of its own, ~1 s here), and jobs/s is M over their time.
-- RQ: ``Queue.enqueue_many`` of N jobs (one pipeline), each with PAYLOAD bytes as its argument.
+- RQ: ``Queue.enqueue_many`` of N jobs (one pipeline), each with PAYLOAD bytes as its argument; timed in
+  this process, and as a command (tests.bench.rq_submit: a fresh Python process of the bench venv, as the
+  cluster user, that imports RQ, connects and enqueues), which is what ``han-worker submit`` is.
 - Celery: N ``send_task`` calls through one producer (Celery has no bulk publish), each with PAYLOAD
   characters as its argument.
 
@@ -25,6 +27,7 @@ empty folder (N downloads) and again (every file already there and checked: none
 
 from __future__ import annotations
 
+import compileall
 import json
 import os
 import secrets
@@ -42,7 +45,8 @@ from han_worker.store.link import Link
 from han_worker.store.queues import stream_key
 from tests.bench import report
 from tests.bench.context import Context
-from tests.bench.dispatch import BENCH_USER, celery_peer, connect, create_bench_user, stop_all
+from tests.bench.dispatch import BENCH_USER, celery_peer, connect, create_bench_user, peer_argv, stop_all
+from tests.conftest import REPO
 from tests.integration.conftest import UnprivilegedEnv
 from tests.integration.control_planes import (
     RunningControlPlane,
@@ -70,10 +74,12 @@ class Samples:
     library: list[float]
     singles: list[float]
     rq: list[float]
+    rq_command: list[float]  # RQ's enqueue_many in a fresh process (tests.bench.rq_submit)
     celery: list[float]
     batch_seconds: list[float]
     library_seconds: list[float]
-    start_seconds: list[float]  # han-worker --version: the command's process start alone
+    rq_command_seconds: list[float]
+    start_seconds: list[float]  # han-worker submit --help: the command's process start alone
     stages: dict[
         str, list[float]
     ]  # the library's submission: seconds per stage (read, upload, record, enqueue)
@@ -103,9 +109,9 @@ def time_batch(env: UnprivilegedEnv, config: Path, folder: Path, nonce: str) -> 
 
 
 def time_start(env: UnprivilegedEnv) -> float:
-    """A han-worker process that does nothing (``--version``): Python and the imports every command pays."""
+    """A han-worker submit that does nothing (``--help``): Python and the imports a submission pays."""
     started = time.perf_counter()
-    subprocess.run(env.argv("han-worker", "--version"), check=True, capture_output=True, timeout=60)
+    subprocess.run(env.argv("han-worker", "submit", "--help"), check=True, capture_output=True, timeout=60)
     return time.perf_counter() - started
 
 
@@ -147,16 +153,16 @@ def forget_queued(link: Link, cp: RunningControlPlane) -> None:
     )
 
 
-def peer_connection(env: UnprivilegedEnv, workdir: Path, cp: RunningControlPlane) -> redis.Redis:
+def peer_connection(env: UnprivilegedEnv, workdir: Path, cp: RunningControlPlane) -> tuple[redis.Redis, Path]:
     """Redis as the benchmark's ACL user (keys outside han:*), with Celery's app configured for it in this
-    process, as the dispatch benchmark does."""
+    process, as the dispatch benchmark does; and the settings file a peer process connects with."""
     settings = create_bench_user(cp)
     settings_file = write_private_file(env, workdir / "bench-redis.json", json.dumps(settings))
     connection = tls_redis(str(settings["host"]), int(str(settings["port"])), str(settings["ca_cert"]),
                            "the bench's settings", username=BENCH_USER, password=str(settings["password"]),
                            socket_timeout=30)  # fmt: skip
     celery_peer(env, workdir, settings_file, connection)
-    return connection
+    return connection, settings_file
 
 
 def time_rq(connection: redis.Redis, jobs: int) -> float:
@@ -171,6 +177,31 @@ def time_rq(connection: redis.Redis, jobs: int) -> float:
     elapsed = time.perf_counter() - started
     queue.empty()  # type: ignore[no-untyped-call]
     return elapsed
+
+
+def time_rq_command(env: UnprivilegedEnv, settings_file: Path, connection: redis.Redis, jobs: int) -> float:
+    """tests.bench.rq_submit from its process's start to its exit, as the han-worker command is timed."""
+    from rq import Queue  # noqa: PLC0415 - the bench extra
+
+    argv = peer_argv(env, settings_file, "tests.bench.rq_submit", RQ_QUEUE, str(jobs), str(PAYLOAD))
+    started = time.perf_counter()
+    done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=600)
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"tests.bench.rq_submit failed: {done.stderr}")
+    queued = Queue(RQ_QUEUE, connection=connection)
+    if queued.count != jobs:
+        raise RuntimeError(f"tests.bench.rq_submit left {queued.count} jobs, not {jobs}")
+    queued.empty()  # type: ignore[no-untyped-call]
+    return elapsed
+
+
+def compile_checkout() -> None:
+    """Bytecode for the checkout's modules a peer process imports (its PYTHONPATH is the checkout, which the
+    cluster user cannot write): RQ's command should not compile them at every start, as the bench venv's
+    han-worker (a wheel, compiled at install) does not."""
+    for folder in ("han_worker", "tests"):
+        compileall.compile_dir(REPO / folder, quiet=1)
 
 
 def time_celery(connection: redis.Redis, jobs: int) -> float:
@@ -220,10 +251,11 @@ def measure(context: Context, sizes: Sizes) -> tuple[Samples, tuple[float, float
     document = worker_settings(cp, workdir / "spool", mode="pegasus", lease_seconds=30, heartbeat_seconds=5,
                                probe_interval_seconds=5, reconcile_seconds=30)  # fmt: skip
     config = write_private_file(env, workdir / "worker.json", json.dumps(document))
-    samples = Samples([], [], [], [], [], [], [], [], {})
+    samples = Samples([], [], [], [], [], [], [], [], [], [], {})
     try:
         folder = make_inputs(env, workdir / "inputs", sizes.jobs)
-        connection = peer_connection(env, workdir, cp)
+        connection, settings_file = peer_connection(env, workdir, cp)
+        compile_checkout()
         for repetition in range(context.repeat):
             nonce = secrets.token_hex(4)
             samples.start_seconds.append(time_start(env))
@@ -237,11 +269,14 @@ def measure(context: Context, sizes: Sizes) -> tuple[Samples, tuple[float, float
                 samples.stages.setdefault(stage, []).append(spent)
             samples.singles.append(sizes.singles / time_singles(env, config, folder, sizes.singles, nonce))
             samples.rq.append(sizes.jobs / time_rq(connection, sizes.jobs))
+            samples.rq_command_seconds.append(time_rq_command(env, settings_file, connection, sizes.jobs))
+            samples.rq_command.append(sizes.jobs / samples.rq_command_seconds[-1])
             samples.celery.append(sizes.jobs / time_celery(connection, sizes.jobs))
             forget_queued(link, cp)
             print(f"  [{repetition + 1}/{context.repeat}] batch {samples.batch[-1]:,.0f} jobs/s "
-                  f"({seconds:.1f} s), from Python {samples.library[-1]:,.0f} jobs/s, single calls {samples.singles[-1]:.1f} jobs/s, RQ "
-                  f"{samples.rq[-1]:,.0f} jobs/s, Celery {samples.celery[-1]:,.0f} jobs/s", flush=True)  # fmt: skip
+                  f"({seconds:.1f} s), from Python {samples.library[-1]:,.0f} jobs/s, single calls "
+                  f"{samples.singles[-1]:.1f} jobs/s, RQ {samples.rq[-1]:,.0f} jobs/s (as a command "
+                  f"{samples.rq_command[-1]:,.0f}), Celery {samples.celery[-1]:,.0f} jobs/s", flush=True)  # fmt: skip
         fetch = measure_fetch(env, config, link, folder, workdir)
     finally:
         link.close()
@@ -252,13 +287,13 @@ def measure(context: Context, sizes: Sizes) -> tuple[Samples, tuple[float, float
 def section_of(samples: Samples, sizes: Sizes, fetch: tuple[float, float, int]) -> report.Section:
     rates = {
         name: report.spread(getattr(samples, name))
-        for name in ("batch", "library", "singles", "rq", "celery")
+        for name in ("batch", "library", "singles", "rq", "rq_command", "celery")
     }
     over = {
         name: report.spread(
             [ours / other for ours, other in zip(samples.batch, getattr(samples, name), strict=True)]
         )
-        for name in ("library", "singles", "rq", "celery")
+        for name in ("library", "singles", "rq", "rq_command", "celery")
     }
     library_over = {
         name: report.spread(
@@ -278,6 +313,9 @@ def section_of(samples: Samples, sizes: Sizes, fetch: tuple[float, float, int]) 
          "-", report.spread_text(rates["singles"], 1), report.ratio_text(over["singles"])],
         ["RQ enqueue_many", "no: payload in Redis", f"{sizes.jobs:,}", "-", report.spread_text(rates["rq"]),
          report.ratio_text(over["rq"])],
+        ["RQ enqueue_many as a command (a fresh process)", "no: payload in Redis", f"{sizes.jobs:,}",
+         report.spread_text(report.spread(samples.rq_command_seconds), 2), report.spread_text(rates["rq_command"]),
+         report.ratio_text(over["rq_command"])],
         ["Celery send_task, one producer", "no: payload in Redis", f"{sizes.jobs:,}", "-",
          report.spread_text(rates["celery"]), report.ratio_text(over["celery"])],
     ]  # fmt: skip
@@ -285,7 +323,7 @@ def section_of(samples: Samples, sizes: Sizes, fetch: tuple[float, float, int]) 
         f"{'met' if over[name]['median'] >= goal else 'not met'}: {over[name]['median']:.2f}x {label} (goal >= "
         f"{goal:g}x)"
         for name, label, goal in (("singles", "the single calls", GOAL_OVER_SINGLES), ("rq", "RQ", 1.0),
-                                  ("celery", "Celery", 1.0))
+                                  ("rq_command", "RQ as a command", 1.0), ("celery", "Celery", 1.0))
     ]  # fmt: skip
     verdict += [
         f"from Python: {library_over[name]['median']:.2f}x {label}"
@@ -341,11 +379,11 @@ def section_of(samples: Samples, sizes: Sizes, fetch: tuple[float, float, int]) 
             "ledger inserts the rows, then the wait for that statement (its transaction commits once every "
             "upload is done), one Redis round trip for their entries.",
             "RQ and Celery carry the payload in the job (Redis); ours uploads it to S3 and writes a durable "
-            "ledger row per job. The command's time also includes a process start and the control plane's "
-            "selection; the row from Python is timed in this process, as RQ's and Celery's are. A han-worker "
-            f"process that does nothing (--version: Python and the imports of its PostgreSQL, Redis and S3 "
-            f"clients) takes {report.spread_text(start, 2)} s; the command less that start took "
-            f"{report.spread_text(report.spread(command_less_start), 2)} s.",
+            "ledger row per job. Like for like: the row from Python against RQ and Celery timed in this "
+            "process, the command against RQ as a command (each a fresh Python process that imports its "
+            "clients and connects). A han-worker submit that does nothing (--help: Python and the imports of "
+            f"its PostgreSQL, Redis and S3 clients) takes {report.spread_text(start, 2)} s; the command less "
+            f"that start took {report.spread_text(report.spread(command_less_start), 2)} s.",
             "2-core machine shared with other sessions' tests: compare the ratios, measured side by side.",
         ],
     }
