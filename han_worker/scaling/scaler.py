@@ -16,7 +16,7 @@ import logging
 import os
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -33,6 +33,38 @@ from han_worker.store.tallies import PoolTick, record_tick
 log = logging.getLogger(__name__)
 
 SLURM_TIMEOUT = 30.0  # seconds an sbatch or squeue may take on a busy slurmctld
+
+
+@dataclass(frozen=True)
+class Starts:
+    """What became of the worker jobs a scaler submitted and had not seen register, by one tick."""
+
+    registered: tuple[str, ...]  # their worker registered: a start that worked
+    # Cancelled (scancel, by an operator or an admin) before their worker registered: someone's choice, not
+    # a start that failed, so neither counted towards the pause nor clearing the failures in a row.
+    cancelled: tuple[str, ...]
+    failed: tuple[tuple[str, str], ...]  # (job id, how it ended) ended or gone before their worker registered
+
+
+def starts_of(
+    submitted: Iterable[str], registry: Sequence[Mapping[str, str]], jobs: Sequence[QueuedJob]
+) -> Starts:
+    """Sort the ``submitted`` job ids by the workers' registry and the pool's squeue lines; a job still
+    queued or running without a registered worker yet is in none of the three."""
+    registered_ids = {entry.get("slurm_job_id", "") for entry in registry}
+    alive = {job.job_id for job in jobs if is_alive(job)}
+    states = {job.job_id: job.state for job in jobs}
+    registered, cancelled, failed = [], [], []
+    for job_id in submitted:
+        if job_id in registered_ids:
+            registered.append(job_id)
+        elif job_id in alive:
+            continue
+        elif states.get(job_id) == "CANCELLED":
+            cancelled.append(job_id)
+        else:
+            failed.append((job_id, states.get(job_id, "gone from Slurm's queue")))
+    return Starts(tuple(registered), tuple(cancelled), tuple(failed))
 
 
 class StateFileError(ValueError):
@@ -200,21 +232,16 @@ class Scaler:
         return parse_squeue(result.stdout)
 
     def _account_for_starts(self, registry: Sequence[Mapping[str, str]], jobs: Sequence[QueuedJob]) -> None:
-        """Submitted jobs whose worker registered: a start that worked. Submitted jobs that ended (or that
-        Slurm no longer knows) before their worker registered: a failed start."""
-        registered = {entry.get("slurm_job_id", "") for entry in registry}
-        alive = {job.job_id for job in jobs if is_alive(job)}
-        states = {job.job_id: job.state for job in jobs}
-        for job_id in list(self.state.submitted):
-            if job_id in registered:
-                del self.state.submitted[job_id]
-                self.state.failures = replace(self.state.failures, starts=0)
-            elif job_id not in alive:
-                del self.state.submitted[job_id]
-                ended = states.get(job_id, "gone from Slurm's queue")
-                self._failed(
-                    starts=1, error=f"worker job {job_id} ended ({ended}) before its worker registered"
-                )
+        starts = starts_of(self.state.submitted, registry, jobs)
+        for job_id in starts.registered:
+            del self.state.submitted[job_id]
+            self.state.failures = replace(self.state.failures, starts=0)
+        for job_id in starts.cancelled:
+            del self.state.submitted[job_id]
+            log.info("worker job %s was cancelled before its worker registered: not a failed start", job_id)
+        for job_id, ended in starts.failed:
+            del self.state.submitted[job_id]
+            self._failed(starts=1, error=f"worker job {job_id} ended ({ended}) before its worker registered")
 
     def _submit(self, count: int) -> int:
         for done in range(count):

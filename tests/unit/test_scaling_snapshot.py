@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from han_worker.scaling.policy import Demand, Supply
+from han_worker.scaling.scaler import starts_of
 from han_worker.scaling.snapshot import Pool, supply
 from han_worker.slurm import QueuedJob, parse_time_left
 
@@ -60,3 +61,14 @@ def test_workers_outside_slurm_and_of_the_pools_queues_count_other_pools_jobs_an
 )  # fmt: skip
 def test_time_left_is_zero_when_none_is_left_not_unlimited(text: str, seconds: int | None) -> None:
     assert parse_time_left(text) == seconds
+
+
+def test_submitted_jobs_by_what_became_of_them_a_cancel_is_no_failed_start() -> None:
+    jobs = [job("11"), job("12", state="PENDING"), job("13", state="CANCELLED"), job("14", state="FAILED"),
+            job("15", state="CANCELLED")]  # fmt: skip
+    registry = [worker("11")]
+    starts = starts_of(["11", "12", "13", "14", "15", "16"], registry, jobs)
+    assert starts.registered == ("11",)
+    # an operator's scancel, of a pending or a starting job: not the pool's fault
+    assert starts.cancelled == ("13", "15")
+    assert starts.failed == (("14", "FAILED"), ("16", "gone from Slurm's queue"))  # 12: still on its way
