@@ -792,8 +792,10 @@ def _write_inline(output: _Output, data: bytes | None, destination: Path, durabl
 
 
 def _write(link: Link, output: _Output, inline_data: bytes | None, *, durable: bool) -> FetchedFile:
-    """Download (or, inline, write ``inline_data``) the output over whatever is at its path."""
+    """Download (or, inline, write ``inline_data``) the output over whatever is at its path, its folder made
+    when missing."""
     destination, recorded = output.folder / output.name, output.recorded
+    _make_folder(output.folder)
     existed = os.path.lexists(destination)  # a wrong copy, a link, an unreadable file: replaced
     try:
         if isinstance(recorded, InlineOutput):
@@ -851,13 +853,11 @@ class BatchFetch:
         }
 
 
-def _job_folder(output: Path, record: JobRecord) -> Path:
-    folder = output / batches.output_folder(record.inputs, record.id)
+def _make_folder(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RequestError(f"--output: {folder}: cannot be made: {exc.strerror or exc}") from None
-    return folder
 
 
 def fetch_batch(
@@ -882,7 +882,7 @@ def fetch_batch(
         if record.status != "succeeded":
             without.append((record.id, record.status))
             continue
-        folder = _job_folder(output, record)
+        folder = output / batches.output_folder(record.inputs, record.id)  # made when an output is written
         outputs = _outputs_recorded(record, record.id)
         work += [_Output(record.id, name, stored, folder) for name, stored in outputs]
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="han-fetch") as pool:

@@ -313,6 +313,14 @@ def test_a_folder_is_submitted_as_one_batch_run_waited_for_listed_and_fetched(
     held = link.ledger.inline_outputs([(job_id, "slept.txt"), (job_id, "absent.txt")])
     assert held == {(job_id, "slept.txt"): b"0.1\n"}
 
+    # a file where a job's folder goes: that output is refused naming it, after the others are written
+    blocked = workdir / "blocked"
+    blocked.mkdir()
+    (blocked / "img0.jpg").write_text("in the way")
+    with pytest.raises(client.RequestError, match=r"--output: .*/blocked/img0\.jpg: cannot be made"):
+        client.fetch_batch(link, batch_id, blocked)
+    assert sorted(path.parent.name for path in blocked.rglob("slept.txt")) == sorted(files)[1:]
+
 
 def test_a_batch_with_failed_jobs_waits_to_exit_1_and_its_fetch_names_them(
     unprivileged_env: UnprivilegedEnv, config: Path, workdir: Path, link: Link, worker: WorkerProcess
