@@ -792,6 +792,8 @@ class Ledger:
     def inline_outputs(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
         """:meth:`inline_output` of many (job id, output name) at once, in one round trip; a key the ledger
         holds no bytes for is left out."""
+        if not keys:
+            return {}
         rows = self.connection().execute(
             "SELECT job_id::text, name, data FROM job_outputs"
             " WHERE (job_id, name) IN (SELECT * FROM unnest(%s::uuid[], %s::text[]))",
