@@ -21,7 +21,7 @@ from han_worker.selection.resolver import Choice, Selector
 log = logging.getLogger(__name__)
 
 
-def add_parsers(commands: Commands[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+def add_parsers(commands: Commands[argparse.ArgumentParser]) -> None:
     parser = add_command(
         commands,
         "endpoints",
@@ -35,7 +35,6 @@ def add_parsers(commands: Commands[argparse.ArgumentParser]) -> argparse.Argumen
     )
     parser.add_argument("--json", action="store_true", help="print the choice, or why there is none, as JSON")
     parser.set_defaults(handler=run)
-    return parser
 
 
 def _choose(args: argparse.Namespace) -> tuple[WorkerConfig, Choice]:

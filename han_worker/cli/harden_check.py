@@ -40,7 +40,7 @@ DESCRIPTION = (
 )
 
 
-def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "harden-check",
         help=summary("harden-check"),
@@ -48,7 +48,6 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     add_arguments(parser)
     parser.set_defaults(handler=handle)
-    return parser
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 EXIT_OK, EXIT_REFUSED = 0, 2
 
 
-def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "queues",
         help=summary("queues"),
@@ -37,7 +37,6 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(handler=run)
-    return parser
 
 
 def servable_queues(platform: str) -> dict[str, list[str]]:

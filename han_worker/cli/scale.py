@@ -49,7 +49,7 @@ with --once when Pegasus is down; 1 when the control plane refuses the credentia
 """
 
 
-def add_parsers(commands: Commands[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+def add_parsers(commands: Commands[argparse.ArgumentParser]) -> None:
     parser = add_command(commands, "scale", SCALE_HELP)
     pool_help = "the pool's file (job name, queues, job script, sbatch options, limits)"
     state_help = "the scaler's state file (created 0600: worker jobs on their way, failures in a row)"
@@ -60,7 +60,6 @@ def add_parsers(commands: Commands[argparse.ArgumentParser]) -> argparse.Argumen
         "--resume", action="store_true", help="first forget the failures that paused the pool"
     )
     parser.set_defaults(handler=run)
-    return parser
 
 
 def run(args: argparse.Namespace) -> int:

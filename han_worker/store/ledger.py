@@ -782,12 +782,7 @@ class Ledger:
     def inline_output(self, job_id: str, name: str) -> bytes | None:
         """The bytes of output ``name`` of job ``job_id`` as the ledger stores them (an output recorded
         ``inline``); None when it holds none."""
-        row = (
-            self.connection()
-            .execute("SELECT data FROM job_outputs WHERE job_id = %s AND name = %s", (job_id, name))
-            .fetchone()
-        )
-        return None if row is None else bytes(row[0])
+        return self.inline_outputs([(job_id, name)]).get((job_id, name))
 
     def inline_outputs(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
         """:meth:`inline_output` of many (job id, output name) at once, in one round trip; a key the ledger
